@@ -1,0 +1,154 @@
+"""Command line: ``python -m framepack_core generate ...`` and ``python -m framepack_core tiny-models DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from framepack_core.errors import FramePackError, InvalidInputError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def _generate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="Generate a video from one image and a prompt.")
+    p.add_argument("--image", required=True, help="Input image (PNG, JPEG, WebP, ...).")
+    p.add_argument("--prompt", default="", help="Motion prompt (may be empty).")
+    p.add_argument("--negative-prompt", default="", help="Used only when --cfg > 1.")
+    p.add_argument("--model", choices=["original", "f1"], default="original",
+                   help="original: FramePackI2V_HY (generates the end first); f1: FramePack-F1 (forward).")
+    p.add_argument("--seconds", type=float, default=5.0, help="Video length in seconds, up to 120 (default 5).")
+    p.add_argument("--seed", type=int, default=31337)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--window", type=int, default=9, help="Latent window size (9 is the trained value).")
+    p.add_argument("--gs", type=float, default=10.0, help="Distilled guidance scale.")
+    p.add_argument("--cfg", type=float, default=1.0, help="Real CFG scale; 1 turns it off.")
+    p.add_argument("--rs", type=float, default=0.0, help="CFG rescale.")
+    p.add_argument("--teacache", action=argparse.BooleanOptionalAction, default=True,
+                   help="TeaCache: faster, slightly different results (default on, as the official app).")
+    p.add_argument("--teacache-threshold", type=float, default=0.15)
+    p.add_argument("--sampler-variant", choices=["bh1", "bh2"], default="bh1")
+    p.add_argument("--crf", type=int, default=16, help="MP4 quality, 0-51, lower is better (default 16).")
+    p.add_argument("--resolution", type=int, default=640, help="Base resolution of the buckets (default 640).")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="Folder with the models in org/name/subfolder layout (default: Hugging Face cache).")
+    p.add_argument("--offline", action="store_true", help="Never download; use the local cache only.")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16.")
+    p.add_argument("--output", type=Path, default=None, help="Output .mp4 (default outputs/<time>_<model>_seed<N>.mp4).")
+    p.add_argument("--save-latents", type=Path, default=None, help="Also write the final latents (.safetensors).")
+    p.add_argument("--quiet", action="store_true", help="No progress bar.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m framepack_core", description="FramePack image-to-video.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _generate_parser(sub)
+    tiny = sub.add_parser("tiny-models", help="Build the tiny random-weight model set (offline, a few MB).")
+    tiny.add_argument("directory", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from framepack_core.devices import resolve_device_config
+    from framepack_core.engine import FramePackEngine
+    from framepack_core.events import CancelToken, JobCancelled, JobFailed, JobFinished, SectionFinished, \
+        StageChanged, StepProgress
+    from framepack_core.model_loading import ModelSource
+    from framepack_core.model_store import ModelStore
+    from framepack_core.request import GenerationRequest
+
+    request = GenerationRequest(
+        image=Path(args.image), prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model,
+        seconds=args.seconds, seed=args.seed, steps=args.steps, latent_window_size=args.window,
+        distilled_guidance=args.gs, cfg=args.cfg, cfg_rescale=args.rs, use_teacache=args.teacache,
+        teacache_threshold=args.teacache_threshold, crf=args.crf, resolution=args.resolution,
+        sampler_variant=args.sampler_variant, output=args.output, save_latents=args.save_latents,
+    )
+    try:
+        config = resolve_device_config(args.device, args.dtype)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    engine = FramePackEngine(ModelStore(ModelSource(models_dir=args.models_dir, offline=args.offline), config))
+    cancel = CancelToken()
+
+    def on_interrupt(signum, frame):  # noqa: ANN001
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        print("\nStopping after the current step (Ctrl-C again to abort at once) ...", file=sys.stderr)
+        cancel.cancel()
+
+    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+    bar = None
+    try:
+        events = engine.generate(request, cancel=cancel)
+        for event in events:
+            if isinstance(event, StageChanged):
+                if bar is None and not args.quiet:
+                    print(event.message, file=sys.stderr)
+            elif isinstance(event, StepProgress):
+                if bar is None and not args.quiet:
+                    bar = tqdm(total=event.total_sections * event.total_steps, unit="step", file=sys.stderr,
+                               desc=f"{config.device}")
+                if bar is not None:
+                    bar.set_postfix_str(f"section {event.section}/{event.total_sections}")
+                    bar.update(1)
+            elif isinstance(event, SectionFinished):
+                if bar is not None:
+                    bar.write(f"section {event.section}/{event.total_sections} done: {event.video_frames} frames "
+                              f"({event.video_seconds:.2f} s)")
+            elif isinstance(event, JobFinished):
+                if bar is not None:
+                    bar.close()
+                print(f"Wrote {event.output_path} ({event.video_frames} frames, {event.width}x{event.height}, "
+                      f"{event.elapsed_s:.1f} s)")
+                if event.latents_path:
+                    print(f"Wrote {event.latents_path}")
+                return EXIT_OK
+            elif isinstance(event, JobCancelled):
+                if bar is not None:
+                    bar.close()
+                where = f"partial video: {event.partial_path}" if event.partial_path else "no section had finished"
+                print(f"Cancelled after {event.sections_done} section(s); {where}", file=sys.stderr)
+                return EXIT_CANCELLED
+            elif isinstance(event, JobFailed):
+                if bar is not None:
+                    bar.close()
+                print(f"error: {event.message}", file=sys.stderr)
+                if event.hint:
+                    print(f"  How to fix: {event.hint}", file=sys.stderr)
+                if event.partial_path:
+                    print(f"  The finished sections were kept in {event.partial_path}", file=sys.stderr)
+                return EXIT_FAILED
+    except InvalidInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except FramePackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    return EXIT_FAILED
+
+
+def run_tiny_models(args: argparse.Namespace) -> int:
+    from framepack_core.tiny_models import build_tiny_models
+
+    root = build_tiny_models(args.directory, seed=args.seed)
+    print(f"Tiny model set ready in {root}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "generate":
+        return run_generate(args)
+    return run_tiny_models(args)

@@ -1,0 +1,305 @@
+"""The section loop: one validated request in, a stream of typed events and an mp4 out.
+
+Stages follow the official app (demo_gradio.py ``worker``) so the two can be read side by side:
+text encoding, image bucket and crop, VAE encoding of the start frame, SigLIP, then per section: pack the
+context, sample, add to the history, decode the new latents with one window of context, blend and write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from framepack_core.buckets import find_nearest_bucket, resize_and_center_crop
+from framepack_core.denoiser import PackedDenoiser, SectionConditioning
+from framepack_core.errors import Cancelled, FramePackError, OutputWriteError
+from framepack_core.events import (
+    CancelToken,
+    EngineEvent,
+    JobCancelled,
+    JobFailed,
+    JobFinished,
+    SectionFinished,
+    Stage,
+    StageChanged,
+    StepProgress,
+)
+from framepack_core.image_input import load_input_image
+from framepack_core.model_store import ModelStore
+from framepack_core.packing import LatentHistory, ModelVariant, plan_sections
+from framepack_core.preview import latent_preview
+from framepack_core.request import GenerationRequest
+from framepack_core.sampler import FlowMatchUniPC, GuidanceConfig, flux_shift_mu, main_token_count, shifted_sigmas
+from framepack_core.schedule import overlap_pixel_frames, total_latent_sections
+from framepack_core.teacache import TeaCacheConfig, apply_teacache
+from framepack_core.text_encoding import encode_prompt
+from framepack_core.video_io import SectionVideoWriter
+
+logger = logging.getLogger(__name__)
+
+LATENT_CHANNELS = 16
+VAE_SPATIAL_COMPRESSION = 8
+
+
+@dataclass(frozen=True)
+class PreparedInputs:
+    """Everything the section loop needs that does not change between sections."""
+
+    positive: object
+    negative: object | None
+    image_embeddings: torch.Tensor
+    start_latent: torch.Tensor
+    height: int
+    width: int
+
+
+def default_output_path(request: GenerationRequest, folder: Path = Path("outputs")) -> Path:
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    return folder / f"{stamp}_{request.model.value}_seed{request.seed}.mp4"
+
+
+def partial_output_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".partial.mp4")
+
+
+class FramePackEngine:
+    """Runs generation jobs on one device with models loaded lazily from a ``ModelStore``."""
+
+    def __init__(self, models: ModelStore) -> None:
+        self.models = models
+
+    def generate(
+        self, request: GenerationRequest, cancel: CancelToken | None = None, job_id: str | None = None
+    ) -> Iterator[EngineEvent]:
+        """Yield events until exactly one terminal event (finished, cancelled or failed).
+
+        Bad input raises ``InvalidInputError`` before anything is yielded or loaded, so callers can refuse a
+        request synchronously; everything after that is reported as events.
+        """
+        request = request.validated()
+        image = load_input_image(request.image)
+        job_id = job_id or uuid.uuid4().hex[:12]
+        cancel = cancel or CancelToken()
+        output = Path(request.output) if request.output else default_output_path(request)
+        run = _JobRun(self.models, request, image.pixels, job_id, cancel, output)
+        yield from run.events()
+
+
+class _JobRun:
+    def __init__(self, models, request, pixels, job_id, cancel, output) -> None:  # noqa: ANN001
+        self.models = models
+        self.request = request
+        self.pixels = pixels
+        self.job_id = job_id
+        self.cancel = cancel
+        self.output = output
+        self.writer: SectionVideoWriter | None = None
+        self.sections_done = 0
+        self.started = time.perf_counter()
+
+    def _stage(self, stage: Stage, message: str, section: int | None = None) -> StageChanged:
+        return StageChanged(self.job_id, stage=stage, message=message, section=section)
+
+    def _check_cancel(self) -> None:
+        if self.cancel.cancelled:
+            raise Cancelled()
+
+    def events(self) -> Iterator[EngineEvent]:
+        try:
+            yield from self._run()
+        except Cancelled:
+            partial = self._close_partial()
+            yield JobCancelled(self.job_id, partial_path=partial, sections_done=self.sections_done)
+        except Exception as error:  # noqa: BLE001 - every failure must end as an event, the app stays up
+            logger.exception("Job %s failed", self.job_id)
+            partial = self._close_partial()
+            message, hint = _describe_failure(error)
+            yield JobFailed(self.job_id, message=message, hint=hint, error_type=type(error).__name__,
+                            partial_path=partial, sections_done=self.sections_done)
+
+    def _close_partial(self) -> Path | None:
+        if self.writer is None or self.sections_done == 0:
+            if self.writer is not None:
+                self.writer.discard()
+            return None
+        try:
+            self.writer.output_path = partial_output_path(self.output)
+            return self.writer.finalize()
+        except Exception:  # noqa: BLE001 - the original error matters more than the partial video
+            logger.exception("Could not write the partial video of job %s", self.job_id)
+            return None
+
+    # 1. Inputs ------------------------------------------------------------------------------------------------
+
+    def _prepare(self) -> Iterator[EngineEvent | PreparedInputs]:
+        request, models = self.request, self.models
+        yield self._stage(Stage.LOADING_MODELS, "Checking model files ...")
+        models.check_weights(request.model)
+        self._check_cancel()
+
+        yield self._stage(Stage.TEXT_ENCODING, "Text encoding ...")
+        positive = models.encode_prompt(request.prompt)
+        negative = models.encode_prompt(request.negative_prompt) if request.cfg != 1.0 else None
+        self._check_cancel()
+
+        yield self._stage(Stage.IMAGE_PROCESSING, "Image processing ...")
+        source_height, source_width = self.pixels.shape[:2]
+        height, width = find_nearest_bucket(source_height, source_width, resolution=request.resolution)
+        cropped = resize_and_center_crop(self.pixels, target_height=height, target_width=width)
+
+        yield self._stage(Stage.VAE_ENCODING, "VAE encoding ...")
+        vae = models.vae()
+        image_tensor = torch.from_numpy(cropped).float() / 127.5 - 1
+        image_tensor = image_tensor.permute(2, 0, 1)[None, :, None]
+        with torch.no_grad():
+            posterior = vae.encode(image_tensor.to(device=vae.device, dtype=vae.dtype)).latent_dist
+            # The posterior mean, not a sample: the official app samples with the global RNG, which makes its
+            # runs unrepeatable; the mean is what that sample scatters around.
+            start_latent = (posterior.mode() * vae.config.scaling_factor).float().cpu()
+        self._check_cancel()
+
+        yield self._stage(Stage.IMAGE_ENCODING, "CLIP Vision encoding ...")
+        feature_extractor, image_encoder = models.image_encoder()
+        with torch.no_grad():
+            inputs = feature_extractor.preprocess(images=cropped, return_tensors="pt")
+            inputs = inputs.to(device=image_encoder.device, dtype=image_encoder.dtype)
+            image_embeddings = image_encoder(**inputs).last_hidden_state
+        self._check_cancel()
+        yield PreparedInputs(positive, negative, image_embeddings, start_latent, height, width)
+
+    # 2. Sections ----------------------------------------------------------------------------------------------
+
+    def _run(self) -> Iterator[EngineEvent]:
+        request = self.request
+        prepared: PreparedInputs | None = None
+        for item in self._prepare():
+            if isinstance(item, PreparedInputs):
+                prepared = item
+            else:
+                yield item
+        assert prepared is not None
+
+        yield self._stage(Stage.LOADING_MODELS, "Loading the transformer ...")
+        transformer = self.models.transformer(request.model)
+        dtype, device = self.models.config.transformer_dtype, self.models.config.device
+        vae = self.models.vae()
+
+        window = request.latent_window_size
+        num_sections = total_latent_sections(request.seconds, window)
+        plans = plan_sections(request.model, num_sections, window)
+        history = LatentHistory(request.model, prepared.start_latent)
+        latent_height, latent_width = prepared.height // VAE_SPATIAL_COMPRESSION, prepared.width // VAE_SPATIAL_COMPRESSION
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        sampler = FlowMatchUniPC(variant=request.sampler_variant)
+        sigmas = shifted_sigmas(request.steps, flux_shift_mu(main_token_count(window, latent_height, latent_width)))
+        guidance = GuidanceConfig(scale=request.cfg, rescale=request.cfg_rescale)
+        order = "prepend" if request.model == ModelVariant.ORIGINAL else "append"
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = SectionVideoWriter(self.output, order=order, overlap_frames=overlap_pixel_frames(window),
+                                         crf=request.crf)
+        teacache = apply_teacache(transformer, TeaCacheConfig(request.teacache_threshold, request.steps)) \
+            if request.use_teacache else None
+        total_steps = num_sections * request.steps
+        step_times: list[float] = []
+        try:
+            for plan in plans:
+                self._check_cancel()
+                section = plan.number + 1
+                yield self._stage(Stage.SAMPLING, f"Sampling section {section}/{num_sections} ...", section)
+                if teacache is not None:
+                    teacache.reset()
+                conditioning = SectionConditioning(prepared.positive, prepared.negative, prepared.image_embeddings,
+                                                   history.context(), plan)
+                denoiser = PackedDenoiser(transformer, conditioning, request.distilled_guidance, guidance, dtype,
+                                          device, teacache)
+                # Drawn from the job's one CPU generator in section order, as the official app does, so the
+                # noise is the same on every device.
+                noise = torch.randn((1, LATENT_CHANNELS, window, latent_height, latent_width), generator=generator,
+                                    device=generator.device).to(device=device, dtype=torch.float32)
+                dit_started = time.perf_counter()
+                generated = noise
+                for step in sampler.steps(denoiser, noise, sigmas.to(device)):
+                    generated = step.denoised
+                    step_times.append(time.perf_counter())
+                    done = plan.number * request.steps + step.index + 1
+                    yield self._progress(section, num_sections, step.index + 1, done, total_steps, step_times,
+                                         step.denoised)
+                    self._check_cancel()
+                dit_s = time.perf_counter() - dit_started
+
+                history.add_section(generated, plan.is_last)
+                yield self._stage(Stage.DECODING, f"Decoding section {section}/{num_sections} ...", section)
+                decode_started = time.perf_counter()
+                latents = history.latents_to_decode(plan.number, plan.is_last, window)
+                with torch.no_grad():
+                    pixels = vae.decode((latents / vae.config.scaling_factor).to(device=vae.device, dtype=vae.dtype))
+                    pixels = pixels.sample.float().cpu()
+                decode_s = time.perf_counter() - decode_started
+                write_started = time.perf_counter()
+                written = self.writer.add_section(pixels)
+                write_s = time.perf_counter() - write_started
+                self.sections_done += 1
+                yield SectionFinished(self.job_id, section=section, total_sections=num_sections,
+                                      segment_path=written.segment_path, video_frames=written.total_frames,
+                                      latent_frames=history.total_generated_latent_frames,
+                                      dit_s=dit_s, decode_s=decode_s, write_s=write_s)
+        finally:
+            if teacache is not None:
+                teacache.remove()
+
+        yield self._stage(Stage.WRITING, "Writing the video ...")
+        latents_path = None
+        if request.save_latents is not None:
+            latents_path = save_latents(Path(request.save_latents), history.real_history_latents,
+                                        prepared.start_latent, request)
+        output = self.writer.finalize()
+        yield JobFinished(self.job_id, output_path=output, latents_path=latents_path,
+                          video_frames=written.total_frames, width=prepared.width, height=prepared.height,
+                          elapsed_s=time.perf_counter() - self.started)
+
+    def _progress(self, section, num_sections, step, done, total, step_times, denoised) -> StepProgress:  # noqa: ANN001
+        elapsed = time.perf_counter() - self.started
+        eta = None
+        if len(step_times) >= 2:
+            per_step = (step_times[-1] - step_times[0]) / (len(step_times) - 1)
+            eta = per_step * (total - done)
+        return StepProgress(self.job_id, section=section, total_sections=num_sections, step=step,
+                            total_steps=self.request.steps, elapsed_s=elapsed, eta_s=eta,
+                            preview=latent_preview(denoised))
+
+
+def save_latents(path: Path, history_latents: torch.Tensor, start_latent: torch.Tensor,
+                 request: GenerationRequest) -> Path:
+    """Write the final latents as safetensors, atomically (temporary file in the same folder, then rename)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"history_latents": history_latents.float().contiguous(), "start_latent": start_latent.float().contiguous()}
+    metadata = {"model": request.model.value, "seed": str(request.seed), "steps": str(request.steps)}
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise OutputWriteError(f"Could not write the latents to {path}: {error.strerror or error}",
+                               "Free some disk space or choose another --save-latents path.") from error
+    return path
+
+
+def _describe_failure(error: Exception) -> tuple[str, str]:
+    if isinstance(error, FramePackError):
+        return error.message, error.hint
+    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
+        return ("The device ran out of memory.",
+                "Lower --resolution or the video length, turn on TeaCache, or close other GPU programs.")
+    return f"{type(error).__name__}: {error}", "This is a bug; please report it with the log above."

@@ -1,0 +1,110 @@
+"""Typed events the engine yields while a job runs, and the token that cancels it.
+
+Consumers (CLI progress bar, Gradio page, HTTP server-sent events) switch on the event class; every event is
+a frozen dataclass with plain fields, so it can be turned into JSON with ``dataclasses.asdict`` (the preview
+array excepted).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+
+class Stage(str, Enum):
+    VALIDATING = "validating"
+    LOADING_MODELS = "loading_models"
+    TEXT_ENCODING = "text_encoding"
+    IMAGE_PROCESSING = "image_processing"
+    VAE_ENCODING = "vae_encoding"
+    IMAGE_ENCODING = "image_encoding"
+    SAMPLING = "sampling"
+    DECODING = "decoding"
+    WRITING = "writing"
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    job_id: str
+    time: float = field(default_factory=time.time, kw_only=True)
+
+
+@dataclass(frozen=True)
+class StageChanged(EngineEvent):
+    stage: Stage
+    message: str
+    section: int | None = None  # 1-based, when the stage belongs to a section
+
+
+@dataclass(frozen=True)
+class StepProgress(EngineEvent):
+    section: int  # 1-based, in generation order
+    total_sections: int
+    step: int  # 1-based
+    total_steps: int
+    elapsed_s: float
+    eta_s: float | None
+    preview: np.ndarray | None = field(default=None, repr=False)  # uint8 (H, T*W, 3)
+
+
+@dataclass(frozen=True)
+class SectionFinished(EngineEvent):
+    section: int  # 1-based, in generation order
+    total_sections: int
+    segment_path: Path  # mp4 of the frames this section made final
+    video_frames: int  # frames in the video so far, including the edge that the next section will blend
+    latent_frames: int
+    dit_s: float
+    decode_s: float
+    write_s: float
+
+    @property
+    def video_seconds(self) -> float:
+        return self.video_frames / 30
+
+
+@dataclass(frozen=True)
+class JobFinished(EngineEvent):
+    output_path: Path
+    latents_path: Path | None
+    video_frames: int
+    width: int
+    height: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class JobCancelled(EngineEvent):
+    partial_path: Path | None  # playable mp4 of the finished sections, None if none finished
+    sections_done: int
+
+
+@dataclass(frozen=True)
+class JobFailed(EngineEvent):
+    message: str
+    hint: str
+    error_type: str
+    partial_path: Path | None
+    sections_done: int
+
+
+TerminalEvent = JobFinished | JobCancelled | JobFailed
+
+
+class CancelToken:
+    """Set from any thread; the engine checks it before every denoising step."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()

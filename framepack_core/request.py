@@ -1,0 +1,115 @@
+"""The one description of a generation job, validated before any model loads.
+
+The CLI, the UI and the HTTP API all build a ``GenerationRequest``; defaults are the official app's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from framepack_core.errors import InvalidInputError
+from framepack_core.packing import ModelVariant
+
+MAX_SECONDS = 120.0
+MAX_STEPS = 200
+MAX_WINDOW = 33
+MIN_RESOLUTION, MAX_RESOLUTION = 32, 1536
+MAX_SEED = 2**63 - 1
+MAX_PROMPT_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    image: Path
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: ModelVariant = ModelVariant.ORIGINAL
+    seconds: float = 5.0
+    seed: int = 31337
+    steps: int = 25
+    latent_window_size: int = 9
+    distilled_guidance: float = 10.0  # "gs": fed to the model, HunyuanVideo is guidance-distilled
+    cfg: float = 1.0  # real classifier-free guidance; 1 = off, one model call per step
+    cfg_rescale: float = 0.0  # "rs"
+    use_teacache: bool = True  # the official app's default; off reproduces the full model exactly
+    teacache_threshold: float = 0.15
+    crf: int = 16
+    resolution: int = 640
+    sampler_variant: str = "bh1"
+    output: Path | None = None
+    save_latents: Path | None = None
+
+    def validated(self) -> GenerationRequest:
+        """Return a normalised copy, or raise ``InvalidInputError`` naming the first bad field."""
+        _check_number("seconds", self.seconds, 0.0, MAX_SECONDS, low_open=True,
+                      hint=f"Use a length above 0 and at most {MAX_SECONDS:g} seconds.")
+        _check_int("steps", self.steps, 1, MAX_STEPS, hint="25 steps is the official default.")
+        _check_int("latent_window_size", self.latent_window_size, 1, MAX_WINDOW, hint="9 is the trained value.")
+        _check_int("seed", self.seed, 0, MAX_SEED, hint="Use a whole number from 0 to 2**63-1.")
+        _check_number("distilled_guidance", self.distilled_guidance, 0.0, 100.0, hint="10 is the official default.")
+        _check_number("cfg", self.cfg, 1.0, 100.0, hint="1 turns real CFG off (the default).")
+        _check_number("cfg_rescale", self.cfg_rescale, 0.0, 1.0, hint="Use a value from 0 to 1.")
+        _check_number("teacache_threshold", self.teacache_threshold, 0.0, 10.0, low_open=True,
+                      hint="0.15 is the usual value; 0.1 is closer to no cache.")
+        _check_int("crf", self.crf, 0, 51, hint="libx264 CRF goes from 0 (lossless) to 51; 16 is the default.")
+        _check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION,
+                   hint="640 is the official resolution; smaller is faster.")
+        if self.sampler_variant not in ("bh1", "bh2"):
+            raise InvalidInputError("sampler_variant", f"must be 'bh1' or 'bh2', got {self.sampler_variant!r}")
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(self, name)
+            if not isinstance(text, str):
+                raise InvalidInputError(name, f"must be text, got {type(text).__name__}")
+            if len(text) > MAX_PROMPT_CHARS:
+                raise InvalidInputError(name, f"is {len(text)} characters long; at most {MAX_PROMPT_CHARS} are accepted",
+                                        "Shorten it: only the first 256 tokens are used anyway.")
+        try:
+            model = ModelVariant(self.model)
+        except ValueError:
+            raise InvalidInputError("model", f"unknown model {self.model!r}", "Use 'original' or 'f1'.") from None
+        for name in ("output", "save_latents"):
+            path = getattr(self, name)
+            if path is not None and Path(path).is_dir():
+                raise InvalidInputError(name, f"{path} is a folder", "Give a file name, e.g. out/video.mp4.")
+        if self.output is not None and Path(self.output).suffix.lower() != ".mp4":
+            raise InvalidInputError("output", f"{self.output} does not end in .mp4", "Name the output file *.mp4.")
+        return _replace(self, model=model, image=Path(self.image), seed=int(self.seed), steps=int(self.steps),
+                        latent_window_size=int(self.latent_window_size), crf=int(self.crf),
+                        resolution=int(self.resolution), seconds=float(self.seconds))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["model"] = ModelVariant(self.model).value
+        for name in ("image", "output", "save_latents"):
+            data[name] = None if data[name] is None else str(data[name])
+        return data
+
+
+def _replace(request: GenerationRequest, **changes: Any) -> GenerationRequest:
+    values = {f.name: getattr(request, f.name) for f in fields(request)}
+    values.update(changes)
+    return GenerationRequest(**values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_number(name: str, value: Any, low: float, high: float, *, low_open: bool = False, hint: str = "") -> None:
+    if not _is_number(value) or math.isnan(value) or math.isinf(value):
+        raise InvalidInputError(name, f"must be a finite number, got {value!r}", hint)
+    if value < low or (low_open and value == low) or value > high:
+        low_text = f"above {low:g}" if low_open else f"at least {low:g}"
+        raise InvalidInputError(name, f"{value:g} is out of range: it must be {low_text} and at most {high:g}", hint)
+
+
+def _check_int(name: str, value: Any, low: int, high: int, hint: str = "") -> None:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInputError(name, f"must be a whole number, got {value!r}", hint)
+    if not low <= value <= high:
+        raise InvalidInputError(name, f"{value} is out of range: it must be from {low} to {high}", hint)
