@@ -153,8 +153,8 @@ class FlowMatchUniPC:
             ratio = ((-torch.log(past_sigmas[-back]) - lambda_prev) / h)[0]
             ratios.append(ratio)
             differences.append((past_predictions[-back] - prediction_prev) / ratio)
-        ratios.append(torch.tensor(1.0))
-        ratios_t = torch.stack([torch.as_tensor(r, dtype=torch.float32) for r in ratios]).to(x.device)
+        ratios.append(torch.tensor(1.0, dtype=sigma.dtype, device=sigma.device))
+        ratios_t = torch.stack(ratios).to(x.device)
 
         neg_h = -h[0]
         phi_1 = torch.expm1(neg_h)
@@ -178,14 +178,14 @@ class FlowMatchUniPC:
         if stacked is None:
             x_pred = x_first_order
         else:
-            rhos_p = torch.tensor([0.5], device=x.device) if order == 2 else torch.linalg.solve(
+            rhos_p = b_vector.new_tensor([0.5]) if order == 2 else torch.linalg.solve(
                 r_matrix[:-1, :-1], b_vector[:-1]
             )
             x_pred = x_first_order - _broadcast(b_h, x.ndim) * torch.tensordot(stacked, rhos_p, dims=([1], [0]))
 
         prediction = model_fn(x_pred, sigma, step)
 
-        rhos_c = torch.tensor([0.5], device=x.device) if order == 1 else torch.linalg.solve(r_matrix, b_vector)
+        rhos_c = b_vector.new_tensor([0.5]) if order == 1 else torch.linalg.solve(r_matrix, b_vector)
         correction = rhos_c[-1] * (prediction - prediction_prev)
         if stacked is not None:
             correction = torch.tensordot(stacked, rhos_c[:-1], dims=([1], [0])) + correction
