@@ -1,0 +1,70 @@
+"""Smoke tests of the benchmark scripts bench/context_tokens.py and bench/flops.py on a reduced grid.
+
+Both run the real 13B transformer config on the meta device (no weights, no GPU), so they are quick enough for
+the normal test run: one or two buckets, two video lengths, two prompt lengths.
+"""
+
+import pytest
+
+from bench import context_tokens, flops
+from framepack_core.packing import ModelVariant
+
+BUCKET = (608, 640)
+
+
+@pytest.fixture(scope="module")
+def meta_model():
+    return context_tokens.build_meta_transformer()
+
+
+def test_context_tokens_script_passes_on_a_reduced_grid(capsys):
+    assert context_tokens.main(["--buckets", "608x640", "--lengths", "1", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "| 608x640 | 13,680 | 3,040 | 380 | 400 | 17,500 | 18 | 1 | 18,485 |" in out
+
+
+def test_every_section_packs_the_same_tokens_whatever_the_length(meta_model):
+    report = context_tokens.measure([BUCKET, (416, 960)], [1, 10, 30], model=meta_model)
+    assert report.problems == []
+    by_bucket = {s.bucket: s for s in report.summaries}
+    detail = by_bucket[BUCKET]
+    # The reference's worked example: 13,680 + 3,040 + 380 + 400.
+    assert [detail.span(f) for f in ("main", "clean_1x", "clean_2x", "clean_4x")] == [
+        (13_680, 13_680), (3_040, 3_040), (380, 380), (400, 400)]
+    assert report.latent_tokens(BUCKET) == 17_500
+    assert report.latent_tokens((416, 960)) == 17_970  # 4x: 16 frames -> 4 x ceil(52/8) x ceil(120/8) = 420
+    # 1 + 8 + 25 sections per model, both models, and a single distinct input shape for all of them.
+    assert len(detail.rows) == 2 * (1 + 8 + 25) and detail.distinct_shapes == 1
+    assert {r.variant for r in detail.rows} == {v.value for v in ModelVariant}
+    assert (report.image_tokens, report.text_tokens) == (729, 256)
+
+
+def test_a_varying_count_is_reported():
+    row = context_tokens.SectionTokens("original", 1.0, 0, 13_680, 3_040, 380, 400, 17_500, 17_500)
+    odd = context_tokens.SectionTokens("original", 60.0, 3, 13_680, 3_040, 380, 416, 17_516, 17_516)
+    summary = context_tokens.BucketSummary(BUCKET, [row, odd], distinct_shapes=2)
+    assert not summary.constant
+    assert any("vary" in p for p in summary.problems(window=9))
+
+
+def test_counted_flops_match_the_arithmetic(meta_model):
+    report = flops.measure([BUCKET], [256, 20], model=meta_model)
+    assert report.parameters == 12_874_314_816
+    for result in report.results:
+        assert result.latent_tokens == 17_500
+        assert result.encoder_tokens == 729 + result.text_tokens
+        assert result.ratio == pytest.approx(1.0, abs=0.05)
+        assert result.dual_block / result.arithmetic_dual_block == pytest.approx(1.0, abs=0.05)
+        assert result.single_block / result.arithmetic_single_block == pytest.approx(1.0, abs=0.05)
+        assert result.attention_per_block == 4 * result.sequence**2 * 3072
+    longest = max(report.results, key=lambda r: r.text_tokens)
+    assert longest.sequence == 18_485
+    assert 450e12 < longest.counted < 550e12  # ~0.5 PFLOPs per call
+
+
+def test_flops_script_runs_and_fails_when_the_tolerance_is_too_tight(capsys):
+    assert flops.main(["--buckets", "608x640", "--text-tokens", "256"]) == 0
+    out = capsys.readouterr().out
+    assert "| 608x640 | 17,500 | 985 (256) | 18,485 |" in out
+    # The embedders are not in the arithmetic, so the whole-call ratio is slightly above 1.
+    assert flops.main(["--buckets", "608x640", "--text-tokens", "256", "--max-ratio-error", "0"]) == 1
