@@ -140,11 +140,13 @@ def encode_segment(frames: np.ndarray, path: Path, *, fps: int, crf: int, preset
     """
     height, width = frames.shape[1:3]
     with av.open(str(path), "w", format="mp4") as container:
+        # libx264 is deterministic at real sizes, but frames under about 64 px wide (tiny test videos) were seen to
+        # encode differently from identical input, apparently reads past its minimum lookahead size.
         stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": preset})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for rgb in frames:
             # PyAV converts rgb24 -> yuv420p with swscale, the same path torchvision's write_video takes.
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():  # flush delayed (B-frame) packets
             container.mux(packet)
