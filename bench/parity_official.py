@@ -61,20 +61,20 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    stubs = Path(__file__).resolve().parent / "_official_stubs"
-    stubs.mkdir(exist_ok=True)
-    (stubs / "torchvision.py").write_text("# stub: the official utils import torchvision only for write_video\n")
-    sys.path.insert(0, str(stubs))
-    sys.path.insert(0, str(args.official))
-
+    # Import the libraries first, so they record that torchvision is absent before the stub below exists.
     from diffusers import AutoencoderKLHunyuanVideo
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, SiglipImageProcessor, SiglipVisionModel
+
+    # The official utils import torchvision only for write_video, which the worker reaches through
+    # save_bcthw_as_mp4, replaced below.
+    sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
+    sys.path.insert(0, str(args.official))
     from diffusers_helper import hunyuan as official_hunyuan
     from diffusers_helper import utils as official_utils
     from diffusers_helper.clip_vision import hf_clip_vision_encode
     from diffusers_helper.models.hunyuan_video_packed import HunyuanVideoTransformer3DModelPacked
     from diffusers_helper.pipelines.k_diffusion_hunyuan import sample_hunyuan
-    from safetensors.torch import save_file
-    from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, SiglipImageProcessor, SiglipVisionModel
 
     from framepack_core.buckets import find_nearest_bucket
     from framepack_core.image_input import load_input_image

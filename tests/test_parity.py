@@ -1,0 +1,53 @@
+"""Same seed, same inputs, same tiny weights: the engine's final latents equal the official app's.
+
+The fixtures were made by running the official app's own worker on the tiny model set (tests/data/parity/README.md).
+The target is max|delta| <= 1e-4 x std; on the machine that made them the difference is exactly 0.
+"""
+
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from framepack_core.devices import resolve_device_config
+from framepack_core.engine import FramePackEngine
+from framepack_core.events import JobFinished
+from framepack_core.model_loading import ModelSource
+from framepack_core.model_store import ModelStore
+from framepack_core.request import GenerationRequest
+
+FIXTURES = Path(__file__).parent / "data" / "parity"
+ASSET = Path(__file__).parents[1] / "assets" / "chelsea_landscape.jpg"
+PROMPT = "The girl dances gracefully, with clear movements, full of charm."
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models_dir):
+    return FramePackEngine(ModelStore(ModelSource(models_dir=tiny_models_dir), resolve_device_config("cpu")))
+
+
+@pytest.mark.parametrize(
+    ("fixture", "model", "cfg", "rescale", "teacache"),
+    [
+        ("official_original_cfg1", "original", 1.0, 0.5, False),
+        ("official_original_cfg3", "original", 3.0, 0.5, False),
+        ("official_f1_cfg1", "f1", 1.0, 0.5, False),
+        ("official_f1_cfg3", "f1", 3.0, 0.5, False),
+        ("official_original_teacache", "original", 1.0, 0.0, True),
+        ("official_f1_teacache", "f1", 1.0, 0.0, True),
+    ],
+)
+def test_final_latents_match_the_official_app(engine, tmp_path, fixture, model, cfg, rescale, teacache):
+    expected = load_file(str(FIXTURES / f"{fixture}.safetensors"))
+    request = GenerationRequest(
+        image=ASSET, prompt=PROMPT, negative_prompt="blurry, static", model=model, seconds=3.6, seed=31337,
+        steps=25, latent_window_size=9, distilled_guidance=10.0, cfg=cfg, cfg_rescale=rescale,
+        use_teacache=teacache, resolution=64, output=tmp_path / "out.mp4", save_latents=tmp_path / "latents.safetensors",
+    )
+    last = list(engine.generate(request))[-1]
+    assert isinstance(last, JobFinished), last
+    ours = load_file(str(tmp_path / "latents.safetensors"))
+    reference = expected["history_latents"]
+    assert ours["history_latents"].shape == reference.shape == (1, 16, 28, 6, 10)
+    assert (ours["start_latent"] - expected["start_latent"]).abs().max() <= 1e-4 * expected["start_latent"].std()
+    assert (ours["history_latents"] - reference).abs().max() <= 1e-4 * reference.std()
