@@ -58,7 +58,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from framepack_core.devices import resolve_device_config
     from framepack_core.engine import FramePackEngine
-    from framepack_core.events import CancelToken, JobCancelled, JobFailed, JobFinished, SectionFinished, \
+    from framepack_core.events import CancelToken, JobCancelled, JobFailed, JobFinished, Notice, SectionFinished, \
         StageChanged, StepProgress
     from framepack_core.model_loading import ModelSource
     from framepack_core.model_store import ModelStore
@@ -90,7 +90,9 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         events = engine.generate(request, cancel=cancel)
         for event in events:
-            if isinstance(event, StageChanged):
+            if isinstance(event, Notice):
+                (bar.write if bar is not None else print)(f"note: {event.message}", file=sys.stderr)
+            elif isinstance(event, StageChanged):
                 if bar is None and not args.quiet:
                     print(event.message, file=sys.stderr)
             elif isinstance(event, StepProgress):

@@ -27,6 +27,7 @@ from framepack_core.events import (
     JobCancelled,
     JobFailed,
     JobFinished,
+    Notice,
     SectionFinished,
     Stage,
     StageChanged,
@@ -40,7 +41,6 @@ from framepack_core.request import GenerationRequest
 from framepack_core.sampler import FlowMatchUniPC, GuidanceConfig, flux_shift_mu, main_token_count, shifted_sigmas
 from framepack_core.schedule import overlap_pixel_frames, total_latent_sections
 from framepack_core.teacache import TeaCacheConfig, apply_teacache
-from framepack_core.text_encoding import encode_prompt
 from framepack_core.video_io import SectionVideoWriter
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class FramePackEngine:
         cancel = cancel or CancelToken()
         output = Path(request.output) if request.output else default_output_path(request)
         run = _JobRun(self.models, request, image.pixels, job_id, cancel, output)
+        for note in image.notes:
+            yield Notice(job_id, message=f"Input image: {note}")
         yield from run.events()
 
 
@@ -148,6 +150,9 @@ class _JobRun:
         yield self._stage(Stage.TEXT_ENCODING, "Text encoding ...")
         positive = models.encode_prompt(request.prompt)
         negative = models.encode_prompt(request.negative_prompt) if request.cfg != 1.0 else None
+        for name, embeddings in (("prompt", positive), ("negative prompt", negative)):
+            if embeddings is not None and embeddings.truncated:
+                yield Notice(self.job_id, message=f"The {name} is longer than 256 tokens; only the first 256 are used.")
         self._check_cancel()
 
         yield self._stage(Stage.IMAGE_PROCESSING, "Image processing ...")
@@ -288,6 +293,9 @@ def save_latents(path: Path, history_latents: torch.Tensor, start_latent: torch.
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's private 0600 is wrong for a user's output file
         os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)

@@ -42,6 +42,13 @@ class StageChanged(EngineEvent):
 
 
 @dataclass(frozen=True)
+class Notice(EngineEvent):
+    """Something the user should know that does not stop the job (a truncated prompt, a converted image)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class StepProgress(EngineEvent):
     section: int  # 1-based, in generation order
     total_sections: int

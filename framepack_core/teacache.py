@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -70,7 +70,6 @@ class TeaCache:
         self.stats = TeaCacheStats()
         self._branches: dict[str, _BranchState] = {}
         self._call = _CallState()
-        self._transformer: torch.nn.Module | None = None
         self._hooked_blocks: list[torch.nn.Module] = []
 
     def reset(self) -> None:
@@ -135,7 +134,6 @@ class TeaCache:
         for block in self._hooked_blocks:
             HookRegistry.check_if_exists_or_initialize(block).remove_hook(_HOOK_NAME, recurse=False)
         self._hooked_blocks = []
-        self._transformer = None
 
 
 class _BlockHook(ModelHook):
@@ -167,5 +165,4 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> TeaC
         position = "first" if number == 0 else "last" if number == len(blocks) - 1 else "middle"
         HookRegistry.check_if_exists_or_initialize(block).register_hook(_BlockHook(cache, position), _HOOK_NAME)
         cache._hooked_blocks.append(block)
-    cache._transformer = transformer
     return cache
