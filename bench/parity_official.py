@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--rs", type=float, default=0.0)
     parser.add_argument("--teacache", action="store_true")
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--transformer-dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="bfloat16 runs the DiT as the official app does on a GPU (the rest stays fp32)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -94,7 +96,9 @@ def main() -> None:
     vae = AutoencoderKLHunyuanVideo.from_pretrained(base / "vae", torch_dtype=dtype).eval()
     feature_extractor = SiglipImageProcessor.from_pretrained(redux / "feature_extractor")
     image_encoder = SiglipVisionModel.from_pretrained(redux / "image_encoder", torch_dtype=dtype).eval()
-    transformer = HunyuanVideoTransformer3DModelPacked.from_pretrained(transformer_dir, torch_dtype=dtype).eval()
+    transformer_dtype = getattr(torch, args.transformer_dtype)
+    transformer = HunyuanVideoTransformer3DModelPacked.from_pretrained(transformer_dir, torch_dtype=transformer_dtype)
+    transformer = transformer.eval()
     transformer.high_quality_fp32_output_for_inference = True
     for model in (text_encoder, text_encoder_2, vae, image_encoder, transformer):
         model.requires_grad_(False)

@@ -22,6 +22,7 @@ from framepack_core.model_loading import (
     load_vae,
 )
 from framepack_core.packing import ModelVariant
+from framepack_core.precision import apply_fp32_output_projection
 from framepack_core.text_encoding import PromptEmbeddings, encode_prompt
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class ModelStore:
         if variant not in self._transformers:
             # One DiT at a time: both would not fit on a consumer GPU.
             self._transformers.clear()
-            self._transformers[variant] = load_transformer(
-                self.source, variant.value, self.config.device, self.config.transformer_dtype
-            )
+            transformer = load_transformer(self.source, variant.value, self.config.device, self.config.transformer_dtype)
+            apply_fp32_output_projection(transformer)  # as the official app, a no-op in fp32
+            self._transformers[variant] = transformer
         return self._transformers[variant]

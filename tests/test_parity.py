@@ -51,3 +51,21 @@ def test_final_latents_match_the_official_app(engine, tmp_path, fixture, model, 
     assert ours["history_latents"].shape == reference.shape == (1, 16, 28, 6, 10)
     assert (ours["start_latent"] - expected["start_latent"]).abs().max() <= 1e-4 * expected["start_latent"].std()
     assert (ours["history_latents"] - reference).abs().max() <= 1e-4 * reference.std()
+
+
+def test_bf16_transformer_matches_the_official_app_bit_for_bit(tiny_models_dir, tmp_path):
+    """The official GPU path: bf16 DiT fed timestep and guidance in bf16, output projection in fp32."""
+    import torch
+
+    from framepack_core.devices import DeviceConfig
+
+    config = DeviceConfig(torch.device("cpu"), torch.bfloat16, torch.float32, torch.float32, torch.float32)
+    engine = FramePackEngine(ModelStore(ModelSource(models_dir=tiny_models_dir), config))
+    request = GenerationRequest(
+        image=ASSET, prompt=PROMPT, negative_prompt="blurry, static", seconds=3.6, seed=31337, cfg_rescale=0.5,
+        use_teacache=False, resolution=64, output=tmp_path / "out.mp4", save_latents=tmp_path / "latents.safetensors",
+    )
+    assert isinstance(list(engine.generate(request))[-1], JobFinished)
+    reference = load_file(str(FIXTURES / "official_original_bf16_dit.safetensors"))["history_latents"]
+    ours = load_file(str(tmp_path / "latents.safetensors"))["history_latents"]
+    assert (ours - reference).abs().max() <= 1e-4 * reference.std()

@@ -101,3 +101,21 @@ def test_zero_threshold_computes_every_step_and_matches_no_cache(transformer):
         assert cache.stats.skipped == 0
     finally:
         cache.remove()
+
+
+@torch.no_grad()
+def test_bf16_transformer_gets_an_fp32_output_projection_that_comes_off_again(tiny_models_dir):
+    from framepack_core.precision import apply_fp32_output_projection, remove_fp32_output_projection
+
+    model = load_transformer(ModelSource(models_dir=tiny_models_dir), "f1", torch.device("cpu"), torch.bfloat16)
+    inputs = {k: (v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v)
+              for k, v in _inputs(model).items()}
+    assert model(**inputs)[0].dtype == torch.bfloat16
+    assert apply_fp32_output_projection(model)
+    out = model(**inputs)[0]
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert model.transformer_blocks[0].attn.to_q.weight.dtype == torch.bfloat16  # only proj_out changed
+    remove_fp32_output_projection(model, torch.bfloat16)
+    assert model(**inputs)[0].dtype == torch.bfloat16
+    fp32 = load_transformer(ModelSource(models_dir=tiny_models_dir), "f1", torch.device("cpu"), torch.float32)
+    assert not apply_fp32_output_projection(fp32)
