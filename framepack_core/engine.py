@@ -24,6 +24,7 @@ from framepack_core.errors import Cancelled, FramePackError, OutputWriteError
 from framepack_core.events import (
     CancelToken,
     EngineEvent,
+    InputPrepared,
     JobCancelled,
     JobFailed,
     JobFinished,
@@ -39,7 +40,7 @@ from framepack_core.packing import LatentHistory, ModelVariant, plan_sections
 from framepack_core.preview import latent_preview
 from framepack_core.request import GenerationRequest
 from framepack_core.sampler import FlowMatchUniPC, GuidanceConfig, flux_shift_mu, main_token_count, shifted_sigmas
-from framepack_core.schedule import overlap_pixel_frames, total_latent_sections
+from framepack_core.schedule import overlap_pixel_frames, total_latent_sections, video_length
 from framepack_core.teacache import TeaCacheConfig, apply_teacache
 from framepack_core.video_io import SectionVideoWriter
 
@@ -77,26 +78,33 @@ class FramePackEngine:
         self.models = models
 
     def generate(
-        self, request: GenerationRequest, cancel: CancelToken | None = None, job_id: str | None = None
+        self,
+        request: GenerationRequest,
+        cancel: CancelToken | None = None,
+        job_id: str | None = None,
+        snapshot_dir: Path | None = None,
     ) -> Iterator[EngineEvent]:
         """Yield events until exactly one terminal event (finished, cancelled or failed).
 
         Bad input raises ``InvalidInputError`` before anything is yielded or loaded, so callers can refuse a
-        request synchronously; everything after that is reported as events.
+        request synchronously; everything after that is reported as events. With ``snapshot_dir``, a playable
+        mp4 of the video so far is written there after every section (for a UI; it costs a remux of the
+        segments, no re-encoding).
         """
         request = request.validated()
         image = load_input_image(request.image)
         job_id = job_id or uuid.uuid4().hex[:12]
         cancel = cancel or CancelToken()
         output = Path(request.output) if request.output else default_output_path(request)
-        run = _JobRun(self.models, request, image.pixels, job_id, cancel, output)
+        run = _JobRun(self.models, request, image.pixels, job_id, cancel, output, snapshot_dir)
         for note in image.notes:
             yield Notice(job_id, message=f"Input image: {note}")
         yield from run.events()
 
 
 class _JobRun:
-    def __init__(self, models, request, pixels, job_id, cancel, output) -> None:  # noqa: ANN001
+    def __init__(self, models, request, pixels, job_id, cancel, output, snapshot_dir=None) -> None:  # noqa: ANN001
+        self.snapshot_dir = snapshot_dir
         self.models = models
         self.request = request
         self.pixels = pixels
@@ -159,6 +167,9 @@ class _JobRun:
         source_height, source_width = self.pixels.shape[:2]
         height, width = find_nearest_bucket(source_height, source_width, resolution=request.resolution)
         cropped = resize_and_center_crop(self.pixels, target_height=height, target_width=width)
+        length = video_length(request.seconds, request.latent_window_size)
+        yield InputPrepared(self.job_id, image=cropped, width=width, height=height,
+                            total_sections=length.sections, video_frames=length.pixel_frames)
 
         yield self._stage(Stage.VAE_ENCODING, "VAE encoding ...")
         vae = models.vae()
@@ -252,10 +263,15 @@ class _JobRun:
                 written = self.writer.add_section(pixels)
                 write_s = time.perf_counter() - write_started
                 self.sections_done += 1
+                snapshot = None
+                if self.snapshot_dir is not None:
+                    self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+                    # A new name per section, so a browser never shows a cached older snapshot.
+                    snapshot = self.writer.write_snapshot(self.snapshot_dir / f"{self.job_id}_{section:03d}.mp4")
                 yield SectionFinished(self.job_id, section=section, total_sections=num_sections,
                                       segment_path=written.segment_path, video_frames=written.total_frames,
                                       latent_frames=history.total_generated_latent_frames,
-                                      dit_s=dit_s, decode_s=decode_s, write_s=write_s)
+                                      dit_s=dit_s, decode_s=decode_s, write_s=write_s, snapshot_path=snapshot)
         finally:
             if teacache is not None:
                 teacache.remove()

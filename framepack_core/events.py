@@ -49,6 +49,17 @@ class Notice(EngineEvent):
 
 
 @dataclass(frozen=True)
+class InputPrepared(EngineEvent):
+    """The start image as the model sees it: bucketed and centre-cropped (uint8 HxWx3)."""
+
+    image: np.ndarray = field(repr=False)
+    width: int
+    height: int
+    total_sections: int
+    video_frames: int  # frames the finished video will have
+
+
+@dataclass(frozen=True)
 class StepProgress(EngineEvent):
     section: int  # 1-based, in generation order
     total_sections: int
@@ -69,6 +80,7 @@ class SectionFinished(EngineEvent):
     dit_s: float
     decode_s: float
     write_s: float
+    snapshot_path: Path | None = None  # playable mp4 of the video so far, when the caller asked for snapshots
 
     @property
     def video_seconds(self) -> float:

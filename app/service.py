@@ -1,0 +1,390 @@
+"""One generation at a time per device, with a FIFO queue that browser tabs and API clients share.
+
+The UI never talks to the engine directly: it submits a ``GenerationRequest`` here, then polls
+``snapshot(job_id)`` (or blocks in ``wait_for_change``) to render progress. Jobs outlive the browser tab that
+started them, so a refreshed page reconnects with ``active_job_id()``.
+
+Per job the service writes, into the output folder: the final mp4, the cropped input image (PNG) and a JSON of
+the settings, all named ``<time>_<seed>`` and written atomically. Per-section snapshots for the live player go
+to a temporary folder that is removed when the job ends, unless ``keep_intermediates`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from framepack_core.engine import FramePackEngine
+from framepack_core.events import (
+    CancelToken,
+    InputPrepared,
+    JobCancelled,
+    JobFailed,
+    JobFinished,
+    Notice,
+    SectionFinished,
+    StageChanged,
+    StepProgress,
+)
+from framepack_core.request import GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_SUFFIX = ".json"
+INPUT_SUFFIX = ".png"
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def done(self) -> bool:
+        return self in (JobState.FINISHED, JobState.CANCELLED, JobState.FAILED)
+
+
+@dataclass
+class JobSnapshot:
+    """Everything a page needs to draw one job. A copy: safe to read from any thread."""
+
+    job_id: str
+    state: JobState
+    request: GenerationRequest
+    queue_position: int | None = None  # 1-based among queued jobs
+    stage_message: str = "Waiting in the queue ..."
+    section: int | None = None
+    total_sections: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    started_at: float | None = None
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+    preview: np.ndarray | None = field(default=None, repr=False)
+    partial_video: Path | None = None  # playable mp4 of the sections so far
+    output_video: Path | None = None  # final mp4 (or the partial one after a stop or a failure)
+    input_image: Path | None = None
+    settings_file: Path | None = None
+    video_frames: int | None = None
+    error: str | None = None
+    error_hint: str | None = None
+    notices: list[str] = field(default_factory=list)
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """A finished generation in the output folder, for the gallery."""
+
+    video: Path
+    input_image: Path | None
+    settings: dict[str, Any]
+    created: float
+
+
+class _Job:
+    def __init__(self, job_id: str, request: GenerationRequest) -> None:
+        self.cancel = CancelToken()
+        self.snapshot = JobSnapshot(job_id=job_id, state=JobState.QUEUED, request=request)
+        self.work_dir: Path | None = None
+
+
+class GenerationService:
+    """Owns the engine and one worker thread; every public method is thread-safe."""
+
+    def __init__(
+        self,
+        engine_factory: Callable[[], FramePackEngine],
+        output_dir: Path,
+        keep_intermediates: bool = False,
+        max_finished_jobs: int = 200,
+    ) -> None:
+        self._engine_factory = engine_factory
+        self._engine: FramePackEngine | None = None
+        self.output_dir = Path(output_dir)
+        self.keep_intermediates = keep_intermediates
+        self._max_finished = max_finished_jobs
+        self._jobs: dict[str, _Job] = {}
+        self._queue: deque[str] = deque()
+        self._running: str | None = None
+        self._condition = threading.Condition()
+        self._stopping = False
+        self._worker: threading.Thread | None = None
+
+    # Lifecycle -------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._condition:
+            if self._worker is not None:
+                return
+            self._stopping = False
+            self._worker = threading.Thread(target=self._work, name="framepack-worker", daemon=True)
+            self._worker.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel the running job, drop the queue and wait for the worker."""
+        with self._condition:
+            self._stopping = True
+            for job_id in list(self._queue):
+                self._finish_unstarted(job_id, "The app is shutting down.")
+            self._queue.clear()
+            if self._running:
+                self._jobs[self._running].cancel.cancel()
+            self._condition.notify_all()
+            worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+        self._worker = None
+
+    # Jobs ------------------------------------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> str:
+        """Queue a job; raises ``InvalidInputError`` for bad input before anything is queued."""
+        from framepack_core.image_input import load_input_image
+
+        request = request.validated()
+        load_input_image(request.image)  # refuse broken images now, not when the job's turn comes
+        job_id = time.strftime("%Y%m%d_%H%M%S") + f"_{uuid.uuid4().hex[:6]}"
+        with self._condition:
+            if self._stopping:
+                raise RuntimeError("The service is shutting down")
+            self._jobs[job_id] = _Job(job_id, request)
+            self._queue.append(job_id)
+            self._renumber_queue()
+            self._condition.notify_all()
+        return job_id
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a running job within one denoising step, or drop a queued one. False if unknown or done."""
+        with self._condition:
+            job = self._jobs.get(job_id)
+            if job is None or job.snapshot.state.done:
+                return False
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                self._finish_unstarted(job_id, "Stopped before it started.")
+                self._renumber_queue()
+            else:
+                job.cancel.cancel()
+                self._update(job, stage_message="Stopping after the current step ...")
+            self._condition.notify_all()
+            return True
+
+    def snapshot(self, job_id: str) -> JobSnapshot:
+        with self._condition:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise KeyError(job_id)
+            return replace(job.snapshot, notices=list(job.snapshot.notices))
+
+    def wait_for_change(self, job_id: str, version: int, timeout: float = 1.0) -> JobSnapshot:
+        """Block until the job's snapshot is newer than ``version`` or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while True:
+                job = self._jobs.get(job_id)
+                if job is None:
+                    raise KeyError(job_id)
+                remaining = deadline - time.monotonic()
+                if job.snapshot.version != version or remaining <= 0:
+                    return replace(job.snapshot, notices=list(job.snapshot.notices))
+                self._condition.wait(remaining)
+
+    def active_job_id(self) -> str | None:
+        """The running job, else the oldest queued one: what a refreshed page reconnects to."""
+        with self._condition:
+            return self._running or (self._queue[0] if self._queue else None)
+
+    def queued_job_ids(self) -> list[str]:
+        with self._condition:
+            return list(self._queue)
+
+    # Outputs ---------------------------------------------------------------------------------------------------
+
+    def list_outputs(self, limit: int = 100) -> list[OutputRecord]:
+        """Finished videos that have a settings file, newest first."""
+        records = []
+        if not self.output_dir.is_dir():
+            return records
+        for settings_path in self.output_dir.glob(f"*{SETTINGS_SUFFIX}"):
+            try:
+                settings = json.loads(settings_path.read_text())
+            except (OSError, ValueError):
+                continue
+            video = self.output_dir / settings.get("video", "")
+            if not video.is_file():
+                continue
+            image = self.output_dir / settings.get("input_image", "")
+            records.append(OutputRecord(video=video, input_image=image if image.is_file() else None,
+                                        settings=settings, created=settings_path.stat().st_mtime))
+        records.sort(key=lambda r: r.created, reverse=True)
+        return records[:limit]
+
+    # Worker ----------------------------------------------------------------------------------------------------
+
+    def _renumber_queue(self) -> None:
+        for position, job_id in enumerate(self._queue, start=1):
+            self._update(self._jobs[job_id], queue_position=position,
+                         stage_message=f"Waiting in the queue: position {position}")
+
+    def _update(self, job: _Job, **changes: Any) -> None:
+        """Apply changes under the lock and wake every waiter."""
+        for name, value in changes.items():
+            setattr(job.snapshot, name, value)
+        job.snapshot.version += 1
+        self._condition.notify_all()
+
+    def _finish_unstarted(self, job_id: str, message: str) -> None:
+        self._update(self._jobs[job_id], state=JobState.CANCELLED, queue_position=None, stage_message=message)
+
+    def _work(self) -> None:
+        while True:
+            with self._condition:
+                while not self._queue and not self._stopping:
+                    self._condition.wait()
+                if self._stopping:
+                    return
+                job_id = self._queue.popleft()
+                self._running = job_id
+                job = self._jobs[job_id]
+                self._update(job, state=JobState.RUNNING, queue_position=None, started_at=time.time(),
+                             stage_message="Starting ...")
+                self._renumber_queue()
+            try:
+                self._run(job)
+            except Exception as error:  # noqa: BLE001 - the worker must survive any job
+                logger.exception("Job %s crashed the worker", job_id)
+                with self._condition:
+                    self._update(job, state=JobState.FAILED, error=f"{type(error).__name__}: {error}",
+                                 error_hint="This is a bug; please report it with the log.")
+            finally:
+                with self._condition:
+                    self._running = None
+                    self._forget_old_jobs()
+                    self._condition.notify_all()
+                if job.work_dir is not None and not self.keep_intermediates:
+                    shutil.rmtree(job.work_dir, ignore_errors=True)
+
+    def _forget_old_jobs(self) -> None:
+        finished = [j for j, job in self._jobs.items() if job.snapshot.state.done]
+        for job_id in finished[: max(0, len(finished) - self._max_finished)]:
+            del self._jobs[job_id]
+
+    def _run(self, job: _Job) -> None:
+        request = job.snapshot.request
+        job_id = job.snapshot.job_id
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        base = f"{job_id}_seed{request.seed}"
+        output = self.output_dir / f"{base}.mp4"
+        job.work_dir = Path(tempfile.mkdtemp(prefix=f".{base}.", dir=self.output_dir))
+        request = replace(request, output=output)
+        if self._engine is None:
+            with self._condition:
+                self._update(job, stage_message="Loading models (first job only) ...")
+            self._engine = self._engine_factory()
+        started = time.perf_counter()
+        for event in self._engine.generate(request, cancel=job.cancel, job_id=job_id, snapshot_dir=job.work_dir):
+            with self._condition:
+                self._apply(job, event, base, started)
+
+    def _apply(self, job: _Job, event: object, base: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        if isinstance(event, StageChanged):
+            self._update(job, stage_message=event.message, elapsed_s=elapsed)
+        elif isinstance(event, Notice):
+            job.snapshot.notices.append(event.message)
+            self._update(job, elapsed_s=elapsed)
+        elif isinstance(event, InputPrepared):
+            image_path = self.output_dir / f"{base}{INPUT_SUFFIX}"
+            _write_png_atomically(event.image, image_path)
+            self._update(job, input_image=image_path, total_sections=event.total_sections,
+                         video_frames=event.video_frames, elapsed_s=elapsed)
+        elif isinstance(event, StepProgress):
+            self._update(job, section=event.section, total_sections=event.total_sections, step=event.step,
+                         total_steps=event.total_steps, elapsed_s=elapsed, eta_s=event.eta_s, preview=event.preview,
+                         stage_message=f"Sampling section {event.section}/{event.total_sections}, "
+                                       f"step {event.step}/{event.total_steps}")
+        elif isinstance(event, SectionFinished):
+            self._update(job, partial_video=event.snapshot_path, elapsed_s=elapsed,
+                         stage_message=f"Section {event.section}/{event.total_sections} written: "
+                                       f"{event.video_frames} frames ({event.video_seconds:.2f} s)")
+        elif isinstance(event, JobFinished):
+            settings = self._write_settings(job, base, event.output_path, finished=True)
+            self._update(job, state=JobState.FINISHED, output_video=event.output_path, settings_file=settings,
+                         partial_video=event.output_path, eta_s=0.0, elapsed_s=elapsed,
+                         stage_message=f"Done: {event.video_frames} frames in {event.elapsed_s:.1f} s")
+        elif isinstance(event, JobCancelled):
+            settings = self._write_settings(job, base, event.partial_path, finished=False) if event.partial_path else None
+            self._update(job, state=JobState.CANCELLED, output_video=event.partial_path, settings_file=settings,
+                         partial_video=event.partial_path, elapsed_s=elapsed,
+                         stage_message=f"Stopped after {event.sections_done} section(s)"
+                                       + ("; the partial video was kept." if event.partial_path else "."))
+        elif isinstance(event, JobFailed):
+            settings = self._write_settings(job, base, event.partial_path, finished=False) if event.partial_path else None
+            self._update(job, state=JobState.FAILED, error=event.message, error_hint=event.hint,
+                         output_video=event.partial_path, partial_video=event.partial_path, settings_file=settings,
+                         elapsed_s=elapsed, stage_message="Failed")
+
+    def _write_settings(self, job: _Job, base: str, video: Path, finished: bool) -> Path:
+        settings = job.snapshot.request.to_dict()
+        settings.update(
+            job_id=job.snapshot.job_id,
+            video=video.name,
+            input_image=job.snapshot.input_image.name if job.snapshot.input_image else None,
+            complete=finished,
+            source_image=str(job.snapshot.request.image),
+        )
+        for key in ("output", "save_latents", "image"):
+            settings.pop(key, None)
+        path = self.output_dir / f"{Path(video).stem}{SETTINGS_SUFFIX}"
+        _write_text_atomically(path, json.dumps(settings, indent=2, sort_keys=True))
+        return path
+
+
+def _public_mode(path: str) -> None:
+    """mkstemp creates 0600 files; outputs should get the user's normal permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        _public_mode(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _write_png_atomically(pixels: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        Image.fromarray(pixels).save(temporary, format="PNG")
+        _public_mode(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,157 @@
+"""The job service behind the UI: queue order, one job at a time, stop, errors, outputs on disk."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.service import GenerationService, JobState
+from framepack_core.devices import resolve_device_config
+from framepack_core.engine import FramePackEngine
+from framepack_core.errors import InvalidInputError
+from framepack_core.model_loading import ModelSource
+from framepack_core.model_store import ModelStore
+from framepack_core.request import GenerationRequest
+from framepack_core.video_io import probe_video
+
+FAST = dict(latent_window_size=3, steps=3, resolution=64, seconds=0.8, use_teacache=False)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("svc") / "in.png"
+    y, x = np.mgrid[0:200, 0:300]
+    Image.fromarray(np.stack([x % 256, y % 256, (x * y) % 256], -1).astype(np.uint8)).save(path)
+    return path
+
+
+def _service(models_dir: Path, out: Path, **kwargs) -> GenerationService:
+    def factory() -> FramePackEngine:
+        return FramePackEngine(ModelStore(ModelSource(models_dir=models_dir), resolve_device_config("cpu")))
+
+    service = GenerationService(factory, out, **kwargs)
+    service.start()
+    return service
+
+
+def _wait_done(service, job_id, timeout=120):
+    deadline = time.monotonic() + timeout
+    snapshot = service.snapshot(job_id)
+    while not snapshot.state.done:
+        assert time.monotonic() < deadline, snapshot
+        snapshot = service.wait_for_change(job_id, snapshot.version, timeout=1.0)
+    return snapshot
+
+
+def test_finished_job_leaves_video_input_and_settings_and_no_temporary_files(tiny_models_dir, image, tmp_path):
+    service = _service(tiny_models_dir, tmp_path)
+    try:
+        job_id = service.submit(GenerationRequest(image=image, prompt="hello", seed=5, **FAST))
+        snapshot = _wait_done(service, job_id)
+        assert snapshot.state == JobState.FINISHED, snapshot.error
+        assert probe_video(snapshot.output_video).frame_count == 25
+        assert snapshot.input_image.is_file() and Image.open(snapshot.input_image).size == (64, 48)
+        settings = json.loads(snapshot.settings_file.read_text())
+        assert settings["seed"] == 5 and settings["prompt"] == "hello" and settings["complete"] is True
+        assert settings["video"] == snapshot.output_video.name
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == sorted([snapshot.output_video.name, snapshot.input_image.name, snapshot.settings_file.name])
+        assert "seed5" in snapshot.output_video.name
+        (record,) = service.list_outputs()
+        assert record.video == snapshot.output_video and record.settings["prompt"] == "hello"
+    finally:
+        service.stop()
+
+
+def test_jobs_run_one_at_a_time_in_order_and_queued_jobs_know_their_place(tiny_models_dir, image, tmp_path):
+    service = _service(tiny_models_dir, tmp_path)
+    try:
+        first = service.submit(GenerationRequest(image=image, **{**FAST, "seconds": 1.6}))
+        second = service.submit(GenerationRequest(image=image, seed=2, **FAST))
+        assert service.snapshot(second).queue_position in (1, 2)
+        snapshot = service.snapshot(first)
+        while snapshot.state != JobState.RUNNING:
+            snapshot = service.wait_for_change(first, snapshot.version)
+        assert service.snapshot(second).queue_position == 1
+        assert service.snapshot(second).state == JobState.QUEUED
+        assert service.active_job_id() == first
+        done_first = _wait_done(service, first)
+        done_second = _wait_done(service, second)
+        assert done_first.state == done_second.state == JobState.FINISHED
+        assert done_first.started_at < done_second.started_at
+    finally:
+        service.stop()
+
+
+def test_stop_keeps_a_playable_partial_video_and_the_next_job_runs(tiny_models_dir, image, tmp_path):
+    service = _service(tiny_models_dir, tmp_path)
+    try:
+        job_id = service.submit(GenerationRequest(image=image, **{**FAST, "seconds": 2.4}))
+        snapshot = service.snapshot(job_id)
+        while snapshot.partial_video is None:
+            assert not snapshot.state.done, snapshot
+            snapshot = service.wait_for_change(job_id, snapshot.version)
+        assert probe_video(snapshot.partial_video).frame_count > 0  # a section is in the player before the end
+        assert service.cancel(job_id)
+        stopped = _wait_done(service, job_id)
+        assert stopped.state == JobState.CANCELLED
+        assert probe_video(stopped.output_video).frame_count > 0
+        assert not service.cancel(job_id)
+        again = _wait_done(service, service.submit(GenerationRequest(image=image, **FAST)))
+        assert again.state == JobState.FINISHED
+    finally:
+        service.stop()
+
+
+def test_cancelling_a_queued_job_removes_it_without_running_it(tiny_models_dir, image, tmp_path):
+    service = _service(tiny_models_dir, tmp_path)
+    try:
+        first = service.submit(GenerationRequest(image=image, **FAST))
+        second = service.submit(GenerationRequest(image=image, **FAST))
+        assert service.cancel(second)
+        assert service.snapshot(second).state == JobState.CANCELLED
+        assert service.snapshot(second).started_at is None
+        assert _wait_done(service, first).state == JobState.FINISHED
+    finally:
+        service.stop()
+
+
+def test_bad_input_is_refused_at_submit_and_the_service_stays_usable(tiny_models_dir, image, tmp_path):
+    service = _service(tiny_models_dir, tmp_path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    try:
+        with pytest.raises(InvalidInputError, match="image"):
+            service.submit(GenerationRequest(image=broken, **FAST))
+        with pytest.raises(InvalidInputError, match="seconds"):
+            service.submit(GenerationRequest(image=image, **{**FAST, "seconds": float("nan")}))
+        assert service.queued_job_ids() == []
+        assert _wait_done(service, service.submit(GenerationRequest(image=image, **FAST))).state == JobState.FINISHED
+    finally:
+        service.stop()
+
+
+def test_missing_weights_fail_readably_and_later_jobs_still_run(image, tmp_path):
+    service = _service(tmp_path / "no-models", tmp_path / "out")
+    try:
+        failed = _wait_done(service, service.submit(GenerationRequest(image=image, **FAST)))
+        assert failed.state == JobState.FAILED
+        assert "no-models" in failed.error and failed.error_hint
+        assert _wait_done(service, service.submit(GenerationRequest(image=image, **FAST))).state == JobState.FAILED
+    finally:
+        service.stop()
+
+
+def test_keep_intermediates_keeps_the_per_section_snapshots(tiny_models_dir, image, tmp_path):
+    service = _service(tiny_models_dir, tmp_path, keep_intermediates=True)
+    try:
+        done = _wait_done(service, service.submit(GenerationRequest(image=image, **FAST)))
+        snapshots = list(tmp_path.glob(".*/*.mp4"))
+        assert done.state == JobState.FINISHED and len(snapshots) == 2
+    finally:
+        service.stop()
