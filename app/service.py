@@ -40,6 +40,7 @@ from framepack_core.events import (
     StageChanged,
     StepProgress,
 )
+from framepack_core.file_modes import make_public
 from framepack_core.request import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -357,19 +358,12 @@ class GenerationService:
         return path
 
 
-def _public_mode(path: str) -> None:
-    """mkstemp creates 0600 files; outputs should get the user's normal permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _write_text_atomically(path: Path, text: str) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as file:
             file.write(text)
-        _public_mode(temporary)
+        make_public(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -383,7 +377,7 @@ def _write_png_atomically(pixels: np.ndarray, path: Path) -> None:
     os.close(handle)
     try:
         Image.fromarray(pixels).save(temporary, format="PNG")
-        _public_mode(temporary)
+        make_public(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import logging
 import signal
 import sys
@@ -53,6 +55,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Request fields whose command-line option is not simply "--" + the field name with dashes.
+_OPTION_FOR_FIELD = {"latent_window_size": "--window", "distilled_guidance": "--gs", "cfg_rescale": "--rs",
+                     "use_teacache": "--teacache"}
+
+
+def _with_option_name(error: InvalidInputError) -> str:
+    """The error as text, naming the option the user typed (``--window``) rather than the request field."""
+    option = _OPTION_FOR_FIELD.get(error.field, "--" + error.field.replace("_", "-"))
+    text = str(error)
+    prefix = f"{error.field}: "
+    return option + ": " + text[len(prefix):] if text.startswith(prefix) else text
+
+
+@contextlib.contextmanager
+def _library_progress_bars_off():
+    """For --quiet: also hide the download and weight-loading bars of huggingface_hub, transformers and diffusers.
+
+    Their state is global, so it is put back on exit (the CLI can be called in-process, e.g. by tests).
+    """
+    restore = []
+    # Import them all before changing anything: transformers copies huggingface_hub's setting when first imported.
+    modules = []
+    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
+        with contextlib.suppress(ImportError):
+            modules.append(importlib.import_module(name))
+    with contextlib.suppress(ImportError, AttributeError):
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        if not are_progress_bars_disabled():
+            disable_progress_bars()
+            restore.append(enable_progress_bars)
+    for module in modules:
+        with contextlib.suppress(AttributeError):
+            if module.is_progress_bar_enabled():
+                module.disable_progress_bar()
+                restore.append(module.enable_progress_bar)
+    try:
+        yield
+    finally:
+        for undo in reversed(restore):
+            undo()
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -87,9 +132,16 @@ def run_generate(args: argparse.Namespace) -> int:
 
     previous_handler = signal.signal(signal.SIGINT, on_interrupt)
     bar = None
+    quiet_libraries = contextlib.ExitStack()
+    libraries_silenced = False
+    segments_dir: Path | None = None
     try:
         events = engine.generate(request, cancel=cancel)
         for event in events:
+            if args.quiet and not libraries_silenced:
+                # From the first event on: the request passed validation (a refused one imports nothing more).
+                quiet_libraries.enter_context(_library_progress_bars_off())
+                libraries_silenced = True
             if isinstance(event, Notice):
                 (bar.write if bar is not None else print)(f"note: {event.message}", file=sys.stderr)
             elif isinstance(event, StageChanged):
@@ -103,9 +155,11 @@ def run_generate(args: argparse.Namespace) -> int:
                     bar.set_postfix_str(f"section {event.section}/{event.total_sections}")
                     bar.update(1)
             elif isinstance(event, SectionFinished):
+                if event.segment_path is not None:
+                    segments_dir = Path(event.segment_path).parent
                 if bar is not None:
                     bar.write(f"section {event.section}/{event.total_sections} done: {event.video_frames} frames "
-                              f"({event.video_seconds:.2f} s)")
+                              f"({event.video_seconds:.2f} s)", file=sys.stderr)
             elif isinstance(event, JobFinished):
                 if bar is not None:
                     bar.close()
@@ -130,12 +184,21 @@ def run_generate(args: argparse.Namespace) -> int:
                     print(f"  The finished sections were kept in {event.partial_path}", file=sys.stderr)
                 return EXIT_FAILED
     except InvalidInputError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_with_option_name(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # the second Ctrl-C: stop at once, without a traceback
+        if bar is not None:
+            bar.close()
+        kept = ""
+        if segments_dir is not None and any(segments_dir.glob("*.mp4")):
+            kept = f"; the finished sections' video segments are in {segments_dir}"
+        print(f"\nAborted{kept}", file=sys.stderr)
+        return EXIT_CANCELLED
     except FramePackError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     finally:
+        quiet_libraries.close()
         signal.signal(signal.SIGINT, previous_handler)
     return EXIT_FAILED
 

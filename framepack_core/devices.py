@@ -35,27 +35,56 @@ def detect_device() -> torch.device:
     return torch.device("cpu")
 
 
+_DEVICE_CHOICES = "use auto, cpu, cuda, cuda:N or mps"
+_DTYPE_CHOICES = "use auto, float32, bfloat16 or float16"
+
+
+def parse_dtype(dtype: str) -> torch.dtype | None:
+    """``None`` for "auto", else the torch dtype named by ``dtype``; ``ValueError`` for an unknown name."""
+    if dtype == "auto":
+        return None
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype: unknown dtype {dtype!r} ({_DTYPE_CHOICES})")
+    return DTYPES[dtype]
+
+
+def default_config(device: torch.device | str, dtype: str = "auto") -> DeviceConfig:
+    """The per-component dtypes for an already chosen ``device``. Pure: asks the hardware nothing.
+
+    ``dtype`` "auto" gives fp32 everywhere on CPU and the official app's table elsewhere (bf16 transformer,
+    fp16 text encoders, VAE and SigLIP); any other ``dtype`` is used for every component.
+    """
+    device = torch.device(device)
+    one = parse_dtype(dtype)
+    if one is not None:
+        return DeviceConfig(device, one, one, one, one)
+    if device.type == "cpu":
+        return DeviceConfig(device, torch.float32, torch.float32, torch.float32, torch.float32)
+    return DeviceConfig(device, torch.bfloat16, torch.float16, torch.float16, torch.float16)
+
+
 def resolve_device_config(device: str = "auto", dtype: str = "auto") -> DeviceConfig:
-    """``device``: auto, cpu, cuda, cuda:N or mps. ``dtype``: auto, or one dtype for every component."""
+    """``device``: auto, cpu, cuda, cuda:N or mps. ``dtype``: auto, or one dtype for every component.
+
+    Raises ``ValueError`` (message starting with the option name) for an unknown or unavailable device or dtype.
+    """
     if device == "auto":
         chosen = detect_device()
     else:
         try:
             chosen = torch.device(device)
-        except RuntimeError as error:
-            raise ValueError(f"--device: unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from error
-        if chosen.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: this torch build sees no CUDA GPU. Install a CUDA build of torch, "
-                             "or use --device cpu")
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"--device: unknown device {device!r} ({_DEVICE_CHOICES})") from error
+        if chosen.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"--device: unsupported device type {chosen.type!r} ({_DEVICE_CHOICES})")
+        if chosen.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"--device {device}: this torch build sees no CUDA GPU. Install a CUDA build of torch, "
+                                 "or use --device cpu")
+            count = torch.cuda.device_count()
+            if chosen.index is not None and chosen.index >= count:
+                raise ValueError(f"--device {device}: there is no such GPU; this machine has {count} "
+                                 f"(cuda:0 to cuda:{count - 1})")
         if chosen.type == "mps" and not torch.backends.mps.is_available():
             raise ValueError("--device mps: MPS is not available on this machine; use --device cpu")
-        if chosen.type not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"--device: unsupported device type {chosen.type!r}")
-    if dtype != "auto":
-        if dtype not in DTYPES:
-            raise ValueError(f"--dtype: unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
-        one = DTYPES[dtype]
-        return DeviceConfig(chosen, one, one, one, one)
-    if chosen.type == "cpu":
-        return DeviceConfig(chosen, torch.float32, torch.float32, torch.float32, torch.float32)
-    return DeviceConfig(chosen, torch.bfloat16, torch.float16, torch.float16, torch.float16)
+    return default_config(chosen, dtype)

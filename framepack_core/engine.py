@@ -34,6 +34,7 @@ from framepack_core.events import (
     StageChanged,
     StepProgress,
 )
+from framepack_core.file_modes import make_public
 from framepack_core.image_input import load_input_image
 from framepack_core.model_store import ModelStore
 from framepack_core.packing import LatentHistory, ModelVariant, plan_sections
@@ -309,9 +310,7 @@ def save_latents(path: Path, history_latents: torch.Tensor, start_latent: torch.
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's private 0600 is wrong for a user's output file
+        make_public(temporary)
         os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)

@@ -76,7 +76,8 @@ def prompt_token_count(prompt: str, tokenizer) -> int:  # noqa: ANN001
 def encode_prompt(prompt: str, tokenizer, text_encoder, tokenizer_2, text_encoder_2) -> PromptEmbeddings:  # noqa: ANN001
     truncated = prompt_token_count(prompt, tokenizer) > MAX_PROMPT_TOKENS
     if truncated:
-        logger.warning("The prompt is longer than %d tokens; the rest is ignored, as in the official app.", MAX_PROMPT_TOKENS)
+        # The engine tells the user through a Notice event; this is for library callers' logs.
+        logger.info("The prompt is longer than %d tokens; the rest is ignored, as in the official app.", MAX_PROMPT_TOKENS)
 
     llama_inputs = tokenizer(
         [PROMPT_TEMPLATE.format(prompt)],

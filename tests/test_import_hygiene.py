@@ -1,0 +1,87 @@
+"""Importing framepack_core stays UI-free and never touches CUDA; the CLI module itself imports nothing heavy.
+
+Each check runs in a fresh interpreter, since this pytest process has long since imported everything.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Imports every module of the package (found on disk, so new modules are covered too) except __main__, which
+# would run the CLI. Prints the module names it imported.
+IMPORT_ALL = """
+import importlib, pkgutil
+import framepack_core
+names = sorted(f"framepack_core.{m.name}" for m in pkgutil.iter_modules(framepack_core.__path__) if m.name != "__main__")
+for name in names:
+    importlib.import_module(name)
+print("imported:", " ".join(names))
+"""
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+def _imported(result: subprocess.CompletedProcess) -> set[str]:
+    line = next(line for line in result.stdout.splitlines() if line.startswith("imported:"))
+    return set(line.split()[1:])
+
+
+def test_importing_every_module_does_not_import_gradio():
+    result = _run_python(IMPORT_ALL + """
+import sys
+loaded = sorted(name for name in sys.modules if name == "gradio" or name.startswith(("gradio.", "gradio_client")))
+assert not loaded, f"framepack_core pulled in the UI library: {loaded}"
+""")
+    # Guard against the discovery silently finding nothing.
+    assert {"framepack_core.cli", "framepack_core.engine", "framepack_core.model_store",
+            "framepack_core.model_loading", "framepack_core.tiny_models", "framepack_core.video_io",
+            "framepack_core.teacache", "framepack_core.devices"} <= _imported(result)
+
+
+def test_importing_every_module_and_building_the_cli_parser_never_touches_cuda():
+    result = _run_python("""
+import torch
+
+calls = []  # also recorded, in case some library swallows the exception
+
+def _forbidden(name):
+    def call(*args, **kwargs):
+        calls.append(name)
+        raise AssertionError(f"torch.cuda.{name} was called while importing framepack_core")
+    return call
+
+for name in ("is_available", "current_device", "device_count", "mem_get_info", "init", "_lazy_init"):
+    setattr(torch.cuda, name, _forbidden(name))
+""" + IMPORT_ALL + """
+from framepack_core.cli import build_parser
+from framepack_core.devices import resolve_device_config
+
+args = build_parser().parse_args(["generate", "--image", "x.png", "--device", "cpu"])
+assert args.device == "cpu" and args.command == "generate"
+assert resolve_device_config("cpu").device.type == "cpu"  # an explicit CPU asks nothing of CUDA either
+assert not calls, f"CUDA was touched: {calls}"
+""")
+    assert "framepack_core.engine" in _imported(result)
+
+
+def test_the_cli_module_imports_no_heavy_library_so_help_is_instant():
+    result = _run_python("""
+import sys
+import framepack_core.cli
+from framepack_core.cli import build_parser
+build_parser()
+heavy = sorted({name.split(".")[0] for name in sys.modules} & {"torch", "numpy", "PIL", "av", "transformers",
+                                                              "diffusers", "gradio", "huggingface_hub"})
+print("heavy:", heavy)
+""")
+    assert "heavy: []" in result.stdout
