@@ -43,6 +43,7 @@ from framepack_core.request import GenerationRequest
 from framepack_core.sampler import FlowMatchUniPC, GuidanceConfig, flux_shift_mu, main_token_count, shifted_sigmas
 from framepack_core.schedule import overlap_pixel_frames, total_latent_sections, video_length
 from framepack_core.teacache import TeaCacheConfig, apply_teacache
+from framepack_core.text_encoding import PromptEmbeddings
 from framepack_core.video_io import SectionVideoWriter
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,8 @@ VAE_SPATIAL_COMPRESSION = 8
 class PreparedInputs:
     """Everything the section loop needs that does not change between sections."""
 
-    positive: object
-    negative: object | None
+    positive: PromptEmbeddings
+    negative: PromptEmbeddings | None
     image_embeddings: torch.Tensor
     start_latent: torch.Tensor
     height: int
