@@ -140,9 +140,12 @@ def encode_segment(frames: np.ndarray, path: Path, *, fps: int, crf: int, preset
     """
     height, width = frames.shape[1:3]
     with av.open(str(path), "w", format="mp4") as container:
-        # libx264 is deterministic at real sizes, but frames under about 64 px wide (tiny test videos) were seen to
-        # encode differently from identical input, apparently reads past its minimum lookahead size.
-        stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": preset})
+        # asm=0: with its SIMD kernels, libx264 (as bundled with PyAV 18) encoded identical frames differently from
+        # run to run (seen at 64x48 and 144x112, several distinct files in 10 runs; one file with asm=0). The same
+        # seed must give the same video, also after a resume, so we pay the plain-C speed: about 1.8 s instead of
+        # 0.5 s per 36 frames at 640x608 on a 2-core CPU, small next to a section's minutes of sampling.
+        options = {"crf": str(crf), "preset": preset, "x264-params": "asm=0"}
+        stream = container.add_stream("libx264", rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for rgb in frames:
             # PyAV converts rgb24 -> yuv420p with swscale, the same path torchvision's write_video takes.
