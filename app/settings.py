@@ -1,0 +1,163 @@
+"""How the app is run: one frozen ``Settings`` object, built once by ``launch.py`` and passed down.
+
+Values come from, in order of precedence: command-line flags, ``FRAMEPACK_*`` environment variables, the
+defaults below. Nothing in ``app/`` or ``framepack_core/`` reads the environment or module globals for its
+configuration; they receive this object (or the pieces of it they need).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_args, get_type_hints
+
+ENV_PREFIX = "FRAMEPACK_"
+SCHEMA_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# What the job inputs start at in demo mode: a run on the tiny random models takes seconds on a laptop CPU.
+DEMO_JOB_DEFAULTS: Mapping[str, Any] = {"resolution": 128, "latent_window_size": 9, "steps": 8, "seconds": 2.0}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _describe(text: str, default: Any = MISSING, **kwargs: Any) -> Any:
+    """A dataclass field with a description (shown by ``launch.py --help`` and ``Settings.describe``)."""
+    return field(default=default, metadata={"description": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides how the app runs. Frozen: build a new one with ``dataclasses.replace``."""
+
+    host: str = _describe("Interface to listen on. 127.0.0.1 keeps the app private to this computer.",
+                          "127.0.0.1")
+    port: int | None = _describe("Port to listen on (None: Gradio picks 7860 or the next free one).", None)
+    share: bool = _describe("Create a public *.gradio.live link (needs internet; use auth with it).", False)
+    auth: tuple[tuple[str, str], ...] = _describe(
+        "Login credentials (USER, PASSWORD) pairs; empty means no login page.", (), repr=False)
+    inbrowser: bool = _describe("Open the app in the default browser once it is up.", False)
+    output_dir: Path = _describe("Folder for finished videos, their input images and settings JSON.",
+                                 REPO_ROOT / "outputs")
+    models_dir: Path | None = _describe(
+        "Folder with the models in org/name/subfolder layout (None: the Hugging Face cache).", None)
+    offline: bool = _describe("Never download weights; use local files only.", False)
+    demo: bool = _describe("Run offline on CPU with the tiny random-weight models (the video is noise).", False)
+    device: str = _describe("auto, cpu, cuda, cuda:N or mps.", "auto")
+    dtype: str = _describe("auto, float32, bfloat16 or float16 (one dtype for every component).", "auto")
+    keep_intermediates: bool = _describe("Keep the per-section snapshot videos after a job ends.", False)
+    max_file_size_mb: float = _describe("Largest upload accepted, in MB.", 50.0)
+    concurrency_limit: int = _describe(
+        "How many browser tabs or API clients may stream progress at once (jobs still run one at a time).", 16)
+    gallery_size: int = _describe("How many past generations the outputs gallery shows.", 24)
+    schema_version: int = _describe("Version of this settings layout.", SCHEMA_VERSION)
+
+    # Derived values ------------------------------------------------------------------------------------------
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when only this computer can reach the server."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def exposed_without_auth(self) -> bool:
+        """Other people could reach the app and nothing asks them to log in."""
+        return not self.auth and (self.share or not self.is_loopback)
+
+    @property
+    def max_file_size_bytes(self) -> int:
+        return int(self.max_file_size_mb * 1024 * 1024)
+
+    def job_defaults(self) -> dict[str, Any]:
+        """The values the job inputs start at: the official app's (the request's defaults), lowered in demo mode."""
+        from framepack_core.request import GenerationRequest  # here: importing the request imports torch
+
+        defaults = {f.name: f.default for f in fields(GenerationRequest) if f.default is not MISSING}
+        if self.demo:
+            defaults.update(DEMO_JOB_DEFAULTS)
+        return defaults
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        """Field name -> description, e.g. for ``--help`` texts."""
+        return {f.name: f.metadata.get("description", "") for f in fields(cls)}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``FRAMEPACK_<FIELD>`` variables, then ``overrides`` (flags; ``None`` means not given).
+
+        ``FRAMEPACK_AUTH`` is one or more ``USER:PASS`` separated by commas; ``FRAMEPACK_AUTH_FILE`` names a file
+        of ``USER:PASS`` lines. Raises ``ValueError`` naming the variable for a value that does not parse.
+        """
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if name in environ and f.name != "auth":
+                values[f.name] = _parse(name, environ[name], hints[f.name])
+        auth: list[tuple[str, str]] = []
+        if environ.get(ENV_PREFIX + "AUTH"):
+            auth += [parse_credentials(item, ENV_PREFIX + "AUTH") for item in environ[ENV_PREFIX + "AUTH"].split(",")]
+        if environ.get(ENV_PREFIX + "AUTH_FILE"):
+            auth += read_auth_file(Path(environ[ENV_PREFIX + "AUTH_FILE"]))
+        if auth:
+            values["auth"] = tuple(auth)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        return replace(settings, output_dir=Path(settings.output_dir).expanduser().resolve(),
+                       models_dir=None if settings.models_dir is None
+                       else Path(settings.models_dir).expanduser().resolve())
+
+
+def parse_credentials(text: str, where: str) -> tuple[str, str]:
+    """``USER:PASS`` -> (user, password); the password may contain colons."""
+    user, sep, password = text.strip().partition(":")
+    if not sep or not user or not password:
+        raise ValueError(f"{where}: expected USER:PASS with a non-empty user and password")
+    return user, password
+
+
+def read_auth_file(path: Path) -> list[tuple[str, str]]:
+    """Credentials from a file of ``USER:PASS`` lines (blank lines and ``#`` comments are skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ValueError(f"auth file {path}: cannot read it ({error.strerror or error})") from error
+    pairs = [parse_credentials(line, f"auth file {path}, line {number}")
+             for number, line in enumerate(lines, start=1) if line.strip() and not line.lstrip().startswith("#")]
+    if not pairs:
+        raise ValueError(f"auth file {path}: no USER:PASS lines in it")
+    return pairs
+
+
+def _parse(name: str, text: str, hint: Any) -> Any:
+    kinds = set(get_args(hint)) or {hint}
+    text = text.strip()
+    if type(None) in kinds and text.lower() in ("", "none"):
+        return None
+    if bool in kinds:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError(f"{name}: expected true or false, got {text!r}")
+    try:
+        if int in kinds:
+            return int(text)
+        if float in kinds:
+            return float(text)
+    except ValueError:
+        raise ValueError(f"{name}: expected a number, got {text!r}") from None
+    if Path in kinds:
+        return Path(text)
+    return text

@@ -1,0 +1,631 @@
+"""The Gradio page: a thin view over ``GenerationService``.
+
+Handlers only build a ``GenerationRequest``, call the service and turn its ``JobSnapshot``s into component
+updates; the engine, the queue and the files on disk belong to the service. Progress is streamed by generator
+handlers that block in ``service.wait_for_change`` (no busy polling) and yield only what changed, so a page
+never blocks another and a job outlives the tab that started it: reloading the page reconnects to it.
+
+Named API endpoints (for ``gradio_client``): ``/generate`` (image + settings in, final video out, progress as
+it goes), ``/status`` and ``/stop`` (by job id).
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import logging
+import os
+import random
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from app.service import GenerationService, JobSnapshot, JobState, OutputRecord
+from app.settings import REPO_ROOT, Settings
+from framepack_core.errors import InvalidInputError
+from framepack_core.request import MAX_RESOLUTION, MAX_SECONDS, MAX_WINDOW, MIN_RESOLUTION, GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE_PROMPTS = (
+    "The girl dances gracefully, with clear movements, full of charm.",
+    "A character doing some simple body movements.",
+)
+EXAMPLE_IMAGES = tuple(REPO_ROOT / "assets" / name
+                       for name in ("chelsea_landscape.jpg", "astronaut_portrait.jpg", "coffee_landscape.jpg"))
+ORIGINAL_NOTE = ("**The original model generates the end of the clip first**: each new section lies *before* the "
+                 "previous one, so the video below grows towards the start image. F1 generates forward.")
+DEMO_BANNER = ("**demo mode: random tiny weights, the video is noise.** Everything else is real: the models are "
+               "loaded, sampled, decoded and written exactly as with the real weights, on the CPU.")
+MEMORY_INFO = ("Not used yet: this version keeps every model on the GPU. The memory planner for small GPUs is "
+               "tracked as its own issue and will use this value.")
+
+# The job inputs after the image, in the order every handler and the /generate endpoint take them. The names
+# are GenerationRequest fields, so saved settings load back by name.
+JOB_FIELDS = ("prompt", "model", "seconds", "seed", "steps", "distilled_guidance", "latent_window_size", "cfg",
+              "cfg_rescale", "negative_prompt", "use_teacache", "teacache_threshold", "crf", "resolution")
+# Seeds are drawn below 2**32 so they survive the browser's float64 numbers exactly.
+RANDOM_SEED_LIMIT = 2**32
+# Progress and previews are redrawn at most this often (sections, state changes and the end go out at once).
+PAGE_UPDATE_INTERVAL_S = 0.2
+API_UPDATE_INTERVAL_S = 0.5
+# Section snapshots are linked here before the page gets them (see _Staging); leftovers older than this go.
+STAGING_DIR_NAME = ".ui-staging"
+STAGING_MAX_AGE_S = 3600.0
+
+CSS = """
+#progress .fp-progress { font-size: 0.95rem; line-height: 1.5; overflow-wrap: anywhere; }
+#progress progress { width: 100%; height: 0.8rem; }
+/* The latent preview is tiny (1/8 of the video size): scale it up to the box, without smoothing. */
+#preview img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+#progress .fp-error { color: var(--error-text-color, #b91c1c); }
+#progress .fp-muted { opacity: 0.75; }
+#demo-banner { border: 2px solid #f59e0b; border-radius: 8px; padding: 0.2rem 0.8rem; }
+"""
+
+
+def page_style() -> dict[str, Any]:
+    """``theme`` and ``css`` for ``Blocks.launch`` (Gradio 6 takes them there, not in ``Blocks``).
+
+    System fonts only: the default theme fetches Google Fonts, which an offline or firewalled machine cannot.
+    """
+    fonts = ["ui-sans-serif", "system-ui", "sans-serif"]
+    mono = ["ui-monospace", "monospace"]
+    return {"theme": gr.themes.Default(font=fonts, font_mono=mono), "css": CSS}
+
+
+# Turning inputs into a request ---------------------------------------------------------------------------------
+
+def build_request(image: str | None, values: dict[str, Any]) -> GenerationRequest:
+    """The request for the page's (or the API's) inputs; ``InvalidInputError`` when there is no image."""
+    if not image:
+        raise InvalidInputError("image", "no start image was given", "Upload a start image first.")
+    known = {name: values[name] for name in JOB_FIELDS if values.get(name) is not None}
+    # Number components send floats (2.0); the request validates whole numbers itself.
+    return GenerationRequest(image=Path(image), **known)
+
+
+def settings_to_inputs(settings: dict[str, Any], defaults: dict[str, Any]) -> list[Any]:
+    """Saved settings (a settings JSON) -> values for the JOB_FIELDS components; missing keys keep defaults."""
+    values = []
+    for name in JOB_FIELDS:
+        value = settings.get(name, defaults.get(name))
+        values.append(getattr(value, "value", value))  # the model enum -> "original" / "f1"
+    return values
+
+
+# Rendering a snapshot ------------------------------------------------------------------------------------------
+
+_STATE_LABELS = {JobState.QUEUED: "Queued", JobState.RUNNING: "Running", JobState.FINISHED: "Finished",
+                 JobState.CANCELLED: "Stopped", JobState.FAILED: "Failed"}
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def render_message(text: str, *, hint: str = "", error: bool = False, state: str = "idle") -> str:
+    """A one-message progress box (idle text, a refused request)."""
+    css = "fp-error" if error else "fp-muted"
+    body = f'<div class="{css}">{"<b>Error:</b> " if error else ""}{html.escape(text)}</div>'
+    if hint:
+        body += f'<div class="{css}">How to fix: {html.escape(hint)}</div>'
+    return f'<div class="fp-progress" data-state="{state}">{body}</div>'
+
+
+def render_progress(snapshot: JobSnapshot, *, own: bool = True) -> str:
+    """Stage, section i/n, step j/k, elapsed, ETA and a bar; errors with their fix; notices.
+
+    The outer element carries ``data-state`` (and section/step) so tests and scripts can read the state.
+    """
+    s = snapshot
+    if s.queue_position:
+        stage = (f"Place in the queue: <b>{s.queue_position}</b> (one job runs at a time; this one starts when "
+                 "the jobs before it end)")
+    else:
+        stage = html.escape(s.stage_message)
+    lines = [f"<b>{_STATE_LABELS[s.state]}</b> &middot; {stage}"]
+    if not own:
+        lines.append('<span class="fp-muted">This job was started from another tab or by an API client.</span>')
+    counters = []
+    if s.total_sections:
+        counters.append(f"section {s.section or 0}/{s.total_sections}")
+    if s.total_steps:
+        counters.append(f"step {s.step or 0}/{s.total_steps}")
+    if s.state != JobState.QUEUED:
+        counters.append(f"elapsed {format_duration(s.elapsed_s)}")
+    if s.state == JobState.RUNNING:
+        counters.append(f"ETA {format_duration(s.eta_s)}")
+    if counters:
+        lines.append(" &middot; ".join(counters))
+    bar = ""
+    if s.total_sections and s.total_steps and s.section:
+        done = (s.section - 1) * s.total_steps + (s.step or 0)
+        total = s.total_sections * s.total_steps
+        if s.state == JobState.FINISHED:
+            done = total
+        bar = f'<progress value="{done}" max="{total}"></progress>'
+    if s.error:
+        lines.append(f'<span class="fp-error"><b>Error:</b> {html.escape(s.error)}</span>')
+        if s.error_hint:
+            lines.append(f'<span class="fp-error">How to fix: {html.escape(s.error_hint)}</span>')
+    if s.video_frames and s.state == JobState.RUNNING:
+        lines.append(f'<span class="fp-muted">The finished video will have {s.video_frames} frames '
+                     f'({s.video_frames / 30:.1f} s at 30 fps).</span>')
+    if s.output_video is not None and s.state.done:
+        lines.append(f"Saved as <code>{html.escape(s.output_video.name)}</code> in the output folder.")
+    for notice in s.notices:
+        lines.append(f'<span class="fp-muted">Note: {html.escape(notice)}</span>')
+    attributes = (f'data-state="{s.state.value}" data-job="{html.escape(s.job_id)}" '
+                  f'data-section="{s.section or 0}" data-step="{s.step or 0}"')
+    return f'<div class="fp-progress" {attributes}>{"<br>".join(lines)}{bar}</div>'
+
+
+def status_dict(snapshot: JobSnapshot) -> dict[str, Any]:
+    """The snapshot as JSON for API clients (no arrays, no server paths beyond file names)."""
+    s = snapshot
+    return {"job_id": s.job_id, "state": s.state.value, "queue_position": s.queue_position,
+            "stage": s.stage_message, "section": s.section, "total_sections": s.total_sections, "step": s.step,
+            "total_steps": s.total_steps, "elapsed_s": round(s.elapsed_s, 3),
+            "eta_s": None if s.eta_s is None else round(s.eta_s, 3), "video_frames": s.video_frames,
+            "video": s.output_video.name if s.output_video else None, "error": s.error, "error_hint": s.error_hint,
+            "notices": list(s.notices)}
+
+
+def gallery_items(records: list[OutputRecord]) -> list[tuple[str, str]]:
+    """(thumbnail, caption) per past generation: the cropped input image, else the video itself."""
+    items = []
+    for record in records:
+        settings = record.settings
+        prompt = str(settings.get("prompt") or "(no prompt)")
+        prompt = prompt if len(prompt) <= 48 else prompt[:47] + "…"
+        state = "" if settings.get("complete", True) else " · partial"
+        caption = (f"{settings.get('model', '?')} · {settings.get('seconds', '?')} s · seed {settings.get('seed', '?')}"
+                   f"{state} · {prompt}")
+        items.append((str(record.input_image or record.video), caption))
+    return items
+
+
+def snapshots_to_show(service: GenerationService, job_id: str, min_interval_s: float) -> Iterator[JobSnapshot]:
+    """The job's snapshots worth drawing: the current one, then changes, at most one per ``min_interval_s``.
+
+    Changes that matter at once (a new section video, a queue place, a new state, the end) go out as soon as they
+    happen; step-by-step progress and previews are coalesced to the latest within the interval. With the real
+    models a step takes seconds, so every step is shown; with the tiny ones steps come every few milliseconds
+    and drawing each would cost the engine more time than the step itself. Raises ``KeyError`` for an unknown job.
+    """
+    sent = service.snapshot(job_id)
+    yield sent
+    sent_at = time.monotonic()
+    current = sent
+    while not sent.state.done:
+        due = sent_at + min_interval_s
+        timeout = 0.5 if current.version == sent.version else max(0.0, due - time.monotonic())
+        current = service.wait_for_change(job_id, current.version, timeout=timeout)
+        if current.version == sent.version:
+            continue  # nothing new yet
+        urgent = (current.state != sent.state or current.partial_video != sent.partial_video
+                  or current.queue_position != sent.queue_position or current.error != sent.error)
+        if urgent or time.monotonic() >= due:
+            sent, sent_at = current, time.monotonic()
+            yield sent
+
+
+# Section snapshots ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _Staging:
+    """Hard links to the service's per-section snapshots, alive until Gradio has copied them.
+
+    The service deletes a job's snapshot folder the moment the job ends, which can fall between handing Gradio
+    the path of the last section and Gradio copying it into its cache (it runs ffprobe first). A hard link keeps
+    the file's data alive whatever happens to the original; it is dropped once the next yield has gone out,
+    because Gradio postprocesses one yield before asking the generator for the next. One folder per stream,
+    inside the output folder (hard links cannot cross file systems; Gradio may serve that folder anyway).
+    """
+
+    root: Path
+    folder: Path = field(init=False)
+    _pending: list[Path] = field(default_factory=list)
+    _sent: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.folder = self.root / uuid.uuid4().hex[:12]
+
+    def stage(self, path: Path) -> Path | None:
+        """A path to ``path``'s data that only this stream deletes; None if the original is already gone."""
+        target = self.folder / path.name
+        if target.exists():
+            return target
+        for _ in range(3):  # another stream may remove the (empty) root between our two mkdirs
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                break
+            except FileNotFoundError:
+                continue
+        try:
+            os.link(path, target)
+        except FileNotFoundError:
+            return None
+        except OSError:  # links not allowed here: a copy does the same job
+            try:
+                shutil.copyfile(path, target)
+            except FileNotFoundError:
+                return None
+        self._pending.append(target)
+        return target
+
+    def yielded(self) -> None:
+        """Call after each yield returns: the files of the yield before it have been copied by Gradio."""
+        for path in self._sent:
+            path.unlink(missing_ok=True)
+        self._sent, self._pending = self._pending, []
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        # Streams cut off without running their cleanup (a closed tab) leave folders behind; sweep old ones.
+        cutoff = time.time() - STAGING_MAX_AGE_S
+        for folder in self.root.glob("*") if self.root.is_dir() else ():
+            try:
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                pass
+        try:
+            self.root.rmdir()  # only when empty: other streams may be using it
+        except OSError:
+            pass
+
+
+# The page ------------------------------------------------------------------------------------------------------
+
+def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
+    """The whole page and its API endpoints. The service must be started by the caller."""
+    defaults = settings.job_defaults()
+    staging_root = settings.output_dir / STAGING_DIR_NAME
+
+    with gr.Blocks(title="FramePack", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+        job_state = gr.State(None)  # the job this tab shows
+        records_state = gr.State([])  # the gallery's records, to map a click to its settings
+        # This browser's own last job, so a reload reconnects to it even when it is only queued.
+        browser_job = gr.BrowserState(None, storage_key="framepack-job")
+
+        gr.Markdown("# FramePack image-to-video")
+        if settings.demo:
+            gr.Markdown(DEMO_BANNER, elem_id="demo-banner")
+
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = _StartImage(label="Start image", type="filepath", image_mode=None,
+                                    sources=["upload", "clipboard"], height=320, elem_id="start-image")
+                gr.Examples([[str(p)] for p in EXAMPLE_IMAGES if p.is_file()], inputs=[image],
+                            label="Example images", api_visibility="private")
+                prompt = gr.Textbox(label="Prompt", value=defaults["prompt"], lines=2, elem_id="prompt",
+                                    placeholder="Describe the motion: the subject, then what it does.")
+                quick = gr.Dataset(label="Quick prompts", samples=[[p] for p in EXAMPLE_PROMPTS],
+                                   components=[prompt], elem_id="quick-prompts")
+                model = gr.Radio([("Original (inverted anti-drifting)", "original"), ("F1 (forward)", "f1")],
+                                 value=defaults["model"].value, label="Model", elem_id="model")
+                model_note = gr.Markdown(ORIGINAL_NOTE, visible=defaults["model"].value == "original",
+                                         elem_id="model-note")
+                with gr.Row():
+                    start_btn = gr.Button("Start", variant="primary", elem_id="start")
+                    stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+                seconds = gr.Slider(1, MAX_SECONDS, value=defaults["seconds"], step=0.1,
+                                    label="Video length (seconds)", elem_id="seconds")
+                with gr.Row(equal_height=True):
+                    seed = gr.Number(value=defaults["seed"], precision=0, label="Seed", minimum=0, scale=3,
+                                     elem_id="seed")
+                    random_seed_btn = gr.Button("Random seed", size="sm", scale=1, min_width=100, elem_id="random-seed")
+                steps = gr.Slider(1, 100, value=defaults["steps"], step=1, label="Steps",
+                                  info="25 is the official default; changing it is not recommended.",
+                                  elem_id="steps")
+                distilled_guidance = gr.Slider(1, 32, value=defaults["distilled_guidance"], step=0.01,
+                                               label="Distilled CFG scale",
+                                               info="10 is the official default; changing it is not recommended.",
+                                               elem_id="distilled-guidance")
+                with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                    latent_window_size = gr.Slider(1, MAX_WINDOW, value=defaults["latent_window_size"], step=1,
+                                                   label="Latent window size",
+                                                   info="9 is what the models were trained with.",
+                                                   elem_id="window")
+                    cfg = gr.Slider(1, 32, value=defaults["cfg"], step=0.01, label="Real CFG scale",
+                                    info="1 turns it off. Above 1 the model runs twice per step and the "
+                                         "negative prompt is used.", elem_id="cfg")
+                    cfg_rescale = gr.Slider(0, 1, value=defaults["cfg_rescale"], step=0.01, label="CFG rescale",
+                                            elem_id="cfg-rescale")
+                    negative_prompt = gr.Textbox(label="Negative prompt", value=defaults["negative_prompt"],
+                                                 info="Used only when the real CFG scale is above 1.",
+                                                 elem_id="negative-prompt")
+                    use_teacache = gr.Checkbox(value=defaults["use_teacache"], label="Use TeaCache",
+                                               info="Faster, but often makes hands and fingers slightly worse. "
+                                                    "Turn it off for the final quality.", elem_id="teacache")
+                    teacache_threshold = gr.Slider(0.01, 1.0, value=defaults["teacache_threshold"], step=0.01,
+                                                   label="TeaCache threshold",
+                                                   info="0.15 is the usual value; lower is closer to no cache.",
+                                                   elem_id="teacache-threshold")
+                    crf = gr.Slider(0, 51, value=defaults["crf"], step=1, label="MP4 compression (CRF)",
+                                    info="Lower means better quality; 0 is lossless but some players show it "
+                                         "black. 16 is the default.", elem_id="crf")
+                    resolution = gr.Slider(MIN_RESOLUTION, MAX_RESOLUTION, value=defaults["resolution"], step=16,
+                                           label="Base resolution",
+                                           info="640 is the official size; smaller is faster.",
+                                           elem_id="resolution")
+                    gr.Slider(6, 128, value=6, step=0.1, label="GPU memory to preserve (GB)", info=MEMORY_INFO,
+                              interactive=False, elem_id="preserved-memory")
+
+            with gr.Column(scale=1):
+                preview = gr.Image(label="Latest latents (preview, every step)", interactive=False, visible=False,
+                                   height=200, format="png", elem_id="preview")
+                video = gr.Video(label="Video so far (a new section appears as soon as it is written)",
+                                 autoplay=True, loop=True, height=512, interactive=False, buttons=["download"],
+                                 elem_id="video")
+                progress = gr.HTML(render_message("Upload an image, write a prompt and press Start."),
+                                   elem_id="progress")
+                final_file = gr.File(label="Final video", interactive=False, elem_id="final-file")
+
+        with gr.Accordion("Outputs", open=True, elem_id="outputs"):
+            gallery = gr.Gallery(label="Past generations: click one to load its settings", columns=6, height=260,
+                                 fit_columns=False, allow_preview=False, preview=False, object_fit="cover",
+                                 buttons=[], elem_id="gallery")
+            with gr.Row():
+                refresh_btn = gr.Button("Refresh", size="sm", elem_id="refresh-gallery")
+                loaded_note = gr.Markdown("", elem_id="loaded-note")
+
+        # Hidden outputs of the API endpoint.
+        api_video = gr.File(label="video", visible=False)
+        api_status = gr.JSON(label="status", visible=False)
+        api_trigger = gr.Button(visible=False)
+
+        job_inputs = [image, prompt, model, seconds, seed, steps, distilled_guidance, latent_window_size, cfg,
+                      cfg_rescale, negative_prompt, use_teacache, teacache_threshold, crf, resolution]
+        stream_outputs = [job_state, browser_job, preview, progress, video, final_file, start_btn, stop_btn,
+                          gallery, records_state]
+
+        # Streaming ---------------------------------------------------------------------------------------------
+
+        def refreshed_gallery() -> tuple[Any, list[dict[str, Any]]]:
+            records = service.list_outputs(limit=settings.gallery_size)
+            kept = [{"video": str(r.video), "input_image": str(r.input_image) if r.input_image else None,
+                     "settings": r.settings} for r in records]
+            return gr.update(value=gallery_items(records)), kept
+
+        def stream(job_id: str, *, own: bool, with_gallery: bool = False) -> Iterator[list[Any]]:
+            """Yield page updates for ``job_id`` until it ends; each output only when it changed."""
+            staging = _Staging(staging_root)
+            try:
+                updates = snapshots_to_show(service, job_id, PAGE_UPDATE_INTERVAL_S)
+                snapshot = next(updates)
+                frame = _first_frame(snapshot, own, staging)
+                if with_gallery:
+                    frame[8], frame[9] = refreshed_gallery()
+                yield frame
+                staging.yielded()
+                for previous, snapshot in itertools.pairwise(itertools.chain([snapshot], updates)):
+                    frame = _next_frame(previous, snapshot, own, staging)
+                    if snapshot.state.done:
+                        frame[8], frame[9] = refreshed_gallery()
+                    yield frame
+                    staging.yielded()
+            except KeyError:  # a long-finished job the service has forgotten
+                yield _idle_frame("That job is no longer known to the app; see the outputs gallery.")
+            finally:
+                staging.close()
+
+        def on_start(image: str | None, prompt: str, model: str, seconds: float, seed: float, steps: float,
+                  distilled_guidance: float, latent_window_size: float, cfg: float, cfg_rescale: float,
+                  negative_prompt: str, use_teacache: bool, teacache_threshold: float, crf: float,
+                  resolution: float) -> Iterator[list[Any]]:
+            values = dict(locals())
+            try:
+                job_id = service.submit(build_request(values.pop("image"), values))
+            except (InvalidInputError, RuntimeError) as error:
+                # A refused request is the user's to fix: say what and how, in the page, and stay ready.
+                message, hint = _readable(error, image)
+                gr.Warning(f"{message} How to fix: {hint}" if hint else message)
+                yield _idle_frame(message, hint=hint, error=True)
+                return
+            logger.info("Job %s submitted from the page", job_id)
+            yield from stream(job_id, own=True)
+
+        def on_load(own_job: str | None) -> Iterator[list[Any]]:
+            """On page load: follow this browser's unfinished job, else the running one, else show the last."""
+            own_alive = own_job is not None and _is_alive(service, own_job)
+            job_id = own_job if own_alive else service.active_job_id()
+            if job_id is None and own_job is not None and _is_known(service, own_job):
+                job_id = own_job  # finished while the page was away: show its result
+            if job_id is None:
+                frame = _idle_frame()
+                frame[8], frame[9] = refreshed_gallery()
+                yield frame
+                return
+            yield from stream(job_id, own=job_id == own_job, with_gallery=True)
+
+        def on_stop(job_id: str | None) -> None:
+            if job_id is not None and service.cancel(job_id):
+                logger.info("Stop requested for job %s", job_id)
+
+        load_event = demo.load(on_load, inputs=[browser_job], outputs=stream_outputs, show_progress="hidden",
+                               api_visibility="private", concurrency_id="stream")
+        start_btn.click(on_start, inputs=job_inputs, outputs=stream_outputs, show_progress="hidden",
+                        api_visibility="private", concurrency_id="stream", cancels=[load_event])
+        stop_btn.click(on_stop, inputs=[job_state], outputs=None, api_visibility="private", concurrency_limit=None,
+                       show_progress="hidden")
+
+        # Small input helpers -----------------------------------------------------------------------------------
+
+        quick.click(lambda sample: sample[0], inputs=[quick], outputs=[prompt], api_visibility="private",
+                    show_progress="hidden", concurrency_limit=None)
+        model.change(lambda choice: gr.update(visible=choice == "original"), inputs=[model], outputs=[model_note],
+                     api_visibility="private", show_progress="hidden", concurrency_limit=None)
+        random_seed_btn.click(lambda: random.randrange(RANDOM_SEED_LIMIT), outputs=[seed],
+                              api_visibility="private", show_progress="hidden", concurrency_limit=None)
+        refresh_btn.click(refreshed_gallery, outputs=[gallery, records_state], api_visibility="private",
+                          concurrency_limit=None)
+
+        def load_settings(records: list[dict[str, Any]], event: gr.SelectData) -> list[Any]:
+            record = records[event.index] if records and 0 <= event.index < len(records) else None
+            if record is None:
+                return [gr.skip()] * (len(job_inputs) + 3)
+            values = settings_to_inputs(record["settings"], defaults)
+            name = Path(record["video"]).name
+            note = f"Loaded the settings of `{name}`. Press Start to run them again."
+            return [record["input_image"] or gr.skip(), *values, record["video"], record["video"], note]
+
+        gallery.select(load_settings, inputs=[records_state], outputs=[*job_inputs, video, final_file, loaded_note],
+                       api_visibility="private", show_progress="hidden", concurrency_limit=None)
+
+        # API ---------------------------------------------------------------------------------------------------
+
+        def generate(image: str | None, prompt: str, model: str, seconds: float, seed: float, steps: float,
+                     distilled_guidance: float, latent_window_size: float, cfg: float, cfg_rescale: float,
+                     negative_prompt: str, use_teacache: bool, teacache_threshold: float, crf: float,
+                     resolution: float) -> Iterator[tuple[str | None, dict[str, Any]]]:
+            """Generate a video from a start image and a prompt; returns (mp4 file, status) when the job ends.
+
+            Waits in the app's queue like a job started from the page; intermediate results carry the status
+            (job_id, state, queue_position, section, step, eta_s ...). Stop it with /stop and the job_id.
+            """
+            values = dict(locals())
+            try:
+                job_id = service.submit(build_request(values.pop("image"), values))
+            except InvalidInputError as error:
+                message, hint = _readable(error, image)
+                raise gr.Error(f"{message} How to fix: {hint}" if hint else message) from None
+            for snapshot in snapshots_to_show(service, job_id, API_UPDATE_INTERVAL_S):
+                if not snapshot.state.done:
+                    yield None, status_dict(snapshot)
+            if snapshot.state == JobState.FAILED:
+                hint = f" How to fix: {snapshot.error_hint}" if snapshot.error_hint else ""
+                raise gr.Error(f"{snapshot.error}{hint}")
+            yield (str(snapshot.output_video) if snapshot.output_video else None), status_dict(snapshot)
+
+        api_trigger.click(generate, inputs=job_inputs, outputs=[api_video, api_status], api_name="generate",
+                          concurrency_id="stream", show_progress="hidden")
+
+        def job_status(job_id: str) -> dict[str, Any]:
+            """The status of a job (as /generate reports it); raises for an unknown job id."""
+            try:
+                return status_dict(service.snapshot(job_id))
+            except KeyError:
+                raise gr.Error(f"Unknown job id {job_id!r}.") from None
+
+        def stop_job(job_id: str) -> bool:
+            """Stop a running job after its current step (keeping a partial video) or drop a queued one."""
+            return service.cancel(job_id)
+
+        gr.api(job_status, api_name="status", concurrency_limit=None)
+        gr.api(stop_job, api_name="stop", concurrency_limit=None)
+
+    return demo
+
+
+# Frames: one value (or gr.skip()) per stream output, in the order of build_app's stream_outputs ------------------
+# 0 job_state, 1 browser_job, 2 preview, 3 progress, 4 video, 5 final_file, 6 start, 7 stop, 8 gallery, 9 records
+
+def _idle_frame(message: str = "Upload an image, write a prompt and press Start.", *, hint: str = "",
+                error: bool = False) -> list[Any]:
+    frame = [gr.skip()] * 10
+    frame[3] = render_message(message, hint=hint, error=error, state="refused" if error else "idle")
+    frame[6], frame[7] = gr.update(interactive=True), gr.update(interactive=False)
+    return frame
+
+
+def _buttons(snapshot: JobSnapshot, own: bool) -> tuple[Any, Any]:
+    running = not snapshot.state.done
+    # Another tab's job does not block this tab from queueing its own.
+    return gr.update(interactive=not (own and running)), gr.update(interactive=running)
+
+
+def _shown_video(snapshot: JobSnapshot, staging: _Staging) -> str | None:
+    if snapshot.state.done:
+        return str(snapshot.output_video) if snapshot.output_video else None  # kept in the output folder
+    if snapshot.partial_video is None:
+        return None
+    staged = staging.stage(snapshot.partial_video)
+    return str(staged) if staged else None
+
+
+def _first_frame(snapshot: JobSnapshot, own: bool, staging: _Staging) -> list[Any]:
+    frame = [gr.skip()] * 10
+    frame[0] = snapshot.job_id
+    if own:
+        frame[1] = snapshot.job_id
+    frame[2] = gr.update(value=snapshot.preview, visible=snapshot.preview is not None and not snapshot.state.done)
+    frame[3] = render_progress(snapshot, own=own)
+    frame[4] = _shown_video(snapshot, staging)
+    frame[5] = str(snapshot.output_video) if snapshot.state.done and snapshot.output_video else None
+    frame[6], frame[7] = _buttons(snapshot, own)
+    return frame
+
+
+def _next_frame(previous: JobSnapshot, snapshot: JobSnapshot, own: bool, staging: _Staging) -> list[Any]:
+    frame = [gr.skip()] * 10
+    if snapshot.state.done:
+        frame[2] = gr.update(visible=False)
+    elif snapshot.preview is not None and snapshot.preview is not previous.preview:
+        frame[2] = gr.update(value=snapshot.preview, visible=True)
+    frame[3] = render_progress(snapshot, own=own)
+    if snapshot.state.done or snapshot.partial_video != previous.partial_video:
+        shown = _shown_video(snapshot, staging)
+        frame[4] = shown if shown is not None or snapshot.state.done else gr.skip()
+    if snapshot.state.done:
+        frame[5] = str(snapshot.output_video) if snapshot.output_video else None
+    if snapshot.state.done != previous.state.done:
+        frame[6], frame[7] = _buttons(snapshot, own)
+    return frame
+
+
+def _readable(error: Exception, image: str | None) -> tuple[str, str]:
+    """(message, hint) of a refused request, naming an upload by its file name rather than its server path."""
+    message, hint = getattr(error, "message", str(error)), getattr(error, "hint", "")
+    if image:
+        message = message.replace(str(image), Path(image).name)
+    return message, hint
+
+
+def _is_alive(service: GenerationService, job_id: str) -> bool:
+    try:
+        return not service.snapshot(job_id).state.done
+    except KeyError:
+        return False
+
+
+def _is_known(service: GenerationService, job_id: str) -> bool:
+    try:
+        service.snapshot(job_id)
+        return True
+    except KeyError:
+        return False
+
+
+class _StartImage(gr.Image):
+    """``gr.Image`` whose broken uploads get a readable refusal: Gradio opens the file with PIL before our handler
+    runs, and a file that is not an image at all would otherwise fail there with a bare "Error" toast."""
+
+    is_template = True  # same front-end component as gr.Image
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except (OSError, ValueError, SyntaxError) as error:  # PIL's UnidentifiedImageError is an OSError
+            # Hand the uploaded file on anyway (it is in Gradio's upload folder: Gradio checked that before this
+            # runs), so the service refuses it with the engine's own message, shown in the page like any other.
+            logger.info("Gradio could not open an upload as an image (%s); passing it on to be refused", error)
+            path = getattr(payload, "path", None)
+            return str(path) if path else None

@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""One-click entry point: check the machine, build the settings, start the job service and serve the page.
+
+    python launch.py                 # real models (downloaded on the first job), http://127.0.0.1:7860
+    python launch.py --demo          # offline, CPU, tiny random-weight models: try the app in a minute
+
+Checks run first and say plainly what is missing and how to fix it. Models load lazily on the first job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+MIN_PYTHON = (3, 10)
+REPO_ROOT = Path(__file__).resolve().parent
+DEFAULT_TINY_MODELS = REPO_ROOT / "tiny_models"
+
+if TYPE_CHECKING:
+    from app.service import GenerationService
+    from app.settings import Settings
+    from framepack_core.devices import DeviceConfig
+    from framepack_core.engine import FramePackEngine
+
+logger = logging.getLogger("launch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from app.settings import Settings
+
+    about = Settings.describe()
+    p = argparse.ArgumentParser(prog="launch.py", description="FramePack image-to-video app (Gradio).",
+                                epilog="Every option can also be set as an environment variable FRAMEPACK_<NAME>, "
+                                       "e.g. FRAMEPACK_PORT=7861; flags win over the environment.")
+    # Defaults are None so that "not given" falls through to the environment, then to Settings' defaults.
+    p.add_argument("--server", dest="host", default=None, help=about["host"] + " Default 127.0.0.1.")
+    p.add_argument("--port", type=int, default=None, help=about["port"])
+    p.add_argument("--share", action="store_true", default=None, help=about["share"])
+    p.add_argument("--auth", action="append", default=None, metavar="USER:PASS",
+                   help="Ask for this login (repeat for more users).")
+    p.add_argument("--auth-file", type=Path, default=None, metavar="FILE", help="A file of USER:PASS lines.")
+    p.add_argument("--inbrowser", action="store_true", default=None, help=about["inbrowser"])
+    p.add_argument("--output-dir", type=Path, default=None, help=about["output_dir"] + " Default ./outputs.")
+    p.add_argument("--models-dir", type=Path, default=None, help=about["models_dir"])
+    p.add_argument("--offline", action="store_true", default=None, help=about["offline"])
+    p.add_argument("--demo", action="store_true", default=None,
+                   help=about["demo"] + f" Builds them into {DEFAULT_TINY_MODELS.name}/ on first use.")
+    p.add_argument("--device", default=None, help=about["device"])
+    p.add_argument("--dtype", default=None, help=about["dtype"])
+    p.add_argument("--keep-intermediates", action="store_true", default=None, help=about["keep_intermediates"])
+    p.add_argument("--max-file-size-mb", type=float, default=None, help=about["max_file_size_mb"] + " Default 50.")
+    p.add_argument("--concurrency-limit", type=int, default=None, help=about["concurrency_limit"])
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Flags over FRAMEPACK_* variables over defaults; --demo forces offline CPU tiny models."""
+    from app.settings import Settings, parse_credentials, read_auth_file
+
+    auth: list[tuple[str, str]] = [parse_credentials(item, "--auth") for item in args.auth or []]
+    if args.auth_file is not None:
+        auth += read_auth_file(args.auth_file)
+    settings = Settings.from_env(
+        host=args.host, port=args.port, share=args.share, auth=tuple(auth) or None, inbrowser=args.inbrowser,
+        output_dir=args.output_dir, models_dir=args.models_dir, offline=args.offline, demo=args.demo,
+        device=args.device, dtype=args.dtype, keep_intermediates=args.keep_intermediates,
+        max_file_size_mb=args.max_file_size_mb, concurrency_limit=args.concurrency_limit,
+    )
+    if settings.demo:
+        settings = replace(settings, device="cpu", dtype="auto", offline=True,
+                           models_dir=settings.models_dir or DEFAULT_TINY_MODELS)
+    return settings
+
+
+# Checks ---------------------------------------------------------------------------------------------------------
+
+def check_environment(settings: Settings) -> tuple[list[str], list[str]]:
+    """(problems that stop the app, warnings). Each message says what is wrong and how to fix it."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    if sys.version_info < MIN_PYTHON:
+        problems.append(f"Python {sys.version.split()[0]} is too old: this app needs Python "
+                        f"{'.'.join(map(str, MIN_PYTHON))} or newer (3.10 or 3.11 recommended). "
+                        "Fix: install a newer Python and create the virtual environment with it.")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        problems.append("PyTorch is not installed. Fix: install a CUDA build for your GPU first, e.g. "
+                        "'pip install torch --index-url https://download.pytorch.org/whl/cu128' "
+                        "(or 'pip install torch' for CPU only), then 'pip install -r requirements.txt'.")
+    missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
+    if missing:
+        warnings.append(f"{' and '.join(missing)} not found on PATH. The app still works (videos are written "
+                        "with PyAV), but Gradio cannot check or convert videos for the browser. Fix: install "
+                        "FFmpeg ('sudo apt-get install ffmpeg', 'brew install ffmpeg' or 'winget install ffmpeg').")
+    if settings.exposed_without_auth:
+        where = "a public share link" if settings.share else f"every network interface of {settings.host}"
+        warnings.append(f"SECURITY: the app is reachable through {where} and asks for NO login. Anyone who can "
+                        "reach it can run jobs on your GPU and see your outputs. Fix: add --auth USER:PASS (or "
+                        "--auth-file FILE), or use --server 127.0.0.1 without --share.")
+    return problems, warnings
+
+
+def resolve_device(settings: Settings) -> DeviceConfig:
+    from framepack_core.devices import resolve_device_config
+
+    return resolve_device_config(settings.device, settings.dtype)
+
+
+def describe_device(config: DeviceConfig) -> str:
+    import torch
+
+    text = config.describe()
+    if config.device.type == "cuda":
+        properties = torch.cuda.get_device_properties(config.device)
+        text += f", {properties.name}, {properties.total_memory / 2**30:.0f} GiB"
+    elif config.device.type == "cpu":
+        text += ". No GPU in use: real models would take hours per video here; --demo shows the app quickly."
+    return text
+
+
+# Composition ----------------------------------------------------------------------------------------------------
+
+def prepare_models(settings: Settings) -> None:
+    """Demo mode: build the tiny model set on first use (a few seconds, a few MB); a complete one is reused."""
+    if settings.demo and settings.models_dir is not None:
+        from framepack_core.tiny_models import build_tiny_models
+
+        build_tiny_models(settings.models_dir)
+
+
+def engine_factory(settings: Settings, config: DeviceConfig) -> Callable[[], FramePackEngine]:
+    """What the service calls on the first job: nothing heavy is loaded before someone asks for a video."""
+
+    def create() -> FramePackEngine:
+        from framepack_core.engine import FramePackEngine
+        from framepack_core.model_loading import ModelSource
+        from framepack_core.model_store import ModelStore
+
+        return FramePackEngine(ModelStore(ModelSource(models_dir=settings.models_dir, offline=settings.offline),
+                                          config))
+
+    return create
+
+
+def build_service(settings: Settings, config: DeviceConfig) -> GenerationService:
+    from app.service import GenerationService
+
+    return GenerationService(engine_factory(settings, config), settings.output_dir,
+                             keep_intermediates=settings.keep_intermediates)
+
+
+def serve(settings: Settings, service: GenerationService) -> None:
+    """Build the page and block serving it until Ctrl-C."""
+    from app.ui import build_app, page_style
+
+    demo = build_app(settings, service)
+    demo.queue(default_concurrency_limit=settings.concurrency_limit)
+    demo.launch(
+        server_name=settings.host, server_port=settings.port, share=settings.share,
+        auth=list(settings.auth) or None, auth_message="FramePack: log in to continue.",
+        inbrowser=settings.inbrowser,
+        # Only the output folder (and Gradio's own upload cache) is served; never the repository or home.
+        allowed_paths=[str(settings.output_dir)], max_file_size=settings.max_file_size_bytes,
+        ssr_mode=False, mcp_server=False, footer_links=["api"], **page_style(),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if sys.version_info < MIN_PYTHON:  # before importing anything that needs a newer Python
+        print(f"error: Python {'.'.join(map(str, MIN_PYTHON))} or newer is needed, this is "
+              f"{sys.version.split()[0]}. Install a newer Python and recreate the virtual environment.")
+        return 2
+    # Gradio reads these when imported; set them before anything imports it.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as error:
+        print(f"error: {error}")
+        return 2
+    if settings.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+    problems, warnings = check_environment(settings)
+    for warning in warnings:
+        _banner(warning) if warning.startswith("SECURITY") else print(f"warning: {warning}")
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}")
+        return 1
+    try:
+        config = resolve_device(settings)
+    except ValueError as error:
+        print(f"error: {error}")
+        return 2
+    print(f"Device: {describe_device(config)}")
+    if settings.demo:
+        print(f"Demo mode: tiny random-weight models in {settings.models_dir} (the video is noise).")
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    print(f"Outputs: {settings.output_dir}")
+    prepare_models(settings)
+
+    service = build_service(settings, config)
+    service.start()
+    # SIGTERM (a service manager, a test harness) ends the app like Ctrl-C: the running job is stopped after
+    # its current step and keeps its partial video.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        serve(settings, service)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.stop(timeout=10)
+    return 0
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _banner(text: str) -> None:
+    line = "!" * 100
+    print(f"\n{line}\n{text}\n{line}\n", flush=True)
+    logger.warning(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

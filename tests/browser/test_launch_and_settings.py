@@ -1,0 +1,171 @@
+"""launch.py and app/settings.py in-process (no browser): precedence, demo mode, auth, warnings, the page's parts.
+
+These live beside the browser tests because they pin the same entry point; they are quick and carry no marker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import launch
+from app.service import JobSnapshot, JobState
+from app.settings import DEMO_JOB_DEFAULTS, Settings, read_auth_file
+from app.ui import _Staging, build_request, render_progress, settings_to_inputs, status_dict
+from framepack_core.errors import InvalidInputError
+from framepack_core.request import GenerationRequest
+
+
+def _settings(argv: list[str], monkeypatch: pytest.MonkeyPatch, env: dict[str, str] | None = None) -> Settings:
+    for name in [n for n in os.environ if n.startswith("FRAMEPACK_")]:
+        monkeypatch.delenv(name)
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    return launch.settings_from_args(launch.build_parser().parse_args(argv))
+
+
+def test_flags_win_over_environment_which_wins_over_defaults(monkeypatch):
+    defaults = _settings([], monkeypatch)
+    assert (defaults.host, defaults.port, defaults.share, defaults.auth) == ("127.0.0.1", None, False, ())
+    assert defaults.output_dir == launch.REPO_ROOT / "outputs" and defaults.max_file_size_mb == 50
+
+    from_env = _settings([], monkeypatch, {"FRAMEPACK_PORT": "7999", "FRAMEPACK_OFFLINE": "yes",
+                                           "FRAMEPACK_MAX_FILE_SIZE_MB": "5"})
+    assert (from_env.port, from_env.offline, from_env.max_file_size_bytes) == (7999, True, 5 * 1024 * 1024)
+
+    flagged = _settings(["--port", "8001", "--output-dir", "somewhere"], monkeypatch, {"FRAMEPACK_PORT": "7999"})
+    assert flagged.port == 8001 and flagged.output_dir == Path("somewhere").resolve()
+
+
+def test_error_raised_if_an_environment_value_does_not_parse(monkeypatch):
+    with pytest.raises(ValueError, match="FRAMEPACK_PORT: expected a number"):
+        _settings([], monkeypatch, {"FRAMEPACK_PORT": "eighty"})
+    with pytest.raises(ValueError, match="FRAMEPACK_SHARE: expected true or false"):
+        _settings([], monkeypatch, {"FRAMEPACK_SHARE": "maybe"})
+
+
+def test_demo_mode_forces_offline_cpu_tiny_models_and_quick_job_defaults(monkeypatch):
+    settings = _settings(["--demo", "--device", "cuda"], monkeypatch)
+    assert (settings.device, settings.offline, settings.models_dir) == ("cpu", True, launch.DEFAULT_TINY_MODELS)
+    defaults = settings.job_defaults()
+    assert {name: defaults[name] for name in DEMO_JOB_DEFAULTS} == dict(DEMO_JOB_DEFAULTS)
+    assert _settings([], monkeypatch).job_defaults()["steps"] == GenerationRequest.steps == 25
+
+
+def test_auth_comes_from_flags_and_files_and_passwords_may_contain_colons(monkeypatch, tmp_path):
+    users = tmp_path / "users.txt"
+    users.write_text("# comment\n\nbob:pa:ss\n")
+    settings = _settings(["--auth", "alice:Xyzzy1", "--auth-file", str(users)], monkeypatch)
+    assert settings.auth == (("alice", "Xyzzy1"), ("bob", "pa:ss"))
+    assert "Xyzzy1" not in repr(settings)  # credentials stay out of logs
+    with pytest.raises(ValueError, match="line 1"):
+        (tmp_path / "bad.txt").write_text("no-colon-here\n")
+        read_auth_file(tmp_path / "bad.txt")
+    with pytest.raises(ValueError, match="--auth: expected USER:PASS"):
+        _settings(["--auth", "alice"], monkeypatch)
+
+
+@pytest.mark.parametrize("argv, exposed", [
+    ([], False),
+    (["--server", "localhost"], False),
+    (["--server", "0.0.0.0"], True),
+    (["--share"], True),
+    (["--server", "0.0.0.0", "--auth", "a:b"], False),
+    (["--share", "--auth", "a:b"], False),
+])
+def test_reachable_without_login_gives_a_security_warning(monkeypatch, argv, exposed):
+    settings = _settings(argv, monkeypatch)
+    _, warnings = launch.check_environment(settings)
+    security = [w for w in warnings if w.startswith("SECURITY")]
+    assert bool(security) == exposed
+    if exposed:
+        assert "--auth USER:PASS" in security[0]
+
+
+def test_missing_ffmpeg_is_reported_with_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(launch.shutil, "which", lambda tool: None if tool == "ffprobe" else f"/usr/bin/{tool}")
+    problems, warnings = launch.check_environment(_settings([], monkeypatch))
+    assert problems == []
+    (message,) = [w for w in warnings if "ffprobe" in w]
+    assert "ffmpeg and" not in message and "apt-get install ffmpeg" in message
+
+
+def test_an_unavailable_device_stops_launch_with_a_readable_message(monkeypatch, capsys):
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")  # main() sets it; keep this process unchanged after
+    if _has_cuda():
+        pytest.skip("this machine has a CUDA GPU")
+    assert launch.main(["--device", "cuda", "--output-dir", "unused"]) == 2
+    assert "--device cuda" in capsys.readouterr().out
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_a_request_is_built_from_the_page_inputs_and_saved_settings_load_back(tmp_path):
+    values = {"prompt": "hi", "model": "f1", "seconds": 2.0, "seed": 5.0, "steps": 3.0, "distilled_guidance": 10.0,
+              "latent_window_size": 3.0, "cfg": 1.0, "cfg_rescale": 0.0, "negative_prompt": "", "use_teacache": False,
+              "teacache_threshold": 0.15, "crf": 16.0, "resolution": 64.0}
+    request = build_request(str(tmp_path / "in.png"), values).validated()
+    assert (request.model.value, request.seed, request.steps, request.latent_window_size) == ("f1", 5, 3, 3)
+    saved = request.to_dict()
+    assert settings_to_inputs(saved, Settings().job_defaults())[:4] == ["hi", "f1", 2.0, 5]
+    with pytest.raises(InvalidInputError, match="Upload a start image"):
+        build_request(None, values)
+
+
+def test_progress_shows_stage_section_step_times_and_escapes_messages(tmp_path):
+    snapshot = JobSnapshot(job_id="j1", state=JobState.RUNNING, request=GenerationRequest(image=tmp_path / "x.png"),
+                           stage_message="Sampling <b>now</b>", section=2, total_sections=4, step=3, total_steps=8,
+                           elapsed_s=75.0, eta_s=12.34, preview=np.zeros((2, 2, 3), np.uint8))
+    page = render_progress(snapshot)
+    assert 'data-state="running"' in page and "&lt;b&gt;now&lt;/b&gt;" in page
+    assert "section 2/4" in page and "step 3/8" in page and "1 min 15 s" in page and "ETA 12.3 s" in page
+    assert '<progress value="11" max="32">' in page
+    failed = JobSnapshot(job_id="j2", state=JobState.FAILED, request=snapshot.request, error="Out of memory",
+                         error_hint="Lower the resolution.")
+    assert "Out of memory" in render_progress(failed) and "How to fix: Lower the resolution." in render_progress(failed)
+    assert status_dict(failed)["error_hint"] == "Lower the resolution." and "preview" not in status_dict(snapshot)
+
+
+def test_a_staged_section_video_outlives_the_service_deleting_its_original(tmp_path):
+    """The race: the service removes a finished job's snapshot folder while Gradio is still about to copy the last
+    section video the page was handed. The staged hard link must keep the data readable until the next yield."""
+    work = tmp_path / "out" / ".job.work"
+    work.mkdir(parents=True)
+    original = work / "job_002.mp4"
+    original.write_bytes(b"section two")
+    staging = _Staging(tmp_path / "out" / ".ui-staging")
+    staged = staging.stage(original)
+    original.unlink()
+    work.rmdir()  # what the service does when the job ends
+    assert staged is not None and staged.read_bytes() == b"section two"
+    assert staging.stage(work / "job_003.mp4") is None  # already gone: nothing to show, no error
+    staging.yielded()  # that yield went out; the file is still needed until the next one has
+    assert staged.exists()
+    staging.yielded()
+    assert not staged.exists()
+    old = tmp_path / "out" / ".ui-staging" / "abandoned"
+    old.mkdir()
+    stale = time.time() - 2 * 3600
+    os.utime(old, (stale, stale))
+    staging.close()
+    assert not (tmp_path / "out" / ".ui-staging").exists()
+
+
+def test_build_app_exposes_the_named_api_endpoints(tmp_path, tiny_models_dir):
+    from app.ui import build_app
+
+    settings = Settings(output_dir=tmp_path, models_dir=tiny_models_dir, demo=True, device="cpu")
+    service = launch.build_service(settings, launch.resolve_device(settings))
+    demo = build_app(settings, service)
+    public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert public == {"generate", "status", "stop"}
+    generate = next(fn for fn in demo.fns.values() if fn.api_name == "generate")
+    assert [c.label for c in generate.inputs][:2] == ["Start image", "Prompt"]
