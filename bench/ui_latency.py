@@ -285,9 +285,9 @@ def _delta(after: float | None, before: float | None) -> float | None:
 class BrowserPath:
     """The page in Chromium, driven with the Start button; one page for all runs."""
 
-    def __init__(self, playwright: Any, url: str, job: dict[str, Any], server_pid: int | None) -> None:
-        self.browser = launch_chromium(playwright)
-        self.page = self.browser.new_page(viewport={"width": 1400, "height": 1100})
+    def __init__(self, browser: Any, url: str, job: dict[str, Any], server_pid: int | None) -> None:
+        self.context = browser.new_context(viewport={"width": 1400, "height": 1100})
+        self.page = self.context.new_page()
         self.page.goto(url)
         self.page.wait_for_selector("#start")
         set_job_inputs(self.page, image=IMAGE, prompt="The cat turns its head", teacache=False, **job)
@@ -314,7 +314,7 @@ class BrowserPath:
                    engine_in_server_s=_engine_seconds(final))
 
     def close(self) -> None:
-        self.browser.close()
+        self.context.close()
 
 
 class ClientPath:
@@ -381,19 +381,25 @@ class Results:
     alone: list[Run]
 
 
-def measure(url: str | None, models_dir: Path, job: dict[str, Any], repeats: int) -> Results:
+def measure(url: str | None, models_dir: Path, job: dict[str, Any], repeats: int, chromium: Any = None,
+            server_pid: int | None = None) -> Results:
     """Round-robin: browser run, API run, engine-alone run, repeated; one at a time, so they never share the CPU,
-    and a slow patch of a busy machine hits all three alike. The first round loads the models and is dropped."""
-    from playwright.sync_api import sync_playwright
+    and a slow patch of a busy machine hits all three alike. The first round loads the models and is dropped.
 
+    Without ``url`` a demo server is started (and its CPU time measured); without ``chromium`` (a Playwright
+    browser) one is launched.
+    """
     results = Results([], [], [])
     with tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as stack:
-        server_pid = None
         if url is None:
             server = stack.enter_context(start_demo_server(Path(work), models_dir=models_dir))
             url, server_pid = server.url, server.process.pid
-        playwright = stack.enter_context(sync_playwright())
-        browser = BrowserPath(playwright, url, job, server_pid)
+        if chromium is None:
+            from playwright.sync_api import sync_playwright
+
+            chromium = launch_chromium(stack.enter_context(sync_playwright()))
+            stack.callback(chromium.close)
+        browser = BrowserPath(chromium, url, job, server_pid)
         stack.callback(browser.close)
         client, alone = ClientPath(url, job, server_pid), EnginePath(models_dir, job, Path(work))
         for round_number in range(repeats + 1):
