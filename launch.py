@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ask for this login (repeat for more users).")
     p.add_argument("--auth-file", type=Path, default=None, metavar="FILE", help="A file of USER:PASS lines.")
     p.add_argument("--inbrowser", action="store_true", default=None, help=about["inbrowser"])
-    p.add_argument("--output-dir", type=Path, default=None, help=about["output_dir"] + " Default ./outputs.")
+    p.add_argument("--output-dir", type=Path, default=None, help=about["output_dir"] + " Default: outputs/ beside launch.py.")
     p.add_argument("--models-dir", type=Path, default=None, help=about["models_dir"])
     p.add_argument("--offline", action="store_true", default=None, help=about["offline"])
     p.add_argument("--demo", action="store_true", default=None,
@@ -115,15 +115,16 @@ def resolve_device(settings: Settings) -> DeviceConfig:
     return resolve_device_config(settings.device, settings.dtype)
 
 
-def describe_device(config: DeviceConfig) -> str:
+def describe_device(config: DeviceConfig, demo: bool = False) -> str:
     import torch
 
     text = config.describe()
     if config.device.type == "cuda":
         properties = torch.cuda.get_device_properties(config.device)
         text += f", {properties.name}, {properties.total_memory / 2**30:.0f} GiB"
-    elif config.device.type == "cpu":
-        text += ". No GPU in use: real models would take hours per video here; --demo shows the app quickly."
+    elif config.device.type == "cpu" and not demo:
+        text += (". No GPU in use: the real models would take hours per video here (--demo shows the app in "
+                 "seconds with tiny random weights).")
     return text
 
 
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}")
         return 2
-    print(f"Device: {describe_device(config)}")
+    print(f"Device: {describe_device(config, settings.demo)}")
     if settings.demo:
         print(f"Demo mode: tiny random-weight models in {settings.models_dir} (the video is noise).")
     settings.output_dir.mkdir(parents=True, exist_ok=True)

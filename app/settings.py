@@ -17,6 +17,8 @@ from typing import Any, get_args, get_type_hints
 ENV_PREFIX = "FRAMEPACK_"
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Beside the code, not the current directory: the app writes to the same place wherever it is started from.
+DEFAULT_OUTPUT_DIR = REPO_ROOT / "outputs"
 
 # What the job inputs start at in demo mode: a run on the tiny random models takes seconds on a laptop CPU.
 DEMO_JOB_DEFAULTS: Mapping[str, Any] = {"resolution": 128, "latent_window_size": 9, "steps": 8, "seconds": 2.0}
@@ -36,15 +38,18 @@ class Settings:
 
     host: str = _describe("Interface to listen on. 127.0.0.1 keeps the app private to this computer.",
                           "127.0.0.1")
-    port: int | None = _describe("Port to listen on (None: Gradio picks 7860 or the next free one).", None)
+    port: int | None = _describe("Port to listen on (default: 7860, or the next free one).", None)
     share: bool = _describe("Create a public *.gradio.live link (needs internet; use auth with it).", False)
-    auth: tuple[tuple[str, str], ...] = _describe(
-        "Login credentials (USER, PASSWORD) pairs; empty means no login page.", (), repr=False)
+    auth: tuple[tuple[str, str], ...] = field(  # repr=False: credentials never reach a log line
+        default=(), repr=False,
+        metadata={"description": "Login credentials (USER, PASSWORD) pairs; empty means no login page."})
     inbrowser: bool = _describe("Open the app in the default browser once it is up.", False)
-    output_dir: Path = _describe("Folder for finished videos, their input images and settings JSON.",
-                                 REPO_ROOT / "outputs")
-    models_dir: Path | None = _describe(
-        "Folder with the models in org/name/subfolder layout (None: the Hugging Face cache).", None)
+    output_dir: Path = field(
+        default=DEFAULT_OUTPUT_DIR,
+        metadata={"description": "Folder for finished videos, their input images and settings JSON."})
+    models_dir: Path | None = field(
+        default=None,
+        metadata={"description": "Folder with the models in org/name/subfolder layout (None: the Hugging Face cache)."})
     offline: bool = _describe("Never download weights; use local files only.", False)
     demo: bool = _describe("Run offline on CPU with the tiny random-weight models (the video is noise).", False)
     device: str = _describe("auto, cpu, cuda, cuda:N or mps.", "auto")

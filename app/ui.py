@@ -91,6 +91,19 @@ def build_request(image: str | None, values: dict[str, Any]) -> GenerationReques
     return GenerationRequest(image=Path(image), **known)
 
 
+def upload_path(value: Any) -> str | None:
+    """The file behind an image input that Gradio did not preprocess: a FileData dict, or already a path.
+
+    The Start and /generate handlers skip Gradio's preprocessing because it opens the upload with PIL first and
+    turns a file that is not an image into a bare "Error"; unopened, the file reaches the service, whose image
+    check refuses it with a message that says what is wrong and how to fix it. Gradio has still checked that the
+    file is one of its uploads before the handler runs.
+    """
+    if isinstance(value, dict):
+        return value.get("path")
+    return str(value) if value else None
+
+
 def settings_to_inputs(settings: dict[str, Any], defaults: dict[str, Any]) -> list[Any]:
     """Saved settings (a settings JSON) -> values for the JOB_FIELDS components; missing keys keep defaults."""
     values = []
@@ -112,7 +125,7 @@ def format_duration(seconds: float | None) -> str:
     seconds = max(0.0, seconds)
     if seconds < 60:
         return f"{seconds:.1f} s"
-    minutes, rest = divmod(int(round(seconds)), 60)
+    minutes, rest = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes} min {rest:02d} s"
     hours, minutes = divmod(minutes, 60)
@@ -311,7 +324,7 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
 
         with gr.Row():
             with gr.Column(scale=1):
-                image = _StartImage(label="Start image", type="filepath", image_mode=None,
+                image = gr.Image(label="Start image", type="filepath", image_mode=None,
                                     sources=["upload", "clipboard"], height=320, elem_id="start-image")
                 gr.Examples([[str(p)] for p in EXAMPLE_IMAGES if p.is_file()], inputs=[image],
                             label="Example images", api_visibility="private")
@@ -373,7 +386,7 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                 preview = gr.Image(label="Latest latents (preview, every step)", interactive=False, visible=False,
                                    height=200, format="png", elem_id="preview")
                 video = gr.Video(label="Video so far (a new section appears as soon as it is written)",
-                                 autoplay=True, loop=True, height=512, interactive=False, buttons=["download"],
+                                 autoplay=True, loop=False, height=512, interactive=False, buttons=["download"],
                                  elem_id="video")
                 progress = gr.HTML(render_message("Upload an image, write a prompt and press Start."),
                                    elem_id="progress")
@@ -416,9 +429,9 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                     frame[8], frame[9] = refreshed_gallery()
                 yield frame
                 staging.yielded()
-                for previous, snapshot in itertools.pairwise(itertools.chain([snapshot], updates)):
-                    frame = _next_frame(previous, snapshot, own, staging)
-                    if snapshot.state.done:
+                for previous, latest in itertools.pairwise(itertools.chain([snapshot], updates)):
+                    frame = _next_frame(previous, latest, own, staging)
+                    if latest.state.done:
                         frame[8], frame[9] = refreshed_gallery()
                     yield frame
                     staging.yielded()
@@ -427,13 +440,14 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
             finally:
                 staging.close()
 
-        def on_start(image: str | None, prompt: str, model: str, seconds: float, seed: float, steps: float,
-                  distilled_guidance: float, latent_window_size: float, cfg: float, cfg_rescale: float,
-                  negative_prompt: str, use_teacache: bool, teacache_threshold: float, crf: float,
-                  resolution: float) -> Iterator[list[Any]]:
-            values = dict(locals())
+        def on_start(image: dict[str, Any] | None, prompt: str, model: str, seconds: float, seed: float,
+                     steps: float, distilled_guidance: float, latent_window_size: float, cfg: float,
+                     cfg_rescale: float, negative_prompt: str, use_teacache: bool, teacache_threshold: float,
+                     crf: float, resolution: float) -> Iterator[list[Any]]:
+            values = _job_values(locals())
+            image = upload_path(image)
             try:
-                job_id = service.submit(build_request(values.pop("image"), values))
+                job_id = service.submit(build_request(image, values))
             except (InvalidInputError, RuntimeError) as error:
                 # A refused request is the user's to fix: say what and how, in the page, and stay ready.
                 message, hint = _readable(error, image)
@@ -462,8 +476,9 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
 
         load_event = demo.load(on_load, inputs=[browser_job], outputs=stream_outputs, show_progress="hidden",
                                api_visibility="private", concurrency_id="stream")
+        # preprocess=False: the handlers get the upload as Gradio stored it, unopened (see upload_path).
         start_btn.click(on_start, inputs=job_inputs, outputs=stream_outputs, show_progress="hidden",
-                        api_visibility="private", concurrency_id="stream", cancels=[load_event])
+                        api_visibility="private", concurrency_id="stream", cancels=[load_event], preprocess=False)
         stop_btn.click(on_stop, inputs=[job_state], outputs=None, api_visibility="private", concurrency_limit=None,
                        show_progress="hidden")
 
@@ -492,18 +507,19 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
 
         # API ---------------------------------------------------------------------------------------------------
 
-        def generate(image: str | None, prompt: str, model: str, seconds: float, seed: float, steps: float,
-                     distilled_guidance: float, latent_window_size: float, cfg: float, cfg_rescale: float,
-                     negative_prompt: str, use_teacache: bool, teacache_threshold: float, crf: float,
-                     resolution: float) -> Iterator[tuple[str | None, dict[str, Any]]]:
+        def generate(image: dict[str, Any] | None, prompt: str, model: str, seconds: float, seed: float,
+                     steps: float, distilled_guidance: float, latent_window_size: float, cfg: float,
+                     cfg_rescale: float, negative_prompt: str, use_teacache: bool, teacache_threshold: float,
+                     crf: float, resolution: float) -> Iterator[tuple[str | None, dict[str, Any]]]:
             """Generate a video from a start image and a prompt; returns (mp4 file, status) when the job ends.
 
             Waits in the app's queue like a job started from the page; intermediate results carry the status
             (job_id, state, queue_position, section, step, eta_s ...). Stop it with /stop and the job_id.
             """
-            values = dict(locals())
+            values = _job_values(locals())
+            image = upload_path(image)
             try:
-                job_id = service.submit(build_request(values.pop("image"), values))
+                job_id = service.submit(build_request(image, values))
             except InvalidInputError as error:
                 message, hint = _readable(error, image)
                 raise gr.Error(f"{message} How to fix: {hint}" if hint else message) from None
@@ -516,7 +532,7 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
             yield (str(snapshot.output_video) if snapshot.output_video else None), status_dict(snapshot)
 
         api_trigger.click(generate, inputs=job_inputs, outputs=[api_video, api_status], api_name="generate",
-                          concurrency_id="stream", show_progress="hidden")
+                          concurrency_id="stream", show_progress="hidden", preprocess=False)
 
         def job_status(job_id: str) -> dict[str, Any]:
             """The status of a job (as /generate reports it); raises for an unknown job id."""
@@ -553,6 +569,8 @@ def _buttons(snapshot: JobSnapshot, own: bool) -> tuple[Any, Any]:
 
 
 def _shown_video(snapshot: JobSnapshot, staging: _Staging) -> str | None:
+    """The video for the player: the partial one while the job runs (each new section plays once, no loop, so the
+    browser is not decoding video all the time next to a busy engine), the final one, looping, once it is done."""
     if snapshot.state.done:
         return str(snapshot.output_video) if snapshot.output_video else None  # kept in the output folder
     if snapshot.partial_video is None:
@@ -568,7 +586,7 @@ def _first_frame(snapshot: JobSnapshot, own: bool, staging: _Staging) -> list[An
         frame[1] = snapshot.job_id
     frame[2] = gr.update(value=snapshot.preview, visible=snapshot.preview is not None and not snapshot.state.done)
     frame[3] = render_progress(snapshot, own=own)
-    frame[4] = _shown_video(snapshot, staging)
+    frame[4] = gr.update(value=_shown_video(snapshot, staging), loop=snapshot.state.done)
     frame[5] = str(snapshot.output_video) if snapshot.state.done and snapshot.output_video else None
     frame[6], frame[7] = _buttons(snapshot, own)
     return frame
@@ -583,12 +601,19 @@ def _next_frame(previous: JobSnapshot, snapshot: JobSnapshot, own: bool, staging
     frame[3] = render_progress(snapshot, own=own)
     if snapshot.state.done or snapshot.partial_video != previous.partial_video:
         shown = _shown_video(snapshot, staging)
-        frame[4] = shown if shown is not None or snapshot.state.done else gr.skip()
+        if shown is not None or snapshot.state.done:
+            frame[4] = gr.update(value=shown, loop=snapshot.state.done)
     if snapshot.state.done:
         frame[5] = str(snapshot.output_video) if snapshot.output_video else None
     if snapshot.state.done != previous.state.done:
         frame[6], frame[7] = _buttons(snapshot, own)
     return frame
+
+
+def _job_values(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The JOB_FIELDS among a handler's arguments (its ``locals()``: the handlers' parameters are named after them,
+    which is also what names the /generate API's parameters)."""
+    return {name: arguments[name] for name in JOB_FIELDS}
 
 
 def _readable(error: Exception, image: str | None) -> tuple[str, str]:
@@ -612,20 +637,3 @@ def _is_known(service: GenerationService, job_id: str) -> bool:
         return True
     except KeyError:
         return False
-
-
-class _StartImage(gr.Image):
-    """``gr.Image`` whose broken uploads get a readable refusal: Gradio opens the file with PIL before our handler
-    runs, and a file that is not an image at all would otherwise fail there with a bare "Error" toast."""
-
-    is_template = True  # same front-end component as gr.Image
-
-    def preprocess(self, payload: Any) -> Any:
-        try:
-            return super().preprocess(payload)
-        except (OSError, ValueError, SyntaxError) as error:  # PIL's UnidentifiedImageError is an OSError
-            # Hand the uploaded file on anyway (it is in Gradio's upload folder: Gradio checked that before this
-            # runs), so the service refuses it with the engine's own message, shown in the page like any other.
-            logger.info("Gradio could not open an upload as an image (%s); passing it on to be refused", error)
-            path = getattr(payload, "path", None)
-            return str(path) if path else None

@@ -367,11 +367,11 @@ class EnginePath:
                                     latent_window_size=job["window"], resolution=job["resolution"],
                                     output=self.work / f"alone_{seed}.mp4")
         cpu_before, started = _own_cpu_s(), time.perf_counter()
-        events = list(self.engine.generate(request))
+        final = list(self.engine.generate(request))[-1]
         wall = time.perf_counter() - started
-        if not isinstance(events[-1], JobFinished):
-            raise RuntimeError(f"engine run failed: {events[-1]}")
-        return Run(wall_s=wall, engine_cpu_s=_own_cpu_s() - cpu_before)
+        if isinstance(final, JobFinished):
+            return Run(wall_s=wall, engine_cpu_s=_own_cpu_s() - cpu_before)
+        raise RuntimeError(f"engine run failed: {final}")
 
 
 @dataclass
@@ -434,11 +434,11 @@ def report(results: Results, job: dict[str, Any], repeats: int) -> str:
                 f"| {_fmt(_median([r.first_section_video_s for r in runs]))} | {wall:.2f} | {vs_wall} "
                 f"| {_fmt(cpu)} | {vs_cpu} | {_fmt(client) if runs is not results.alone else ''} |")
 
-    lines = [f"Job: {job['seconds']:g} s, window {job['window']}, {job['steps']} steps, base resolution "
-             f"{job['resolution']}, TeaCache off, tiny models on CPU; medians of {repeats} rounds (browser, API, "
-             "engine alone, in turn) after one warm-up round.", "",
-             "| path | Start -> first preview s | Start -> first section video s | Start -> done s | wall vs alone "
-             "| engine process CPU s | CPU vs alone | browser / client CPU s |",
+    lines = [(f"Job: {job['seconds']:g} s, window {job['window']}, {job['steps']} steps, base resolution "
+              f"{job['resolution']}, TeaCache off, tiny models on CPU; medians of {repeats} rounds (browser, API, "
+              "engine alone, in turn) after one warm-up round."), "",
+             ("| path | Start -> first preview s | Start -> first section video s | Start -> done s | wall vs alone "
+              "| engine process CPU s | CPU vs alone | browser / client CPU s |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|",
              row("engine alone (in-process, no service, no UI)", results.alone),
              row("server via gradio_client `/generate` (no browser)", results.client),

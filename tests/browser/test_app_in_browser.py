@@ -31,7 +31,7 @@ from framepack_core.video_io import probe_video, read_video_frames
 
 pytestmark = pytest.mark.browser
 
-FAST = dict(steps=3, window=3, resolution=64, teacache=False)
+FAST = {"steps": 3, "window": 3, "resolution": 64, "teacache": False}
 # Long enough (100 sections, about a minute) that a test can act at leisure while it runs; every test stops its
 # long jobs after a few seconds.
 LONG_SECONDS = 40

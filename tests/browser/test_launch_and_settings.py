@@ -159,6 +159,13 @@ def test_a_staged_section_video_outlives_the_service_deleting_its_original(tmp_p
     assert not (tmp_path / "out" / ".ui-staging").exists()
 
 
+def test_keep_intermediates_reaches_the_service(monkeypatch, tmp_path):
+    settings = _settings(["--keep-intermediates", "--output-dir", str(tmp_path), "--device", "cpu"], monkeypatch)
+    assert launch.build_service(settings, launch.resolve_device(settings)).keep_intermediates is True
+    plain = _settings(["--output-dir", str(tmp_path), "--device", "cpu"], monkeypatch)
+    assert launch.build_service(plain, launch.resolve_device(plain)).keep_intermediates is False
+
+
 def test_build_app_exposes_the_named_api_endpoints(tmp_path, tiny_models_dir):
     from app.ui import build_app
 
