@@ -279,8 +279,7 @@ class GenerationService:
                     self._running = None
                     self._forget_old_jobs()
                     self._condition.notify_all()
-                if job.work_dir is not None and not self.keep_intermediates:
-                    shutil.rmtree(job.work_dir, ignore_errors=True)
+                self._remove_work_dir(job)  # after a crash; normally already gone
 
     def _forget_old_jobs(self) -> None:
         finished = [j for j, job in self._jobs.items() if job.snapshot.state.done]
@@ -301,8 +300,16 @@ class GenerationService:
             self._engine = self._engine_factory()
         started = time.perf_counter()
         for event in self._engine.generate(request, cancel=job.cancel, job_id=job_id, snapshot_dir=job.work_dir):
+            if isinstance(event, (JobFinished, JobCancelled, JobFailed)):
+                # Clean up before the job is seen as done: its terminal videos live in the output folder, and a
+                # watcher that sees "finished" must also see a tidy folder.
+                self._remove_work_dir(job)
             with self._condition:
                 self._apply(job, event, base, started)
+
+    def _remove_work_dir(self, job: _Job) -> None:
+        if job.work_dir is not None and not self.keep_intermediates:
+            shutil.rmtree(job.work_dir, ignore_errors=True)
 
     def _apply(self, job: _Job, event: object, base: str, started: float) -> None:
         elapsed = time.perf_counter() - started
