@@ -7,6 +7,8 @@ does: in bf16 935.36 becomes 936, and a bf16 run only matches the official one i
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 
 import torch
@@ -68,11 +70,10 @@ class PackedDenoiser:
         )
 
     def _velocity(self, x: torch.Tensor, timestep: torch.Tensor, branch: str, step: int) -> torch.Tensor:
-        kwargs = self._branches[branch]
-        if self.teacache is None:
-            return self.transformer(hidden_states=x, timestep=timestep, return_dict=False, **kwargs)[0].float()
-        with self.teacache.step(step, branch):
-            return self.transformer(hidden_states=x, timestep=timestep, return_dict=False, **kwargs)[0].float()
+        cache_scope = self.teacache.step(step, branch) if self.teacache is not None else contextlib.nullcontext()
+        with cache_scope:
+            return self.transformer(hidden_states=x, timestep=timestep, return_dict=False,
+                                    **self._branches[branch])[0].float()
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:

@@ -226,7 +226,7 @@ class _JobRun:
         teacache = apply_teacache(transformer, TeaCacheConfig(request.teacache_threshold, request.steps)) \
             if request.use_teacache else None
         total_steps = num_sections * request.steps
-        step_times: list[float] = []
+        sampling_started: float | None = None  # after the first step, so model warm-up does not skew the ETA
         try:
             for plan in plans:
                 self._check_cancel()
@@ -246,9 +246,9 @@ class _JobRun:
                 generated = noise
                 for step in sampler.steps(denoiser, noise, sigmas.to(device)):
                     generated = step.denoised
-                    step_times.append(time.perf_counter())
+                    sampling_started = sampling_started or time.perf_counter()
                     done = plan.number * request.steps + step.index + 1
-                    yield self._progress(section, num_sections, step.index + 1, done, total_steps, step_times,
+                    yield self._progress(section, num_sections, step.index + 1, done, total_steps, sampling_started,
                                          step.denoised)
                     self._check_cancel()
                 dit_s = time.perf_counter() - dit_started
@@ -288,11 +288,11 @@ class _JobRun:
                           video_frames=written.total_frames, width=prepared.width, height=prepared.height,
                           elapsed_s=time.perf_counter() - self.started)
 
-    def _progress(self, section, num_sections, step, done, total, step_times, denoised) -> StepProgress:  # noqa: ANN001
+    def _progress(self, section, num_sections, step, done, total, sampling_started, denoised) -> StepProgress:  # noqa: ANN001
         elapsed = time.perf_counter() - self.started
         eta = None
-        if len(step_times) >= 2:
-            per_step = (step_times[-1] - step_times[0]) / (len(step_times) - 1)
+        if done >= 2:
+            per_step = (time.perf_counter() - sampling_started) / (done - 1)
             eta = per_step * (total - done)
         return StepProgress(self.job_id, section=section, total_sections=num_sections, step=step,
                             total_steps=self.request.steps, elapsed_s=elapsed, eta_s=eta,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from framepack_core.schedule import FPS
+
 
 class Stage(str, Enum):
     VALIDATING = "validating"
@@ -84,7 +86,7 @@ class SectionFinished(EngineEvent):
 
     @property
     def video_seconds(self) -> float:
-        return self.video_frames / 30
+        return self.video_frames / FPS
 
 
 @dataclass(frozen=True)

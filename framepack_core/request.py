@@ -6,7 +6,7 @@ The CLI, the UI and the HTTP API all build a ``GenerationRequest``; defaults are
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ class GenerationRequest:
                 raise InvalidInputError(name, f"{path} is a folder", "Give a file name, e.g. out/video.mp4.")
         if self.output is not None and Path(self.output).suffix.lower() != ".mp4":
             raise InvalidInputError("output", f"{self.output} does not end in .mp4", "Name the output file *.mp4.")
-        return _replace(self, model=model, image=Path(self.image), seed=int(self.seed), steps=int(self.steps),
+        return replace(self, model=model, image=Path(self.image), seed=int(self.seed), steps=int(self.steps),
                         latent_window_size=int(self.latent_window_size), crf=int(self.crf),
                         resolution=int(self.resolution), seconds=float(self.seconds))
 
@@ -86,12 +86,6 @@ class GenerationRequest:
         for name in ("image", "output", "save_latents"):
             data[name] = None if data[name] is None else str(data[name])
         return data
-
-
-def _replace(request: GenerationRequest, **changes: Any) -> GenerationRequest:
-    values = {f.name: getattr(request, f.name) for f in fields(request)}
-    values.update(changes)
-    return GenerationRequest(**values)
 
 
 def _is_number(value: Any) -> bool:
