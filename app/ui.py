@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -55,6 +56,9 @@ RANDOM_SEED_LIMIT = 2**32
 # Progress and previews are redrawn at most this often (sections, state changes and the end go out at once).
 PAGE_UPDATE_INTERVAL_S = 0.2
 API_UPDATE_INTERVAL_S = 0.5
+# A stream that has nothing new redraws its job this often anyway, so a page that something else drew over (a
+# frame of the stream it replaced, still in flight) shows its own job again within this time.
+PAGE_REDRAW_INTERVAL_S = 2.0
 # Section snapshots are linked here before the page gets them (see _Staging); leftovers older than this go.
 STAGING_DIR_NAME = ".ui-staging"
 STAGING_MAX_AGE_S = 3600.0
@@ -214,8 +218,10 @@ def gallery_items(records: list[OutputRecord]) -> list[tuple[str, str]]:
     return items
 
 
-def snapshots_to_show(service: GenerationService, job_id: str, min_interval_s: float) -> Iterator[JobSnapshot]:
-    """The job's snapshots worth drawing: the current one, then changes, at most one per ``min_interval_s``.
+def snapshots_to_show(service: GenerationService, job_id: str, min_interval_s: float,
+                      redraw_interval_s: float | None = None) -> Iterator[JobSnapshot]:
+    """The job's snapshots worth drawing: the current one, then changes, at most one per ``min_interval_s``, and
+    the unchanged one again after ``redraw_interval_s`` without news (when given).
 
     Changes that matter at once (a new section video, a queue place, a new state, the end) go out as soon as they
     happen; step-by-step progress and previews are coalesced to the latest within the interval. With the real
@@ -231,12 +237,41 @@ def snapshots_to_show(service: GenerationService, job_id: str, min_interval_s: f
         timeout = 0.5 if current.version == sent.version else max(0.0, due - time.monotonic())
         current = service.wait_for_change(job_id, current.version, timeout=timeout)
         if current.version == sent.version:
+            if redraw_interval_s is not None and time.monotonic() - sent_at >= redraw_interval_s:
+                sent_at = time.monotonic()
+                yield sent
             continue  # nothing new yet
         urgent = (current.state != sent.state or current.partial_video != sent.partial_video
                   or current.queue_position != sent.queue_position or current.error != sent.error)
         if urgent or time.monotonic() >= due:
             sent, sent_at = current, time.monotonic()
             yield sent
+
+
+class _LatestStreams:
+    """Which stream each browser session follows: the latest one started. Starting a job cancels the page-load
+    stream, but a cancelled generator can still be computing a frame; checking before each yield keeps that
+    frame (another tab's job, say) from drawing over the new job's progress or becoming the tab's job to stop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: dict[str, int] = {}
+        self._counter = itertools.count(1)
+
+    def begin(self, session: str) -> int:
+        with self._lock:
+            token = next(self._counter)
+            self._latest[session] = token
+            return token
+
+    def is_current(self, session: str, token: int) -> bool:
+        with self._lock:
+            return self._latest.get(session) == token
+
+    def end(self, session: str, token: int) -> None:
+        with self._lock:
+            if self._latest.get(session) == token:
+                del self._latest[session]
 
 
 # Section snapshots ---------------------------------------------------------------------------------------------
@@ -311,6 +346,7 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
     """The whole page and its API endpoints. The service must be started by the caller."""
     defaults = settings.job_defaults()
     staging_root = settings.output_dir / STAGING_DIR_NAME
+    latest_streams = _LatestStreams()
 
     with gr.Blocks(title="FramePack", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         job_state = gr.State(None)  # the job this tab shows
@@ -418,33 +454,43 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                      "settings": r.settings} for r in records]
             return gr.update(value=gallery_items(records)), kept
 
-        def stream(job_id: str, *, own: bool, with_gallery: bool = False) -> Iterator[list[Any]]:
-            """Yield page updates for ``job_id`` until it ends; each output only when it changed."""
+        def stream(job_id: str, session: str, token: int, *, own: bool,
+                   with_gallery: bool = False) -> Iterator[list[Any]]:
+            """Yield page updates for ``job_id`` until it ends, or until the session follows a newer stream; each
+            output only when it changed."""
             staging = _Staging(staging_root)
             try:
-                updates = snapshots_to_show(service, job_id, PAGE_UPDATE_INTERVAL_S)
+                updates = snapshots_to_show(service, job_id, PAGE_UPDATE_INTERVAL_S, PAGE_REDRAW_INTERVAL_S)
                 snapshot = next(updates)
                 frame = _first_frame(snapshot, own, staging)
                 if with_gallery:
                     frame[8], frame[9] = refreshed_gallery()
+                if not latest_streams.is_current(session, token):
+                    return
                 yield frame
                 staging.yielded()
                 for previous, latest in itertools.pairwise(itertools.chain([snapshot], updates)):
                     frame = _next_frame(previous, latest, own, staging)
                     if latest.state.done:
                         frame[8], frame[9] = refreshed_gallery()
+                    if not latest_streams.is_current(session, token):
+                        return
                     yield frame
                     staging.yielded()
             except KeyError:  # a long-finished job the service has forgotten
-                yield _idle_frame("That job is no longer known to the app; see the outputs gallery.")
+                if latest_streams.is_current(session, token):
+                    yield _idle_frame("That job is no longer known to the app; see the outputs gallery.")
             finally:
+                latest_streams.end(session, token)
                 staging.close()
 
         def on_start(image: dict[str, Any] | None, prompt: str, model: str, seconds: float, seed: float,
                      steps: float, distilled_guidance: float, latent_window_size: float, cfg: float,
                      cfg_rescale: float, negative_prompt: str, use_teacache: bool, teacache_threshold: float,
-                     crf: float, resolution: float) -> Iterator[list[Any]]:
+                     crf: float, resolution: float, request: gr.Request) -> Iterator[list[Any]]:
             values = _job_values(locals())
+            session = request.session_hash or ""
+            token = latest_streams.begin(session)  # from here on, the page-load stream draws nothing more
             image = upload_path(image)
             try:
                 job_id = service.submit(build_request(image, values))
@@ -453,12 +499,15 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                 message, hint = _readable(error, image)
                 gr.Warning(f"{message} How to fix: {hint}" if hint else message)
                 yield _idle_frame(message, hint=hint, error=True)
+                latest_streams.end(session, token)
                 return
             logger.info("Job %s submitted from the page", job_id)
-            yield from stream(job_id, own=True)
+            yield from stream(job_id, session, token, own=True)
 
-        def on_load(own_job: str | None) -> Iterator[list[Any]]:
+        def on_load(own_job: str | None, request: gr.Request) -> Iterator[list[Any]]:
             """On page load: follow this browser's unfinished job, else the running one, else show the last."""
+            session = request.session_hash or ""
+            token = latest_streams.begin(session)
             own_alive = own_job is not None and _is_alive(service, own_job)
             job_id = own_job if own_alive else service.active_job_id()
             if job_id is None and own_job is not None and _is_known(service, own_job):
@@ -466,9 +515,11 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
             if job_id is None:
                 frame = _idle_frame()
                 frame[8], frame[9] = refreshed_gallery()
-                yield frame
+                if latest_streams.is_current(session, token):
+                    yield frame
+                latest_streams.end(session, token)
                 return
-            yield from stream(job_id, own=job_id == own_job, with_gallery=True)
+            yield from stream(job_id, session, token, own=job_id == own_job, with_gallery=True)
 
         def on_stop(job_id: str | None) -> None:
             if job_id is not None and service.cancel(job_id):
@@ -594,6 +645,7 @@ def _first_frame(snapshot: JobSnapshot, own: bool, staging: _Staging) -> list[An
 
 def _next_frame(previous: JobSnapshot, snapshot: JobSnapshot, own: bool, staging: _Staging) -> list[Any]:
     frame = [gr.skip()] * 10
+    frame[0] = snapshot.job_id  # cheap, and puts the tab's Stop back on its own job should anything change it
     if snapshot.state.done:
         frame[2] = gr.update(visible=False)
     elif snapshot.preview is not None and snapshot.preview is not previous.preview:
@@ -605,7 +657,7 @@ def _next_frame(previous: JobSnapshot, snapshot: JobSnapshot, own: bool, staging
             frame[4] = gr.update(value=shown, loop=snapshot.state.done)
     if snapshot.state.done:
         frame[5] = str(snapshot.output_video) if snapshot.output_video else None
-    if snapshot.state.done != previous.state.done:
+    if snapshot.state.done != previous.state.done or snapshot is previous:  # a change, or a redraw
         frame[6], frame[7] = _buttons(snapshot, own)
     return frame
 

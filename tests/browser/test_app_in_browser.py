@@ -172,6 +172,7 @@ def test_a_second_tab_sees_its_place_in_the_queue(page, chromium, demo_server, s
     set_job_inputs(page, image=IMAGE, prompt="first", seconds=LONG_SECONDS, seed=14, **FAST)
     page.click("#start")
     wait_for_state(page, ("running",))
+    first_job = page.locator("#progress .fp-progress").get_attribute("data-job")
 
     other = chromium.new_context(viewport={"width": 1400, "height": 1100}).new_page()
     try:
@@ -181,18 +182,25 @@ def test_a_second_tab_sees_its_place_in_the_queue(page, chromium, demo_server, s
         assert wait_for_state(other, ("running",), timeout_s=60) == "running"
         assert other.locator("#start").is_enabled()
         set_job_inputs(other, image=IMAGE, prompt="second", seconds=1, seed=15, **FAST)
-        other.click("#start")
+        second_job = start_job(other)
+        assert second_job != first_job
         assert wait_for_state(other, ("queued",), timeout_s=60) == "queued"
         assert "Place in the queue: 1" in _progress_text(other)
+        # The frames of the stream it replaced (the other tab's job) must not draw over it, even later.
+        other.wait_for_timeout(3000)
+        assert page_state(other) == "queued"
+        assert other.locator("#progress .fp-progress").get_attribute("data-job") == second_job
         shoot(other, "06-second-tab-queued")
 
-        other.click("#stop")  # drops the queued job
+        other.click("#stop")  # drops the queued job, not the other tab's
         assert wait_for_state(other, ("cancelled",), timeout_s=60) == "cancelled"
         assert "Stopped before it started" in _progress_text(other)
+        assert page_state(page) == "running"
     finally:
         other.context.close()
-    page.click("#stop")
-    assert wait_for_state(page, ("cancelled",), timeout_s=60) == "cancelled"
+        page.click("#stop")
+        wait_for_state(page, ("cancelled", "finished", "failed"), timeout_s=60)
+    assert page_state(page) == "cancelled"
 
 
 def test_clicking_a_past_generation_loads_its_settings_back(page, shoot):
