@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-intermediates", action="store_true", default=None, help=about["keep_intermediates"])
     p.add_argument("--max-file-size-mb", type=float, default=None, help=about["max_file_size_mb"] + " Default 50.")
     p.add_argument("--concurrency-limit", type=int, default=None, help=about["concurrency_limit"])
+    p.add_argument("--idle-release-minutes", type=float, default=None, metavar="MIN",
+                   help=about["idle_release_minutes"])
     return p
 
 
@@ -73,6 +75,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         output_dir=args.output_dir, models_dir=args.models_dir, offline=args.offline, demo=args.demo,
         device=args.device, dtype=args.dtype, keep_intermediates=args.keep_intermediates,
         max_file_size_mb=args.max_file_size_mb, concurrency_limit=args.concurrency_limit,
+        idle_release_minutes=args.idle_release_minutes,
     )
     if settings.demo:
         settings = replace(settings, device="cpu", dtype="auto", offline=True,
@@ -155,8 +158,10 @@ def engine_factory(settings: Settings, config: DeviceConfig) -> Callable[[], Fra
 def build_service(settings: Settings, config: DeviceConfig) -> GenerationService:
     from app.service import GenerationService
 
+    idle = settings.idle_release_minutes
     return GenerationService(engine_factory(settings, config), settings.output_dir,
-                             keep_intermediates=settings.keep_intermediates)
+                             keep_intermediates=settings.keep_intermediates,
+                             idle_release_s=None if idle is None else idle * 60)
 
 
 def serve(settings: Settings, service: GenerationService) -> None:

@@ -115,8 +115,13 @@ class GenerationService:
         output_dir: Path,
         keep_intermediates: bool = False,
         max_finished_jobs: int = 200,
+        idle_release_s: float | None = None,
     ) -> None:
+        """``idle_release_s``: release the models' memory after this many seconds without a job (None: never)."""
         self._engine_factory = engine_factory
+        self._idle_release_s = idle_release_s
+        self._release_requested = False
+        self._models_loaded = False
         self._engine: FramePackEngine | None = None
         self.output_dir = Path(output_dir)
         self.keep_intermediates = keep_intermediates
@@ -152,6 +157,31 @@ class GenerationService:
         if worker is not None:
             worker.join(timeout)
         self._worker = None
+
+    # Memory ----------------------------------------------------------------------------------------------------
+
+    def free_memory(self) -> str:
+        """Release the models' RAM and VRAM now, or as soon as the running and queued jobs are done.
+
+        Models are loaded again by the next job (prompt embeddings stay cached). Returns what happened, in words.
+        """
+        with self._condition:
+            if self._running is not None or self._queue:
+                self._release_requested = True
+                self._condition.notify_all()
+                return "Memory will be freed when the queued jobs are done."
+            if not self._models_loaded:
+                return "No models are loaded; nothing to free."
+            self._release_models()
+        return "Freed the models' memory; the next job loads them again."
+
+    def _release_models(self) -> None:
+        """Caller holds ``self._condition`` and no job is running, so the worker cannot use the models meanwhile."""
+        if self._engine is not None:
+            self._engine.models.release_all()
+        self._models_loaded = False
+        self._release_requested = False
+        logger.info("Released the models' memory")
 
     # Jobs ------------------------------------------------------------------------------------------------------
 
@@ -257,8 +287,17 @@ class GenerationService:
     def _work(self) -> None:
         while True:
             with self._condition:
+                idle_since = time.monotonic()
                 while not self._queue and not self._stopping:
-                    self._condition.wait()
+                    if self._models_loaded and self._release_requested:
+                        self._release_models()
+                    timeout = None
+                    if self._models_loaded and self._idle_release_s is not None:
+                        timeout = idle_since + self._idle_release_s - time.monotonic()
+                        if timeout <= 0:
+                            self._release_models()
+                            continue
+                    self._condition.wait(timeout)
                 if self._stopping:
                     return
                 job_id = self._queue.popleft()
@@ -298,6 +337,7 @@ class GenerationService:
             with self._condition:
                 self._update(job, stage_message="Loading models (first job only) ...")
             self._engine = self._engine_factory()
+        self._models_loaded = True
         started = time.perf_counter()
         for event in self._engine.generate(request, cancel=job.cancel, job_id=job_id, snapshot_dir=job.work_dir):
             if isinstance(event, (JobFinished, JobCancelled, JobFailed)):

@@ -58,8 +58,21 @@ class Settings:
     max_file_size_mb: float = _describe("Largest upload accepted, in MB.", 50.0)
     concurrency_limit: int = _describe(
         "How many browser tabs or API clients may stream progress at once (jobs still run one at a time).", 16)
+    idle_release_minutes: float | None = _describe(
+        "Free the models' RAM and VRAM after this many minutes without a job (None: keep them loaded).", None)
     gallery_size: int = _describe("How many past generations the outputs gallery shows.", 24)
     schema_version: int = _describe("Version of this settings layout.", SCHEMA_VERSION)
+
+    def __post_init__(self) -> None:
+        limits = (("port", 1, 65535), ("max_file_size_mb", 0.001, None), ("concurrency_limit", 1, None),
+                  ("gallery_size", 1, None), ("idle_release_minutes", 0, None))
+        for name, low, high in limits:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value < low or (high is not None and value > high):
+                allowed = f"from {low} to {high}" if high is not None else f"at least {low}"
+                raise ValueError(f"{name.replace('_', '-')}: {value} is out of range; use a value {allowed}")
 
     # Derived values ------------------------------------------------------------------------------------------
 

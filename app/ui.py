@@ -44,13 +44,16 @@ ORIGINAL_NOTE = ("**The original model generates the end of the clip first**: ea
                  "previous one, so the video below grows towards the start image. F1 generates forward.")
 DEMO_BANNER = ("**demo mode: random tiny weights, the video is noise.** Everything else is real: the models are "
                "loaded, sampled, decoded and written exactly as with the real weights, on the CPU.")
-MEMORY_INFO = ("Not used yet: this version keeps every model on the GPU. The memory planner for small GPUs is "
-               "tracked as its own issue and will use this value.")
+MEMORY_INFO = ("VRAM left free for other programs. Empty: chosen for you. More preserved means more of the model "
+               "is offloaded to RAM: slower, never different.")
+FP8_CHOICES = [("Automatic (only when bf16 cannot fit)", "auto"), ("Always", "on"), ("Never", "off")]
+FP8_VALUES = {"auto": None, "on": True, "off": False}
 
 # The job inputs after the image, in the order every handler and the /generate endpoint take them. The names
 # are GenerationRequest fields, so saved settings load back by name.
 JOB_FIELDS = ("prompt", "model", "seconds", "seed", "steps", "distilled_guidance", "latent_window_size", "cfg",
-              "cfg_rescale", "negative_prompt", "use_teacache", "teacache_threshold", "crf", "resolution")
+              "cfg_rescale", "negative_prompt", "use_teacache", "teacache_threshold", "crf", "resolution",
+              "gpu_memory_preservation", "fp8")
 # Seeds are drawn below 2**32 so they survive the browser's float64 numbers exactly.
 RANDOM_SEED_LIMIT = 2**32
 # Progress and previews are redrawn at most this often (sections, state changes and the end go out at once).
@@ -90,6 +93,7 @@ def build_request(image: str | None, values: dict[str, Any]) -> GenerationReques
     """The request for the page's (or the API's) inputs; ``InvalidInputError`` when there is no image."""
     if not image:
         raise InvalidInputError("image", "no start image was given", "Upload a start image first.")
+    values = {**values, "fp8": FP8_VALUES.get(values.get("fp8"), values.get("fp8"))}
     known = {name: values[name] for name in JOB_FIELDS if values.get(name) is not None}
     # Number components send floats (2.0); the request validates whole numbers itself.
     return GenerationRequest(image=Path(image), **known)
@@ -113,6 +117,8 @@ def settings_to_inputs(settings: dict[str, Any], defaults: dict[str, Any]) -> li
     values = []
     for name in JOB_FIELDS:
         value = settings.get(name, defaults.get(name))
+        if name == "fp8":
+            value = {None: "auto", True: "on", False: "off"}.get(value, "auto")
         values.append(getattr(value, "value", value))  # the model enum -> "original" / "f1"
     return values
 
@@ -375,6 +381,8 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                 with gr.Row():
                     start_btn = gr.Button("Start", variant="primary", elem_id="start")
                     stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+                    free_btn = gr.Button("Free memory", elem_id="free-memory",
+                                         tooltip="Unload the models from RAM and VRAM; the next job loads them again.")
                 seconds = gr.Slider(1, MAX_SECONDS, value=defaults["seconds"], step=0.1,
                                     label="Video length (seconds)", elem_id="seconds")
                 with gr.Row(equal_height=True):
@@ -415,8 +423,14 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                                            label="Base resolution",
                                            info="640 is the official size; smaller is faster.",
                                            elem_id="resolution")
-                    gr.Slider(6, 128, value=6, step=0.1, label="GPU memory to preserve (GB)", info=MEMORY_INFO,
-                              interactive=False, elem_id="preserved-memory")
+                    gpu_memory_preservation = gr.Number(value=defaults.get("gpu_memory_preservation"),
+                                                        minimum=0, maximum=1024, step=0.5,
+                                                        label="GPU memory to preserve (GB)", info=MEMORY_INFO,
+                                                        elem_id="preserved-memory")
+                    fp8 = gr.Dropdown(FP8_CHOICES, value={None: "auto", True: "on", False: "off"}[defaults.get("fp8")],
+                                      label="fp8 weight storage (transformer)",
+                                      info="Halves the transformer's memory; results differ slightly from bf16.",
+                                      elem_id="fp8")
 
             with gr.Column(scale=1):
                 preview = gr.Image(label="Latest latents (preview, every step)", interactive=False, visible=False,
@@ -442,7 +456,8 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
         api_trigger = gr.Button(visible=False)
 
         job_inputs = [image, prompt, model, seconds, seed, steps, distilled_guidance, latent_window_size, cfg,
-                      cfg_rescale, negative_prompt, use_teacache, teacache_threshold, crf, resolution]
+                      cfg_rescale, negative_prompt, use_teacache, teacache_threshold, crf, resolution,
+                      gpu_memory_preservation, fp8]
         stream_outputs = [job_state, browser_job, preview, progress, video, final_file, start_btn, stop_btn,
                           gallery, records_state]
 
@@ -487,7 +502,8 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
         def on_start(image: dict[str, Any] | None, prompt: str, model: str, seconds: float, seed: float,
                      steps: float, distilled_guidance: float, latent_window_size: float, cfg: float,
                      cfg_rescale: float, negative_prompt: str, use_teacache: bool, teacache_threshold: float,
-                     crf: float, resolution: float, request: gr.Request) -> Iterator[list[Any]]:
+                     crf: float, resolution: float, gpu_memory_preservation: float | None, fp8: str,
+                     request: gr.Request) -> Iterator[list[Any]]:
             values = _job_values(locals())
             session = request.session_hash or ""
             token = latest_streams.begin(session)  # from here on, the page-load stream draws nothing more
@@ -533,6 +549,12 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
         stop_btn.click(on_stop, inputs=[job_state], outputs=None, api_visibility="private", concurrency_limit=None,
                        show_progress="hidden")
 
+        def on_free_memory() -> None:
+            gr.Info(service.free_memory())
+
+        free_btn.click(on_free_memory, outputs=None, api_visibility="private", concurrency_limit=None,
+                       show_progress="hidden")
+
         # Small input helpers -----------------------------------------------------------------------------------
 
         quick.click(lambda sample: sample[0], inputs=[quick], outputs=[prompt], api_visibility="private",
@@ -561,7 +583,8 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
         def generate(image: dict[str, Any] | None, prompt: str, model: str, seconds: float, seed: float,
                      steps: float, distilled_guidance: float, latent_window_size: float, cfg: float,
                      cfg_rescale: float, negative_prompt: str, use_teacache: bool, teacache_threshold: float,
-                     crf: float, resolution: float) -> Iterator[tuple[str | None, dict[str, Any]]]:
+                     crf: float, resolution: float, gpu_memory_preservation: float | None = None,
+                     fp8: str = "auto") -> Iterator[tuple[str | None, dict[str, Any]]]:
             """Generate a video from a start image and a prompt; returns (mp4 file, status) when the job ends.
 
             Waits in the app's queue like a job started from the page; intermediate results carry the status
@@ -598,6 +621,12 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
 
         gr.api(job_status, api_name="status", concurrency_limit=None)
         gr.api(stop_job, api_name="stop", concurrency_limit=None)
+
+        def free_memory() -> str:
+            """Unload the models from RAM and VRAM now, or once the queued jobs are done; says which."""
+            return service.free_memory()
+
+        gr.api(free_memory, api_name="free_memory", concurrency_limit=None)
 
     return demo
 

@@ -6,6 +6,7 @@ unchanged prompt never touches the text encoders again.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -69,6 +70,18 @@ class ModelStore:
     def release_text_encoders(self) -> None:
         """Drop the text encoders (the largest component after the transformer); cached prompts stay usable."""
         self._text_encoders = None
+
+    def release_all(self) -> None:
+        """Drop every loaded model (RAM and VRAM); cached prompt embeddings stay. Call between jobs, not during one."""
+        self._text_encoders = None
+        self._vae = None
+        self._image_encoder = None
+        self._transformers.clear()
+        gc.collect()
+        if self.config.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.config.device.type == "mps":
+            torch.mps.empty_cache()
 
     def vae(self) -> torch.nn.Module:
         if self._vae is None:

@@ -19,6 +19,7 @@ MAX_WINDOW = 33
 MIN_RESOLUTION, MAX_RESOLUTION = 32, 1536
 MAX_SEED = 2**63 - 1
 MAX_PROMPT_CHARS = 20_000
+MAX_PRESERVED_GB = 1024.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class GenerationRequest:
     crf: int = 16
     resolution: int = 640
     sampler_variant: str = "bh1"
+    # Memory: how much VRAM (GB) the plan leaves free for other programs (None: chosen automatically), and fp8
+    # weight storage for the transformer (None: only when bf16 cannot fit; True/False: always/never). Offloading is
+    # exact, so the first never changes the video; fp8 storage does, slightly.
+    gpu_memory_preservation: float | None = None
+    fp8: bool | None = None
     output: Path | None = None
     save_latents: Path | None = None
 
@@ -57,6 +63,11 @@ class GenerationRequest:
         _check_int("crf", self.crf, 0, 51, hint="libx264 CRF goes from 0 (lossless) to 51; 16 is the default.")
         _check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION,
                    hint="640 is the official resolution; smaller is faster.")
+        if self.gpu_memory_preservation is not None:
+            _check_number("gpu_memory_preservation", self.gpu_memory_preservation, 0.0, MAX_PRESERVED_GB,
+                          hint="Give the GB of GPU memory to leave free, or leave it empty for automatic.")
+        if self.fp8 not in (None, True, False):
+            raise InvalidInputError("fp8", f"must be true, false or empty (automatic), got {self.fp8!r}")
         if self.sampler_variant not in ("bh1", "bh2"):
             raise InvalidInputError("sampler_variant", f"must be 'bh1' or 'bh2', got {self.sampler_variant!r}")
         for name in ("prompt", "negative_prompt"):

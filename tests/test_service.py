@@ -155,3 +155,68 @@ def test_keep_intermediates_keeps_the_per_section_snapshots(tiny_models_dir, ima
         assert done.state == JobState.FINISHED and len(snapshots) == 2
     finally:
         service.stop()
+
+
+class _CountingStore(ModelStore):
+    """A real store that counts how often it was asked to release its models."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.releases = 0
+
+    def release_all(self) -> None:
+        self.releases += 1
+        super().release_all()
+
+
+def _counting_service(models_dir: Path, out: Path, **kwargs) -> tuple[GenerationService, list[_CountingStore]]:
+    stores: list[_CountingStore] = []
+
+    def factory() -> FramePackEngine:
+        stores.append(_CountingStore(ModelSource(models_dir=models_dir), resolve_device_config("cpu")))
+        return FramePackEngine(stores[-1])
+
+    service = GenerationService(factory, out, **kwargs)
+    service.start()
+    return service, stores
+
+
+def test_free_memory_releases_the_models_when_idle_and_waits_for_a_running_job(tiny_models_dir, image, tmp_path):
+    service, stores = _counting_service(tiny_models_dir, tmp_path)
+    try:
+        assert "nothing to free" in service.free_memory()
+        job = service.submit(GenerationRequest(image=image, **{**FAST, "seconds": 1.6}))
+        snapshot = service.snapshot(job)
+        while snapshot.state != JobState.RUNNING:
+            snapshot = service.wait_for_change(job, snapshot.version)
+        assert "when the queued jobs are done" in service.free_memory()
+        assert _wait_done(service, job).state == JobState.FINISHED
+        deadline = time.monotonic() + 10
+        while stores[0].releases == 0:
+            assert time.monotonic() < deadline, "the deferred release never happened"
+            time.sleep(0.05)
+        assert "nothing to free" in service.free_memory()  # released once, not twice
+        assert stores[0].releases == 1
+        # The next job loads the models again and runs as before.
+        again = service.submit(GenerationRequest(image=image, seed=3, **FAST))
+        assert _wait_done(service, again).state == JobState.FINISHED
+        while service.active_job_id() is not None:  # the worker clears its job just after reporting it done
+            time.sleep(0.02)
+        assert "Freed" in service.free_memory() and stores[0].releases == 2
+    finally:
+        service.stop()
+
+
+def test_models_are_released_after_the_idle_timeout(tiny_models_dir, image, tmp_path):
+    service, stores = _counting_service(tiny_models_dir, tmp_path, idle_release_s=0.5)
+    try:
+        job = service.submit(GenerationRequest(image=image, **FAST))
+        assert _wait_done(service, job).state == JobState.FINISHED
+        deadline = time.monotonic() + 10
+        while stores[0].releases == 0:
+            assert time.monotonic() < deadline, "the idle release never happened"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert stores[0].releases == 1  # once per idle spell, not every half second
+    finally:
+        service.stop()
