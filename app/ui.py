@@ -381,8 +381,8 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                 with gr.Row():
                     start_btn = gr.Button("Start", variant="primary", elem_id="start")
                     stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
-                    free_btn = gr.Button("Free memory", elem_id="free-memory",
-                                         tooltip="Unload the models from RAM and VRAM; the next job loads them again.")
+                    # Unloads the models from RAM and VRAM; the next job loads them again.
+                    free_btn = gr.Button("Free memory", elem_id="free-memory")
                 seconds = gr.Slider(1, MAX_SECONDS, value=defaults["seconds"], step=0.1,
                                     label="Video length (seconds)", elem_id="seconds")
                 with gr.Row(equal_height=True):

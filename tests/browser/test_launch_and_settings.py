@@ -173,6 +173,6 @@ def test_build_app_exposes_the_named_api_endpoints(tmp_path, tiny_models_dir):
     service = launch.build_service(settings, launch.resolve_device(settings))
     demo = build_app(settings, service)
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert public == {"generate", "status", "stop"}
+    assert public == {"generate", "status", "stop", "free_memory"}
     generate = next(fn for fn in demo.fns.values() if fn.api_name == "generate")
     assert [c.label for c in generate.inputs][:2] == ["Start image", "Prompt"]
