@@ -48,6 +48,7 @@ MEMORY_INFO = ("VRAM left free for other programs. Empty: chosen for you. More p
                "is offloaded to RAM: slower, never different.")
 FP8_CHOICES = [("Automatic (only when bf16 cannot fit)", "auto"), ("Always", "on"), ("Never", "off")]
 FP8_VALUES = {"auto": None, "on": True, "off": False}
+FP8_CHOICE_OF = {value: choice for choice, value in FP8_VALUES.items()}
 
 # The job inputs after the image, in the order every handler and the /generate endpoint take them. The names
 # are GenerationRequest fields, so saved settings load back by name.
@@ -118,7 +119,7 @@ def settings_to_inputs(settings: dict[str, Any], defaults: dict[str, Any]) -> li
     for name in JOB_FIELDS:
         value = settings.get(name, defaults.get(name))
         if name == "fp8":
-            value = {None: "auto", True: "on", False: "off"}.get(value, "auto")
+            value = FP8_CHOICE_OF.get(value, "auto")
         values.append(getattr(value, "value", value))  # the model enum -> "original" / "f1"
     return values
 
@@ -427,7 +428,7 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                                                         minimum=0, maximum=1024, step=0.5,
                                                         label="GPU memory to preserve (GB)", info=MEMORY_INFO,
                                                         elem_id="preserved-memory")
-                    fp8 = gr.Dropdown(FP8_CHOICES, value={None: "auto", True: "on", False: "off"}[defaults.get("fp8")],
+                    fp8 = gr.Dropdown(FP8_CHOICES, value=FP8_CHOICE_OF[defaults.get("fp8")],
                                       label="fp8 weight storage (transformer)",
                                       info="Halves the transformer's memory; results differ slightly from bf16.",
                                       elem_id="fp8")

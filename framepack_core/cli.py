@@ -242,12 +242,14 @@ def _plan_input_problem(args: argparse.Namespace) -> str | None:
                                ("--preserve-gb", args.preserve_gb, 0.0)):
         if value is not None and (not math.isfinite(value) or value < low or (option == "--ram-gb" and value == 0)):
             return f"{option}: {value} is not a usable amount of memory (a number of GiB, at least 0)"
-    if not math.isfinite(args.cfg) or args.cfg <= 0:
-        return f"--cfg: {args.cfg} must be a positive number (1 turns real CFG off)"
-    if args.window < 1:
-        return f"--window: {args.window} must be at least 1 (9 is the trained value)"
-    if args.resolution < 16:
-        return f"--resolution: {args.resolution} must be at least 16 (640 is the official size)"
+    # The job's own numbers are checked by the request, as for generate, so both commands accept the same values.
+    from framepack_core.request import GenerationRequest
+
+    try:
+        GenerationRequest(image=Path("plan"), model=args.model, latent_window_size=args.window,
+                          resolution=args.resolution, cfg=args.cfg).validated()
+    except InvalidInputError as error:
+        return _with_option_name(error)
     if args.models_dir is not None and not args.models_dir.is_dir():
         return f"--models-dir: {args.models_dir} is not a folder"
     if args.vram_gb is not None and args.device == "cpu":

@@ -321,11 +321,17 @@ LOOP_STAGES = frozenset({"sampling", "VAE decode"})  # repeated for every sectio
 
 
 def runtime_dtypes(device_type: str) -> Mapping[PlannedComponent, str]:
-    """The dtype each component is held and computed in (``framepack_core.devices.default_config``): the
-    official app's on a GPU (bf16 transformer, fp16 for the rest), float32 on the CPU."""
-    if device_type == "cpu":
-        return MappingProxyType({c: "float32" for c in PlannedComponent})
-    return MappingProxyType({c: ("bfloat16" if c == DIT else "float16") for c in PlannedComponent})
+    """The dtype each component is held and computed in: ``framepack_core.devices.default_config``'s table (the
+    official app's on a GPU, float32 on the CPU), by component."""
+    from framepack_core.devices import default_config  # imports torch: only when a plan is made
+
+    config = default_config(device_type)
+    by_component = {PlannedComponent.TEXT_ENCODER: config.text_encoder_dtype,
+                    PlannedComponent.TEXT_ENCODER_2: config.text_encoder_dtype,
+                    PlannedComponent.IMAGE_ENCODER: config.image_encoder_dtype,
+                    PlannedComponent.VAE: config.vae_dtype,
+                    PlannedComponent.TRANSFORMER: config.transformer_dtype}
+    return MappingProxyType({c: str(dtype).removeprefix("torch.") for c, dtype in by_component.items()})
 
 
 def automatic_preserve_bytes(vram_total_bytes: int) -> int:

@@ -73,7 +73,7 @@ class ModelStore:
 
     def release_all(self) -> None:
         """Drop every loaded model (RAM and VRAM); cached prompt embeddings stay. Call between jobs, not during one."""
-        self._text_encoders = None
+        self.release_text_encoders()
         self._vae = None
         self._image_encoder = None
         self._transformers.clear()
