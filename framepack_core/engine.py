@@ -36,6 +36,8 @@ from framepack_core.events import (
 )
 from framepack_core.file_modes import make_public
 from framepack_core.image_input import load_input_image
+from framepack_core.job_planning import JobPlanner, plan_summary
+from framepack_core.memory_plan import MemoryPlan, PlannedComponent, next_plan_advice
 from framepack_core.model_store import ModelStore
 from framepack_core.packing import LatentHistory, ModelVariant, plan_sections
 from framepack_core.preview import latent_preview
@@ -74,10 +76,15 @@ def partial_output_path(output: Path) -> Path:
 
 
 class FramePackEngine:
-    """Runs generation jobs on one device with models loaded lazily from a ``ModelStore``."""
+    """Runs generation jobs on one device with models loaded lazily from a ``ModelStore``.
 
-    def __init__(self, models: ModelStore) -> None:
+    With a ``planner``, every job starts by planning where each component lives (``framepack_core.memory_plan``)
+    and the store places the components so; without one, every component is loaded onto the device.
+    """
+
+    def __init__(self, models: ModelStore, planner: JobPlanner | None = None) -> None:
         self.models = models
+        self.planner = planner
 
     def generate(
         self,
@@ -98,15 +105,18 @@ class FramePackEngine:
         job_id = job_id or uuid.uuid4().hex[:12]
         cancel = cancel or CancelToken()
         output = Path(request.output) if request.output else default_output_path(request)
-        run = _JobRun(self.models, request, image.pixels, job_id, cancel, output, snapshot_dir)
+        run = _JobRun(self.models, request, image.pixels, job_id, cancel, output, snapshot_dir, self.planner)
         for note in image.notes:
             yield Notice(job_id, message=f"Input image: {note}")
         yield from run.events()
 
 
 class _JobRun:
-    def __init__(self, models, request, pixels, job_id, cancel, output, snapshot_dir=None) -> None:  # noqa: ANN001
+    def __init__(self, models, request, pixels, job_id, cancel, output, snapshot_dir=None,  # noqa: ANN001
+                 planner=None) -> None:  # noqa: ANN001
         self.snapshot_dir = snapshot_dir
+        self.planner = planner
+        self.plan: MemoryPlan | None = None
         self.models = models
         self.request = request
         self.pixels = pixels
@@ -133,7 +143,9 @@ class _JobRun:
         except Exception as error:  # noqa: BLE001 - every failure must end as an event, the app stays up
             logger.exception("Job %s failed", self.job_id)
             partial = self._close_partial()
-            message, hint = _describe_failure(error)
+            message, hint = _describe_failure(error, self.plan)
+            if _is_out_of_memory(error):
+                self.models.empty_device_cache()  # the app stays up and the next job gets the memory back
             yield JobFailed(self.job_id, message=message, hint=hint, error_type=type(error).__name__,
                             partial_path=partial, sections_done=self.sections_done)
 
@@ -155,11 +167,13 @@ class _JobRun:
         request, models = self.request, self.models
         yield self._stage(Stage.LOADING_MODELS, "Checking model files ...")
         models.check_weights(request.model)
+        yield from self._plan_memory()
         self._check_cancel()
 
         yield self._stage(Stage.TEXT_ENCODING, "Text encoding ...")
         positive = models.encode_prompt(request.prompt)
         negative = models.encode_prompt(request.negative_prompt) if request.cfg != 1.0 else None
+        models.finish_text_encoding()
         for name, embeddings in (("prompt", positive), ("negative prompt", negative)):
             if embeddings is not None and embeddings.truncated:
                 yield Notice(self.job_id, message=f"The {name} is longer than 256 tokens; only the first 256 are used.")
@@ -177,7 +191,7 @@ class _JobRun:
         vae = models.vae()
         image_tensor = torch.from_numpy(cropped).float() / 127.5 - 1
         image_tensor = image_tensor.permute(2, 0, 1)[None, :, None]
-        with torch.no_grad():
+        with torch.no_grad(), models.stage(PlannedComponent.VAE):
             posterior = vae.encode(image_tensor.to(device=vae.device, dtype=vae.dtype)).latent_dist
             # The posterior mean, not a sample: the official app samples with the global RNG, which makes its
             # runs unrepeatable; the mean is what that sample scatters around.
@@ -186,12 +200,25 @@ class _JobRun:
 
         yield self._stage(Stage.IMAGE_ENCODING, "CLIP Vision encoding ...")
         feature_extractor, image_encoder = models.image_encoder()
-        with torch.no_grad():
+        with torch.no_grad(), models.stage(PlannedComponent.IMAGE_ENCODER):
             inputs = feature_extractor.preprocess(images=cropped, return_tensors="pt")
             inputs = inputs.to(device=image_encoder.device, dtype=image_encoder.dtype)
             image_embeddings = image_encoder(**inputs).last_hidden_state
         self._check_cancel()
         yield PreparedInputs(positive, negative, image_embeddings, start_latent, height, width)
+
+    def _plan_memory(self) -> Iterator[EngineEvent]:
+        """Plan this job's memory and place the models so (the store re-places only what changed)."""
+        if self.planner is None:
+            return
+        height, width = self.pixels.shape[:2]
+        held_device, held_host = self.models.held_bytes()
+        self.plan = self.planner.plan(self.request, (height, width), held_device_bytes=held_device,
+                                      held_host_bytes=held_host)
+        self.models.use_plan(self.plan)
+        yield Notice(self.job_id, message=plan_summary(self.plan))
+        if not self.plan.fits:
+            yield Notice(self.job_id, message="This job may run out of memory: " + " ".join(self.plan.notes))
 
     # 2. Sections ----------------------------------------------------------------------------------------------
 
@@ -244,20 +271,21 @@ class _JobRun:
                                     device=generator.device).to(device=device, dtype=torch.float32)
                 dit_started = time.perf_counter()
                 generated = noise
-                for step in sampler.steps(denoiser, noise, sigmas.to(device)):
-                    generated = step.denoised
-                    sampling_started = sampling_started or time.perf_counter()
-                    done = plan.number * request.steps + step.index + 1
-                    yield self._progress(section, num_sections, step.index + 1, done, total_steps, sampling_started,
-                                         step.denoised)
-                    self._check_cancel()
+                with self.models.stage(PlannedComponent.TRANSFORMER):
+                    for step in sampler.steps(denoiser, noise, sigmas.to(device)):
+                        generated = step.denoised
+                        sampling_started = sampling_started or time.perf_counter()
+                        done = plan.number * request.steps + step.index + 1
+                        yield self._progress(section, num_sections, step.index + 1, done, total_steps,
+                                             sampling_started, step.denoised)
+                        self._check_cancel()
                 dit_s = time.perf_counter() - dit_started
 
                 history.add_section(generated, plan.is_last)
                 yield self._stage(Stage.DECODING, f"Decoding section {section}/{num_sections} ...", section)
                 decode_started = time.perf_counter()
                 latents = history.latents_to_decode(plan.number, plan.is_last, window)
-                with torch.no_grad():
+                with torch.no_grad(), self.models.stage(PlannedComponent.VAE):
                     pixels = vae.decode((latents / vae.config.scaling_factor).to(device=vae.device, dtype=vae.dtype))
                     pixels = pixels.sample.float().cpu()
                 decode_s = time.perf_counter() - decode_started
@@ -320,10 +348,19 @@ def save_latents(path: Path, history_latents: torch.Tensor, start_latent: torch.
     return path
 
 
-def _describe_failure(error: Exception) -> tuple[str, str]:
+def _is_out_of_memory(error: Exception) -> bool:
+    text = str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _describe_failure(error: Exception, plan: MemoryPlan | None = None) -> tuple[str, str]:
     if isinstance(error, FramePackError):
         return error.message, error.hint
-    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
+    if _is_out_of_memory(error):
+        if plan is not None:
+            return ("The device ran out of memory (the plan estimated a peak of "
+                    f"{plan.peak_vram_gb:.1f} GiB of VRAM and {plan.peak_ram_gb:.1f} GiB of RAM).",
+                    next_plan_advice(plan))
         return ("The device ran out of memory.",
                 "Lower --resolution or the video length, turn on TeaCache, or close other GPU programs.")
     return f"{type(error).__name__}: {error}", "This is a bug; please report it with the log above."

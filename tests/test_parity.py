@@ -54,7 +54,12 @@ def test_final_latents_match_the_official_app(engine, tmp_path, fixture, model, 
 
 
 def test_bf16_transformer_matches_the_official_app_bit_for_bit(tiny_models_dir, tmp_path):
-    """The official GPU path: bf16 DiT fed timestep and guidance in bf16, output projection in fp32."""
+    """The official GPU path: bf16 DiT fed timestep and guidance in bf16, output projection in fp32.
+
+    CPUs round bf16 matmuls differently: those with native bf16 dot products (AVX512_BF16) accumulate otherwise
+    than those that widen to fp32 first, and the two official runs differ by 0.031 (3 % of the std). So there is
+    one fixture per kind of CPU, each made by the official app's worker; ours must equal one of them.
+    """
     import torch
 
     from framepack_core.devices import DeviceConfig
@@ -66,6 +71,9 @@ def test_bf16_transformer_matches_the_official_app_bit_for_bit(tiny_models_dir, 
         use_teacache=False, resolution=64, output=tmp_path / "out.mp4", save_latents=tmp_path / "latents.safetensors",
     )
     assert isinstance(list(engine.generate(request))[-1], JobFinished)
-    reference = load_file(str(FIXTURES / "official_original_bf16_dit.safetensors"))["history_latents"]
     ours = load_file(str(tmp_path / "latents.safetensors"))["history_latents"]
-    assert (ours - reference).abs().max() <= 1e-4 * reference.std()
+    deltas = {}
+    for name in ("official_original_bf16_dit", "official_original_bf16_dit_avx512bf16"):
+        reference = load_file(str(FIXTURES / f"{name}.safetensors"))["history_latents"]
+        deltas[name] = ((ours - reference).abs().max() / reference.std()).item()
+    assert min(deltas.values()) <= 1e-4, f"max |delta| / std against each official run: {deltas}"
