@@ -146,11 +146,13 @@ def engine_factory(settings: Settings, config: DeviceConfig) -> Callable[[], Fra
 
     def create() -> FramePackEngine:
         from framepack_core.engine import FramePackEngine
+        from framepack_core.job_planning import JobPlanner
         from framepack_core.model_loading import ModelSource
         from framepack_core.model_store import ModelStore
 
-        return FramePackEngine(ModelStore(ModelSource(models_dir=settings.models_dir, offline=settings.offline),
-                                          config))
+        source = ModelSource(models_dir=settings.models_dir, offline=settings.offline)
+        # Each job plans where the models live from the machine's free memory and the UI's memory settings.
+        return FramePackEngine(ModelStore(source, config), JobPlanner(source, config.device))
 
     return create
 

@@ -41,6 +41,12 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--offline", action="store_true", help="Never download; use the local cache only.")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16.")
+    p.add_argument("--preserve-gb", type=float, default=None,
+                   help="GPU memory (GB) to leave for other programs; the memory plan offloads more the higher it "
+                        "is (default: automatic, max(0.5, 5%% of the card)).")
+    p.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
+                   help="Store the transformer in fp8 (half the memory, slightly different results); default: "
+                        "only when the plan needs it. See `python -m framepack_core plan`.")
     p.add_argument("--output", type=Path, default=None, help="Output .mp4 (default outputs/<time>_<model>_seed<N>.mp4).")
     p.add_argument("--save-latents", type=Path, default=None, help="Also write the final latents (.safetensors).")
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
@@ -80,6 +86,7 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
 
 # Request fields whose command-line option is not simply "--" + the field name with dashes.
 _OPTION_FOR_FIELD = {"latent_window_size": "--window", "distilled_guidance": "--gs", "cfg_rescale": "--rs",
+                     "gpu_memory_preservation": "--preserve-gb",
                      "use_teacache": "--teacache"}
 
 
@@ -128,6 +135,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from framepack_core.engine import FramePackEngine
     from framepack_core.events import CancelToken, JobCancelled, JobFailed, JobFinished, Notice, SectionFinished, \
         StageChanged, StepProgress
+    from framepack_core.job_planning import JobPlanner
     from framepack_core.model_loading import ModelSource
     from framepack_core.model_store import ModelStore
     from framepack_core.request import GenerationRequest
@@ -138,13 +146,15 @@ def run_generate(args: argparse.Namespace) -> int:
         distilled_guidance=args.gs, cfg=args.cfg, cfg_rescale=args.rs, use_teacache=args.teacache,
         teacache_threshold=args.teacache_threshold, crf=args.crf, resolution=args.resolution,
         sampler_variant=args.sampler_variant, output=args.output, save_latents=args.save_latents,
+        gpu_memory_preservation=args.preserve_gb, fp8=args.fp8,
     )
     try:
         config = resolve_device_config(args.device, args.dtype)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    engine = FramePackEngine(ModelStore(ModelSource(models_dir=args.models_dir, offline=args.offline), config))
+    source = ModelSource(models_dir=args.models_dir, offline=args.offline)
+    engine = FramePackEngine(ModelStore(source, config), JobPlanner(source, config.device))
     cancel = CancelToken()
 
     def on_interrupt(signum, frame):  # noqa: ANN001

@@ -66,7 +66,8 @@ def _with_held_memory(hardware: HardwareInfo, device_bytes: int, host_bytes: int
 def plan_summary(plan: MemoryPlan) -> str:
     """One line for the job's log: where each component goes and the estimated peaks against the budgets."""
     if plan.device_type == "cpu":
-        where = "everything on the CPU"
+        fp8 = [c.component.value for c in plan.components if c.fp8]
+        where = "everything on the CPU" + (f" ({', '.join(fp8)} stored in fp8)" if fp8 else "")
         peaks = f"peak RAM {plan.peak_ram_gb:.1f} of {plan.ram_budget_bytes / GIB:.1f} GiB"
     else:
         parts = []

@@ -624,9 +624,11 @@ class _Planner:
         return peak > self.budget.ram
 
     def cpu_plan(self) -> tuple[dict[PlannedComponent, _Choice], bool]:
-        """Everything in RAM; VAE tiling and releasing the text encoders only when RAM needs them."""
+        """Everything in RAM; VAE tiling and releasing the text encoders only when RAM needs them. fp8 storage of
+        the transformer only when asked for (``fp8=True``): it halves its RAM, but the CPU computes in fp32 anyway."""
         for tiling in (False, True):
-            choices = {c: _choice(self.sizes[c], Placement.CPU, self.dtypes[c], self.dtypes[c],
+            choices = {c: _choice(self.sizes[c], Placement.CPU,
+                                  FP8_STORAGE if c == DIT and self.fp8 else self.dtypes[c], self.dtypes[c],
                                   vae_tiling=tiling and c == VAE) for c in PlannedComponent}
             for release in (False, True):
                 if self.fits(choices, release):

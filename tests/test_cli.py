@@ -112,6 +112,7 @@ def test_generate_in_a_subprocess_writes_the_video_and_latents_and_shows_progres
     assert latents.is_file() and latents.stat().st_size > 0
     # Progress (stages, the bar, per-section lines) goes to stderr; stdout carries only the results.
     assert "Text encoding ..." in result.stderr
+    assert "note: Memory plan on " in result.stderr and "everything on the CPU" in result.stderr
     assert "4/4" in result.stderr and "step" in result.stderr
     assert "section 1/2 done: 9 frames" in result.stderr and "section 2/2 done: 25 frames" in result.stderr
     assert result.stdout.splitlines() == [line for line in result.stdout.splitlines() if line.startswith("Wrote ")]
@@ -138,6 +139,15 @@ def test_generate_f1_in_process_with_quiet_prints_only_the_result(tiny_models_di
     assert latents.is_file()
     # No bar of ours, no stage lines, and no weight-loading bars of transformers/diffusers either.
     assert "%|" not in err and "step" not in err and "section" not in err and "Text encoding" not in err, err
+
+
+def test_fp8_and_memory_to_preserve_reach_the_memory_plan(tiny_models_dir, images, tmp_path, capsys):
+    output = tmp_path / "fp8.mp4"
+    code, out, err = _cli(capsys, "generate", "--image", images["rgb.png"], "--models-dir", tiny_models_dir, *FAST,
+                          "--output", output, "--fp8", "--preserve-gb", "1.5")
+    assert code == cli.EXIT_OK, err
+    assert "note: Memory plan on " in err and "(transformer stored in fp8)" in err, err
+    _assert_video(output)
 
 
 def test_an_empty_prompt_is_allowed(tiny_models_dir, images, tmp_path, capsys):
@@ -218,6 +228,7 @@ BAD_INPUTS = [
     ("output not mp4", "rgb.png", ["--output", "{tmp}/x.avi"], "--output", "*.mp4"),
     ("unknown dtype", "rgb.png", ["--dtype", "int8"], "--dtype", "use auto, float32, bfloat16 or float16"),
     ("cuda without a gpu", "rgb.png", ["--device", "cuda"], "--device", "use --device cpu"),
+    ("negative memory to preserve", "rgb.png", ["--preserve-gb", "-3"], "--preserve-gb", "empty for automatic"),
 ]
 _NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 
