@@ -84,6 +84,7 @@ def test_a_run_streams_previews_and_section_videos_and_the_final_mp4_downloads_w
     assert len({e["value"] for e in section_videos}) >= 2
     text = _progress_text(page)
     assert "Finished" in text and "section 4/4" in text and "step 3/3" in text
+    assert "Note: Memory plan on " in text and "everything on the CPU" in text, text
 
     expected = video_length(1.6, 3).pixel_frames
     video = _download_final_video(page, tmp_path)
