@@ -49,6 +49,9 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
                         "only when the plan needs it. See `python -m framepack_core plan`.")
     p.add_argument("--output", type=Path, default=None, help="Output .mp4 (default outputs/<time>_<model>_seed<N>.mp4).")
     p.add_argument("--save-latents", type=Path, default=None, help="Also write the final latents (.safetensors).")
+    p.add_argument("--job-dir", type=Path, default=None,
+                   help="Keep the job's checkpoints in this folder: run the same command again after a crash or "
+                        "Ctrl-C and it resumes from the last finished section (bit-identical result).")
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
 
 
@@ -169,7 +172,7 @@ def run_generate(args: argparse.Namespace) -> int:
     libraries_silenced = False
     segments_dir: Path | None = None
     try:
-        events = engine.generate(request, cancel=cancel)
+        events = engine.generate(request, cancel=cancel, job_dir=args.job_dir)
         for event in events:
             if args.quiet and not libraries_silenced:
                 # From the first event on: the request passed validation (a refused one imports nothing more).

@@ -20,7 +20,8 @@ import torch
 
 from framepack_core.buckets import find_nearest_bucket, resize_and_center_crop
 from framepack_core.denoiser import PackedDenoiser, SectionConditioning
-from framepack_core.errors import Cancelled, FramePackError, OutputWriteError
+from framepack_core.checkpoint import JobDirectory, SectionCheckpoint
+from framepack_core.errors import Cancelled, FramePackError, InvalidInputError, OutputWriteError
 from framepack_core.events import (
     CancelToken,
     EngineEvent,
@@ -37,6 +38,8 @@ from framepack_core.events import (
 from framepack_core.file_modes import make_public
 from framepack_core.image_input import load_input_image
 from framepack_core.job_planning import JobPlanner, plan_summary
+from framepack_core.job_spec import JobSpec, file_sha256
+from framepack_core.model_identity import model_identities
 from framepack_core.memory_plan import MemoryPlan, PlannedComponent, next_plan_advice
 from framepack_core.model_store import ModelStore
 from framepack_core.packing import LatentHistory, ModelVariant, plan_sections
@@ -46,7 +49,7 @@ from framepack_core.sampler import FlowMatchUniPC, GuidanceConfig, flux_shift_mu
 from framepack_core.schedule import overlap_pixel_frames, total_latent_sections, video_length
 from framepack_core.teacache import TeaCacheConfig, apply_teacache
 from framepack_core.text_encoding import PromptEmbeddings
-from framepack_core.video_io import SectionVideoWriter
+from framepack_core.video_io import SectionVideoWriter, probe_video
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,7 @@ class FramePackEngine:
         cancel: CancelToken | None = None,
         job_id: str | None = None,
         snapshot_dir: Path | None = None,
+        job_dir: Path | None = None,
     ) -> Iterator[EngineEvent]:
         """Yield events until exactly one terminal event (finished, cancelled or failed).
 
@@ -99,13 +103,18 @@ class FramePackEngine:
         request synchronously; everything after that is reported as events. With ``snapshot_dir``, a playable
         mp4 of the video so far is written there after every section (for a UI; it costs a remux of the
         segments, no re-encoding).
+
+        With ``job_dir`` the job checkpoints after every section into that folder (``framepack_core.checkpoint``);
+        run again with the same folder and the same spec, it resumes from the last finished section and the
+        result is bit-identical to an uninterrupted run. A folder holding another job is refused.
         """
         request = request.validated()
         image = load_input_image(request.image)
         job_id = job_id or uuid.uuid4().hex[:12]
         cancel = cancel or CancelToken()
-        output = Path(request.output) if request.output else default_output_path(request)
-        run = _JobRun(self.models, request, image.pixels, job_id, cancel, output, snapshot_dir, self.planner)
+        output = Path(request.output) if request.output else None
+        run = _JobRun(self.models, request, image.pixels, job_id, cancel, output, snapshot_dir, self.planner,
+                      JobDirectory(job_dir) if job_dir is not None else None)
         for note in image.notes:
             yield Notice(job_id, message=f"Input image: {note}")
         yield from run.events()
@@ -113,16 +122,20 @@ class FramePackEngine:
 
 class _JobRun:
     def __init__(self, models, request, pixels, job_id, cancel, output, snapshot_dir=None,  # noqa: ANN001
-                 planner=None) -> None:  # noqa: ANN001
+                 planner=None, job_dir=None) -> None:  # noqa: ANN001
         self.snapshot_dir = snapshot_dir
         self.planner = planner
+        self.job_dir: JobDirectory | None = job_dir
+        self.spec: JobSpec | None = None
+        self.checkpoint: SectionCheckpoint | None = None
         self.plan: MemoryPlan | None = None
         self.models = models
         self.request = request
         self.pixels = pixels
         self.job_id = job_id
         self.cancel = cancel
-        self.output = output
+        self.output: Path = output or default_output_path(request)
+        self._output_given = output is not None
         self.writer: SectionVideoWriter | None = None
         self.sections_done = 0
         self.started = time.perf_counter()
@@ -137,6 +150,9 @@ class _JobRun:
     def events(self) -> Iterator[EngineEvent]:
         try:
             yield from self._run()
+        except InvalidInputError as error:  # a job folder that holds another job, or is in use
+            yield JobFailed(self.job_id, message=error.message, hint=error.hint, error_type=type(error).__name__,
+                            partial_path=None, sections_done=0)
         except Cancelled:
             partial = self._close_partial()
             yield JobCancelled(self.job_id, partial_path=partial, sections_done=self.sections_done)
@@ -148,8 +164,18 @@ class _JobRun:
                 self.models.empty_device_cache()  # the app stays up and the next job gets the memory back
             yield JobFailed(self.job_id, message=message, hint=hint, error_type=type(error).__name__,
                             partial_path=partial, sections_done=self.sections_done)
+        finally:
+            if self.job_dir is not None:
+                self.job_dir.close()
 
     def _close_partial(self) -> Path | None:
+        if self.job_dir is not None and self.writer is not None and self.sections_done:
+            # The writer must stay resumable: a snapshot instead of finalize, and the segments stay.
+            try:
+                return self.writer.write_snapshot(partial_output_path(self.output))
+            except Exception:  # noqa: BLE001 - the original error matters more than the partial video
+                logger.exception("Could not write the partial video of job %s", self.job_id)
+                return None
         if self.writer is None or self.sections_done == 0:
             if self.writer is not None:
                 self.writer.discard()
@@ -163,12 +189,28 @@ class _JobRun:
 
     # 1. Inputs ------------------------------------------------------------------------------------------------
 
-    def _prepare(self) -> Iterator[EngineEvent | PreparedInputs]:
-        request, models = self.request, self.models
+    def _start(self) -> Iterator[EngineEvent]:
+        """Check the files, claim the job folder (which may say the job is already done) and plan the memory."""
         yield self._stage(Stage.LOADING_MODELS, "Checking model files ...")
-        models.check_weights(request.model)
+        self.models.check_weights(self.request.model)
+        if self.job_dir is not None:
+            yield from self._open_job_dir()
+            if self.checkpoint is not None and self.checkpoint.finished_output is not None:
+                finished = Path(self.checkpoint.finished_output)
+                if not finished.is_file():
+                    raise InvalidInputError("job_dir", f"this job finished, but its video {finished} is gone",
+                                            "Delete the job folder to make the video again.")
+                info = probe_video(finished)
+                yield Notice(self.job_id, message=f"This job already finished: {finished}")
+                yield JobFinished(self.job_id, output_path=finished, latents_path=None,
+                                  video_frames=info.frame_count, width=info.width, height=info.height,
+                                  elapsed_s=time.perf_counter() - self.started)
+                return
         yield from self._plan_memory()
         self._check_cancel()
+
+    def _prepare(self) -> Iterator[EngineEvent | PreparedInputs]:
+        request, models = self.request, self.models
 
         yield self._stage(Stage.TEXT_ENCODING, "Text encoding ...")
         positive = models.encode_prompt(request.prompt)
@@ -207,6 +249,20 @@ class _JobRun:
         self._check_cancel()
         yield PreparedInputs(positive, negative, image_embeddings, start_latent, height, width)
 
+    def _open_job_dir(self) -> Iterator[EngineEvent]:
+        """Claim the job folder: a new job records its spec; the same spec resumes; another one is refused."""
+        assert self.job_dir is not None
+        request = self.request
+        self.spec = JobSpec.from_request(request, file_sha256(Path(request.image)),
+                                         model_identities(self.models.source, request.model.value))
+        # Without --output a rerun writes where the first run would have (its default name has a time stamp).
+        self.output, self.checkpoint = self.job_dir.open(self.spec, self.output if self._output_given else None,
+                                                         default_output=self.output)
+        if self.checkpoint is not None and self.checkpoint.finished_output is None:
+            done, total = self.checkpoint.sections_done, self.checkpoint.total_sections
+            yield Notice(self.job_id, message=f"Resuming from section {done + 1} of {total}: {done} finished "
+                                              f"section(s) kept in {self.job_dir.path}")
+
     def _plan_memory(self) -> Iterator[EngineEvent]:
         """Plan this job's memory and place the models so (the store re-places only what changed)."""
         if self.planner is None:
@@ -224,6 +280,10 @@ class _JobRun:
 
     def _run(self) -> Iterator[EngineEvent]:
         request = self.request
+        for event in self._start():
+            yield event
+            if isinstance(event, JobFinished):
+                return
         prepared: PreparedInputs | None = None
         for item in self._prepare():
             if isinstance(item, PreparedInputs):
@@ -248,14 +308,25 @@ class _JobRun:
         guidance = GuidanceConfig(scale=request.cfg, rescale=request.cfg_rescale)
         order = "prepend" if request.model == ModelVariant.ORIGINAL else "append"
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = SectionVideoWriter(self.output, order=order, overlap_frames=overlap_pixel_frames(window),
-                                         crf=request.crf)
+        writer_options = dict(order=order, overlap_frames=overlap_pixel_frames(window), crf=request.crf)
+        start = 0
+        if self.checkpoint is not None:
+            checkpoint = self.checkpoint
+            history.restore(checkpoint.history_latents, checkpoint.total_generated_latent_frames)
+            generator.set_state(checkpoint.generator_state)
+            self.writer = SectionVideoWriter.resume(checkpoint.writer, self.output,
+                                                    work_dir=self.job_dir.segments_dir, **writer_options)
+            start = self.sections_done = checkpoint.sections_done
+        elif self.job_dir is not None:
+            self.writer = SectionVideoWriter(self.output, work_dir=self.job_dir.segments_dir, **writer_options)
+        else:
+            self.writer = SectionVideoWriter(self.output, **writer_options)
         teacache = apply_teacache(transformer, TeaCacheConfig(request.teacache_threshold, request.steps)) \
             if request.use_teacache else None
         total_steps = num_sections * request.steps
         sampling_started: float | None = None  # after the first step, so model warm-up does not skew the ETA
         try:
-            for plan in plans:
+            for plan in plans[start:]:
                 self._check_cancel()
                 section = plan.number + 1
                 yield self._stage(Stage.SAMPLING, f"Sampling section {section}/{num_sections} ...", section)
@@ -291,8 +362,10 @@ class _JobRun:
                 decode_s = time.perf_counter() - decode_started
                 write_started = time.perf_counter()
                 written = self.writer.add_section(pixels)
-                write_s = time.perf_counter() - write_started
                 self.sections_done += 1
+                if self.job_dir is not None:
+                    self._save_checkpoint(history, generator, num_sections)
+                write_s = time.perf_counter() - write_started
                 snapshot = None
                 if self.snapshot_dir is not None:
                     self.snapshot_dir.mkdir(parents=True, exist_ok=True)
@@ -311,10 +384,27 @@ class _JobRun:
         if request.save_latents is not None:
             latents_path = save_latents(Path(request.save_latents), history.real_history_latents,
                                         prepared.start_latent, request)
+        video_frames = self.writer.total_frames
+        if self.job_dir is not None:
+            # Recorded before the segments go: a rerun then reports the finished video instead of redoing it.
+            self._save_checkpoint(history, generator, num_sections, finished_output=self.output)
         output = self.writer.finalize()
+        if self.job_dir is not None:
+            self.job_dir.partial_path.unlink(missing_ok=True)
         yield JobFinished(self.job_id, output_path=output, latents_path=latents_path,
-                          video_frames=written.total_frames, width=prepared.width, height=prepared.height,
+                          video_frames=video_frames, width=prepared.width, height=prepared.height,
                           elapsed_s=time.perf_counter() - self.started)
+
+    def _save_checkpoint(self, history: LatentHistory, generator: torch.Generator, total_sections: int,
+                         finished_output: Path | None = None) -> None:
+        assert self.job_dir is not None and self.spec is not None and self.writer is not None
+        self.job_dir.save(SectionCheckpoint(
+            spec_digest=self.spec.digest, sections_done=self.sections_done, total_sections=total_sections,
+            history_latents=history.history_latents, total_generated_latent_frames=history.total_generated_latent_frames,
+            generator_state=generator.get_state(), writer=self.writer.state(),
+            finished_output=None if finished_output is None else str(finished_output)))
+        if finished_output is None:
+            self.writer.write_snapshot(self.job_dir.partial_path)
 
     def _progress(self, section, num_sections, step, done, total, sampling_started, denoised) -> StepProgress:  # noqa: ANN001
         elapsed = time.perf_counter() - self.started

@@ -105,6 +105,14 @@ class LatentHistory:
             self.history_latents = torch.cat([zeros, self.start_latent], dim=2)
             self.total_generated_latent_frames = 1
 
+    def restore(self, history_latents: torch.Tensor, total_generated_latent_frames: int) -> None:
+        """Continue from a checkpoint's ``history_latents`` and frame count (see ``framepack_core.checkpoint``)."""
+        expected = self.history_latents.shape[:2] + self.history_latents.shape[3:]
+        if history_latents.shape[:2] + history_latents.shape[3:] != expected:
+            raise ValueError(f"checkpoint latents of shape {tuple(history_latents.shape)} do not fit this job")
+        self.history_latents = history_latents.to(torch.float32).cpu()
+        self.total_generated_latent_frames = int(total_generated_latent_frames)
+
     def context(self) -> PackedContext:
         if self.variant == ModelVariant.ORIGINAL:
             post, two_x, four_x = self.history_latents[:, :, :HISTORY_CONTEXT_FRAMES].split(

@@ -287,6 +287,18 @@ class _Segment:
     frames: int
 
 
+@dataclass(frozen=True)
+class WriterState:
+    """What a ``SectionVideoWriter`` needs to carry on in another process: its segments (file names in its work
+    folder and frame counts, in creation order), the pending edge frames and the counters."""
+
+    segments: tuple[tuple[str, int], ...]
+    pending: torch.Tensor | None  # (1, 3, overlap, H, W) float, or None before the first section
+    size: tuple[int, int] | None
+    sections: int
+    final_frames: int
+
+
 class SectionVideoWriter:
     """Writes a growing video section by section; each section costs the same however long the video already is.
 
@@ -359,6 +371,34 @@ class SectionVideoWriter:
     @property
     def total_frames(self) -> int:
         return self._final_frames + self.pending_frames
+
+    def state(self) -> WriterState:
+        """A copy of the writer's progress, for a section checkpoint (see ``resume``)."""
+        if self._state != "open":
+            raise RuntimeError(f"state() called on a writer that is already {self._state}")
+        return WriterState(segments=tuple((s.path.name, s.frames) for s in self._segments),
+                           pending=None if self._pending is None else self._pending.clone(), size=self._size,
+                           sections=self._sections, final_frames=self._final_frames)
+
+    @classmethod
+    def resume(cls, state: WriterState, output_path: Path, order: Order, overlap_frames: int, work_dir: Path,
+               **options) -> SectionVideoWriter:  # noqa: ANN003 - the constructor's fps, crf, preset
+        """A writer that continues from ``state``, whose segments are in ``work_dir``. Segment files there that
+        ``state`` does not list (from a section that was being written when the process died) are deleted."""
+        writer = cls(output_path, order, overlap_frames, work_dir=work_dir, **options)
+        missing = [name for name, _ in state.segments if not (work_dir / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"the checkpoint's video segments {', '.join(missing)} are missing from {work_dir}")
+        listed = {name for name, _ in state.segments}
+        for leftover in work_dir.glob("seg_*.mp4"):
+            if leftover.name not in listed:
+                leftover.unlink()
+        writer._segments = [_Segment(work_dir / name, frames) for name, frames in state.segments]
+        writer._pending = None if state.pending is None else state.pending.clone()
+        writer._size = None if state.size is None else (int(state.size[0]), int(state.size[1]))
+        writer._sections = state.sections
+        writer._final_frames = state.final_frames
+        return writer
 
     # -- writing ---------------------------------------------------------------------------------------
 

@@ -338,7 +338,7 @@ def test_a_second_ctrl_c_aborts_at_once_with_exit_130_and_no_traceback(images, t
     (segments / "seg_00000.mp4").write_bytes(b"finished section")
     default_handler = signal.getsignal(signal.SIGINT)
 
-    def generate(self, request, cancel=None, job_id=None):
+    def generate(self, request, cancel=None, job_id=None, job_dir=None):
         request.validated()
         yield SectionFinished("job", section=1, total_sections=5, segment_path=segments / "seg_00000.mp4",
                               video_frames=9, latent_frames=3, dit_s=0.0, decode_s=0.0, write_s=0.0)
