@@ -10,15 +10,18 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from framepack_core.errors import FramePackError, InvalidInputError
+
+if TYPE_CHECKING:
+    from framepack_core.request import GenerationRequest
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 
 
-def _generate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="Generate a video from one image and a prompt.")
-    p.add_argument("--image", required=True, help="Input image (PNG, JPEG, WebP, ...).")
+def add_setting_options(p: argparse.ArgumentParser) -> None:
+    """The generation settings (a job spec's ``settings``), shared by ``generate`` and ``jobs submit``."""
     p.add_argument("--prompt", default="", help="Motion prompt (may be empty).")
     p.add_argument("--negative-prompt", default="", help="Used only when --cfg > 1.")
     p.add_argument("--model", choices=["original", "f1"], default="original",
@@ -36,17 +39,43 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler-variant", choices=["bh1", "bh2"], default="bh1")
     p.add_argument("--crf", type=int, default=16, help="MP4 quality, 0-51, lower is better (default 16).")
     p.add_argument("--resolution", type=int, default=640, help="Base resolution of the buckets (default 640).")
-    p.add_argument("--models-dir", type=Path, default=None,
-                   help="Folder with the models in org/name/subfolder layout (default: Hugging Face cache).")
-    p.add_argument("--offline", action="store_true", help="Never download; use the local cache only.")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16.")
     p.add_argument("--preserve-gb", type=float, default=None,
                    help="GPU memory (GB) to leave for other programs; the memory plan offloads more the higher it "
                         "is (default: automatic, max(0.5, 5%% of the card)).")
     p.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
                    help="Store the transformer in fp8 (half the memory, slightly different results); default: "
                         "only when the plan needs it. See `python -m framepack_core plan`.")
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """Where the models come from and what runs them, shared by ``generate`` and ``jobs run``."""
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="Folder with the models in org/name/subfolder layout (default: Hugging Face cache).")
+    p.add_argument("--offline", action="store_true", help="Never download; use the local cache only.")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16.")
+
+
+def request_from_args(args: argparse.Namespace, image: Path, output: Path | None = None,
+                      save_latents: Path | None = None) -> GenerationRequest:
+    """The request that ``add_setting_options``' values describe (not yet validated)."""
+    from framepack_core.request import GenerationRequest
+
+    return GenerationRequest(
+        image=Path(image), prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model,
+        seconds=args.seconds, seed=args.seed, steps=args.steps, latent_window_size=args.window,
+        distilled_guidance=args.gs, cfg=args.cfg, cfg_rescale=args.rs, use_teacache=args.teacache,
+        teacache_threshold=args.teacache_threshold, crf=args.crf, resolution=args.resolution,
+        sampler_variant=args.sampler_variant, output=output, save_latents=save_latents,
+        gpu_memory_preservation=args.preserve_gb, fp8=args.fp8,
+    )
+
+
+def _generate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="Generate a video from one image and a prompt.")
+    p.add_argument("--image", required=True, help="Input image (PNG, JPEG, WebP, ...).")
+    add_setting_options(p)
+    add_runtime_options(p)
     p.add_argument("--output", type=Path, default=None, help="Output .mp4 (default outputs/<time>_<model>_seed<N>.mp4).")
     p.add_argument("--save-latents", type=Path, default=None, help="Also write the final latents (.safetensors).")
     p.add_argument("--job-dir", type=Path, default=None,
@@ -63,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
     _plan_parser(sub)
+    from framepack_core.cli_jobs import add_jobs_parser
+
+    add_jobs_parser(sub)
     return parser
 
 
@@ -141,16 +173,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from framepack_core.job_planning import JobPlanner
     from framepack_core.model_loading import ModelSource
     from framepack_core.model_store import ModelStore
-    from framepack_core.request import GenerationRequest
-
-    request = GenerationRequest(
-        image=Path(args.image), prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model,
-        seconds=args.seconds, seed=args.seed, steps=args.steps, latent_window_size=args.window,
-        distilled_guidance=args.gs, cfg=args.cfg, cfg_rescale=args.rs, use_teacache=args.teacache,
-        teacache_threshold=args.teacache_threshold, crf=args.crf, resolution=args.resolution,
-        sampler_variant=args.sampler_variant, output=args.output, save_latents=args.save_latents,
-        gpu_memory_preservation=args.preserve_gb, fp8=args.fp8,
-    )
+    request = request_from_args(args, Path(args.image), args.output, args.save_latents)
     try:
         config = resolve_device_config(args.device, args.dtype)
     except ValueError as error:
@@ -331,4 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_generate(args)
     if args.command == "plan":
         return run_plan(args)
+    if args.command == "jobs":
+        from framepack_core.cli_jobs import run_jobs
+
+        return run_jobs(args)
     return run_tiny_models(args)

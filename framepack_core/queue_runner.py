@@ -1,0 +1,80 @@
+"""Runs queued jobs through the engine, one at a time, keeping the queue's rows in step with each job.
+
+Each job runs in its own job folder (``JobQueue.job_dir``), so a job interrupted by a crash or a restart resumes
+from its last finished section the next time it is claimed. A cancel requested through the queue (from another
+process: the CLI, the API) is seen at the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from framepack_core.engine import FramePackEngine, default_output_path
+from framepack_core.errors import FramePackError
+from framepack_core.events import (
+    CancelToken,
+    EngineEvent,
+    JobCancelled,
+    JobFailed,
+    JobFinished,
+    SectionFinished,
+    StepProgress,
+)
+from framepack_core.job_queue import JobQueue, QueuedJob, QueueState
+
+logger = logging.getLogger(__name__)
+
+EventCallback = Callable[[QueuedJob, EngineEvent], None]
+
+
+class QueueRunner:
+    def __init__(self, queue: JobQueue, engine: FramePackEngine, output_dir: Path) -> None:
+        self.queue = queue
+        self.engine = engine
+        self.output_dir = Path(output_dir)
+
+    def run_job(self, job: QueuedJob, on_event: EventCallback | None = None,
+                cancel: CancelToken | None = None) -> QueuedJob:
+        """Run one claimed (running) job to its end; returns its final row."""
+        cancel = cancel or CancelToken()
+        try:
+            request = job.spec.request(job.image, output=job.output)
+            if request.output is None:
+                request = job.spec.request(job.image, output=default_output_path(request, self.output_dir))
+                self.queue.set_output(job.id, request.output)
+        except FramePackError as error:
+            return self.queue.end(job.id, QueueState.FAILED, error=error.message, hint=error.hint)
+        last: EngineEvent | None = None
+        for event in self.engine.generate(request, cancel=cancel, job_id=job.id, job_dir=self.queue.job_dir(job.id)):
+            last = event
+            if isinstance(event, SectionFinished):
+                if self.queue.record_progress(job.id, event.section, event.total_sections):
+                    cancel.cancel()
+            elif isinstance(event, StepProgress) and not cancel.cancelled and self.queue.cancel_requested(job.id):
+                cancel.cancel()
+            if on_event is not None:
+                on_event(job, event)
+        if isinstance(last, JobFinished):
+            return self.queue.end(job.id, QueueState.FINISHED, output=last.output_path)
+        if isinstance(last, JobCancelled):
+            return self.queue.end(job.id, QueueState.CANCELLED, output=last.partial_path)
+        if isinstance(last, JobFailed):
+            return self.queue.end(job.id, QueueState.FAILED, output=last.partial_path, error=last.message,
+                                  hint=last.hint)
+        return self.queue.end(job.id, QueueState.FAILED, error="The job ended without a result.",
+                              hint="This is a bug; please report it with the log.")
+
+    def run_pending(self, on_event: EventCallback | None = None, should_stop: Callable[[], bool] = lambda: False
+                    ) -> list[QueuedJob]:
+        """Requeue interrupted jobs, then run pending jobs in queue order until none is left (or ``should_stop``)."""
+        for job_id in self.queue.requeue_interrupted():
+            logger.info("Job %s was interrupted; it resumes from its last finished section", job_id)
+        done = []
+        while not should_stop():
+            job = self.queue.claim_next()
+            if job is None:
+                break
+            done.append(self.run_job(job, on_event))
+        return done
