@@ -159,16 +159,21 @@ def engine_factory(settings: Settings, config: DeviceConfig) -> Callable[[], Fra
 
 def build_service(settings: Settings, config: DeviceConfig) -> GenerationService:
     from app.service import GenerationService
+    from framepack_core.job_queue import JobQueue
 
     idle = settings.idle_release_minutes
+    # The queue persists under the output folder: queued jobs survive a restart, interrupted ones resume.
     return GenerationService(engine_factory(settings, config), settings.output_dir,
                              keep_intermediates=settings.keep_intermediates,
-                             idle_release_s=None if idle is None else idle * 60)
+                             idle_release_s=None if idle is None else idle * 60,
+                             queue=JobQueue.for_output_dir(settings.output_dir))
 
 
 def serve(settings: Settings, service: GenerationService) -> None:
     """Build the page and block serving it until Ctrl-C."""
     from app.ui import build_app, page_style
+
+    from app.http_api import API_PREFIX, build_api
 
     demo = build_app(settings, service)
     demo.queue(default_concurrency_limit=settings.concurrency_limit)
@@ -178,8 +183,12 @@ def serve(settings: Settings, service: GenerationService) -> None:
         inbrowser=settings.inbrowser,
         # Only the output folder (and Gradio's own upload cache) is served; never the repository or home.
         allowed_paths=[str(settings.output_dir)], max_file_size=settings.max_file_size_bytes,
-        ssr_mode=False, mcp_server=False, footer_links=["api"], **page_style(),
+        ssr_mode=False, mcp_server=False, footer_links=["api"], prevent_thread_lock=True, **page_style(),
     )
+    # The job API on the same server (and share link), with the same logins; see app/http_api.py.
+    demo.app.mount(API_PREFIX, build_api(service, settings))
+    print(f"Job API: {demo.local_url.rstrip('/')}{API_PREFIX}/docs")
+    demo.block_thread()
 
 
 def main(argv: list[str] | None = None) -> int:

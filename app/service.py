@@ -4,8 +4,9 @@ The UI never talks to the engine directly: it submits a ``GenerationRequest`` he
 ``snapshot(job_id)`` (or blocks in ``wait_for_change``) to render progress. Jobs outlive the browser tab that
 started them, so a refreshed page reconnects with ``active_job_id()``.
 
-Per job the service writes, into the output folder: the final mp4, the cropped input image (PNG) and a JSON of
-the settings, all named ``<time>_<seed>`` and written atomically. Per-section snapshots for the live player go
+Per job the output folder gets: the final mp4, the cropped input image (PNG) and the video's sidecar JSON (its
+job spec and environment fingerprint, written by the engine, see ``framepack_core.output_description``), all
+named ``<time>_<seed>`` and written atomically. Per-section snapshots for the live player go
 to a temporary folder that is removed when the job ends, unless ``keep_intermediates`` is set.
 """
 
@@ -40,13 +41,19 @@ from framepack_core.events import (
     StageChanged,
     StepProgress,
 )
+from framepack_core.errors import FramePackError
 from framepack_core.file_modes import make_public
+from framepack_core.output_description import OutputDescription, is_description, sidecar_path
+from framepack_core.job_queue import JobQueue, QueuedJob, QueueError, QueueState
+from framepack_core.job_spec import JobSpec, file_sha256
 from framepack_core.request import GenerationRequest
 
 logger = logging.getLogger(__name__)
 
 SETTINGS_SUFFIX = ".json"
+STORE_POLL_S = 2.0  # how often an idle worker looks for jobs queued by other processes
 INPUT_SUFFIX = ".png"
+PARTIAL_VIDEO_SUFFIX = ".partial.mp4"  # framepack_core.engine.partial_output_path
 
 
 class JobState(str, Enum):
@@ -95,7 +102,7 @@ class OutputRecord:
 
     video: Path
     input_image: Path | None
-    settings: dict[str, Any]
+    settings: dict[str, Any]  # the spec's settings (GenerationRequest field names) and "complete"
     created: float
 
 
@@ -116,8 +123,17 @@ class GenerationService:
         keep_intermediates: bool = False,
         max_finished_jobs: int = 200,
         idle_release_s: float | None = None,
+        queue: JobQueue | None = None,
     ) -> None:
-        """``idle_release_s``: release the models' memory after this many seconds without a job (None: never)."""
+        """``idle_release_s``: release the models' memory after this many seconds without a job (None: never).
+
+        ``queue``: the persistent queue (``framepack_core.job_queue``). With it, jobs are stored in SQLite under the
+        output folder and run in their job folders: pending jobs survive a restart, an interrupted job resumes
+        from its last finished section, and jobs submitted by other processes (the CLI) run here too. Without it
+        the queue lives in memory only.
+        """
+        self.store = queue
+        self._shutting_down = False
         self._engine_factory = engine_factory
         self._idle_release_s = idle_release_s
         self._release_requested = False
@@ -139,7 +155,12 @@ class GenerationService:
         with self._condition:
             if self._worker is not None:
                 return
+            if self.store is not None:
+                for job_id in self.store.requeue_interrupted():
+                    logger.info("Job %s was interrupted; it resumes from its last finished section", job_id)
+                self._sync_pending()
             self._stopping = False
+            self._shutting_down = False
             self._worker = threading.Thread(target=self._work, name="framepack-worker", daemon=True)
             self._worker.start()
 
@@ -147,8 +168,11 @@ class GenerationService:
         """Cancel the running job, drop the queue and wait for the worker."""
         with self._condition:
             self._stopping = True
+            self._shutting_down = True
             for job_id in list(self._queue):
-                self._finish_unstarted(job_id, "The app is shutting down.")
+                message = ("The app is shutting down; the job stays queued and runs when it starts again."
+                           if self.store is not None else "The app is shutting down.")
+                self._finish_unstarted(job_id, message)
             self._queue.clear()
             if self._running:
                 self._jobs[self._running].cancel.cancel()
@@ -185,16 +209,23 @@ class GenerationService:
 
     # Jobs ------------------------------------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest) -> str:
-        """Queue a job; raises ``InvalidInputError`` for bad input before anything is queued."""
+    def submit(self, request: GenerationRequest, owner: str | None = None) -> str:
+        """Queue a job; raises ``InvalidInputError`` for bad input before anything is queued. ``owner``: the
+        user who submitted it (API clients see only their own jobs)."""
         from framepack_core.image_input import load_input_image
 
         request = request.validated()
         load_input_image(request.image)  # refuse broken images now, not when the job's turn comes
-        job_id = time.strftime("%Y%m%d_%H%M%S") + f"_{uuid.uuid4().hex[:6]}"
         with self._condition:
             if self._stopping:
                 raise RuntimeError("The service is shutting down")
+            if self.store is not None:
+                spec = JobSpec.from_request(request, file_sha256(Path(request.image)))
+                stored = self.store.submit(spec, Path(request.image), owner=owner)
+                job_id = stored.id
+                request = replace(request, image=stored.image)
+            else:
+                job_id = time.strftime("%Y%m%d_%H%M%S") + f"_{uuid.uuid4().hex[:6]}"
             self._jobs[job_id] = _Job(job_id, request)
             self._queue.append(job_id)
             self._renumber_queue()
@@ -207,6 +238,11 @@ class GenerationService:
             job = self._jobs.get(job_id)
             if job is None or job.snapshot.state.done:
                 return False
+            if self.store is not None:
+                try:
+                    self.store.cancel(job_id)
+                except QueueError:
+                    return False
             if job_id in self._queue:
                 self._queue.remove(job_id)
                 self._finish_unstarted(job_id, "Stopped before it started.")
@@ -255,13 +291,20 @@ class GenerationService:
             return records
         for settings_path in self.output_dir.glob(f"*{SETTINGS_SUFFIX}"):
             try:
-                settings = json.loads(settings_path.read_text())
-            except (OSError, ValueError):
+                data = json.loads(settings_path.read_text())
+                if is_description(data):  # a video's sidecar
+                    video = settings_path.with_suffix(".mp4")
+                    settings = dict(OutputDescription.from_dict(data).spec.settings)
+                    settings["complete"] = not video.name.endswith(PARTIAL_VIDEO_SUFFIX)
+                    image = self.output_dir / (video.name.removesuffix(".mp4").removesuffix(".partial") + INPUT_SUFFIX)
+                else:  # the settings file of an older version: {"video": ..., "input_image": ..., settings}
+                    settings = data
+                    video = self.output_dir / settings.get("video", "")
+                    image = self.output_dir / (settings.get("input_image") or "")
+            except (OSError, ValueError, AttributeError):  # ValueError includes InvalidInputError
                 continue
-            video = self.output_dir / settings.get("video", "")
             if not video.is_file():
                 continue
-            image = self.output_dir / settings.get("input_image", "")
             records.append(OutputRecord(video=video, input_image=image if image.is_file() else None,
                                         settings=settings, created=settings_path.stat().st_mtime))
         records.sort(key=lambda r: r.created, reverse=True)
@@ -288,7 +331,10 @@ class GenerationService:
         while True:
             with self._condition:
                 idle_since = time.monotonic()
-                while not self._queue and not self._stopping:
+                while not self._stopping:
+                    job_id = self._next_job()
+                    if job_id is not None:
+                        break
                     if self._models_loaded and self._release_requested:
                         self._release_models()
                     timeout = None
@@ -297,10 +343,11 @@ class GenerationService:
                         if timeout <= 0:
                             self._release_models()
                             continue
+                    if self.store is not None:  # jobs may arrive from other processes (the CLI)
+                        timeout = STORE_POLL_S if timeout is None else min(timeout, STORE_POLL_S)
                     self._condition.wait(timeout)
                 if self._stopping:
                     return
-                job_id = self._queue.popleft()
                 self._running = job_id
                 job = self._jobs[job_id]
                 self._update(job, state=JobState.RUNNING, queue_position=None, started_at=time.time(),
@@ -320,6 +367,73 @@ class GenerationService:
                     self._condition.notify_all()
                 self._remove_work_dir(job)  # after a crash; normally already gone
 
+    def _next_job(self) -> str | None:
+        """The job to run next, taken off the queue (claimed in the store when there is one); caller holds the
+        lock."""
+        if self.store is None:
+            return self._queue.popleft() if self._queue else None
+        claimed = self.store.claim_next()
+        if claimed is None:
+            self._sync_pending()
+            return None
+        if claimed.id not in self._jobs:  # submitted by another process, or before a restart
+            self._jobs[claimed.id] = _Job(claimed.id, claimed.spec.request(claimed.image, output=claimed.output))
+        if claimed.id in self._queue:
+            self._queue.remove(claimed.id)
+        self._sync_pending()
+        return claimed.id
+
+    def _sync_pending(self) -> None:
+        """Make the in-memory queue the store's pending jobs, in the store's order; caller holds the lock."""
+        assert self.store is not None
+        pending = self.store.list(states=(QueueState.PENDING,))
+        for stored in pending:
+            if stored.id not in self._jobs:
+                try:
+                    request = stored.spec.request(stored.image, output=stored.output)
+                except FramePackError as error:  # e.g. its stored image was deleted
+                    logger.warning("Queued job %s cannot run: %s", stored.id, error)
+                    self.store.reject(stored.id, error.message, error.hint)
+                    continue
+                self._jobs[stored.id] = _Job(stored.id, request)
+        ids = [stored.id for stored in pending if stored.id in self._jobs]
+        if ids != list(self._queue):
+            self._queue = deque(ids)
+            self._renumber_queue()
+
+    # Queue management (with a store) ---------------------------------------------------------------------------
+
+    def queue_rows(self, owner: str | None = None) -> list[QueuedJob]:
+        """The stored jobs (running, pending in order, then ended), for the Queue tab and the API."""
+        return [] if self.store is None else self.store.list(owner=owner)
+
+    def move(self, job_id: str, place: int) -> None:
+        with self._condition:
+            self._require_store().move(job_id, place)
+            self._sync_pending()
+
+    def retry(self, job_id: str) -> None:
+        with self._condition:
+            stored = self._require_store().retry(job_id)
+            self._jobs[job_id] = _Job(job_id, stored.spec.request(stored.image, output=stored.output))
+            self._sync_pending()
+            self._condition.notify_all()
+
+    def delete(self, job_id: str) -> None:
+        with self._condition:
+            self._require_store().delete(job_id)
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                self._renumber_queue()
+            job = self._jobs.pop(job_id, None)
+            if job is not None and not job.snapshot.state.done:
+                job.cancel.cancel()
+
+    def _require_store(self) -> JobQueue:
+        if self.store is None:
+            raise QueueError("This app runs without a persistent queue.", "Start it with an output folder.")
+        return self.store
+
     def _forget_old_jobs(self) -> None:
         finished = [j for j, job in self._jobs.items() if job.snapshot.state.done]
         for job_id in finished[: max(0, len(finished) - self._max_finished)]:
@@ -329,23 +443,56 @@ class GenerationService:
         request = job.snapshot.request
         job_id = job.snapshot.job_id
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        base = f"{job_id}_seed{request.seed}"
-        output = self.output_dir / f"{base}.mp4"
+        if request.output is not None:  # a stored job that already has its name (it is being resumed)
+            output = Path(request.output)
+            base = output.stem
+        else:
+            stamp = "" if self.store is None else time.strftime("%Y%m%d_%H%M%S_")
+            base = f"{stamp}{job_id}_seed{request.seed}"
+            output = self.output_dir / f"{base}.mp4"
+            if self.store is not None:
+                self.store.set_output(job_id, output)
         job.work_dir = Path(tempfile.mkdtemp(prefix=f".{base}.", dir=self.output_dir))
         request = replace(request, output=output)
+        job_dir = None if self.store is None else self.store.job_dir(job_id)
         if self._engine is None:
             with self._condition:
                 self._update(job, stage_message="Loading models (first job only) ...")
             self._engine = self._engine_factory()
         self._models_loaded = True
         started = time.perf_counter()
-        for event in self._engine.generate(request, cancel=job.cancel, job_id=job_id, snapshot_dir=job.work_dir):
+        for event in self._engine.generate(request, cancel=job.cancel, job_id=job_id, snapshot_dir=job.work_dir,
+                                           job_dir=job_dir):
+            if self.store is not None:
+                event = self._record(job, event)
             if isinstance(event, (JobFinished, JobCancelled, JobFailed)):
                 # Clean up before the job is seen as done: its terminal videos live in the output folder, and a
                 # watcher that sees "finished" must also see a tidy folder.
                 self._remove_work_dir(job)
             with self._condition:
                 self._apply(job, event, base, started)
+
+    def _record(self, job: _Job, event: object) -> object:
+        """Keep the stored row in step with the job; a cancel asked for through the store (the CLI, another
+        process) stops the job. A job stopped because the app shuts down goes back to the queue instead."""
+        assert self.store is not None
+        job_id = job.snapshot.job_id
+        if isinstance(event, SectionFinished):
+            if self.store.record_progress(job_id, event.section, event.total_sections):
+                job.cancel.cancel()
+        elif isinstance(event, StepProgress) and not job.cancel.cancelled and self.store.cancel_requested(job_id):
+            job.cancel.cancel()
+        elif isinstance(event, JobFinished):
+            self.store.end(job_id, QueueState.FINISHED, output=event.output_path)
+        elif isinstance(event, JobCancelled):
+            if self._shutting_down:
+                self.store.requeue(job_id)
+                return event
+            self.store.end(job_id, QueueState.CANCELLED, output=event.partial_path)
+        elif isinstance(event, JobFailed):
+            self.store.end(job_id, QueueState.FAILED, output=event.partial_path, error=event.message,
+                           hint=event.hint)
+        return event
 
     def _remove_work_dir(self, job: _Job) -> None:
         if job.work_dir is not None and not self.keep_intermediates:
@@ -373,48 +520,30 @@ class GenerationService:
                          stage_message=f"Section {event.section}/{event.total_sections} written: "
                                        f"{event.video_frames} frames ({event.video_seconds:.2f} s)")
         elif isinstance(event, JobFinished):
-            settings = self._write_settings(job, base, event.output_path, finished=True)
+            settings = _sidecar_of(event.output_path)
             self._update(job, state=JobState.FINISHED, output_video=event.output_path, settings_file=settings,
                          partial_video=event.output_path, eta_s=0.0, elapsed_s=elapsed,
                          stage_message=f"Done: {event.video_frames} frames in {event.elapsed_s:.1f} s")
         elif isinstance(event, JobCancelled):
-            settings = self._write_settings(job, base, event.partial_path, finished=False) if event.partial_path else None
+            settings = _sidecar_of(event.partial_path)
             self._update(job, state=JobState.CANCELLED, output_video=event.partial_path, settings_file=settings,
                          partial_video=event.partial_path, elapsed_s=elapsed,
                          stage_message=f"Stopped after {event.sections_done} section(s)"
                                        + ("; the partial video was kept." if event.partial_path else "."))
         elif isinstance(event, JobFailed):
-            settings = self._write_settings(job, base, event.partial_path, finished=False) if event.partial_path else None
+            settings = _sidecar_of(event.partial_path)
             self._update(job, state=JobState.FAILED, error=event.message, error_hint=event.hint,
                          output_video=event.partial_path, partial_video=event.partial_path, settings_file=settings,
                          elapsed_s=elapsed, stage_message="Failed")
 
-    def _write_settings(self, job: _Job, base: str, video: Path, finished: bool) -> Path:
-        settings = job.snapshot.request.to_dict()
-        settings.update(
-            job_id=job.snapshot.job_id,
-            video=video.name,
-            input_image=job.snapshot.input_image.name if job.snapshot.input_image else None,
-            complete=finished,
-            source_image=str(job.snapshot.request.image),
-        )
-        for key in ("output", "save_latents", "image"):
-            settings.pop(key, None)
-        path = self.output_dir / f"{Path(video).stem}{SETTINGS_SUFFIX}"
-        _write_text_atomically(path, json.dumps(settings, indent=2, sort_keys=True))
-        return path
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        make_public(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def _sidecar_of(video: Path | None) -> Path | None:
+    """The sidecar JSON the engine wrote next to ``video``: its spec and fingerprint (None when there is none)."""
+    if video is None:
+        return None
+    path = sidecar_path(video)
+    return path if path.is_file() else None
 
 
 def _write_png_atomically(pixels: np.ndarray, path: Path) -> None:

@@ -30,6 +30,7 @@ import gradio as gr
 from app.service import GenerationService, JobSnapshot, JobState, OutputRecord
 from app.settings import REPO_ROOT, Settings
 from framepack_core.errors import InvalidInputError
+from framepack_core.output_description import read_output_description
 from framepack_core.request import MAX_RESOLUTION, MAX_SECONDS, MAX_WINDOW, MIN_RESOLUTION, GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,18 @@ def settings_to_inputs(settings: dict[str, Any], defaults: dict[str, Any]) -> li
             value = FP8_CHOICE_OF.get(value, "auto")
         values.append(getattr(value, "value", value))  # the model enum -> "original" / "f1"
     return values
+
+
+def video_settings(video: Path, defaults: dict[str, Any]) -> tuple[list[Any], str]:
+    """Values for the JOB_FIELDS components from a video's description, and a note for the page.
+
+    Raises ``InvalidInputError`` (field "video") for a file that is not a video or carries no valid description.
+    """
+    description = read_output_description(video, field="video")
+    values = settings_to_inputs(dict(description.spec.settings), defaults)
+    note = (f"Loaded the settings of `{video.name}`. To make the same video, use its start image (SHA-256 "
+            f"`{description.spec.image_sha256[:12]}…`), then press Start.")
+    return values, note
 
 
 # Rendering a snapshot ------------------------------------------------------------------------------------------
@@ -450,6 +463,9 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
             with gr.Row():
                 refresh_btn = gr.Button("Refresh", size="sm", elem_id="refresh-gallery")
                 loaded_note = gr.Markdown("", elem_id="loaded-note")
+            # Any mp4 this app made carries its settings (see framepack_core.output_description).
+            from_video = gr.File(label="Load settings from a video", file_types=[".mp4"], type="filepath",
+                                 height=130, elem_id="load-from-video")
 
         # Hidden outputs of the API endpoint.
         api_video = gr.File(label="video", visible=False)
@@ -578,6 +594,23 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
 
         gallery.select(load_settings, inputs=[records_state], outputs=[*job_inputs, video, final_file, loaded_note],
                        api_visibility="private", show_progress="hidden", concurrency_limit=None)
+
+        def load_from_video(path: str | None) -> list[Any]:
+            """The settings of an uploaded video into the form (the start image stays as it is), as the gallery
+            does; a file without a valid description leaves the form alone and says why."""
+            if not path:
+                return [gr.skip()] * (len(job_inputs) + 3)
+            try:
+                values, note = video_settings(Path(path), defaults)
+            except InvalidInputError as error:
+                message, hint = _readable(error, path)
+                gr.Warning(f"{message} How to fix: {hint}" if hint else message)
+                note = f"**Could not load settings:** {message}" + (f" How to fix: {hint}" if hint else "")
+                return [gr.skip()] * (len(job_inputs) + 2) + [note]
+            return [gr.skip(), *values, gr.skip(), gr.skip(), note]
+
+        from_video.upload(load_from_video, inputs=[from_video], outputs=[*job_inputs, video, final_file, loaded_note],
+                          api_visibility="private", show_progress="hidden", concurrency_limit=None)
 
         # API ---------------------------------------------------------------------------------------------------
 

@@ -71,9 +71,12 @@ def request_from_args(args: argparse.Namespace, image: Path, output: Path | None
     )
 
 
-def _generate_parser(sub: argparse._SubParsersAction) -> None:
+def _generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="Generate a video from one image and a prompt.")
     p.add_argument("--image", required=True, help="Input image (PNG, JPEG, WebP, ...).")
+    p.add_argument("--from", dest="from_video", type=Path, default=None, metavar="VIDEO.mp4",
+                   help="Take the settings from a video this app made (its mp4 metadata or .json sidecar); setting "
+                        "options given as well override them. --image must be the video's own input image.")
     add_setting_options(p)
     add_runtime_options(p)
     p.add_argument("--output", type=Path, default=None, help="Output .mp4 (default outputs/<time>_<model>_seed<N>.mp4).")
@@ -82,6 +85,7 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="Keep the job's checkpoints in this folder: run the same command again after a crash or "
                         "Ctrl-C and it resumes from the last finished section (bit-identical result).")
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +167,8 @@ def _library_progress_bars_off():
             undo()
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """``argv``: the command line ``args`` came from (``sys.argv[1:]`` when None), for ``--from``."""
     from tqdm import tqdm
 
     from framepack_core.devices import resolve_device_config
@@ -173,7 +178,17 @@ def run_generate(args: argparse.Namespace) -> int:
     from framepack_core.job_planning import JobPlanner
     from framepack_core.model_loading import ModelSource
     from framepack_core.model_store import ModelStore
-    request = request_from_args(args, Path(args.image), args.output, args.save_latents)
+    description, notes = None, []
+    if args.from_video is not None:
+        from framepack_core.cli_from import environment_notes, request_from_video
+
+        try:
+            request, description, notes = request_from_video(args, sys.argv[1:] if argv is None else argv)
+        except InvalidInputError as error:
+            print(f"error: {_with_option_name(error)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    else:
+        request = request_from_args(args, Path(args.image), args.output, args.save_latents)
     try:
         config = resolve_device_config(args.device, args.dtype)
     except ValueError as error:
@@ -181,6 +196,10 @@ def run_generate(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     source = ModelSource(models_dir=args.models_dir, offline=args.offline)
     engine = FramePackEngine(ModelStore(source, config), JobPlanner(source, config.device))
+    if description is not None:
+        notes += environment_notes(description, engine.models, request, Path(args.from_video))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     cancel = CancelToken()
 
     def on_interrupt(signum, frame):  # noqa: ANN001
@@ -351,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "generate":
-        return run_generate(args)
+        return run_generate(args, argv)
     if args.command == "plan":
         return run_plan(args)
     if args.command == "jobs":

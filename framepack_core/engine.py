@@ -36,12 +36,14 @@ from framepack_core.events import (
     StepProgress,
 )
 from framepack_core.file_modes import make_public
+from framepack_core.fingerprint import environment_fingerprint
 from framepack_core.image_input import load_input_image
 from framepack_core.job_planning import JobPlanner, plan_summary
 from framepack_core.job_spec import JobSpec, file_sha256
 from framepack_core.model_identity import model_identities
 from framepack_core.memory_plan import MemoryPlan, PlannedComponent, next_plan_advice
 from framepack_core.model_store import ModelStore
+from framepack_core.output_description import OutputDescription, container_metadata, write_sidecar
 from framepack_core.packing import LatentHistory, ModelVariant, plan_sections
 from framepack_core.preview import latent_preview
 from framepack_core.request import GenerationRequest
@@ -107,6 +109,9 @@ class FramePackEngine:
         With ``job_dir`` the job checkpoints after every section into that folder (``framepack_core.checkpoint``);
         run again with the same folder and the same spec, it resumes from the last finished section and the
         result is bit-identical to an uninterrupted run. A folder holding another job is refused.
+
+        Every mp4 it writes (final or partial) describes itself: the job spec and the environment fingerprint in
+        its metadata and in a sidecar JSON next to it (``framepack_core.output_description``).
         """
         request = request.validated()
         image = load_input_image(request.image)
@@ -127,6 +132,7 @@ class _JobRun:
         self.planner = planner
         self.job_dir: JobDirectory | None = job_dir
         self.spec: JobSpec | None = None
+        self.description: OutputDescription | None = None  # spec + fingerprint, once the transformer is loaded
         self.checkpoint: SectionCheckpoint | None = None
         self.plan: MemoryPlan | None = None
         self.models = models
@@ -138,6 +144,7 @@ class _JobRun:
         self._output_given = output is not None
         self.writer: SectionVideoWriter | None = None
         self.sections_done = 0
+        self.sidecar_problem: str | None = None
         self.started = time.perf_counter()
 
     def _stage(self, stage: Stage, message: str, section: int | None = None) -> StageChanged:
@@ -172,7 +179,8 @@ class _JobRun:
         if self.job_dir is not None and self.writer is not None and self.sections_done:
             # The writer must stay resumable: a snapshot instead of finalize, and the segments stay.
             try:
-                return self.writer.write_snapshot(partial_output_path(self.output))
+                return self._describe(self.writer.write_snapshot(partial_output_path(self.output),
+                                                                 metadata=self._metadata()))
             except Exception:  # noqa: BLE001 - the original error matters more than the partial video
                 logger.exception("Could not write the partial video of job %s", self.job_id)
                 return None
@@ -182,10 +190,26 @@ class _JobRun:
             return None
         try:
             self.writer.output_path = partial_output_path(self.output)
-            return self.writer.finalize()
+            return self._describe(self.writer.finalize(metadata=self._metadata()))
         except Exception:  # noqa: BLE001 - the original error matters more than the partial video
             logger.exception("Could not write the partial video of job %s", self.job_id)
+            self.writer.discard()  # e.g. a full disk: leave no hidden segment folder behind
             return None
+
+    def _metadata(self) -> dict[str, str]:
+        """The mp4 tags that describe this job (none before the description exists)."""
+        return container_metadata(self.description) if self.description is not None else {}
+
+    def _describe(self, video: Path) -> Path:
+        """Write ``video``'s sidecar JSON (the same description as its metadata). A failure is logged, not raised:
+        the video is written and carries the description itself."""
+        if self.description is not None:
+            try:
+                write_sidecar(video, self.description)
+            except OSError as error:
+                self.sidecar_problem = f"Could not write the settings file next to {video}: {error}"
+                logger.warning("%s (the video's metadata still describes it)", self.sidecar_problem)
+        return video
 
     # 1. Inputs ------------------------------------------------------------------------------------------------
 
@@ -193,6 +217,9 @@ class _JobRun:
         """Check the files, claim the job folder (which may say the job is already done) and plan the memory."""
         yield self._stage(Stage.LOADING_MODELS, "Checking model files ...")
         self.models.check_weights(self.request.model)
+        request = self.request  # every job has a spec: its outputs carry it (see framepack_core.output_description)
+        self.spec = JobSpec.from_request(request, file_sha256(Path(request.image)),
+                                         model_identities(self.models.source, request.model.value))
         if self.job_dir is not None:
             yield from self._open_job_dir()
             if self.checkpoint is not None and self.checkpoint.finished_output is not None:
@@ -251,10 +278,7 @@ class _JobRun:
 
     def _open_job_dir(self) -> Iterator[EngineEvent]:
         """Claim the job folder: a new job records its spec; the same spec resumes; another one is refused."""
-        assert self.job_dir is not None
-        request = self.request
-        self.spec = JobSpec.from_request(request, file_sha256(Path(request.image)),
-                                         model_identities(self.models.source, request.model.value))
+        assert self.job_dir is not None and self.spec is not None
         # Without --output a rerun writes where the first run would have (its default name has a time stamp).
         self.output, self.checkpoint = self.job_dir.open(self.spec, self.output if self._output_given else None,
                                                          default_output=self.output)
@@ -295,6 +319,9 @@ class _JobRun:
         yield self._stage(Stage.LOADING_MODELS, "Loading the transformer ...")
         transformer = self.models.transformer(request.model)
         dtype, device = self.models.config.transformer_dtype, self.models.config.device
+        assert self.spec is not None
+        self.description = OutputDescription(self.spec, environment_fingerprint(
+            self.models, self.plan, request, identities=self.spec.models, transformer=transformer))
         vae = self.models.vae()
 
         window = request.latent_window_size
@@ -388,7 +415,9 @@ class _JobRun:
         if self.job_dir is not None:
             # Recorded before the segments go: a rerun then reports the finished video instead of redoing it.
             self._save_checkpoint(history, generator, num_sections, finished_output=self.output)
-        output = self.writer.finalize()
+        output = self._describe(self.writer.finalize(metadata=self._metadata()))
+        if self.sidecar_problem:
+            yield Notice(self.job_id, message=self.sidecar_problem + "; the video's metadata still describes it.")
         if self.job_dir is not None:
             self.job_dir.partial_path.unlink(missing_ok=True)
         yield JobFinished(self.job_id, output_path=output, latents_path=latents_path,

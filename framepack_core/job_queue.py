@@ -271,6 +271,21 @@ class JobQueue:
                      "end", "it is not running")
         return self.get(job_id)
 
+    def requeue(self, job_id: str) -> QueuedJob:
+        """Put a running job back at the front of the queue (its worker is shutting down; it resumes later)."""
+        with self._transaction() as connection:
+            first = connection.execute("SELECT MIN(position) FROM jobs WHERE state = 'pending'").fetchone()[0]
+            connection.execute("UPDATE jobs SET state = 'pending', position = ?, cancel_requested = 0 "
+                               "WHERE id = ? AND state = 'running'", ((first or 1.0) - 1.0, job_id))
+        return self.get(job_id)
+
+    def reject(self, job_id: str, error: str, hint: str = "") -> QueuedJob:
+        """End a pending job that cannot run (its stored image is gone, its spec no longer valid)."""
+        self._change(job_id, "UPDATE jobs SET state = 'failed', ended_at = ?, error = ?, hint = ? "
+                             "WHERE id = ? AND state = 'pending'", (time.time(), error, hint, job_id),
+                     "reject", "it is not pending")
+        return self.get(job_id)
+
     def requeue_interrupted(self) -> list[str]:
         """Running jobs whose worker is gone (their folder's lock is free) go back to the front of the queue."""
         from filelock import FileLock, Timeout

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Literal, Mapping, Sequence
 
 import av
 import numpy as np
@@ -155,8 +155,12 @@ def encode_segment(frames: np.ndarray, path: Path, *, fps: int, crf: int, preset
             container.mux(packet)
 
 
-def join_segments(segments: Sequence[Path], output_path: Path, *, faststart: bool = True) -> Path:
+def join_segments(segments: Sequence[Path], output_path: Path, *, faststart: bool = True,
+                  metadata: Mapping[str, str] | None = None) -> Path:
     """Concatenate mp4 segments (in the given time order) into `output_path` by stream copy.
+
+    `metadata`: container-level tags to write (the mp4 muxer keeps only the keys it knows, e.g. "comment"; see
+    ``framepack_core.output_description``).
 
     Cost: reads and writes every compressed packet once, so O(total file size) in I/O but no decoding. The file
     is written to a temporary name in the same folder and atomically renamed, so an existing `output_path` is
@@ -180,6 +184,7 @@ def join_segments(segments: Sequence[Path], output_path: Path, *, faststart: boo
     options = {"movflags": "+faststart"} if faststart else {}
     with _atomic_file(output_path) as tmp_path:
         with av.open(str(tmp_path), "w", format="mp4", options=options) as out:
+            out.metadata.update(metadata or {})  # before the first packet: the header is written with it
             out_stream = None
             reference: tuple | None = None
             offset = 0  # start of the segment being copied, in time_base ticks
@@ -448,9 +453,10 @@ class SectionVideoWriter:
             total_frames=self.total_frames,
         )
 
-    def finalize(self, keep_segments: bool = False) -> Path:
+    def finalize(self, keep_segments: bool = False, metadata: Mapping[str, str] | None = None) -> Path:
         """Encode the pending edge and join all segments into `output_path`; also the way to salvage a cancelled
         or failed job. Calling it again after success returns the path; after a failed join it retries the join.
+        `metadata`: container tags for the mp4 (see ``join_segments``).
         """
         if self._state == "finalized":
             return self.output_path
@@ -463,14 +469,14 @@ class SectionVideoWriter:
             self._segments.append(segment)
             self._final_frames += segment.frames
             self._pending = None
-        self._join(self._time_ordered(self._segments), self.output_path)
+        self._join(self._time_ordered(self._segments), self.output_path, metadata)
         self._state = "finalized"
         logger.info("wrote %s (%d frames, %d segments)", self.output_path, self._final_frames, len(self._segments))
         if not keep_segments:
             self._remove_segments()
         return self.output_path
 
-    def write_snapshot(self, path: Path) -> Path:
+    def write_snapshot(self, path: Path, metadata: Mapping[str, str] | None = None) -> Path:
         """Write a playable mp4 of everything so far to `path` without ending the writer.
 
         Cost: the pending edge is encoded into a throwaway segment, then every segment is remuxed, so this is
@@ -488,7 +494,7 @@ class SectionVideoWriter:
             if self._pending is not None:
                 throwaway = self._encode(self._pending, "snapshot_pending.mp4")
                 segments.append(throwaway)
-            self._join(self._time_ordered(segments), path)
+            self._join(self._time_ordered(segments), path, metadata)
         finally:
             if throwaway is not None:
                 with contextlib.suppress(OSError):
@@ -540,10 +546,10 @@ class SectionVideoWriter:
             raise _write_error("write a video segment to", path, exc) from exc
         return _Segment(path=path, frames=len(frames))
 
-    def _join(self, segments: Sequence[_Segment], path: Path) -> None:
+    def _join(self, segments: Sequence[_Segment], path: Path, metadata: Mapping[str, str] | None = None) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            join_segments([s.path for s in segments], path)
+            join_segments([s.path for s in segments], path, metadata=metadata)
         except OSError as exc:
             raise _write_error("write the video", path, exc) from exc
 

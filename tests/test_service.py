@@ -56,14 +56,17 @@ def test_finished_job_leaves_video_input_and_settings_and_no_temporary_files(tin
         assert snapshot.state == JobState.FINISHED, snapshot.error
         assert probe_video(snapshot.output_video).frame_count == 25
         assert snapshot.input_image.is_file() and Image.open(snapshot.input_image).size == (64, 48)
-        settings = json.loads(snapshot.settings_file.read_text())
-        assert settings["seed"] == 5 and settings["prompt"] == "hello" and settings["complete"] is True
-        assert settings["video"] == snapshot.output_video.name
+        # The settings file is the video's sidecar: its job spec and environment fingerprint.
+        sidecar = json.loads(snapshot.settings_file.read_text())
+        assert sidecar["kind"] == "framepack-output" and set(sidecar) == {"kind", "version", "spec", "fingerprint"}
+        assert sidecar["spec"]["settings"]["seed"] == 5 and sidecar["spec"]["settings"]["prompt"] == "hello"
+        assert snapshot.settings_file == snapshot.output_video.with_suffix(".json")
         names = sorted(p.name for p in tmp_path.iterdir())
         assert names == sorted([snapshot.output_video.name, snapshot.input_image.name, snapshot.settings_file.name])
         assert "seed5" in snapshot.output_video.name
         (record,) = service.list_outputs()
         assert record.video == snapshot.output_video and record.settings["prompt"] == "hello"
+        assert record.settings["complete"] is True and record.input_image == snapshot.input_image
     finally:
         service.stop()
 
@@ -220,3 +223,31 @@ def test_models_are_released_after_the_idle_timeout(tiny_models_dir, image, tmp_
         assert stores[0].releases == 1  # once per idle spell, not every half second
     finally:
         service.stop()
+
+
+def test_the_gallery_lists_videos_by_their_sidecars_partial_ones_marked_and_old_settings_files_too(image, tmp_path):
+    from framepack_core.job_spec import JobSpec, file_sha256
+    from framepack_core.output_description import OutputDescription, write_sidecar
+    from framepack_core.video_io import encode_segment
+
+    def video(name: str) -> Path:
+        path = tmp_path / name
+        encode_segment(np.zeros((3, 32, 32, 3), np.uint8), path, fps=30, crf=16)
+        return path
+
+    spec = JobSpec.from_request(GenerationRequest(image=image, prompt="sidecar", seed=8, **FAST), file_sha256(image))
+    finished, partial = video("a_seed8.mp4"), video("b_seed8.partial.mp4")
+    for path in (finished, partial):
+        write_sidecar(path, OutputDescription(spec, {}))
+    Image.new("RGB", (64, 48)).save(tmp_path / "b_seed8.png")  # the cropped input image the service keeps
+    old = video("c_seed1.mp4")  # written by an earlier version: a flat settings file naming its files
+    (tmp_path / "c_seed1.json").write_text(json.dumps({"video": old.name, "input_image": None, "prompt": "old",
+                                                       "seed": 1, "complete": True}))
+    (tmp_path / "d.json").write_text("{not json")
+    service = GenerationService(lambda: None, tmp_path)
+    records = {r.video.name: r for r in service.list_outputs()}
+    assert set(records) == {"a_seed8.mp4", "b_seed8.partial.mp4", "c_seed1.mp4"}
+    assert records["a_seed8.mp4"].settings["prompt"] == "sidecar" and records["a_seed8.mp4"].settings["complete"]
+    assert records["b_seed8.partial.mp4"].settings["complete"] is False
+    assert records["b_seed8.partial.mp4"].input_image == tmp_path / "b_seed8.png"
+    assert records["c_seed1.mp4"].settings["prompt"] == "old"

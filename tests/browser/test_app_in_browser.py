@@ -26,6 +26,7 @@ from bench.ui_latency import (
     start_job,
     wait_for_state,
 )
+from framepack_core.output_description import read_output_description
 from framepack_core.schedule import video_length
 from framepack_core.video_io import probe_video, read_video_frames
 
@@ -116,8 +117,10 @@ def test_stop_mid_run_keeps_a_playable_partial_video_and_the_next_run_works(page
     info = probe_video(partial)
     assert 0 < info.frame_count < video_length(LONG_SECONDS, 3).pixel_frames
     assert read_video_frames(partial).shape[0] == info.frame_count
-    settings = json.loads((demo_server.output_dir / partial.name.replace(".mp4", ".json")).read_text())
-    assert settings["complete"] is False and settings["seed"] == 12
+    # The partial video describes itself (mp4 metadata, and the sidecar next to it in the output folder).
+    sidecar = json.loads((demo_server.output_dir / partial.name.replace(".mp4", ".json")).read_text())
+    assert sidecar["kind"] == "framepack-output" and sidecar["spec"]["settings"]["seed"] == 12
+    assert read_output_description(partial).spec.settings["seed"] == 12
 
     # Ready again: a second run on the same page finishes.
     assert page.locator("#start").is_enabled()
@@ -223,6 +226,37 @@ def test_clicking_a_past_generation_loads_its_settings_back(page, shoot):
     assert page.locator("#start-image img").count() == 1
     assert "Loaded the settings of" in page.locator("#loaded-note").inner_text()
     shoot(page, "07-settings-loaded-from-gallery")
+
+
+def test_loading_settings_from_a_video_fills_the_form_and_a_bad_file_reads_well(page, demo_server, tmp_path, shoot):
+    made = max(demo_server.output_dir.glob("*_seed4242.mp4"), key=lambda p: p.stat().st_mtime, default=None)
+    assert made is not None, "the gallery test should have made a seed 4242 video"
+    video = tmp_path / "made_elsewhere.mp4"  # no sidecar next to it: the settings come from the mp4 itself
+    video.write_bytes(made.read_bytes())
+    page.reload()
+    page.wait_for_selector("#load-from-video")
+    assert page.locator("#prompt textarea").input_value() == ""
+
+    page.set_input_files("#load-from-video input[type=file]", str(video))
+    page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'a remembered prompt'")
+    assert page.locator("#seed input").input_value() == "4242"
+    assert float(page.locator("#steps input[type=number]").input_value()) == 3
+    page.click("#advanced button.label-wrap")
+    assert float(page.locator("#resolution input[type=number]").input_value()) == 64
+    assert not page.locator("#teacache input[type=checkbox]").is_checked()
+    assert "Loaded the settings of" in page.locator("#loaded-note").inner_text()
+    shoot(page, "09-settings-loaded-from-a-video")
+
+    broken = tmp_path / "holiday.mp4"
+    broken.write_bytes(b"this is not a video")
+    page.locator("#load-from-video button[aria-label='Clear']").first.click()
+    page.set_input_files("#load-from-video input[type=file]", str(broken))
+    page.wait_for_function("() => document.querySelector('#loaded-note').innerText.includes('holiday.mp4')")
+    note = page.locator("#loaded-note").inner_text()
+    assert "is not a video file" in note and "How to fix" in note and "/tmp/" not in note
+    assert page.locator("#seed input").input_value() == "4242"  # the form is left as it was
+    set_job_inputs(page, image=IMAGE, prompt="still usable", seconds=1)
+    assert _run_to_end(page) == "finished", _progress_text(page)
 
 
 def test_only_the_output_folder_is_served(demo_server):

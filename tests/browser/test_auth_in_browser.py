@@ -54,3 +54,26 @@ def test_files_are_not_served_without_logging_in(auth_server):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(url, timeout=10)
     assert refused.value.code in (401, 403)
+
+
+def test_the_readme_api_script_needs_the_login_and_then_makes_the_video(auth_server, tmp_path):
+    """examples/api_client.py (the README's script) against the launched app: same logins as the page."""
+    import subprocess
+    import sys
+
+    from framepack_core.video_io import probe_video
+
+    repo = Path(__file__).parents[2]
+    command = [sys.executable, str(repo / "examples" / "api_client.py"), str(repo / "assets" / "chelsea_landscape.jpg"),
+               "The cat turns its head", "--url", auth_server.url + "api/v1", "--out", str(tmp_path / "result.mp4")]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr
+    done = subprocess.run(command + ["--login", "bob:hunter2"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "finished" in done.stdout and f"saved {tmp_path / 'result.mp4'}" in done.stdout
+    assert probe_video(tmp_path / "result.mp4").frame_count > 0
+    openapi = subprocess.run([sys.executable, "-c", f"import httpx; r = httpx.get('{auth_server.url}api/v1/openapi.json');"
+                              " print(r.status_code, sorted(r.json()['paths']))"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert openapi.stdout.startswith("200") and "/jobs/{job_id}/events" in openapi.stdout, openapi.stdout
