@@ -145,14 +145,11 @@ def engine_factory(settings: Settings, config: DeviceConfig) -> Callable[[], Fra
     """What the service calls on the first job: nothing heavy is loaded before someone asks for a video."""
 
     def create() -> FramePackEngine:
-        from framepack_core.engine import FramePackEngine
-        from framepack_core.job_planning import JobPlanner
+        from framepack_core.engine import create_engine
         from framepack_core.model_loading import ModelSource
-        from framepack_core.model_store import ModelStore
 
-        source = ModelSource(models_dir=settings.models_dir, offline=settings.offline)
         # Each job plans where the models live from the machine's free memory and the UI's memory settings.
-        return FramePackEngine(ModelStore(source, config), JobPlanner(source, config.device))
+        return create_engine(ModelSource(models_dir=settings.models_dir, offline=settings.offline), config)
 
     return create
 

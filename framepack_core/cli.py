@@ -172,12 +172,10 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
     from tqdm import tqdm
 
     from framepack_core.devices import resolve_device_config
-    from framepack_core.engine import FramePackEngine
+    from framepack_core.engine import create_engine
     from framepack_core.events import CancelToken, JobCancelled, JobFailed, JobFinished, Notice, SectionFinished, \
         StageChanged, StepProgress
-    from framepack_core.job_planning import JobPlanner
     from framepack_core.model_loading import ModelSource
-    from framepack_core.model_store import ModelStore
     description, notes = None, []
     if args.from_video is not None:
         from framepack_core.cli_from import environment_notes, request_from_video
@@ -194,8 +192,7 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    source = ModelSource(models_dir=args.models_dir, offline=args.offline)
-    engine = FramePackEngine(ModelStore(source, config), JobPlanner(source, config.device))
+    engine = create_engine(ModelSource(models_dir=args.models_dir, offline=args.offline), config)
     if description is not None:
         notes += environment_notes(description, engine.models, request, Path(args.from_video))
     for note in notes:

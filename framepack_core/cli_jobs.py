@@ -134,12 +134,10 @@ def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
 def _run(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
     from framepack_core.cli import _library_progress_bars_off
     from framepack_core.devices import resolve_device_config
-    from framepack_core.engine import FramePackEngine
+    from framepack_core.engine import create_engine
     from framepack_core.events import JobFailed, Notice, SectionFinished
-    from framepack_core.job_planning import JobPlanner
     from framepack_core.job_queue import QueueState
     from framepack_core.model_loading import ModelSource
-    from framepack_core.model_store import ModelStore
     from framepack_core.queue_runner import QueueRunner
 
     try:
@@ -147,8 +145,7 @@ def _run(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    source = ModelSource(models_dir=args.models_dir, offline=args.offline)
-    engine = FramePackEngine(ModelStore(source, config), JobPlanner(source, config.device))
+    engine = create_engine(ModelSource(models_dir=args.models_dir, offline=args.offline), config)
 
     def show(job, event) -> None:  # noqa: ANN001
         if args.quiet:

@@ -42,6 +42,8 @@ from framepack_core.job_planning import JobPlanner, plan_summary
 from framepack_core.job_spec import JobSpec, file_sha256
 from framepack_core.model_identity import model_identities
 from framepack_core.memory_plan import MemoryPlan, PlannedComponent, next_plan_advice
+from framepack_core.devices import DeviceConfig
+from framepack_core.model_loading import ModelSource
 from framepack_core.model_store import ModelStore
 from framepack_core.output_description import OutputDescription, container_metadata, write_sidecar
 from framepack_core.packing import LatentHistory, ModelVariant, plan_sections
@@ -69,6 +71,12 @@ class PreparedInputs:
     start_latent: torch.Tensor
     height: int
     width: int
+
+
+def create_engine(source: ModelSource, config: DeviceConfig) -> FramePackEngine:
+    """The engine as the app and the CLI run it: models from ``source`` on ``config``'s device, each job planning
+    where they live (``framepack_core.job_planning``)."""
+    return FramePackEngine(ModelStore(source, config), JobPlanner(source, config.device))
 
 
 def default_output_path(request: GenerationRequest, folder: Path = Path("outputs")) -> Path:

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from framepack_core.devices import resolve_device_config
@@ -28,12 +27,8 @@ def engine(tiny_models_dir: Path) -> FramePackEngine:
 
 
 @pytest.fixture(scope="module")
-def input_image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("img") / "input.png"
-    y, x = np.mgrid[0:300, 0:420]
-    pixels = np.stack([x * 255 // 420, y * 255 // 300, (x + y) % 256], axis=-1).astype(np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
+def input_image(gradient_image: Path) -> Path:
+    return gradient_image
 
 
 def _run(engine, request, cancel=None):

@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from filelock import FileLock
 from PIL import Image
@@ -27,11 +26,8 @@ TINY = ["--seconds", "0.8", "--window", "3", "--steps", "3", "--resolution", "64
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("img") / "input.png"
-    y, x = np.mgrid[0:300, 0:420]
-    Image.fromarray(np.stack([x * 255 // 420, y * 255 // 300, (x + y) % 256], axis=-1).astype(np.uint8)).save(path)
-    return path
+def image(gradient_image: Path) -> Path:
+    return gradient_image
 
 
 def _spec(image: Path, **settings) -> JobSpec:

@@ -7,9 +7,7 @@ import hashlib
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import framepack_core.video_io as video_io
 from framepack_core.devices import resolve_device_config
@@ -32,11 +30,8 @@ def engine(tiny_models_dir) -> FramePackEngine:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("img") / "input.png"
-    y, x = np.mgrid[0:300, 0:420]
-    Image.fromarray(np.stack([x * 255 // 420, y * 255 // 300, (x + y) % 256], axis=-1).astype(np.uint8)).save(path)
-    return path
+def image(gradient_image: Path) -> Path:
+    return gradient_image
 
 
 def _digest(path: Path) -> str:

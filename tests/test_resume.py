@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from framepack_core import cli
@@ -33,11 +32,8 @@ JOB = ["--prompt", "a cat walks", "--seconds", "1.6", "--window", "3", "--steps"
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("img") / "input.png"
-    y, x = np.mgrid[0:300, 0:420]
-    Image.fromarray(np.stack([x * 255 // 420, y * 255 // 300, (x + y) % 256], axis=-1).astype(np.uint8)).save(path)
-    return path
+def image(gradient_image: Path) -> Path:
+    return gradient_image
 
 
 @pytest.fixture(scope="module")
