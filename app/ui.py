@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ import gradio as gr
 
 from app.service import GenerationService, JobSnapshot, JobState, OutputRecord
 from app.settings import REPO_ROOT, Settings
-from framepack_core.errors import InvalidInputError
+from framepack_core.errors import FramePackError, InvalidInputError
+from framepack_core.job_queue import QueuedJob, QueueState
 from framepack_core.output_description import read_output_description
 from framepack_core.request import MAX_RESOLUTION, MAX_SECONDS, MAX_WINDOW, MIN_RESOLUTION, GenerationRequest
 
@@ -141,6 +142,28 @@ def video_settings(video: Path, defaults: dict[str, Any]) -> tuple[list[Any], st
 
 _STATE_LABELS = {JobState.QUEUED: "Queued", JobState.RUNNING: "Running", JobState.FINISHED: "Finished",
                  JobState.CANCELLED: "Stopped", JobState.FAILED: "Failed"}
+
+
+QUEUE_COLUMNS = ("#", "id", "state", "progress", "prompt", "seconds", "seed", "submitted", "error")
+QUEUE_REFRESH_S = 2.0
+
+
+def queue_table_rows(jobs: list[QueuedJob]) -> list[list[Any]]:
+    """The Queue tab's rows: running, pending with their place, then ended jobs."""
+    rows = []
+    place = 0
+    for job in jobs:
+        if job.state == QueueState.PENDING:
+            place += 1
+        settings = job.spec.settings
+        progress = f"{job.sections_done}/{job.total_sections} sections" if job.total_sections else ""
+        prompt = str(settings.get("prompt", ""))
+        rows.append([place if job.state == QueueState.PENDING else "", job.id,
+                     job.state.value + (" (stopping)" if job.cancel_requested else ""), progress,
+                     prompt if len(prompt) <= 60 else prompt[:57] + "...", settings.get("seconds"),
+                     settings.get("seed"), time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at)),
+                     job.error or ""])
+    return rows
 
 
 def format_duration(seconds: float | None) -> str:
@@ -456,7 +479,7 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                                    elem_id="progress")
                 final_file = gr.File(label="Final video", interactive=False, elem_id="final-file")
 
-        with gr.Accordion("Outputs", open=True, elem_id="outputs"):
+        with gr.Tab("Outputs", elem_id="outputs-tab"), gr.Accordion("Outputs", open=True, elem_id="outputs"):
             gallery = gr.Gallery(label="Past generations: click one to load its settings", columns=6, height=260,
                                  fit_columns=False, allow_preview=False, preview=False, object_fit="cover",
                                  buttons=[], elem_id="gallery")
@@ -466,6 +489,22 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
             # Any mp4 this app made carries its settings (see framepack_core.output_description).
             from_video = gr.File(label="Load settings from a video", file_types=[".mp4"], type="filepath",
                                  height=130, elem_id="load-from-video")
+
+        with gr.Tab("Queue", elem_id="queue-tab"):
+            queue_table = gr.Dataframe(headers=list(QUEUE_COLUMNS), value=queue_table_rows(service.queue_rows()),
+                                       interactive=False, wrap=True, elem_id="queue-table",
+                                       label="Jobs: running, then waiting in order, then ended (kept across "
+                                             "restarts; click a row to pick it)")
+            with gr.Row(equal_height=True):
+                queue_job = gr.Textbox(label="Job id", placeholder="click a row", scale=2, elem_id="queue-job")
+                queue_place = gr.Number(value=1, precision=0, minimum=1, label="Place", scale=1,
+                                        elem_id="queue-place")
+                move_btn = gr.Button("Move to place", size="sm", elem_id="queue-move")
+                cancel_btn = gr.Button("Cancel", size="sm", variant="stop", elem_id="queue-cancel")
+                retry_btn = gr.Button("Retry", size="sm", elem_id="queue-retry")
+                delete_btn = gr.Button("Delete", size="sm", elem_id="queue-delete")
+            queue_note = gr.Markdown("", elem_id="queue-note")
+            queue_timer = gr.Timer(QUEUE_REFRESH_S)
 
         # Hidden outputs of the API endpoint.
         api_video = gr.File(label="video", visible=False)
@@ -526,7 +565,7 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
             token = latest_streams.begin(session)  # from here on, the page-load stream draws nothing more
             image = upload_path(image)
             try:
-                job_id = service.submit(build_request(image, values))
+                job_id = service.submit(build_request(image, values), owner=request.username)
             except (InvalidInputError, RuntimeError) as error:
                 # A refused request is the user's to fix: say what and how, in the page, and stay ready.
                 message, hint = _readable(error, image)
@@ -608,6 +647,46 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                 note = f"**Could not load settings:** {message}" + (f" How to fix: {hint}" if hint else "")
                 return [gr.skip()] * (len(job_inputs) + 2) + [note]
             return [gr.skip(), *values, gr.skip(), gr.skip(), note]
+
+        def refresh_queue() -> list[list[Any]]:
+            return queue_table_rows(service.queue_rows())
+
+        def pick_queued_job(rows: Any, event: gr.SelectData) -> str:
+            row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+            values = rows.values.tolist() if hasattr(rows, "values") else rows
+            return str(values[row][1]) if 0 <= row < len(values) else ""
+
+        def queue_action(action: str) -> Callable[..., tuple[list[list[Any]], str]]:
+            def act(job_id: str, place: float | None) -> tuple[list[list[Any]], str]:
+                job_id = (job_id or "").strip()
+                if not job_id:
+                    return refresh_queue(), "Pick a job first: click its row."
+                try:
+                    if action == "move":
+                        service.move(job_id, int(place or 1))
+                        note = f"Moved {job_id} to place {int(place or 1)}."
+                    elif action == "cancel":
+                        note = f"Cancelled {job_id}." if service.cancel(job_id) else \
+                            f"{job_id} is not waiting or running."
+                    elif action == "retry":
+                        service.retry(job_id)
+                        note = f"{job_id} is queued again; it resumes from its last finished section."
+                    else:
+                        service.delete(job_id)
+                        note = f"Deleted {job_id} (its video, if any, stays in the output folder)."
+                except FramePackError as error:
+                    note = f"**{error.message}** {error.hint}".strip()
+                return refresh_queue(), note
+            return act
+
+        queue_timer.tick(refresh_queue, outputs=[queue_table], api_visibility="private", queue=False,
+                         show_progress="hidden")
+        queue_table.select(pick_queued_job, inputs=[queue_table], outputs=[queue_job], api_visibility="private",
+                           queue=False, show_progress="hidden")
+        for button, action in ((move_btn, "move"), (cancel_btn, "cancel"), (retry_btn, "retry"),
+                               (delete_btn, "delete")):
+            button.click(queue_action(action), inputs=[queue_job, queue_place], outputs=[queue_table, queue_note],
+                         api_visibility="private", queue=False, show_progress="hidden")
 
         from_video.upload(load_from_video, inputs=[from_video], outputs=[*job_inputs, video, final_file, loaded_note],
                           api_visibility="private", show_progress="hidden", concurrency_limit=None)
