@@ -4,6 +4,7 @@
     GET    /api/v1/jobs                 your jobs: running, pending in queue order, then ended
     GET    /api/v1/jobs/{id}            status with progress
     GET    /api/v1/jobs/{id}/events     server-sent events: a ``status`` event at every change, until the end
+    PATCH  /api/v1/jobs/{id}            edit a pending job's settings (JSON object of the settings to change)
     POST   /api/v1/jobs/{id}/cancel     stop it (a pending job at once, a running one after its current step)
     POST   /api/v1/jobs/{id}/retry      queue a failed or cancelled job again (it resumes)
     DELETE /api/v1/jobs/{id}            forget an ended or pending job
@@ -23,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Path as PathParam, Request, UploadFile
+from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Path as PathParam, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel
@@ -176,6 +177,13 @@ def build_api(service: GenerationService, settings: Settings) -> FastAPI:
         if not service.cancel(job.id):
             service.store.cancel(job.id)  # not in this process's memory: the store decides (409 if ended)
         return status(service.store.get(job.id))
+
+    @api.patch("/jobs/{job_id}", response_model=JobStatus, responses=_ERRORS, summary="Edit a pending job")
+    def edit_job(job_id: JobId, owner: Owner,
+                 changes: Annotated[dict[str, Any], Body(description="Settings to change, e.g. {\"seed\": 7}.")]
+                 ) -> JobStatus:
+        service.edit(own_job(job_id, owner).id, changes)
+        return status(service.store.get(job_id))
 
     @api.post("/jobs/{job_id}/retry", response_model=JobStatus, responses=_ERRORS, summary="Queue a job again")
     def retry_job(job_id: JobId, owner: Owner) -> JobStatus:

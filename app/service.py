@@ -412,6 +412,15 @@ class GenerationService:
             self._require_store().move(job_id, place)
             self._sync_pending()
 
+    def edit(self, job_id: str, changes: dict[str, Any]) -> None:
+        """Change settings of a pending job (``InvalidInputError`` names a bad one; ``QueueError`` if it is no
+        longer pending)."""
+        with self._condition:
+            store = self._require_store()
+            stored = store.edit(job_id, store.get(job_id).spec.with_changes(changes))
+            if job_id in self._jobs:
+                self._update(self._jobs[job_id], request=stored.spec.request(stored.image, output=stored.output))
+
     def retry(self, job_id: str) -> None:
         with self._condition:
             stored = self._require_store().retry(job_id)

@@ -131,6 +131,8 @@ _OPTION_FOR_FIELD = {"latent_window_size": "--window", "distilled_guidance": "--
 
 def _with_option_name(error: InvalidInputError) -> str:
     """The error as text, naming the option the user typed (``--window``) rather than the request field."""
+    if not error.field.replace("_", "").isalnum():  # "settings.steps": a field of a spec, not an option
+        return str(error)
     option = _OPTION_FOR_FIELD.get(error.field, "--" + error.field.replace("_", "-"))
     text = str(error)
     prefix = f"{error.field}: "

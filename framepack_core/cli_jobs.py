@@ -42,6 +42,9 @@ def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
                        ("retry", "Queue a failed or cancelled job again; it resumes from its last section."),
                        ("delete", "Remove an ended or pending job and its checkpoints (not its video).")):
         verbs.add_parser(verb, help=text).add_argument("job_id")
+    edit = verbs.add_parser("edit", help="Change settings of a pending job.")
+    edit.add_argument("job_id")
+    edit.add_argument("settings", help='The settings to change, as JSON, e.g. \'{"seed": 7, "seconds": 10}\'.')
     move = verbs.add_parser("move", help="Put a pending job at another place in the queue.")
     move.add_argument("job_id")
     move.add_argument("place", type=int, help="1 = next to run.")
@@ -66,6 +69,8 @@ def run_jobs(args: argparse.Namespace) -> int:
             job = queue.move(args.job_id, args.place)
             print(f"{job.id} is now number {queue.pending_position(job.id)} in the queue")
             return EXIT_OK
+        if args.verb == "edit":
+            return _edit(queue, args.job_id, args.settings)
         if args.verb == "delete":
             queue.delete(args.job_id)
             print(f"Deleted {args.job_id}")
@@ -128,6 +133,16 @@ def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
         spec.request(image, output=args.output)  # validates the name
     job = queue.submit(spec, image, output=args.output)
     print(f"{job.id} queued (number {queue.pending_position(job.id)})")
+    return EXIT_OK
+
+
+def _edit(queue, job_id: str, text: str) -> int:  # noqa: ANN001
+    try:
+        changes = json.loads(text)
+    except ValueError as error:
+        raise InvalidInputError("settings", f"is not valid JSON ({error})") from None
+    queue.edit(job_id, queue.get(job_id).spec.with_changes(changes))
+    print(f"{job_id} edited: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
     return EXIT_OK
 
 

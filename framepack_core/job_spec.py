@@ -64,6 +64,13 @@ class JobSpec:
         return GenerationRequest(image=Path(image), output=output, save_latents=save_latents,
                                  **dict(self.settings)).validated()
 
+    def with_changes(self, changes: Mapping[str, Any]) -> JobSpec:
+        """The same job with some settings changed (same image and models); ``InvalidInputError`` names a bad
+        or unknown setting."""
+        if not isinstance(changes, Mapping):
+            raise InvalidInputError("settings", "must be an object of the settings to change, such as {\"seed\": 7}")
+        return JobSpec.from_dict({**self.to_dict(), "settings": {**self.settings, **changes}})
+
     def check_image(self, image: Path) -> None:
         actual = file_sha256(image)
         if actual != self.image_sha256:
@@ -127,7 +134,7 @@ class JobSpec:
         try:
             request = GenerationRequest(image=Path("spec"), **settings).validated()
         except InvalidInputError as error:
-            raise InvalidInputError(f"settings.{error.field}", str(error).split(": ", 1)[-1], error.hint) from None
+            raise InvalidInputError(f"settings.{error.field}", error.message.split(": ", 1)[-1], error.hint) from None
         except TypeError as error:
             raise InvalidInputError("settings", str(error)) from None
         image_sha256 = data.get("image_sha256")

@@ -166,6 +166,19 @@ def test_logins_are_required_and_users_see_only_their_own_jobs(api_with_logins):
     assert client.get(f"/jobs/{theirs}", auth=("bob", "builder")).json()["state"] == "queued"
 
 
+def test_a_pending_job_can_be_edited_and_a_bad_edit_names_the_setting(api_with_logins):
+    client, alice = api_with_logins, ("alice", "wonderland")
+    job_id = submit(client, {"seed": 1}, auth=alice).json()["id"]
+    edited = client.patch(f"/jobs/{job_id}", json={"seed": 7, "prompt": "edited"}, auth=alice)
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["spec"]["settings"]["seed"] == 7 and edited.json()["spec"]["settings"]["prompt"] == "edited"
+    refused = client.patch(f"/jobs/{job_id}", json={"steps": 0}, auth=alice)
+    assert refused.status_code == 422 and refused.json()["field"] == "settings.steps"
+    client.post(f"/jobs/{job_id}/cancel", auth=alice)
+    ended = client.patch(f"/jobs/{job_id}", json={"seed": 3}, auth=alice)
+    assert ended.status_code == 409 and "only a pending job can be edited" in ended.json()["error"]
+
+
 def test_cancel_retry_and_delete_a_queued_job(api_with_logins):
     client, alice = api_with_logins, ("alice", "wonderland")
     job_id = submit(client, {}, auth=alice).json()["id"]
@@ -181,7 +194,7 @@ def test_the_openapi_description_lists_every_operation(api):
     schema = api.get("/openapi.json").json()
     operations = {(path, method) for path, item in schema["paths"].items() for method in item}
     assert operations == {("/jobs", "post"), ("/jobs", "get"), ("/jobs/{job_id}", "get"),
-                          ("/jobs/{job_id}", "delete"), ("/jobs/{job_id}/cancel", "post"),
+                          ("/jobs/{job_id}", "delete"), ("/jobs/{job_id}", "patch"), ("/jobs/{job_id}/cancel", "post"),
                           ("/jobs/{job_id}/retry", "post"), ("/jobs/{job_id}/video", "get"),
                           ("/jobs/{job_id}/events", "get")}
 

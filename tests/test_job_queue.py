@@ -140,6 +140,10 @@ def test_cli_submits_lists_and_runs_jobs_in_queue_order(tiny_models_dir, image, 
     assert code == cli.EXIT_BAD_INPUT and err.startswith("error: --window:"), err
     code, out, _ = _jobs(capsys, outputs, "list")
     assert out.splitlines()[1].startswith(ids[1]) and "pending" in out
+    code, out, err = _jobs(capsys, outputs, "edit", ids[0], '{"prompt": "edited", "seed": 8}')
+    assert code == cli.EXIT_OK and "edited: prompt='edited', seed=8" in out, err
+    code, out, err = _jobs(capsys, outputs, "edit", ids[0], '{"steps": 0}')
+    assert code == cli.EXIT_BAD_INPUT and err.startswith("error: settings.steps: 0 is out of range"), err
 
     code, out, err = _jobs(capsys, outputs, "run", "--models-dir", tiny_models_dir, "--quiet")
     assert code == cli.EXIT_OK, err
