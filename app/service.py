@@ -46,6 +46,7 @@ from framepack_core.file_modes import make_public
 from framepack_core.output_description import OutputDescription, is_description, sidecar_path
 from framepack_core.job_queue import JobQueue, QueuedJob, QueueError, QueueState
 from framepack_core.job_spec import JobSpec, file_sha256
+from framepack_core.queue_runner import record_event
 from framepack_core.request import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -473,35 +474,14 @@ class GenerationService:
         for event in self._engine.generate(request, cancel=job.cancel, job_id=job_id, snapshot_dir=job.work_dir,
                                            job_dir=job_dir):
             if self.store is not None:
-                event = self._record(job, event)
+                # A job stopped because the app shuts down goes back to the queue, to resume at the next start.
+                record_event(self.store, job_id, event, job.cancel, requeue_if_cancelled=self._shutting_down)
             if isinstance(event, (JobFinished, JobCancelled, JobFailed)):
                 # Clean up before the job is seen as done: its terminal videos live in the output folder, and a
                 # watcher that sees "finished" must also see a tidy folder.
                 self._remove_work_dir(job)
             with self._condition:
                 self._apply(job, event, base, started)
-
-    def _record(self, job: _Job, event: object) -> object:
-        """Keep the stored row in step with the job; a cancel asked for through the store (the CLI, another
-        process) stops the job. A job stopped because the app shuts down goes back to the queue instead."""
-        assert self.store is not None
-        job_id = job.snapshot.job_id
-        if isinstance(event, SectionFinished):
-            if self.store.record_progress(job_id, event.section, event.total_sections):
-                job.cancel.cancel()
-        elif isinstance(event, StepProgress) and not job.cancel.cancelled and self.store.cancel_requested(job_id):
-            job.cancel.cancel()
-        elif isinstance(event, JobFinished):
-            self.store.end(job_id, QueueState.FINISHED, output=event.output_path)
-        elif isinstance(event, JobCancelled):
-            if self._shutting_down:
-                self.store.requeue(job_id)
-                return event
-            self.store.end(job_id, QueueState.CANCELLED, output=event.partial_path)
-        elif isinstance(event, JobFailed):
-            self.store.end(job_id, QueueState.FAILED, output=event.partial_path, error=event.message,
-                           hint=event.hint)
-        return event
 
     def _remove_work_dir(self, job: _Job) -> None:
         if job.work_dir is not None and not self.keep_intermediates:

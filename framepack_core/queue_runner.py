@@ -49,22 +49,13 @@ class QueueRunner:
         last: EngineEvent | None = None
         for event in self.engine.generate(request, cancel=cancel, job_id=job.id, job_dir=self.queue.job_dir(job.id)):
             last = event
-            if isinstance(event, SectionFinished):
-                if self.queue.record_progress(job.id, event.section, event.total_sections):
-                    cancel.cancel()
-            elif isinstance(event, StepProgress) and not cancel.cancelled and self.queue.cancel_requested(job.id):
-                cancel.cancel()
+            record_event(self.queue, job.id, event, cancel)
             if on_event is not None:
                 on_event(job, event)
-        if isinstance(last, JobFinished):
-            return self.queue.end(job.id, QueueState.FINISHED, output=last.output_path)
-        if isinstance(last, JobCancelled):
-            return self.queue.end(job.id, QueueState.CANCELLED, output=last.partial_path)
-        if isinstance(last, JobFailed):
-            return self.queue.end(job.id, QueueState.FAILED, output=last.partial_path, error=last.message,
-                                  hint=last.hint)
-        return self.queue.end(job.id, QueueState.FAILED, error="The job ended without a result.",
-                              hint="This is a bug; please report it with the log.")
+        if not isinstance(last, (JobFinished, JobCancelled, JobFailed)):
+            return self.queue.end(job.id, QueueState.FAILED, error="The job ended without a result.",
+                                  hint="This is a bug; please report it with the log.")
+        return self.queue.get(job.id)
 
     def run_pending(self, on_event: EventCallback | None = None, should_stop: Callable[[], bool] = lambda: False
                     ) -> list[QueuedJob]:
@@ -78,3 +69,25 @@ class QueueRunner:
                 break
             done.append(self.run_job(job, on_event))
         return done
+
+
+def record_event(queue: JobQueue, job_id: str, event: EngineEvent, cancel: CancelToken, *,
+                 requeue_if_cancelled: bool = False) -> None:
+    """Keep a running job's stored row in step with one of its events: progress after each section, its end;
+    a cancel asked for through the queue (another process) cancels ``cancel``. ``requeue_if_cancelled``: a job
+    stopped because its worker shuts down goes back to the front of the queue instead of ending."""
+    if isinstance(event, SectionFinished):
+        if queue.record_progress(job_id, event.section, event.total_sections):
+            cancel.cancel()
+    elif isinstance(event, StepProgress):
+        if not cancel.cancelled and queue.cancel_requested(job_id):
+            cancel.cancel()
+    elif isinstance(event, JobFinished):
+        queue.end(job_id, QueueState.FINISHED, output=event.output_path)
+    elif isinstance(event, JobCancelled):
+        if requeue_if_cancelled:
+            queue.requeue(job_id)
+        else:
+            queue.end(job_id, QueueState.CANCELLED, output=event.partial_path)
+    elif isinstance(event, JobFailed):
+        queue.end(job_id, QueueState.FAILED, output=event.partial_path, error=event.message, hint=event.hint)
