@@ -29,13 +29,13 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from framepack_core.memory_plan import ComponentPlan, Placement, PlannedComponent
+from framepack_core.memory_plan import FP8_STORAGE, ComponentPlan, MemoryPlan, Placement, PlannedComponent
 from framepack_core.model_sizes import BLOCK_LISTS
 
 # diffusers' hook names (``diffusers.hooks.group_offloading``), used to take the hooks off again.
@@ -169,6 +169,24 @@ def apply_component_plan(
     else:
         raise ValueError(f"{component.value}: unknown placement {placement!r}")
     return applied
+
+
+def uniform_plan(base: MemoryPlan, placement: Placement, *, resident_blocks: int = 0, blocks_per_group: int = 1,
+                 fp8: bool = False, vae: Placement | None = None, **plan_fields: Any) -> MemoryPlan:
+    """``base`` with every component at ``placement``, for tests and benchmarks that exercise one placement (the
+    VAE, which has no blocks, is swapped instead of BLOCKS or DISK unless ``vae`` says otherwise; only the
+    transformer keeps ``resident_blocks``, as the planner does; ``fp8`` stores the transformer in fp8)."""
+    components = []
+    for plan in base.components:
+        where = placement
+        if plan.component == PlannedComponent.VAE:
+            where = vae or (Placement.SWAP if placement in (Placement.BLOCKS, Placement.DISK) else placement)
+        by_blocks = where in (Placement.BLOCKS, Placement.DISK)
+        resident = (resident_blocks if plan.component == PlannedComponent.TRANSFORMER else 0) if by_blocks else None
+        storage = FP8_STORAGE if fp8 and plan.component == PlannedComponent.TRANSFORMER else plan.storage_dtype
+        components.append(replace(plan, placement=where, resident_blocks=resident, blocks_per_group=blocks_per_group,
+                                  storage_dtype=storage))
+    return replace(base, components=tuple(components), **plan_fields)
 
 
 def component_blocks(module: torch.nn.Module, component: PlannedComponent) -> list[torch.nn.Module]:

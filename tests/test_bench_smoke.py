@@ -68,3 +68,12 @@ def test_flops_script_runs_and_fails_when_the_tolerance_is_too_tight(capsys):
     assert "| 608x640 | 17,500 | 985 (256) | 18,485 |" in out
     # The embedders are not in the arithmetic, so the whole-call ratio is slightly above 1.
     assert flops.main(["--buckets", "608x640", "--text-tokens", "256", "--max-ratio-error", "0"]) == 1
+
+
+def test_offload_overhead_script_runs_every_placement(capsys):
+    from bench import offload_overhead
+
+    assert offload_overhead.main(["--rounds", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and " x" in line]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == [
+        "no plan", "cpu", "swap", "blocks, 1 of 4 resident", "blocks, none resident", "disk", "fp8 storage, resident"]

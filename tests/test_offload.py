@@ -20,11 +20,11 @@ from framepack_core.engine import FramePackEngine
 from framepack_core.events import JobFailed, JobFinished, Notice, SectionFinished
 from framepack_core.hardware import FakeHardwareProbe, fake_hardware
 from framepack_core.job_planning import JobPlanner
-from framepack_core.memory_plan import FP8_STORAGE, GIB, MemoryPlan, Placement, PlannedComponent, Workload, plan_memory
+from framepack_core.memory_plan import GIB, MemoryPlan, Placement, PlannedComponent, Workload, plan_memory
 from framepack_core.model_loading import ModelSource
 from framepack_core.model_sizes import find_sizes
 from framepack_core.model_store import ModelStore
-from framepack_core.offload import apply_component_plan, component_blocks
+from framepack_core.offload import apply_component_plan, component_blocks, uniform_plan
 from framepack_core.packing import ModelVariant
 from framepack_core.request import GenerationRequest
 from framepack_core.video_io import probe_video, read_video_frames
@@ -50,23 +50,6 @@ def input_image(gradient_image: Path) -> Path:
 def cpu_plan(source: ModelSource) -> MemoryPlan:
     sizes, _ = find_sizes("original", models_dir=source.models_dir)
     return plan_memory(sizes, fake_hardware(0, 16, device_type="cpu"), Workload(48, 64, 3))
-
-
-def forced_plan(base: MemoryPlan, placement: Placement, *, resident_blocks: int = 0, blocks_per_group: int = 1,
-                fp8: bool = False, vae: Placement | None = None, **plan_fields) -> MemoryPlan:
-    """``base`` with every component at ``placement`` (the VAE, which has no blocks, swapped instead of BLOCKS or
-    DISK; only the transformer keeps ``resident_blocks``, as the planner does)."""
-    components = []
-    for plan in base.components:
-        where = placement
-        if plan.component == C.VAE:
-            where = vae or (Placement.SWAP if placement in (Placement.BLOCKS, Placement.DISK) else placement)
-        by_blocks = where in (Placement.BLOCKS, Placement.DISK)
-        resident = (resident_blocks if plan.component == C.TRANSFORMER else 0) if by_blocks else None
-        storage = FP8_STORAGE if fp8 and plan.component == C.TRANSFORMER else plan.storage_dtype
-        components.append(replace(plan, placement=where, resident_blocks=resident, blocks_per_group=blocks_per_group,
-                                  storage_dtype=storage))
-    return replace(base, components=tuple(components), **plan_fields)
 
 
 class FixedPlanner:
@@ -118,7 +101,7 @@ def reference(source, input_image, tmp_path_factory) -> tuple[torch.Tensor, np.n
 )
 def test_every_placement_gives_the_same_latents_and_frames_as_no_plan(source, input_image, cpu_plan, reference,
                                                                        tmp_path, placement, options):
-    plan = forced_plan(cpu_plan, placement, **options)
+    plan = uniform_plan(cpu_plan, placement, **options)
     events, latents, frames = _run(_engine(source, plan, tmp_path), _request(input_image, tmp_path, "placed"))
     assert torch.equal(latents, reference[0])
     assert np.array_equal(frames, reference[1])
@@ -131,7 +114,7 @@ def test_disk_placement_reads_back_identical_weights(source, input_image, cpu_pl
     mmap-loaded reference by CPU-kernel rounding only: the file tensors sit at other memory alignments, and this
     CPU's fp32 GEMM takes another path for 64-byte-aligned operands (measured: moving the reference's own weights
     to aligned memory changes its latents by 9.5e-7; DISK differs by the same order)."""
-    engine = _engine(source, forced_plan(cpu_plan, Placement.DISK), tmp_path)
+    engine = _engine(source, uniform_plan(cpu_plan, Placement.DISK), tmp_path)
     engine.models.use_plan(engine.planner.fixed)
     transformer = engine.models.transformer(ModelVariant.ORIGINAL)
     blocks = component_blocks(transformer, C.TRANSFORMER)
@@ -167,7 +150,7 @@ def test_disk_placement_reads_back_identical_weights(source, input_image, cpu_pl
 
 def test_fp8_storage_stays_within_tolerance_and_is_really_applied(source, input_image, cpu_plan, reference, tmp_path):
     for placement, options in ((Placement.RESIDENT, {}), (Placement.BLOCKS, {"resident_blocks": 1})):
-        engine = _engine(source, forced_plan(cpu_plan, placement, fp8=True, **options), tmp_path)
+        engine = _engine(source, uniform_plan(cpu_plan, placement, fp8=True, **options), tmp_path)
         _, latents, _ = _run(engine, _request(input_image, tmp_path, f"fp8-{placement.value}"))
         delta = (latents - reference[0]).abs().max().item()
         assert 0 < delta <= FP8_MAX_ABS_DELTA, (placement, delta)
@@ -182,7 +165,7 @@ def test_fp8_storage_stays_within_tolerance_and_is_really_applied(source, input_
 
 
 def test_vae_tiling_and_slicing_follow_the_plan(source, input_image, cpu_plan, reference, tmp_path):
-    base = forced_plan(cpu_plan, Placement.CPU)
+    base = uniform_plan(cpu_plan, Placement.CPU)
     tiled = replace(base, components=tuple(replace(c, vae_tiling=True, vae_slicing=True) if c.component == C.VAE
                                            else c for c in base.components))
     engine = _engine(source, tiled, tmp_path)
@@ -310,24 +293,24 @@ def test_remove_takes_the_diffusers_hooks_off(source, cpu_plan):
 
 def test_a_new_placement_is_applied_without_reloading_and_new_storage_reloads(source, input_image, cpu_plan,
                                                                               tmp_path):
-    store = ModelStore(source, resolve_device_config("cpu"), forced_plan(cpu_plan, Placement.BLOCKS,
+    store = ModelStore(source, resolve_device_config("cpu"), uniform_plan(cpu_plan, Placement.BLOCKS,
                                                                          resident_blocks=1))
     transformer = store.transformer(ModelVariant.ORIGINAL)
     vae = store.vae()
-    changed = store.use_plan(forced_plan(cpu_plan, Placement.RESIDENT, vae=Placement.SWAP))
+    changed = store.use_plan(uniform_plan(cpu_plan, Placement.RESIDENT, vae=Placement.SWAP))
     assert C.TRANSFORMER in changed and C.VAE not in changed
     assert store.transformer(ModelVariant.ORIGINAL) is transformer, "same storage: placed again, not reloaded"
     assert all(getattr(b, "_diffusers_hook", None) is None or b._diffusers_hook.get_hook("group_offloading") is None
                for b in component_blocks(transformer, C.TRANSFORMER))
     assert store.vae() is vae
-    store.use_plan(forced_plan(cpu_plan, Placement.RESIDENT, fp8=True, vae=Placement.SWAP))
+    store.use_plan(uniform_plan(cpu_plan, Placement.RESIDENT, fp8=True, vae=Placement.SWAP))
     reloaded = store.transformer(ModelVariant.ORIGINAL)
     assert reloaded is not transformer, "fp8 storage cannot be undone in place: reloaded"
     assert reloaded.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
 
 
 def test_text_encoders_are_released_after_encoding_when_the_plan_says_so(source, input_image, cpu_plan, tmp_path):
-    plan = forced_plan(cpu_plan, Placement.SWAP, release_text_encoders=True)
+    plan = uniform_plan(cpu_plan, Placement.SWAP, release_text_encoders=True)
     engine = _engine(source, plan, tmp_path)
     _run(engine, _request(input_image, tmp_path, "released"))
     assert engine.models._text_encoders is None
@@ -339,7 +322,7 @@ def test_text_encoders_are_released_after_encoding_when_the_plan_says_so(source,
 def test_out_of_memory_stops_the_job_with_the_next_plan_keeps_sections_and_the_next_job_runs(
         source, input_image, cpu_plan, tmp_path):
     # A GPU plan (applied on the CPU) so that the advice is the GPU one.
-    plan = forced_plan(cpu_plan, Placement.BLOCKS, resident_blocks=1, device_type="cuda", device_name="Fake GPU",
+    plan = uniform_plan(cpu_plan, Placement.BLOCKS, resident_blocks=1, device_type="cuda", device_name="Fake GPU",
                        vram_budget_bytes=5 * GIB, preserve_bytes=GIB // 2)
     engine = _engine(source, plan, tmp_path)
     transformer = engine.models.transformer(ModelVariant.ORIGINAL)
