@@ -379,9 +379,7 @@ class GenerationService:
             return None
         if claimed.id not in self._jobs:  # submitted by another process, or before a restart
             self._jobs[claimed.id] = _Job(claimed.id, claimed.spec.request(claimed.image, output=claimed.output))
-        if claimed.id in self._queue:
-            self._queue.remove(claimed.id)
-        self._sync_pending()
+        self._sync_pending()  # the claimed job is no longer pending: this takes it off the in-memory queue
         return claimed.id
 
     def _sync_pending(self) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from framepack_core.errors import FramePackError, InvalidInputError
 
 if TYPE_CHECKING:
+    from framepack_core.engine import FramePackEngine
     from framepack_core.request import GenerationRequest
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
@@ -54,6 +55,20 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true", help="Never download; use the local cache only.")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16.")
+
+
+def engine_from_args(args: argparse.Namespace) -> FramePackEngine | None:
+    """The engine ``add_runtime_options``' values describe, or None after printing why the device is refused."""
+    from framepack_core.devices import resolve_device_config
+    from framepack_core.engine import create_engine
+    from framepack_core.model_loading import ModelSource
+
+    try:
+        config = resolve_device_config(args.device, args.dtype)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+    return create_engine(ModelSource(models_dir=args.models_dir, offline=args.offline), config)
 
 
 def request_from_args(args: argparse.Namespace, image: Path, output: Path | None = None,
@@ -173,11 +188,8 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
     """``argv``: the command line ``args`` came from (``sys.argv[1:]`` when None), for ``--from``."""
     from tqdm import tqdm
 
-    from framepack_core.devices import resolve_device_config
-    from framepack_core.engine import create_engine
     from framepack_core.events import CancelToken, JobCancelled, JobFailed, JobFinished, Notice, SectionFinished, \
         StageChanged, StepProgress
-    from framepack_core.model_loading import ModelSource
     description, notes = None, []
     if args.from_video is not None:
         from framepack_core.cli_from import environment_notes, request_from_video
@@ -189,12 +201,9 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
             return EXIT_BAD_INPUT
     else:
         request = request_from_args(args, Path(args.image), args.output, args.save_latents)
-    try:
-        config = resolve_device_config(args.device, args.dtype)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    engine = engine_from_args(args)
+    if engine is None:
         return EXIT_BAD_INPUT
-    engine = create_engine(ModelSource(models_dir=args.models_dir, offline=args.offline), config)
     if description is not None:
         notes += environment_notes(description, engine.models, request, Path(args.from_video))
     for note in notes:
@@ -227,7 +236,7 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
             elif isinstance(event, StepProgress):
                 if bar is None and not args.quiet:
                     bar = tqdm(total=event.total_sections * event.total_steps, unit="step", file=sys.stderr,
-                               desc=f"{config.device}")
+                               desc=f"{engine.models.config.device}")
                 if bar is not None:
                     bar.set_postfix_str(f"section {event.section}/{event.total_sections}")
                     bar.update(1)

@@ -147,20 +147,14 @@ def _edit(queue, job_id: str, text: str) -> int:  # noqa: ANN001
 
 
 def _run(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
-    from framepack_core.cli import _library_progress_bars_off
-    from framepack_core.devices import resolve_device_config
-    from framepack_core.engine import create_engine
+    from framepack_core.cli import _library_progress_bars_off, engine_from_args
     from framepack_core.events import JobFailed, Notice, SectionFinished
     from framepack_core.job_queue import QueueState
-    from framepack_core.model_loading import ModelSource
     from framepack_core.queue_runner import QueueRunner
 
-    try:
-        config = resolve_device_config(args.device, args.dtype)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    engine = engine_from_args(args)
+    if engine is None:
         return EXIT_BAD_INPUT
-    engine = create_engine(ModelSource(models_dir=args.models_dir, offline=args.offline), config)
 
     def show(job, event) -> None:  # noqa: ANN001
         if args.quiet:

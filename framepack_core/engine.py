@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -405,7 +406,11 @@ class _JobRun:
                 if self.snapshot_dir is not None:
                     self.snapshot_dir.mkdir(parents=True, exist_ok=True)
                     # A new name per section, so a browser never shows a cached older snapshot.
-                    snapshot = self.writer.write_snapshot(self.snapshot_dir / f"{self.job_id}_{section:03d}.mp4")
+                    snapshot = self.snapshot_dir / f"{self.job_id}_{section:03d}.mp4"
+                    if self.job_dir is not None:  # the checkpoint just wrote this very video: no second remux
+                        _link_or_copy(self.job_dir.partial_path, snapshot)
+                    else:
+                        self.writer.write_snapshot(snapshot)
                 yield SectionFinished(self.job_id, section=section, total_sections=num_sections,
                                       segment_path=written.segment_path, video_frames=written.total_frames,
                                       latent_frames=history.total_generated_latent_frames,
@@ -473,6 +478,16 @@ def save_latents(path: Path, history_latents: torch.Tensor, start_latent: torch.
         raise OutputWriteError(f"Could not write the latents to {path}: {error.strerror or error}",
                                "Free some disk space or choose another --save-latents path.") from error
     return path
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (it keeps this version when ``source`` is later replaced by a
+    rename), or a copy where the file system has no hard links."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _is_out_of_memory(error: Exception) -> bool:

@@ -42,7 +42,6 @@ from framepack_core.model_sizes import BLOCK_LISTS
 _GROUP_OFFLOADING_HOOKS = ("group_offloading", "lazy_prefetch_group_offloading")
 
 GroupOffloading = Callable[..., None]  # ``diffusers.hooks.apply_group_offloading``
-LayerwiseCasting = Callable[..., None]  # ``diffusers.hooks.apply_layerwise_casting``
 
 
 class _OffloadedBlocks(torch.nn.Module):
@@ -128,24 +127,22 @@ def apply_component_plan(
     disk_dir: Path | None = None,
     pin_memory: bool = True,
     group_offloading: GroupOffloading | None = None,
-    layerwise_casting: LayerwiseCasting | None = None,
 ) -> AppliedPlacement:
     """Place ``module`` (loaded on ``offload_device``) as ``plan`` says, for running on ``device``.
 
     ``disk_dir``: where DISK creates its (temporary) folder; required for DISK. ``pin_memory``: STREAMED keeps
     page-locked host copies (fast transfers, but that RAM cannot be swapped out); False passes diffusers'
-    ``low_cpu_mem_usage`` instead. ``group_offloading`` / ``layerwise_casting`` default to the diffusers hooks and
-    are parameters so that the CUDA-only arguments can be checked with fakes.
+    ``low_cpu_mem_usage`` instead. ``group_offloading`` defaults to diffusers' ``apply_group_offloading``; it is a
+    parameter so that the CUDA-only arguments can be checked with a fake.
     """
-    from diffusers.hooks import apply_group_offloading, apply_layerwise_casting
+    from diffusers.hooks import apply_group_offloading
 
     group_offloading = group_offloading or apply_group_offloading
-    layerwise_casting = layerwise_casting or apply_layerwise_casting
     device, offload_device = torch.device(device), torch.device(offload_device)
     component = PlannedComponent(plan.component)
 
     if plan.fp8:
-        _store_in_fp8(module, plan, layerwise_casting)
+        _store_in_fp8(module, plan)
     if plan.vae_tiling:
         module.enable_tiling()
     if plan.vae_slicing:
@@ -230,17 +227,13 @@ def _offload_blocks(applied: AppliedPlacement, group_offloading: GroupOffloading
                      offload_type="block_level", num_blocks_per_group=max(1, plan.blocks_per_group), **options)
 
 
-def _store_in_fp8(module: torch.nn.Module, plan: ComponentPlan, layerwise_casting: LayerwiseCasting) -> None:
+def _store_in_fp8(module: torch.nn.Module, plan: ComponentPlan) -> None:
+    from diffusers.hooks import apply_layerwise_casting
+
     storage = getattr(torch, plan.storage_dtype)
     compute = getattr(torch, plan.compute_dtype)
-    if hasattr(module, "enable_layerwise_casting") and layerwise_casting is _diffusers_layerwise_casting():
+    if hasattr(module, "enable_layerwise_casting"):
         # diffusers models add their own skip patterns (embedders, norms) and fp32-kept modules to the defaults.
         module.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
     else:
-        layerwise_casting(module, storage_dtype=storage, compute_dtype=compute, skip_modules_pattern="auto")
-
-
-def _diffusers_layerwise_casting() -> LayerwiseCasting:
-    from diffusers.hooks import apply_layerwise_casting
-
-    return apply_layerwise_casting
+        apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=compute, skip_modules_pattern="auto")
