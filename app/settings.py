@@ -23,6 +23,7 @@ DEFAULT_OUTPUT_DIR = REPO_ROOT / "outputs"
 # What the job inputs start at in demo mode: a run on the tiny random models takes seconds on a laptop CPU.
 DEMO_JOB_DEFAULTS: Mapping[str, Any] = {"resolution": 128, "latent_window_size": 9, "steps": 8, "seconds": 2.0}
 
+MAX_LOGIN_CHARS = 64
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -43,6 +44,10 @@ class Settings:
     auth: tuple[tuple[str, str], ...] = field(  # repr=False: credentials never reach a log line
         default=(), repr=False,
         metadata={"description": "Login credentials (USER, PASSWORD) pairs; empty means no login page."})
+    admins: tuple[str, ...] = _describe(
+        "Logins that see and manage every user's jobs and outputs (each must be one of the auth users).", ())
+    max_pending_per_user: int = _describe(
+        "With logins: how many jobs one user may have waiting at once (more are refused with HTTP 429).", 20)
     inbrowser: bool = _describe("Open the app in the default browser once it is up.", False)
     output_dir: Path = field(
         default=DEFAULT_OUTPUT_DIR,
@@ -65,7 +70,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         limits = (("port", 1, 65535), ("max_file_size_mb", 0.001, None), ("concurrency_limit", 1, None),
-                  ("gallery_size", 1, None), ("idle_release_minutes", 0, None))
+                  ("gallery_size", 1, None), ("idle_release_minutes", 0, None), ("max_pending_per_user", 1, None))
         for name, low, high in limits:
             value = getattr(self, name)
             if value is None:
@@ -73,6 +78,10 @@ class Settings:
             if value < low or (high is not None and value > high):
                 allowed = f"from {low} to {high}" if high is not None else f"at least {low}"
                 raise ValueError(f"{name.replace('_', '-')}: {value} is out of range; use a value {allowed}")
+        users = {user for user, _ in self.auth}
+        for admin in self.admins:
+            if admin not in users:
+                raise ValueError(f"admin: {admin!r} is not one of the auth users; add it with --auth {admin}:PASSWORD")
 
     # Derived values ------------------------------------------------------------------------------------------
 
@@ -90,6 +99,10 @@ class Settings:
     def exposed_without_auth(self) -> bool:
         """Other people could reach the app and nothing asks them to log in."""
         return not self.auth and (self.share or not self.is_loopback)
+
+    @property
+    def logins_on(self) -> bool:
+        return bool(self.auth)
 
     @property
     def max_file_size_bytes(self) -> int:
@@ -121,7 +134,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             name = ENV_PREFIX + f.name.upper()
-            if name in environ and f.name != "auth":
+            if name in environ and f.name not in ("auth", "admins"):
                 values[f.name] = _parse(name, environ[name], hints[f.name])
         auth: list[tuple[str, str]] = []
         if environ.get(ENV_PREFIX + "AUTH"):
@@ -130,6 +143,8 @@ class Settings:
             auth += read_auth_file(Path(environ[ENV_PREFIX + "AUTH_FILE"]))
         if auth:
             values["auth"] = tuple(auth)
+        if environ.get(ENV_PREFIX + "ADMINS"):
+            values["admins"] = tuple(name.strip() for name in environ[ENV_PREFIX + "ADMINS"].split(",") if name.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         return replace(settings, output_dir=Path(settings.output_dir).expanduser().resolve(),
@@ -142,6 +157,13 @@ def parse_credentials(text: str, where: str) -> tuple[str, str]:
     user, sep, password = text.strip().partition(":")
     if not sep or not user or not password:
         raise ValueError(f"{where}: expected USER:PASS with a non-empty user and password")
+    if len(user) > MAX_LOGIN_CHARS or not user.isprintable() or any(c.isspace() for c in user):
+        raise ValueError(f"{where}: the user name must be 1 to {MAX_LOGIN_CHARS} printable characters without spaces")
+    for part in (user, password):
+        try:
+            part.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where}: the user name and password must be valid text (UTF-8)") from None
     return user, password
 
 

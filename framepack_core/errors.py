@@ -43,3 +43,12 @@ class OutputWriteError(FramePackError):
 
 class Cancelled(Exception):
     """Raised inside the engine when the job's cancel token is set. Not a failure."""
+
+
+class DiskFullError(FramePackError):
+    """A write failed because the disk (or the queue's database) is full. Nothing half-written was kept."""
+
+    def __init__(self, what: str, where: str = "") -> None:
+        place = f" ({where})" if where else ""
+        super().__init__(f"The disk is full: could not write {what}{place}.",
+                         "Free some disk space on the drive that holds the output folder, then try again.")
