@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", action="append", default=None, metavar="USER:PASS",
                    help="Ask for this login (repeat for more users).")
     p.add_argument("--auth-file", type=Path, default=None, metavar="FILE", help="A file of USER:PASS lines.")
+    p.add_argument("--admin", action="append", default=None, metavar="USER", dest="admins",
+                   help=about["admins"] + " Repeat for more.")
+    p.add_argument("--max-pending-per-user", type=int, default=None, metavar="N", help=about["max_pending_per_user"])
     p.add_argument("--inbrowser", action="store_true", default=None, help=about["inbrowser"])
     p.add_argument("--output-dir", type=Path, default=None, help=about["output_dir"] + " Default: outputs/ beside launch.py.")
     p.add_argument("--models-dir", type=Path, default=None, help=about["models_dir"])
@@ -72,6 +75,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         auth += read_auth_file(args.auth_file)
     settings = Settings.from_env(
         host=args.host, port=args.port, share=args.share, auth=tuple(auth) or None, inbrowser=args.inbrowser,
+        admins=tuple(args.admins) if args.admins else None, max_pending_per_user=args.max_pending_per_user,
         output_dir=args.output_dir, models_dir=args.models_dir, offline=args.offline, demo=args.demo,
         device=args.device, dtype=args.dtype, keep_intermediates=args.keep_intermediates,
         max_file_size_mb=args.max_file_size_mb, concurrency_limit=args.concurrency_limit,
@@ -172,18 +176,26 @@ def serve(settings: Settings, service: GenerationService) -> None:
 
     from app.http_api import API_PREFIX, build_api
 
+    from app.logins import LoginGuard
+
     demo = build_app(settings, service)
     demo.queue(default_concurrency_limit=settings.concurrency_limit)
+    # One guard for the page's login and the API's: failed logins back off, whichever door they knock on.
+    guard = LoginGuard(settings.auth)
     demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
-        auth=list(settings.auth) or None, auth_message="FramePack: log in to continue.",
+        auth=guard.gradio_auth if settings.auth else None, auth_message="FramePack: log in to continue.",
         inbrowser=settings.inbrowser,
-        # Only the output folder (and Gradio's own upload cache) is served; never the repository or home.
-        allowed_paths=[str(settings.output_dir)], max_file_size=settings.max_file_size_bytes,
-        ssr_mode=False, mcp_server=False, footer_links=["api"], prevent_thread_lock=True, **page_style(),
+        # Gradio serves no folder of ours by path: the output folder holds every user's videos and the queue, so
+        # it is blocked outright, and each file a page shows reaches it as a served copy (app.outputs.ServedFiles)
+        # in Gradio's cache. See docs/security.md.
+        allowed_paths=[], blocked_paths=[str(settings.output_dir)], max_file_size=settings.max_file_size_bytes,
+        # No run history: it would keep every prompt and output in the browser's storage.
+        ssr_mode=False, mcp_server=False, footer_links=["api"], run_history=False, prevent_thread_lock=True,
+        **page_style(),
     )
     # The job API on the same server (and share link), with the same logins; see app/http_api.py.
-    demo.app.mount(API_PREFIX, build_api(service, settings))
+    demo.app.mount(API_PREFIX, build_api(service, settings, guard=guard))
     print(f"Job API: {demo.local_url.rstrip('/')}{API_PREFIX}/docs")
     demo.block_thread()
 
@@ -224,8 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Outputs: {settings.output_dir}")
     prepare_models(settings)
 
-    service = build_service(settings, config)
+    from framepack_core.errors import FramePackError
+
+    try:
+        service = build_service(settings, config)
+    except FramePackError as error:  # e.g. an output folder that cannot hold the queue
+        print(f"error: {error}")
+        return 1
+    if service.store is not None and service.store.recovery_note:
+        _banner(service.store.recovery_note)
     service.start()
+    health = service.health()
+    if health.queue_owner:
+        print(f"note: {health.problem} This app queues jobs and shows them; it runs them once that process ends.")
     # SIGTERM (a service manager, a test harness) ends the app like Ctrl-C: the running job is stopped after
     # its current step and keeps its partial video.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

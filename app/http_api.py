@@ -1,37 +1,46 @@
 """The HTTP job API, served by the app's own process under ``/api/v1`` (OpenAPI at ``/api/v1/openapi.json``).
 
     POST   /api/v1/jobs                 submit: multipart with ``image`` and ``settings`` (JSON) or ``spec``
-    GET    /api/v1/jobs                 your jobs: running, pending in queue order, then ended
+    GET    /api/v1/jobs                 your jobs, a page at a time (``limit``, ``offset``): running, pending in
+                                        queue order, then ended; and your stored jobs that cannot be read
     GET    /api/v1/jobs/{id}            status with progress
     GET    /api/v1/jobs/{id}/events     server-sent events: a ``status`` event at every change, until the end
     PATCH  /api/v1/jobs/{id}            edit a pending job's settings (JSON object of the settings to change)
     POST   /api/v1/jobs/{id}/cancel     stop it (a pending job at once, a running one after its current step)
     POST   /api/v1/jobs/{id}/retry      queue a failed or cancelled job again (it resumes)
-    DELETE /api/v1/jobs/{id}            forget an ended or pending job
-    GET    /api/v1/jobs/{id}/video      the finished video (or the partial one of a stopped job)
+    DELETE /api/v1/jobs/{id}            forget an ended, pending or damaged job
+    GET    /api/v1/jobs/{id}/video      the finished video (else the partial one of a stopped attempt)
+    GET    /api/v1/health               whether the worker is alive and what it last failed on
 
 Authentication is the UI's: with ``--auth`` every request needs HTTP Basic credentials of one of its users, and a
-user sees only the jobs submitted with that login. Uploads above the app's file size limit are refused (413)
-before they are stored; job ids are checked against a strict pattern and files are only ever served from the
-output folder, so no path in a request can reach anything else.
+user sees only the jobs submitted with that login (an ``--admin`` sees all). The login and the size of the
+request are checked before its body is read (``app.api_limits``), and failed logins back off (``app.logins``).
+Each user may have ``max_pending_per_user`` jobs waiting. Job ids are checked against a strict pattern and files
+are only ever served from the output folder, so no path in a request can reach anything else; error messages
+never show server paths (``app.api_errors``). The docs page (``/docs``) works offline and needs no login.
 """
 
 
 import asyncio
+import errno
 import json
-import secrets
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Path as PathParam, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Path as PathParam, Query, Request, UploadFile
+from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, ConfigDict
 
+from app.access import Viewer
+from app.api_errors import PathHider, default_hidden_folders, install_error_handlers
+from app.api_limits import LOGIN_SCOPE_KEY, ApiDoor
+from app.logins import LoginGuard
 from app.service import GenerationService, JobSnapshot, JobState
 from app.settings import Settings
-from framepack_core.errors import InvalidInputError
+from framepack_core.errors import DiskFullError, InvalidInputError
 from framepack_core.job_queue import QueuedJob, QueueError, QueueState
 from framepack_core.job_spec import SETTINGS_FIELDS, JobSpec
 from framepack_core.request import GenerationRequest
@@ -39,7 +48,16 @@ from framepack_core.request import GenerationRequest
 API_PREFIX = "/api/v1"
 JOB_ID_PATTERN = r"^[A-Za-z0-9_]{1,64}$"
 UPLOAD_CHUNK_BYTES = 1 << 20
+# Room in a request body for the multipart framing and the settings beside an image of the largest allowed size.
+BODY_ALLOWANCE_BYTES = 1 << 20
 SSE_HEARTBEAT_S = 15.0
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+MAX_OFFSET = 1_000_000_000  # far beyond any queue, and within SQLite's integers
+# The docs need no login: they describe the API and hold nothing of anyone's. Their assets come from the
+# fastapi-offline package, so the page works without internet.
+DOCS_ASSETS = "/docs-assets"
+OPEN_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="The job's id, as returned on submit.")]
 
@@ -62,8 +80,31 @@ class JobStatus(BaseModel):
     spec: dict[str, Any] | None = None
 
 
+class DamagedJobRow(BaseModel):
+    id: str
+    reason: str  # what is wrong with the stored row; DELETE /jobs/{id} removes it
+
+
 class JobList(BaseModel):
     jobs: list[JobStatus]
+    total: int  # all of your jobs, on every page
+    next_offset: int | None  # the offset of the next page, None on the last one
+    damaged: list[DamagedJobRow]  # stored rows of yours that cannot be read
+
+
+class WorkerHealthReport(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    alive: bool
+    running_here: bool
+    last_error: str | None = None
+    last_error_at: float | None = None
+    queue_owner: str | None = None
+    queue_note: str | None = None
+
+
+class Health(BaseModel):
+    worker: WorkerHealthReport
 
 
 class ApiError(BaseModel):
@@ -72,66 +113,71 @@ class ApiError(BaseModel):
     field: str | None = None
 
 
-_ERRORS = {401: {"model": ApiError}, 404: {"model": ApiError}, 409: {"model": ApiError}, 422: {"model": ApiError}}
+_ERRORS = {401: {"model": ApiError}, 404: {"model": ApiError}, 409: {"model": ApiError}, 422: {"model": ApiError},
+           429: {"model": ApiError}}
 _STORE_STATES = {QueueState.PENDING: "queued", QueueState.RUNNING: "running", QueueState.FINISHED: "finished",
                  QueueState.FAILED: "failed", QueueState.CANCELLED: "cancelled"}
 
 
-def build_api(service: GenerationService, settings: Settings) -> FastAPI:
+def build_api(service: GenerationService, settings: Settings, guard: LoginGuard | None = None) -> FastAPI:
     """The API over ``service`` (which must have a persistent queue), with the app's ``settings``' logins,
-    upload limit and output folder."""
+    upload limit and output folder. ``guard``: the app's login checker, shared with the page so that failed
+    logins back off across both (default: one for ``settings.auth``)."""
     if service.store is None:
         raise ValueError("the HTTP API needs a service with a persistent queue")
-    api = FastAPI(title="FramePack job API", version="1",
-                  description="Submit image-to-video jobs, follow them, download the videos. " + (__doc__ or ""))
-    basic = HTTPBasic(auto_error=False)
-    users = dict(settings.auth)
+    store = service.store
+    api = FastAPIOffline(title="FramePack job API", version="1", static_url=DOCS_ASSETS,
+                         swagger_ui_parameters={"validatorUrl": None},  # the validator badge is an external host
+                         description="Submit image-to-video jobs, follow them, download the videos. " + (__doc__ or ""))
+    guard = guard if guard is not None else LoginGuard(settings.auth)
     output_dir = Path(settings.output_dir).resolve()
+    hide_paths = PathHider(default_hidden_folders(output_dir, store.root))
+    install_error_handlers(api, hide_paths)
+    limit_text = f"{settings.max_file_size_mb:g} MB"
+    api.add_middleware(ApiDoor, guard=guard, max_body_bytes=settings.max_file_size_bytes + BODY_ALLOWANCE_BYTES,
+                       limit_text=limit_text, open_paths=OPEN_PATHS, open_prefixes=(DOCS_ASSETS + "/",))
+    # Checked by ApiDoor before the body is read; declared here so the docs offer the login.
+    basic = HTTPBasic(auto_error=False)
 
-    def user(credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> str | None:
-        """The login (None when the app has no --auth). Compared in constant time."""
-        if not users:
-            return None
-        if credentials is not None:
-            expected = users.get(credentials.username)
-            if expected is not None and secrets.compare_digest(credentials.password.encode(), expected.encode()):
-                return credentials.username
-        raise HTTPException(401, "Log in with one of the app's --auth users (HTTP Basic).",
-                            headers={"WWW-Authenticate": 'Basic realm="FramePack"'})
+    def viewer(request: Request, _: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> Viewer:
+        login = request.scope.get(LOGIN_SCOPE_KEY)
+        if settings.logins_on and login is None:  # only if the door was bypassed: refuse rather than guess
+            raise HTTPException(401, "Log in with one of the app's --auth users (HTTP Basic).")
+        return Viewer.of(login, logins_on=settings.logins_on, admins=settings.admins)
 
-    Owner = Annotated[str | None, Depends(user)]
+    Who = Annotated[Viewer, Depends(viewer)]
 
-    def own_job(job_id: str, owner: str | None) -> QueuedJob:
+    def damaged_and_visible(job_id: str, who: Viewer) -> bool:
+        return any(row.id == job_id for row in store.damaged(owner=who.owner_filter))
+
+    def own_job(job_id: str, who: Viewer) -> QueuedJob:
         try:
-            job = service.store.get(job_id)
+            job = store.get(job_id)
         except QueueError:
+            if damaged_and_visible(job_id, who):
+                raise  # 409: its hint says to delete it
             raise HTTPException(404, f"There is no job {job_id}.") from None
-        if owner is not None and job.owner != owner:
+        if not who.may_see(job.owner):
             raise HTTPException(404, f"There is no job {job_id}.")  # not 403: ids of others are not revealed
         return job
 
-    def status(job: QueuedJob) -> JobStatus:
-        try:
-            return _live_status(service.snapshot(job.id), job)
-        except KeyError:
-            return _stored_status(job)
+    def status(job: QueuedJob, snapshot: JobSnapshot | None = None) -> JobStatus:
+        """The job as the API shows it: live from this process's memory, else as stored; no server paths."""
+        if snapshot is None:
+            try:
+                snapshot = service.snapshot(job.id)
+            except KeyError:
+                pass
+        shown = _stored_status(job, output_dir) if snapshot is None else _live_status(snapshot, job, output_dir)
+        return shown.model_copy(update={
+            "stage": None if shown.stage is None else hide_paths(shown.stage),
+            "error": None if shown.error is None else hide_paths(shown.error),
+            "hint": None if shown.hint is None else hide_paths(shown.hint),
+            "notices": [hide_paths(notice) for notice in shown.notices]})
 
-    @api.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(error.detail), "hint": ""}, status_code=error.status_code,
-                            headers=error.headers)
-
-    @api.exception_handler(InvalidInputError)
-    async def invalid_input(request: Request, error: InvalidInputError) -> JSONResponse:
-        return JSONResponse({"error": error.message, "hint": error.hint, "field": error.field}, status_code=422)
-
-    @api.exception_handler(QueueError)
-    async def queue_conflict(request: Request, error: QueueError) -> JSONResponse:
-        return JSONResponse({"error": error.message, "hint": error.hint}, status_code=409)
-
-    @api.post("/jobs", status_code=201, response_model=JobStatus, responses={**_ERRORS, 413: {"model": ApiError}},
-              summary="Submit a job")
-    async def submit(request: Request, owner: Owner,
+    @api.post("/jobs", status_code=201, response_model=JobStatus,
+              responses={**_ERRORS, 413: {"model": ApiError}, 507: {"model": ApiError}}, summary="Submit a job")
+    async def submit(request: Request, who: Who,
                      image: Annotated[UploadFile, File(description="The input image (PNG, JPEG, WebP, ...).")],
                      settings_json: Annotated[str | None, Form(alias="settings", description=(
                          "Generation settings as a JSON object; any of: " + ", ".join(SETTINGS_FIELDS)))] = None,
@@ -139,76 +185,97 @@ def build_api(service: GenerationService, settings: Settings) -> FastAPI:
                          "A whole job spec (JSON); its image_sha256 must be the uploaded image's."))] = None,
                      ) -> JobStatus:
         limit = settings.max_file_size_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit + UPLOAD_CHUNK_BYTES:
-            raise HTTPException(413, f"The upload is larger than the app's limit of {settings.max_file_size_mb:g} MB.")
-        upload_dir = service.store.root / "uploads"
-        upload_dir.mkdir(exist_ok=True)
+        upload_dir = store.root / "uploads"
         suffix = Path(image.filename or "").suffix.lower()
         suffix = suffix if suffix.isascii() and suffix[1:].isalnum() and len(suffix) <= 6 else ".img"
-        handle = tempfile.NamedTemporaryFile(dir=upload_dir, suffix=suffix, delete=False)
+        try:
+            upload_dir.mkdir(exist_ok=True)
+            handle = tempfile.NamedTemporaryFile(dir=upload_dir, suffix=suffix, delete=False)
+        except OSError as error:
+            _raise_if_disk_full(error, "the uploaded image")
+            raise
         path = Path(handle.name)
+        # Errors about the temporary copy name the file the client sent.
+        request.state.show_as = {str(path): Path(image.filename or "").name or "the uploaded image"}
         try:
             with handle:
                 size = 0
                 while chunk := await image.read(UPLOAD_CHUNK_BYTES):
                     size += len(chunk)
                     if size > limit:
-                        raise HTTPException(413, f"The image is larger than the app's limit of "
-                                                 f"{settings.max_file_size_mb:g} MB.")
-                    handle.write(chunk)
+                        raise HTTPException(413, f"The image is larger than the app's limit of {limit_text}.")
+                    try:
+                        handle.write(chunk)
+                    except OSError as error:
+                        _raise_if_disk_full(error, "the uploaded image")
+                        raise
             job_request = _request(path, settings_json, spec_json)
-            job_id = await asyncio.to_thread(service.submit, job_request, owner)
+            job_id = await asyncio.to_thread(service.submit, job_request, who.submitter,
+                                             max_pending=settings.max_pending_per_user)
         finally:
             path.unlink(missing_ok=True)  # the queue keeps its own copy
-        return status(service.store.get(job_id))
+        return status(store.get(job_id))
 
-    @api.get("/jobs", response_model=JobList, responses=_ERRORS, summary="List your jobs")
-    def list_jobs(owner: Owner) -> JobList:
-        return JobList(jobs=[status(job) for job in service.queue_rows(owner=owner)])
+    @api.get("/jobs", response_model=JobList, responses=_ERRORS, summary="List your jobs, a page at a time")
+    def list_jobs(who: Who,
+                  limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Jobs per page.")] = DEFAULT_PAGE_SIZE,
+                  offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Jobs to skip.")] = 0) -> JobList:
+        owner = who.owner_filter
+        jobs = [status(job) for job in store.list(owner=owner, limit=limit, offset=offset)]
+        total = store.count(owner=owner)
+        damaged = [DamagedJobRow(id=row.id, reason=hide_paths(row.reason)) for row in store.damaged(owner=owner)]
+        return JobList(jobs=jobs, total=total, next_offset=offset + limit if offset + limit < total else None,
+                       damaged=damaged)
 
     @api.get("/jobs/{job_id}", response_model=JobStatus, responses=_ERRORS, summary="A job's status and progress")
-    def get_job(job_id: JobId, owner: Owner) -> JobStatus:
-        return status(own_job(job_id, owner))
+    def get_job(job_id: JobId, who: Who) -> JobStatus:
+        return status(own_job(job_id, who))
 
     @api.post("/jobs/{job_id}/cancel", response_model=JobStatus, responses=_ERRORS, summary="Cancel a job")
-    def cancel_job(job_id: JobId, owner: Owner) -> JobStatus:
-        job = own_job(job_id, owner)
+    def cancel_job(job_id: JobId, who: Who) -> JobStatus:
+        job = own_job(job_id, who)
         if not service.cancel(job.id):
-            service.store.cancel(job.id)  # not in this process's memory: the store decides (409 if ended)
-        return status(service.store.get(job.id))
+            store.cancel(job.id)  # not in this process's memory: the store decides (409 if ended)
+        return status(store.get(job.id))
 
     @api.patch("/jobs/{job_id}", response_model=JobStatus, responses=_ERRORS, summary="Edit a pending job")
-    def edit_job(job_id: JobId, owner: Owner,
+    def edit_job(job_id: JobId, who: Who,
                  changes: Annotated[dict[str, Any], Body(description="Settings to change, e.g. {\"seed\": 7}.")]
                  ) -> JobStatus:
-        service.edit(own_job(job_id, owner).id, changes)
-        return status(service.store.get(job_id))
+        service.edit(own_job(job_id, who).id, changes)
+        return status(store.get(job_id))
 
     @api.post("/jobs/{job_id}/retry", response_model=JobStatus, responses=_ERRORS, summary="Queue a job again")
-    def retry_job(job_id: JobId, owner: Owner) -> JobStatus:
-        service.retry(own_job(job_id, owner).id)
-        return status(service.store.get(job_id))
+    def retry_job(job_id: JobId, who: Who) -> JobStatus:
+        service.retry(own_job(job_id, who).id)
+        return status(store.get(job_id))
 
-    @api.delete("/jobs/{job_id}", status_code=204, responses=_ERRORS, summary="Forget an ended or pending job")
-    def delete_job(job_id: JobId, owner: Owner) -> None:
-        service.delete(own_job(job_id, owner).id)
+    @api.delete("/jobs/{job_id}", status_code=204, responses=_ERRORS,
+                summary="Forget an ended, pending or damaged job")
+    def delete_job(job_id: JobId, who: Who) -> None:
+        if not damaged_and_visible(job_id, who):
+            own_job(job_id, who)
+        service.delete(job_id)
 
     @api.get("/jobs/{job_id}/video", response_class=FileResponse, responses=_ERRORS,
-             summary="Download the job's video")
-    def video(job_id: JobId, owner: Owner) -> FileResponse:
-        job = own_job(job_id, owner)
-        path = None if job.output is None else Path(job.output).resolve()
-        if path is None or not path.is_file():
+             summary="Download the job's video (the finished one, else the partial one of an earlier attempt)")
+    def video(job_id: JobId, who: Who) -> FileResponse:
+        job = own_job(job_id, who)
+        path = _served_video(job, output_dir)
+        if path is None:
             raise HTTPException(404, f"Job {job_id} has no video yet ({_STORE_STATES[job.state]}).")
-        if not path.is_relative_to(output_dir):
-            raise HTTPException(404, f"Job {job_id}'s video is not in the output folder.")
         return FileResponse(path, media_type="video/mp4", filename=path.name)
+
+    @api.get("/health", response_model=Health, responses=_ERRORS, summary="Whether the worker runs jobs")
+    def health(who: Who) -> Health:
+        report = service.health().to_dict()
+        return Health(worker={name: hide_paths(value) if isinstance(value, str) else value
+                              for name, value in report.items()})
 
     @api.get("/jobs/{job_id}/events", responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
              summary="Follow a job: server-sent events")
-    async def events(job_id: JobId, owner: Owner) -> StreamingResponse:
-        own_job(job_id, owner)
+    async def events(job_id: JobId, who: Who) -> StreamingResponse:
+        own_job(job_id, who)
 
         async def stream():  # noqa: ANN202
             version = -1
@@ -217,11 +284,11 @@ def build_api(service: GenerationService, settings: Settings) -> FastAPI:
                 try:
                     snapshot = await asyncio.to_thread(service.wait_for_change, job_id, version, 1.0)
                 except KeyError:  # not in this process's memory: report the stored state once
-                    yield _sse("status", _stored_status(service.store.get(job_id)).model_dump_json())
+                    yield _sse("status", status(store.get(job_id)).model_dump_json())
                     return
                 if snapshot.version != version:
                     version, quiet_for = snapshot.version, 0.0
-                    yield _sse("status", _live_status(snapshot, service.store.get(job_id)).model_dump_json())
+                    yield _sse("status", status(store.get(job_id), snapshot).model_dump_json())
                     if snapshot.state.done:
                         return
                 else:
@@ -258,23 +325,40 @@ def _request(image: Path, settings_json: str | None, spec_json: str | None) -> G
         raise InvalidInputError("settings", str(error)) from None
 
 
-def _live_status(snapshot: JobSnapshot, job: QueuedJob) -> JobStatus:
+def _served_video(job: QueuedJob, output_dir: Path) -> Path | None:
+    """The video ``/jobs/{id}/video`` serves: the finished one, else the partial one kept from a stop or a failure
+    (of this attempt or an earlier one). Only ever a file inside the output folder."""
+    for candidate in (job.output, job.partial):
+        if candidate is not None:
+            path = Path(candidate).resolve()
+            if path.is_file() and path.is_relative_to(output_dir):
+                return path
+    return None
+
+
+def _live_status(snapshot: JobSnapshot, job: QueuedJob, output_dir: Path) -> JobStatus:
     state = "queued" if snapshot.state == JobState.QUEUED else snapshot.state.value
-    video = snapshot.output_video or job.output
+    video = _served_video(job, output_dir) if snapshot.state.done else None
     return JobStatus(id=job.id, state=state, queue_position=snapshot.queue_position, stage=snapshot.stage_message,
                      section=snapshot.section, total_sections=snapshot.total_sections, step=snapshot.step,
                      total_steps=snapshot.total_steps, elapsed_s=round(snapshot.elapsed_s, 3),
                      eta_s=None if snapshot.eta_s is None else round(snapshot.eta_s, 3),
-                     video=None if video is None or not snapshot.state.done else Path(video).name,
+                     video=None if video is None else video.name,
                      error=snapshot.error, hint=snapshot.error_hint, notices=list(snapshot.notices),
                      spec=job.spec.to_dict())
 
 
-def _stored_status(job: QueuedJob) -> JobStatus:
+def _stored_status(job: QueuedJob, output_dir: Path) -> JobStatus:
+    video = _served_video(job, output_dir) if job.state.ended else None
     return JobStatus(id=job.id, state=_STORE_STATES[job.state], section=job.sections_done or None,
                      total_sections=job.total_sections, error=job.error, hint=job.hint,
-                     video=None if job.output is None or not job.state.ended else job.output.name,
-                     spec=job.spec.to_dict())
+                     video=None if video is None else video.name, spec=job.spec.to_dict())
+
+
+def _raise_if_disk_full(error: OSError, what: str) -> None:
+    """A full disk becomes the API's 507 with its hint; the caller re-raises any other failure as it was."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(what) from error
 
 
 def _sse(event: str, data: str) -> str:

@@ -12,11 +12,8 @@ to a temporary folder that is removed when the job ends, unless ``keep_intermedi
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -29,6 +26,16 @@ from typing import Any
 
 import numpy as np
 
+from app.access import Viewer
+from app.outputs import (
+    INPUT_SUFFIX,
+    OutputRecord,
+    list_outputs,
+    output_base,
+    snapshot_dir,
+    sweep_snapshot_dirs,
+    write_png_atomically,
+)
 from framepack_core.engine import FramePackEngine
 from framepack_core.events import (
     CancelToken,
@@ -42,19 +49,19 @@ from framepack_core.events import (
     StepProgress,
 )
 from framepack_core.errors import FramePackError
-from framepack_core.file_modes import make_public
-from framepack_core.output_description import OutputDescription, is_description, sidecar_path
-from framepack_core.job_queue import JobQueue, QueuedJob, QueueError, QueueState
+from framepack_core.output_description import sidecar_path
+from framepack_core.job_queue import DamagedJob, JobQueue, QueuedJob, QueueError, QueueOwnership, QueueState
 from framepack_core.job_spec import JobSpec, file_sha256
 from framepack_core.queue_runner import record_event
 from framepack_core.request import GenerationRequest
 
 logger = logging.getLogger(__name__)
 
-SETTINGS_SUFFIX = ".json"
 STORE_POLL_S = 2.0  # how often an idle worker looks for jobs queued by other processes
-INPUT_SUFFIX = ".png"
-PARTIAL_VIDEO_SUFFIX = ".partial.mp4"  # framepack_core.engine.partial_output_path
+# After an error in the worker's own loop (not in a job: the queue's database, the disk), it waits this long
+# before trying again, doubling up to the maximum, so a full disk or a locked database is not hammered.
+WORKER_RETRY_FIRST_S = 0.5
+WORKER_RETRY_MAX_S = 30.0
 
 
 class JobState(str, Enum):
@@ -76,6 +83,7 @@ class JobSnapshot:
     job_id: str
     state: JobState
     request: GenerationRequest
+    owner: str | None = None  # the login that submitted it (None: no logins, or the CLI)
     queue_position: int | None = None  # 1-based among queued jobs
     stage_message: str = "Waiting in the queue ..."
     section: int | None = None
@@ -97,25 +105,47 @@ class JobSnapshot:
     version: int = 0
 
 
-@dataclass(frozen=True)
-class OutputRecord:
-    """A finished generation in the output folder, for the gallery."""
+@dataclass
+class WorkerHealth:
+    """Whether jobs are being run, for the page and ``GET /api/v1/health``."""
 
-    video: Path
-    input_image: Path | None
-    settings: dict[str, Any]  # the spec's settings (GenerationRequest field names) and "complete"
-    created: float
+    alive: bool = False  # the worker thread is running its loop
+    running_here: bool = False  # this process owns the queue and runs its jobs
+    last_error: str | None = None  # the last error in the worker's own loop (not a job's), until it recovers
+    last_error_at: float | None = None
+    queue_owner: str | None = None  # who runs the jobs, when another process does
+    queue_note: str | None = None  # e.g. a damaged queue database that was moved aside at start
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alive": self.alive, "running_here": self.running_here, "last_error": self.last_error,
+                "last_error_at": self.last_error_at, "queue_owner": self.queue_owner, "queue_note": self.queue_note}
+
+    @property
+    def problem(self) -> str | None:
+        """What a user should be told, in words (None when all is well)."""
+        if not self.alive:
+            return "The job worker is not running: queued jobs will not start. Restart the app."
+        if self.last_error:
+            return f"The job worker hit an error and keeps retrying: {self.last_error}"
+        if not self.running_here and self.queue_owner:
+            return f"Jobs on this output folder are run by another process ({self.queue_owner})."
+        return None
 
 
 class _Job:
-    def __init__(self, job_id: str, request: GenerationRequest) -> None:
+    def __init__(self, job_id: str, request: GenerationRequest, owner: str | None = None) -> None:
         self.cancel = CancelToken()
-        self.snapshot = JobSnapshot(job_id=job_id, state=JobState.QUEUED, request=request)
+        self.snapshot = JobSnapshot(job_id=job_id, state=JobState.QUEUED, request=request, owner=owner)
         self.work_dir: Path | None = None
 
 
 class GenerationService:
-    """Owns the engine and one worker thread; every public method is thread-safe."""
+    """Owns the engine and one worker thread; every public method is thread-safe.
+
+    Methods that take a ``viewer`` act only on jobs that viewer may see (``app.access``); a job hidden from the
+    viewer is reported exactly like an unknown one, so ids of other users' jobs are not revealed. ``viewer=None``
+    is the app itself (and tests): everything.
+    """
 
     def __init__(
         self,
@@ -130,8 +160,9 @@ class GenerationService:
 
         ``queue``: the persistent queue (``framepack_core.job_queue``). With it, jobs are stored in SQLite under the
         output folder and run in their job folders: pending jobs survive a restart, an interrupted job resumes
-        from its last finished section, and jobs submitted by other processes (the CLI) run here too. Without it
-        the queue lives in memory only.
+        from its last finished section, and jobs submitted by other processes (the CLI) run here too. One process
+        at a time owns a queue and runs its jobs; while another one does, this service only submits and reports
+        the stored state, and takes over when the other one stops. Without a queue the jobs live in memory only.
         """
         self.store = queue
         self._shutting_down = False
@@ -149,6 +180,8 @@ class GenerationService:
         self._condition = threading.Condition()
         self._stopping = False
         self._worker: threading.Thread | None = None
+        self._ownership: QueueOwnership | None = None
+        self._health = WorkerHealth(queue_note=None if queue is None else queue.recovery_note)
 
     # Lifecycle -------------------------------------------------------------------------------------------------
 
@@ -156,12 +189,13 @@ class GenerationService:
         with self._condition:
             if self._worker is not None:
                 return
-            if self.store is not None:
-                for job_id in self.store.requeue_interrupted():
-                    logger.info("Job %s was interrupted; it resumes from its last finished section", job_id)
-                self._sync_pending()
             self._stopping = False
             self._shutting_down = False
+            if self.store is not None:
+                self._take_ownership()
+                self._sync_pending()
+            else:
+                self._health.running_here = True
             self._worker = threading.Thread(target=self._work, name="framepack-worker", daemon=True)
             self._worker.start()
 
@@ -182,6 +216,40 @@ class GenerationService:
         if worker is not None:
             worker.join(timeout)
         self._worker = None
+        with self._condition:
+            if self._ownership is not None:
+                self._ownership.release()
+                self._ownership = None
+                self._health.running_here = False
+
+    def _take_ownership(self) -> bool:
+        """Become the process that runs this queue's jobs, if no other live process is; caller holds the lock."""
+        assert self.store is not None
+        if self._ownership is None:
+            # Taking the lock may wait a moment for another process's probe: let pages read snapshots meanwhile.
+            self._condition.release()
+            try:
+                ownership = self.store.take_ownership()
+            finally:
+                self._condition.acquire()
+            if ownership is not None and (self._stopping or self._ownership is not None):
+                ownership.release()  # stopped, or another thread (start) took it while the lock was free
+                return self._ownership is not None
+            self._ownership = ownership
+            if self._ownership is None:
+                holder = self.store.owner_description()
+                if holder != self._health.queue_owner:
+                    logger.warning("Another process runs the jobs of %s: %s. This app queues jobs and shows "
+                                   "their progress from the queue; it runs them once that process ends.",
+                                   self.store.root, holder)
+                self._health.queue_owner = holder
+                return False
+            self._health.queue_owner = None
+            self._health.running_here = True
+            for job_id in self.store.requeue_interrupted():
+                logger.info("Job %s was interrupted; it resumes from its last finished section", job_id)
+            sweep_snapshot_dirs(self.output_dir)
+        return True
 
     # Memory ----------------------------------------------------------------------------------------------------
 
@@ -210,9 +278,10 @@ class GenerationService:
 
     # Jobs ------------------------------------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, owner: str | None = None) -> str:
+    def submit(self, request: GenerationRequest, owner: str | None = None, max_pending: int | None = None) -> str:
         """Queue a job; raises ``InvalidInputError`` for bad input before anything is queued. ``owner``: the
-        user who submitted it (API clients see only their own jobs)."""
+        login that submitted it. ``max_pending``: refuse (``QueueLimitError``) when ``owner`` already has that many
+        jobs waiting."""
         from framepack_core.image_input import load_input_image
 
         request = request.validated()
@@ -222,22 +291,24 @@ class GenerationService:
                 raise RuntimeError("The service is shutting down")
             if self.store is not None:
                 spec = JobSpec.from_request(request, file_sha256(Path(request.image)))
-                stored = self.store.submit(spec, Path(request.image), owner=owner)
+                stored = self.store.submit(spec, Path(request.image), owner=owner,
+                                           max_pending=max_pending if owner is not None else None)
                 job_id = stored.id
                 request = replace(request, image=stored.image)
             else:
                 job_id = time.strftime("%Y%m%d_%H%M%S") + f"_{uuid.uuid4().hex[:6]}"
-            self._jobs[job_id] = _Job(job_id, request)
+            self._jobs[job_id] = _Job(job_id, request, owner)
             self._queue.append(job_id)
             self._renumber_queue()
             self._condition.notify_all()
         return job_id
 
-    def cancel(self, job_id: str) -> bool:
-        """Stop a running job within one denoising step, or drop a queued one. False if unknown or done."""
+    def cancel(self, job_id: str, viewer: Viewer | None = None) -> bool:
+        """Stop a running job within one denoising step, or drop a queued one. False if unknown, hidden from
+        ``viewer``, or done."""
         with self._condition:
             job = self._jobs.get(job_id)
-            if job is None or job.snapshot.state.done:
+            if job is None or job.snapshot.state.done or not _sees(viewer, job.snapshot.owner):
                 return False
             if self.store is not None:
                 try:
@@ -248,68 +319,69 @@ class GenerationService:
                 self._queue.remove(job_id)
                 self._finish_unstarted(job_id, "Stopped before it started.")
                 self._renumber_queue()
-            else:
+            elif job_id == self._running:
                 job.cancel.cancel()
+                self._update(job, stage_message="Stopping after the current step ...")
+            else:  # run by another process: it sees the stored request at its next step
                 self._update(job, stage_message="Stopping after the current step ...")
             self._condition.notify_all()
             return True
 
-    def snapshot(self, job_id: str) -> JobSnapshot:
+    def snapshot(self, job_id: str, viewer: Viewer | None = None) -> JobSnapshot:
+        """The job's current snapshot; ``KeyError`` if unknown or hidden from ``viewer``."""
         with self._condition:
-            job = self._jobs.get(job_id)
-            if job is None:
-                raise KeyError(job_id)
-            return replace(job.snapshot, notices=list(job.snapshot.notices))
+            return self._copy(self._visible_job(job_id, viewer))
 
-    def wait_for_change(self, job_id: str, version: int, timeout: float = 1.0) -> JobSnapshot:
+    def wait_for_change(self, job_id: str, version: int, timeout: float = 1.0,
+                        viewer: Viewer | None = None) -> JobSnapshot:
         """Block until the job's snapshot is newer than ``version`` or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
         with self._condition:
             while True:
-                job = self._jobs.get(job_id)
-                if job is None:
-                    raise KeyError(job_id)
+                job = self._visible_job(job_id, viewer)
                 remaining = deadline - time.monotonic()
                 if job.snapshot.version != version or remaining <= 0:
-                    return replace(job.snapshot, notices=list(job.snapshot.notices))
+                    return self._copy(job)
                 self._condition.wait(remaining)
 
-    def active_job_id(self) -> str | None:
-        """The running job, else the oldest queued one: what a refreshed page reconnects to."""
+    def active_job_id(self, viewer: Viewer | None = None) -> str | None:
+        """What a refreshed page reconnects to: the running job, else the oldest queued one, among those
+        ``viewer`` may see."""
         with self._condition:
-            return self._running or (self._queue[0] if self._queue else None)
+            candidates = ([self._running] if self._running else []) + list(self._queue)
+            candidates += [job_id for job_id, job in self._jobs.items()  # run by another process
+                           if job.snapshot.state == JobState.RUNNING and job_id != self._running]
+            return next((job_id for job_id in candidates if _sees(viewer, self._jobs[job_id].snapshot.owner)),
+                        None)
 
     def queued_job_ids(self) -> list[str]:
         with self._condition:
             return list(self._queue)
 
+    def _visible_job(self, job_id: str, viewer: Viewer | None) -> _Job:
+        job = self._jobs.get(job_id)
+        if job is None or not _sees(viewer, job.snapshot.owner):
+            raise KeyError(job_id)
+        return job
+
+    @staticmethod
+    def _copy(job: _Job) -> JobSnapshot:
+        return replace(job.snapshot, notices=list(job.snapshot.notices))
+
     # Outputs ---------------------------------------------------------------------------------------------------
 
-    def list_outputs(self, limit: int = 100) -> list[OutputRecord]:
-        """Finished videos that have a settings file, newest first."""
-        records = []
-        if not self.output_dir.is_dir():
-            return records
-        for settings_path in self.output_dir.glob(f"*{SETTINGS_SUFFIX}"):
-            try:
-                data = json.loads(settings_path.read_text())
-                if is_description(data):  # a video's sidecar
-                    video = settings_path.with_suffix(".mp4")
-                    settings = dict(OutputDescription.from_dict(data).spec.settings)
-                    settings["complete"] = not video.name.endswith(PARTIAL_VIDEO_SUFFIX)
-                    image = self.output_dir / (video.name.removesuffix(".mp4").removesuffix(".partial") + INPUT_SUFFIX)
-                else:  # the settings file of an older version: {"video": ..., "input_image": ..., settings}
-                    settings = data
-                    video = self.output_dir / settings.get("video", "")
-                    image = self.output_dir / (settings.get("input_image") or "")
-            except (OSError, ValueError, AttributeError):  # ValueError includes InvalidInputError
-                continue
-            if not video.is_file():
-                continue
-            records.append(OutputRecord(video=video, input_image=image if image.is_file() else None,
-                                        settings=settings, created=settings_path.stat().st_mtime))
-        records.sort(key=lambda r: r.created, reverse=True)
-        return records[:limit]
+    def list_outputs(self, limit: int = 100, viewer: Viewer | None = None) -> list[OutputRecord]:
+        """Finished videos that have a settings file and that ``viewer`` may see (None: all), newest first."""
+        owners: dict[str, str | None] = {}
+        if self.store is not None:
+            for stored in self.store.list():
+                if stored.output is not None:
+                    owners[output_base(stored.output)] = stored.owner
+        return list_outputs(self.output_dir, owners, viewer, limit)
+
+    def health(self) -> WorkerHealth:
+        with self._condition:
+            return replace(self._health, alive=self._worker is not None and self._worker.is_alive())
 
     # Worker ----------------------------------------------------------------------------------------------------
 
@@ -329,35 +401,35 @@ class GenerationService:
         self._update(self._jobs[job_id], state=JobState.CANCELLED, queue_position=None, stage_message=message)
 
     def _work(self) -> None:
+        """Run jobs until stopped. An error in the loop itself (the queue's database, the disk) is logged, shown
+        in ``health()`` and retried with back-off: the worker never dies while the app runs."""
+        failures = 0
         while True:
-            with self._condition:
-                idle_since = time.monotonic()
-                while not self._stopping:
-                    job_id = self._next_job()
-                    if job_id is not None:
-                        break
-                    if self._models_loaded and self._release_requested:
-                        self._release_models()
-                    timeout = None
-                    if self._models_loaded and self._idle_release_s is not None:
-                        timeout = idle_since + self._idle_release_s - time.monotonic()
-                        if timeout <= 0:
-                            self._release_models()
-                            continue
-                    if self.store is not None:  # jobs may arrive from other processes (the CLI)
-                        timeout = STORE_POLL_S if timeout is None else min(timeout, STORE_POLL_S)
-                    self._condition.wait(timeout)
-                if self._stopping:
-                    return
-                self._running = job_id
-                job = self._jobs[job_id]
-                self._update(job, state=JobState.RUNNING, queue_position=None, started_at=time.time(),
-                             stage_message="Starting ...")
-                self._renumber_queue()
+            try:
+                job = self._wait_for_job()
+            except Exception as error:  # noqa: BLE001 - see the docstring
+                failures += 1
+                delay = min(WORKER_RETRY_MAX_S, WORKER_RETRY_FIRST_S * 2 ** (failures - 1))
+                logger.exception("The job worker hit an error; retrying in %.1f s", delay)
+                with self._condition:
+                    self._health.last_error = _describe_error(error)
+                    self._health.last_error_at = time.time()
+                    self._condition.wait(delay)  # stop() wakes it
+                    if self._stopping:
+                        return
+                continue
+            if job is None:
+                return
+            if failures:
+                failures = 0
+                with self._condition:
+                    self._health.last_error = None
+                    logger.info("The job worker recovered")
             try:
                 self._run(job)
             except Exception as error:  # noqa: BLE001 - the worker must survive any job
-                logger.exception("Job %s crashed the worker", job_id)
+                logger.exception("Job %s crashed the worker", job.snapshot.job_id)
+                self._end_stored_crash(job.snapshot.job_id, error)  # first: a watcher that sees "failed" may act
                 with self._condition:
                     self._update(job, state=JobState.FAILED, error=f"{type(error).__name__}: {error}",
                                  error_hint="This is a bug; please report it with the log.")
@@ -368,17 +440,62 @@ class GenerationService:
                     self._condition.notify_all()
                 self._remove_work_dir(job)  # after a crash; normally already gone
 
+    def _wait_for_job(self) -> _Job | None:
+        """Block until there is a job to run (marked running, returned) or the service stops (None)."""
+        with self._condition:
+            idle_since = time.monotonic()
+            while not self._stopping:
+                job_id = self._next_job()
+                if job_id is not None:
+                    break
+                if self._models_loaded and self._release_requested:
+                    self._release_models()
+                timeout = None
+                if self._models_loaded and self._idle_release_s is not None:
+                    timeout = idle_since + self._idle_release_s - time.monotonic()
+                    if timeout <= 0:
+                        self._release_models()
+                        continue
+                if self.store is not None:  # jobs may arrive from (or be run by) other processes
+                    timeout = STORE_POLL_S if timeout is None else min(timeout, STORE_POLL_S)
+                self._condition.wait(timeout)
+            if self._stopping:
+                return None
+            self._running = job_id
+            job = self._jobs[job_id]
+            self._update(job, state=JobState.RUNNING, queue_position=None, started_at=time.time(),
+                         stage_message="Starting ...")
+            self._renumber_queue()
+            return job
+
+    def _end_stored_crash(self, job_id: str, error: Exception) -> None:
+        """A job that crashed the worker must not stay "running" in the queue until the next restart."""
+        if self.store is None:
+            return
+        try:
+            if self.store.get(job_id).state == QueueState.RUNNING:
+                self.store.end(job_id, QueueState.FAILED, error=_describe_error(error),
+                               hint="This is a bug; please report it with the log. Retry resumes the job.")
+        except Exception:  # noqa: BLE001 - the database may be what failed; the restart requeues the job
+            logger.exception("Could not mark job %s failed in the queue", job_id)
+
     def _next_job(self) -> str | None:
         """The job to run next, taken off the queue (claimed in the store when there is one); caller holds the
         lock."""
         if self.store is None:
             return self._queue.popleft() if self._queue else None
+        if not self._take_ownership():
+            self._sync_pending()
+            self._sync_from_store()
+            return None
         claimed = self.store.claim_next()
         if claimed is None:
             self._sync_pending()
+            self._sync_from_store()
             return None
         if claimed.id not in self._jobs:  # submitted by another process, or before a restart
-            self._jobs[claimed.id] = _Job(claimed.id, claimed.spec.request(claimed.image, output=claimed.output))
+            self._jobs[claimed.id] = _Job(claimed.id, claimed.spec.request(claimed.image, output=claimed.output),
+                                          claimed.owner)
         self._sync_pending()  # the claimed job is no longer pending: this takes it off the in-memory queue
         return claimed.id
 
@@ -394,48 +511,108 @@ class GenerationService:
                     logger.warning("Queued job %s cannot run: %s", stored.id, error)
                     self.store.reject(stored.id, error.message, error.hint)
                     continue
-                self._jobs[stored.id] = _Job(stored.id, request)
+                self._jobs[stored.id] = _Job(stored.id, request, stored.owner)
         ids = [stored.id for stored in pending if stored.id in self._jobs]
         if ids != list(self._queue):
             self._queue = deque(ids)
             self._renumber_queue()
 
+    def _sync_from_store(self) -> None:
+        """Jobs this process knows but does not run (another process runs them, or ran them): their snapshots
+        follow the stored state, so every process reports the truth. Caller holds the lock."""
+        assert self.store is not None
+        for job_id, job in list(self._jobs.items()):
+            if job.snapshot.state.done or job_id == self._running or job_id in self._queue:
+                continue
+            try:
+                stored = self.store.get(job_id)
+            except QueueError:  # deleted by another process
+                self._update(job, state=JobState.CANCELLED, queue_position=None,
+                             stage_message="The job was deleted from the queue.")
+                continue
+            self._apply_stored(job, stored)
+
+    def _apply_stored(self, job: _Job, stored: QueuedJob) -> None:
+        snapshot = job.snapshot
+        if stored.state == QueueState.RUNNING:
+            message = (f"Running in another process: section {stored.sections_done + 1}"
+                       + (f"/{stored.total_sections}" if stored.total_sections else ""))
+            if (snapshot.state, snapshot.stage_message) != (JobState.RUNNING, message):
+                self._update(job, state=JobState.RUNNING, queue_position=None, stage_message=message,
+                             section=stored.sections_done or None, total_sections=stored.total_sections)
+        elif stored.state.ended:
+            state = {QueueState.FINISHED: JobState.FINISHED, QueueState.FAILED: JobState.FAILED,
+                     QueueState.CANCELLED: JobState.CANCELLED}[stored.state]
+            video = stored.output if state == JobState.FINISHED else stored.partial
+            video = video if video is not None and video.is_file() else None
+            self._update(job, state=state, queue_position=None, output_video=video, partial_video=video,
+                         settings_file=_sidecar_of(video), error=stored.error, error_hint=stored.hint,
+                         section=stored.sections_done or None, total_sections=stored.total_sections,
+                         stage_message=f"{state.value.capitalize()} (run by another process)")
+
     # Queue management (with a store) ---------------------------------------------------------------------------
 
-    def queue_rows(self, owner: str | None = None) -> list[QueuedJob]:
-        """The stored jobs (running, pending in order, then ended), for the Queue tab and the API."""
-        return [] if self.store is None else self.store.list(owner=owner)
+    def queue_rows(self, owner: str | None = None, viewer: Viewer | None = None) -> list[QueuedJob]:
+        """The stored jobs (running, pending in order, then ended), for the Queue tab and the API; ``owner`` or
+        ``viewer`` narrow them."""
+        if self.store is None:
+            return []
+        if viewer is not None:
+            owner = viewer.owner_filter
+        return self.store.list(owner=owner)
 
-    def move(self, job_id: str, place: int) -> None:
+    def damaged_rows(self, viewer: Viewer | None = None) -> list[DamagedJob]:
+        """Stored jobs that cannot be read (shown as damaged, deletable), among those ``viewer`` may see."""
+        if self.store is None:
+            return []
+        return [row for row in self.store.damaged() if _sees(viewer, row.owner)]
+
+    def move(self, job_id: str, place: int, viewer: Viewer | None = None) -> None:
         with self._condition:
+            self._stored_visible(job_id, viewer)
             self._require_store().move(job_id, place)
             self._sync_pending()
 
-    def edit(self, job_id: str, changes: dict[str, Any]) -> None:
+    def edit(self, job_id: str, changes: dict[str, Any], viewer: Viewer | None = None) -> None:
         """Change settings of a pending job (``InvalidInputError`` names a bad one; ``QueueError`` if it is no
         longer pending)."""
         with self._condition:
             store = self._require_store()
-            stored = store.edit(job_id, store.get(job_id).spec.with_changes(changes))
+            stored = store.edit(job_id, self._stored_visible(job_id, viewer).spec.with_changes(changes))
             if job_id in self._jobs:
                 self._update(self._jobs[job_id], request=stored.spec.request(stored.image, output=stored.output))
 
-    def retry(self, job_id: str) -> None:
+    def retry(self, job_id: str, viewer: Viewer | None = None) -> None:
         with self._condition:
+            self._stored_visible(job_id, viewer)
             stored = self._require_store().retry(job_id)
-            self._jobs[job_id] = _Job(job_id, stored.spec.request(stored.image, output=stored.output))
+            self._jobs[job_id] = _Job(job_id, stored.spec.request(stored.image, output=stored.output), stored.owner)
             self._sync_pending()
             self._condition.notify_all()
 
-    def delete(self, job_id: str) -> None:
+    def delete(self, job_id: str, viewer: Viewer | None = None) -> None:
         with self._condition:
-            self._require_store().delete(job_id)
+            store = self._require_store()
+            if viewer is not None and not viewer.sees_everything:
+                owner = next((row.owner for row in store.damaged() if row.id == job_id), None)
+                if owner is None:
+                    owner = self._stored_visible(job_id, viewer).owner
+                elif not viewer.may_see(owner):
+                    raise _unknown_job(job_id)
+            store.delete(job_id)
             if job_id in self._queue:
                 self._queue.remove(job_id)
                 self._renumber_queue()
             job = self._jobs.pop(job_id, None)
             if job is not None and not job.snapshot.state.done:
                 job.cancel.cancel()
+
+    def _stored_visible(self, job_id: str, viewer: Viewer | None) -> QueuedJob:
+        """The stored job, or the unknown-job ``QueueError`` when ``viewer`` may not see it."""
+        stored = self._require_store().get(job_id)
+        if not _sees(viewer, stored.owner):
+            raise _unknown_job(job_id)
+        return stored
 
     def _require_store(self) -> JobQueue:
         if self.store is None:
@@ -453,14 +630,14 @@ class GenerationService:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if request.output is not None:  # a stored job that already has its name (it is being resumed)
             output = Path(request.output)
-            base = output.stem
+            base = output_base(output)
         else:
             stamp = "" if self.store is None else time.strftime("%Y%m%d_%H%M%S_")
             base = f"{stamp}{job_id}_seed{request.seed}"
             output = self.output_dir / f"{base}.mp4"
             if self.store is not None:
                 self.store.set_output(job_id, output)
-        job.work_dir = Path(tempfile.mkdtemp(prefix=f".{base}.", dir=self.output_dir))
+        job.work_dir = snapshot_dir(self.output_dir, base)
         request = replace(request, output=output)
         job_dir = None if self.store is None else self.store.job_dir(job_id)
         if self._engine is None:
@@ -494,7 +671,7 @@ class GenerationService:
             self._update(job, elapsed_s=elapsed)
         elif isinstance(event, InputPrepared):
             image_path = self.output_dir / f"{base}{INPUT_SUFFIX}"
-            _write_png_atomically(event.image, image_path)
+            write_png_atomically(event.image, image_path)
             self._update(job, input_image=image_path, total_sections=event.total_sections,
                          video_frames=event.video_frames, elapsed_s=elapsed)
         elif isinstance(event, StepProgress):
@@ -533,15 +710,13 @@ def _sidecar_of(video: Path | None) -> Path | None:
     return path if path.is_file() else None
 
 
-def _write_png_atomically(pixels: np.ndarray, path: Path) -> None:
-    from PIL import Image
+def _sees(viewer: Viewer | None, owner: str | None) -> bool:
+    return viewer is None or viewer.may_see(owner)
 
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
-        Image.fromarray(pixels).save(temporary, format="PNG")
-        make_public(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+def _unknown_job(job_id: str) -> QueueError:
+    return QueueError(f"There is no job {job_id!r} in the queue.", "List the jobs to see their ids.")
+
+
+def _describe_error(error: BaseException) -> str:
+    return getattr(error, "message", None) or f"{type(error).__name__}: {error}"

@@ -14,23 +14,23 @@ from __future__ import annotations
 import html
 import itertools
 import logging
-import os
 import random
-import shutil
+import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from app.service import GenerationService, JobSnapshot, JobState, OutputRecord
+from app.access import Viewer
+from app.outputs import OutputRecord, ServedFiles
+from app.service import GenerationService, JobSnapshot, JobState, WorkerHealth
 from app.settings import REPO_ROOT, Settings
 from framepack_core.errors import FramePackError, InvalidInputError
-from framepack_core.job_queue import QueuedJob, QueueState
+from framepack_core.job_queue import DamagedJob, QueuedJob, QueueState
 from framepack_core.output_description import read_output_description
 from framepack_core.request import MAX_RESOLUTION, MAX_SECONDS, MAX_WINDOW, MIN_RESOLUTION, GenerationRequest
 
@@ -65,9 +65,6 @@ API_UPDATE_INTERVAL_S = 0.5
 # A stream that has nothing new redraws its job this often anyway, so a page that something else drew over (a
 # frame of the stream it replaced, still in flight) shows its own job again within this time.
 PAGE_REDRAW_INTERVAL_S = 2.0
-# Section snapshots are linked here before the page gets them (see _Staging); leftovers older than this go.
-STAGING_DIR_NAME = ".ui-staging"
-STAGING_MAX_AGE_S = 3600.0
 
 CSS = """
 #progress .fp-progress { font-size: 0.95rem; line-height: 1.5; overflow-wrap: anywhere; }
@@ -146,10 +143,12 @@ _STATE_LABELS = {JobState.QUEUED: "Queued", JobState.RUNNING: "Running", JobStat
 
 QUEUE_COLUMNS = ("#", "id", "state", "progress", "prompt", "seconds", "seed", "submitted", "error")
 QUEUE_REFRESH_S = 2.0
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
-def queue_table_rows(jobs: list[QueuedJob]) -> list[list[Any]]:
-    """The Queue tab's rows: running, pending with their place, then ended jobs."""
+def queue_table_rows(jobs: list[QueuedJob], damaged: list[DamagedJob] = ()) -> list[list[Any]]:
+    """The Queue tab's rows: running, pending with their place, then ended jobs, then damaged ones (stored rows
+    that cannot be read: they can only be deleted)."""
     rows = []
     place = 0
     for job in jobs:
@@ -163,6 +162,8 @@ def queue_table_rows(jobs: list[QueuedJob]) -> list[list[Any]]:
                      prompt if len(prompt) <= 60 else prompt[:57] + "...", settings.get("seconds"),
                      settings.get("seed"), time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at)),
                      job.error or ""])
+    for row in damaged:
+        rows.append(["", row.id, "damaged", "", "", None, None, "", f"{row.reason} (delete it)"])
     return rows
 
 
@@ -247,8 +248,10 @@ def status_dict(snapshot: JobSnapshot) -> dict[str, Any]:
             "notices": list(s.notices)}
 
 
-def gallery_items(records: list[OutputRecord]) -> list[tuple[str, str]]:
-    """(thumbnail, caption) per past generation: the cropped input image, else the video itself."""
+def gallery_items(records: list[OutputRecord], serve: Callable[[Path], str | None] = str
+                  ) -> list[tuple[str, str]]:
+    """(thumbnail, caption) per past generation: the cropped input image, else the video itself. ``serve`` turns
+    an output file into a path Gradio may hand to the browser (``ServedFiles.serve``)."""
     items = []
     for record in records:
         settings = record.settings
@@ -257,28 +260,32 @@ def gallery_items(records: list[OutputRecord]) -> list[tuple[str, str]]:
         state = "" if settings.get("complete", True) else " · partial"
         caption = (f"{settings.get('model', '?')} · {settings.get('seconds', '?')} s · seed {settings.get('seed', '?')}"
                    f"{state} · {prompt}")
-        items.append((str(record.input_image or record.video), caption))
+        thumbnail = serve(record.input_image or record.video)
+        if thumbnail is not None:
+            items.append((thumbnail, caption))
     return items
 
 
 def snapshots_to_show(service: GenerationService, job_id: str, min_interval_s: float,
-                      redraw_interval_s: float | None = None) -> Iterator[JobSnapshot]:
+                      redraw_interval_s: float | None = None, viewer: Viewer | None = None
+                      ) -> Iterator[JobSnapshot]:
     """The job's snapshots worth drawing: the current one, then changes, at most one per ``min_interval_s``, and
     the unchanged one again after ``redraw_interval_s`` without news (when given).
 
     Changes that matter at once (a new section video, a queue place, a new state, the end) go out as soon as they
     happen; step-by-step progress and previews are coalesced to the latest within the interval. With the real
     models a step takes seconds, so every step is shown; with the tiny ones steps come every few milliseconds
-    and drawing each would cost the engine more time than the step itself. Raises ``KeyError`` for an unknown job.
+    and drawing each would cost the engine more time than the step itself. Raises ``KeyError`` for a job that is
+    unknown or hidden from ``viewer``.
     """
-    sent = service.snapshot(job_id)
+    sent = service.snapshot(job_id, viewer)
     yield sent
     sent_at = time.monotonic()
     current = sent
     while not sent.state.done:
         due = sent_at + min_interval_s
         timeout = 0.5 if current.version == sent.version else max(0.0, due - time.monotonic())
-        current = service.wait_for_change(job_id, current.version, timeout=timeout)
+        current = service.wait_for_change(job_id, current.version, timeout=timeout, viewer=viewer)
         if current.version == sent.version:
             if redraw_interval_s is not None and time.monotonic() - sent_at >= redraw_interval_s:
                 sent_at = time.monotonic()
@@ -317,79 +324,18 @@ class _LatestStreams:
                 del self._latest[session]
 
 
-# Section snapshots ---------------------------------------------------------------------------------------------
-
-@dataclass
-class _Staging:
-    """Hard links to the service's per-section snapshots, alive until Gradio has copied them.
-
-    The service deletes a job's snapshot folder the moment the job ends, which can fall between handing Gradio
-    the path of the last section and Gradio copying it into its cache (it runs ffprobe first). A hard link keeps
-    the file's data alive whatever happens to the original; it is dropped once the next yield has gone out,
-    because Gradio postprocesses one yield before asking the generator for the next. One folder per stream,
-    inside the output folder (hard links cannot cross file systems; Gradio may serve that folder anyway).
-    """
-
-    root: Path
-    folder: Path = field(init=False)
-    _pending: list[Path] = field(default_factory=list)
-    _sent: list[Path] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.folder = self.root / uuid.uuid4().hex[:12]
-
-    def stage(self, path: Path) -> Path | None:
-        """A path to ``path``'s data that only this stream deletes; None if the original is already gone."""
-        target = self.folder / path.name
-        if target.exists():
-            return target
-        for _ in range(3):  # another stream may remove the (empty) root between our two mkdirs
-            try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                break
-            except FileNotFoundError:
-                continue
-        try:
-            os.link(path, target)
-        except FileNotFoundError:
-            return None
-        except OSError:  # links not allowed here: a copy does the same job
-            try:
-                shutil.copyfile(path, target)
-            except FileNotFoundError:
-                return None
-        self._pending.append(target)
-        return target
-
-    def yielded(self) -> None:
-        """Call after each yield returns: the files of the yield before it have been copied by Gradio."""
-        for path in self._sent:
-            path.unlink(missing_ok=True)
-        self._sent, self._pending = self._pending, []
-
-    def close(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-        # Streams cut off without running their cleanup (a closed tab) leave folders behind; sweep old ones.
-        cutoff = time.time() - STAGING_MAX_AGE_S
-        for folder in self.root.glob("*") if self.root.is_dir() else ():
-            try:
-                if folder.stat().st_mtime < cutoff:
-                    shutil.rmtree(folder, ignore_errors=True)
-            except OSError:
-                pass
-        try:
-            self.root.rmdir()  # only when empty: other streams may be using it
-        except OSError:
-            pass
-
-
 # The page ------------------------------------------------------------------------------------------------------
 
 def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
     """The whole page and its API endpoints. The service must be started by the caller."""
     defaults = settings.job_defaults()
-    staging_root = settings.output_dir / STAGING_DIR_NAME
+    served = ServedFiles()  # how output files reach a browser: see ServedFiles and docs/security.md
     latest_streams = _LatestStreams()
+
+    def viewer_of(request: gr.Request | None) -> Viewer:
+        """Who is asking: with logins on, a request without a login sees nothing."""
+        login = getattr(request, "username", None) if request is not None else None
+        return Viewer.of(login, logins_on=settings.logins_on, admins=settings.admins)
 
     with gr.Blocks(title="FramePack", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         job_state = gr.State(None)  # the job this tab shows
@@ -398,6 +344,8 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
         browser_job = gr.BrowserState(None, storage_key="framepack-job")
 
         gr.Markdown("# FramePack image-to-video")
+        # Filled after the page opens, like every piece of live data: nothing stored can break the page itself.
+        health_note = gr.Markdown("", elem_id="worker-health")
         if settings.demo:
             gr.Markdown(DEMO_BANNER, elem_id="demo-banner")
 
@@ -491,7 +439,8 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                                  height=130, elem_id="load-from-video")
 
         with gr.Tab("Queue", elem_id="queue-tab"):
-            queue_table = gr.Dataframe(headers=list(QUEUE_COLUMNS), value=queue_table_rows(service.queue_rows()),
+            # Empty in the page's config; filled for the viewer once the page has opened (see refresh_queue).
+            queue_table = gr.Dataframe(headers=list(QUEUE_COLUMNS), value=[],
                                        interactive=False, wrap=True, elem_id="queue-table",
                                        label="Jobs: running, then waiting in order, then ended (kept across "
                                              "restarts; click a row to pick it)")
@@ -519,41 +468,38 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
 
         # Streaming ---------------------------------------------------------------------------------------------
 
-        def refreshed_gallery() -> tuple[Any, list[dict[str, Any]]]:
-            records = service.list_outputs(limit=settings.gallery_size)
+        def refreshed_gallery(viewer: Viewer) -> tuple[Any, list[dict[str, Any]]]:
+            """The viewer's past generations; the records (server paths) stay in server-side state."""
+            records = service.list_outputs(limit=settings.gallery_size, viewer=viewer)
             kept = [{"video": str(r.video), "input_image": str(r.input_image) if r.input_image else None,
                      "settings": r.settings} for r in records]
-            return gr.update(value=gallery_items(records)), kept
+            return gr.update(value=gallery_items(records, served.serve)), kept
 
-        def stream(job_id: str, session: str, token: int, *, own: bool,
+        def stream(job_id: str, session: str, token: int, viewer: Viewer, *, own: bool,
                    with_gallery: bool = False) -> Iterator[list[Any]]:
             """Yield page updates for ``job_id`` until it ends, or until the session follows a newer stream; each
             output only when it changed."""
-            staging = _Staging(staging_root)
             try:
-                updates = snapshots_to_show(service, job_id, PAGE_UPDATE_INTERVAL_S, PAGE_REDRAW_INTERVAL_S)
+                updates = snapshots_to_show(service, job_id, PAGE_UPDATE_INTERVAL_S, PAGE_REDRAW_INTERVAL_S, viewer)
                 snapshot = next(updates)
-                frame = _first_frame(snapshot, own, staging)
+                frame = _first_frame(snapshot, own, served)
                 if with_gallery:
-                    frame[8], frame[9] = refreshed_gallery()
+                    frame[8], frame[9] = refreshed_gallery(viewer)
                 if not latest_streams.is_current(session, token):
                     return
                 yield frame
-                staging.yielded()
                 for previous, latest in itertools.pairwise(itertools.chain([snapshot], updates)):
-                    frame = _next_frame(previous, latest, own, staging)
+                    frame = _next_frame(previous, latest, own, served)
                     if latest.state.done:
-                        frame[8], frame[9] = refreshed_gallery()
+                        frame[8], frame[9] = refreshed_gallery(viewer)
                     if not latest_streams.is_current(session, token):
                         return
                     yield frame
-                    staging.yielded()
             except KeyError:  # a long-finished job the service has forgotten
                 if latest_streams.is_current(session, token):
                     yield _idle_frame("That job is no longer known to the app; see the outputs gallery.")
             finally:
                 latest_streams.end(session, token)
-                staging.close()
 
         def on_start(image: dict[str, Any] | None, prompt: str, model: str, seconds: float, seed: float,
                      steps: float, distilled_guidance: float, latent_window_size: float, cfg: float,
@@ -562,11 +508,13 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                      request: gr.Request) -> Iterator[list[Any]]:
             values = _job_values(locals())
             session = request.session_hash or ""
+            viewer = viewer_of(request)
             token = latest_streams.begin(session)  # from here on, the page-load stream draws nothing more
             image = upload_path(image)
             try:
-                job_id = service.submit(build_request(image, values), owner=request.username)
-            except (InvalidInputError, RuntimeError) as error:
+                job_id = service.submit(build_request(image, values), owner=viewer.submitter,
+                                        max_pending=settings.max_pending_per_user)
+            except (FramePackError, RuntimeError) as error:
                 # A refused request is the user's to fix: say what and how, in the page, and stay ready.
                 message, hint = _readable(error, image)
                 gr.Warning(f"{message} How to fix: {hint}" if hint else message)
@@ -574,27 +522,29 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                 latest_streams.end(session, token)
                 return
             logger.info("Job %s submitted from the page", job_id)
-            yield from stream(job_id, session, token, own=True)
+            yield from stream(job_id, session, token, viewer, own=True)
 
         def on_load(own_job: str | None, request: gr.Request) -> Iterator[list[Any]]:
             """On page load: follow this browser's unfinished job, else the running one, else show the last."""
             session = request.session_hash or ""
+            viewer = viewer_of(request)
             token = latest_streams.begin(session)
-            own_alive = own_job is not None and _is_alive(service, own_job)
-            job_id = own_job if own_alive else service.active_job_id()
-            if job_id is None and own_job is not None and _is_known(service, own_job):
+            # The browser's stored job id is only a hint: a job the viewer may not see is as good as unknown.
+            own_alive = own_job is not None and _is_alive(service, own_job, viewer)
+            job_id = own_job if own_alive else service.active_job_id(viewer)
+            if job_id is None and own_job is not None and _is_known(service, own_job, viewer):
                 job_id = own_job  # finished while the page was away: show its result
             if job_id is None:
                 frame = _idle_frame()
-                frame[8], frame[9] = refreshed_gallery()
+                frame[8], frame[9] = refreshed_gallery(viewer)
                 if latest_streams.is_current(session, token):
                     yield frame
                 latest_streams.end(session, token)
                 return
-            yield from stream(job_id, session, token, own=job_id == own_job, with_gallery=True)
+            yield from stream(job_id, session, token, viewer, own=job_id == own_job, with_gallery=True)
 
-        def on_stop(job_id: str | None) -> None:
-            if job_id is not None and service.cancel(job_id):
+        def on_stop(job_id: str | None, request: gr.Request) -> None:
+            if job_id is not None and service.cancel(job_id, viewer_of(request)):
                 logger.info("Stop requested for job %s", job_id)
 
         load_event = demo.load(on_load, inputs=[browser_job], outputs=stream_outputs, show_progress="hidden",
@@ -619,7 +569,10 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                      api_visibility="private", show_progress="hidden", concurrency_limit=None)
         random_seed_btn.click(lambda: random.randrange(RANDOM_SEED_LIMIT), outputs=[seed],
                               api_visibility="private", show_progress="hidden", concurrency_limit=None)
-        refresh_btn.click(refreshed_gallery, outputs=[gallery, records_state], api_visibility="private",
+        def on_refresh_gallery(request: gr.Request) -> tuple[Any, list[dict[str, Any]]]:
+            return refreshed_gallery(viewer_of(request))
+
+        refresh_btn.click(on_refresh_gallery, outputs=[gallery, records_state], api_visibility="private",
                           concurrency_limit=None)
 
         def load_settings(records: list[dict[str, Any]], event: gr.SelectData) -> list[Any]:
@@ -629,7 +582,9 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
             values = settings_to_inputs(record["settings"], defaults)
             name = Path(record["video"]).name
             note = f"Loaded the settings of `{name}`. Press Start to run them again."
-            return [record["input_image"] or gr.skip(), *values, record["video"], record["video"], note]
+            video_copy = served.serve(record["video"])
+            image_copy = served.serve(record["input_image"]) if record["input_image"] else None
+            return [image_copy or gr.skip(), *values, video_copy, video_copy, note]
 
         gallery.select(load_settings, inputs=[records_state], outputs=[*job_inputs, video, final_file, loaded_note],
                        api_visibility="private", show_progress="hidden", concurrency_limit=None)
@@ -648,8 +603,12 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                 return [gr.skip()] * (len(job_inputs) + 2) + [note]
             return [gr.skip(), *values, gr.skip(), gr.skip(), note]
 
-        def refresh_queue() -> list[list[Any]]:
-            return queue_table_rows(service.queue_rows())
+        def queue_rows_for(viewer: Viewer) -> list[list[Any]]:
+            return queue_table_rows(service.queue_rows(viewer=viewer), service.damaged_rows(viewer))
+
+        def refresh_queue(request: gr.Request) -> tuple[list[list[Any]], str]:
+            """The viewer's queue rows and the worker's health, every QUEUE_REFRESH_S and once at page load."""
+            return queue_rows_for(viewer_of(request)), health_markdown(service.health())
 
         def pick_queued_job(rows: Any, event: gr.SelectData) -> str:
             row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
@@ -657,30 +616,36 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
             return str(values[row][1]) if 0 <= row < len(values) else ""
 
         def queue_action(action: str) -> Callable[..., tuple[list[list[Any]], str]]:
-            def act(job_id: str, place: float | None) -> tuple[list[list[Any]], str]:
-                job_id = (job_id or "").strip()
+            def act(job_id: str, place: float | None, request: gr.Request) -> tuple[list[list[Any]], str]:
+                viewer = viewer_of(request)
+                job_id = str(job_id or "").strip()
                 if not job_id:
-                    return refresh_queue(), "Pick a job first: click its row."
+                    return queue_rows_for(viewer), "Pick a job first: click its row."
+                if not JOB_ID_PATTERN.fullmatch(job_id):  # typed text is never passed to the queue as it is
+                    return queue_rows_for(viewer), "There is no such job: click a row to pick one."
                 try:
                     if action == "move":
-                        service.move(job_id, int(place or 1))
+                        service.move(job_id, int(place or 1), viewer)
                         note = f"Moved {job_id} to place {int(place or 1)}."
                     elif action == "cancel":
-                        note = f"Cancelled {job_id}." if service.cancel(job_id) else \
+                        note = f"Cancelled {job_id}." if service.cancel(job_id, viewer) else \
                             f"{job_id} is not waiting or running."
                     elif action == "retry":
-                        service.retry(job_id)
+                        service.retry(job_id, viewer)
                         note = f"{job_id} is queued again; it resumes from its last finished section."
                     else:
-                        service.delete(job_id)
+                        service.delete(job_id, viewer)
                         note = f"Deleted {job_id} (its video, if any, stays in the output folder)."
-                except FramePackError as error:
-                    note = f"**{error.message}** {error.hint}".strip()
-                return refresh_queue(), note
+                except (FramePackError, ValueError, OverflowError) as error:
+                    note = (f"**{error.message}** {error.hint}".strip() if isinstance(error, FramePackError)
+                            else f"**Place must be a whole number:** {error}")
+                return queue_rows_for(viewer), note
             return act
 
-        queue_timer.tick(refresh_queue, outputs=[queue_table], api_visibility="private", queue=False,
+        queue_timer.tick(refresh_queue, outputs=[queue_table, health_note], api_visibility="private", queue=False,
                          show_progress="hidden")
+        demo.load(refresh_queue, outputs=[queue_table, health_note], api_visibility="private", queue=False,
+                  show_progress="hidden")
         queue_table.select(pick_queued_job, inputs=[queue_table], outputs=[queue_job], api_visibility="private",
                            queue=False, show_progress="hidden")
         for button, action in ((move_btn, "move"), (cancel_btn, "cancel"), (retry_btn, "retry"),
@@ -697,40 +662,42 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                      steps: float, distilled_guidance: float, latent_window_size: float, cfg: float,
                      cfg_rescale: float, negative_prompt: str, use_teacache: bool, teacache_threshold: float,
                      crf: float, resolution: float, gpu_memory_preservation: float | None = None,
-                     fp8: str = "auto") -> Iterator[tuple[str | None, dict[str, Any]]]:
+                     fp8: str = "auto", request: gr.Request = None) -> Iterator[tuple[str | None, dict[str, Any]]]:
             """Generate a video from a start image and a prompt; returns (mp4 file, status) when the job ends.
 
             Waits in the app's queue like a job started from the page; intermediate results carry the status
             (job_id, state, queue_position, section, step, eta_s ...). Stop it with /stop and the job_id.
             """
             values = _job_values(locals())
+            viewer = viewer_of(request)
             image = upload_path(image)
             try:
-                job_id = service.submit(build_request(image, values))
-            except InvalidInputError as error:
+                job_id = service.submit(build_request(image, values), owner=viewer.submitter,
+                                        max_pending=settings.max_pending_per_user)
+            except FramePackError as error:
                 message, hint = _readable(error, image)
                 raise gr.Error(f"{message} How to fix: {hint}" if hint else message) from None
-            for snapshot in snapshots_to_show(service, job_id, API_UPDATE_INTERVAL_S):
+            for snapshot in snapshots_to_show(service, job_id, API_UPDATE_INTERVAL_S, viewer=viewer):
                 if not snapshot.state.done:
                     yield None, status_dict(snapshot)
             if snapshot.state == JobState.FAILED:
                 hint = f" How to fix: {snapshot.error_hint}" if snapshot.error_hint else ""
                 raise gr.Error(f"{snapshot.error}{hint}")
-            yield (str(snapshot.output_video) if snapshot.output_video else None), status_dict(snapshot)
+            yield served.serve(snapshot.output_video), status_dict(snapshot)
 
         api_trigger.click(generate, inputs=job_inputs, outputs=[api_video, api_status], api_name="generate",
                           concurrency_id="stream", show_progress="hidden", preprocess=False)
 
-        def job_status(job_id: str) -> dict[str, Any]:
-            """The status of a job (as /generate reports it); raises for an unknown job id."""
+        def job_status(job_id: str, request: gr.Request) -> dict[str, Any]:
+            """The status of one of your jobs (as /generate reports it); raises for an unknown job id."""
             try:
-                return status_dict(service.snapshot(job_id))
+                return status_dict(service.snapshot(str(job_id), viewer_of(request)))
             except KeyError:
                 raise gr.Error(f"Unknown job id {job_id!r}.") from None
 
-        def stop_job(job_id: str) -> bool:
-            """Stop a running job after its current step (keeping a partial video) or drop a queued one."""
-            return service.cancel(job_id)
+        def stop_job(job_id: str, request: gr.Request) -> bool:
+            """Stop one of your jobs after its current step (keeping a partial video) or drop it if queued."""
+            return service.cancel(str(job_id), viewer_of(request))
 
         gr.api(job_status, api_name="status", concurrency_limit=None)
         gr.api(stop_job, api_name="stop", concurrency_limit=None)
@@ -761,31 +728,30 @@ def _buttons(snapshot: JobSnapshot, own: bool) -> tuple[Any, Any]:
     return gr.update(interactive=not (own and running)), gr.update(interactive=running)
 
 
-def _shown_video(snapshot: JobSnapshot, staging: _Staging) -> str | None:
+def _shown_video(snapshot: JobSnapshot, served: ServedFiles) -> str | None:
     """The video for the player: the partial one while the job runs (each new section plays once, no loop, so the
-    browser is not decoding video all the time next to a busy engine), the final one, looping, once it is done."""
+    browser is not decoding video all the time next to a busy engine), the final one, looping, once it is done.
+    Always a served copy: the output folder itself is never handed to Gradio."""
     if snapshot.state.done:
-        return str(snapshot.output_video) if snapshot.output_video else None  # kept in the output folder
-    if snapshot.partial_video is None:
-        return None
-    staged = staging.stage(snapshot.partial_video)
-    return str(staged) if staged else None
+        return served.serve(snapshot.output_video)
+    return served.serve(snapshot.partial_video)
 
 
-def _first_frame(snapshot: JobSnapshot, own: bool, staging: _Staging) -> list[Any]:
+def _first_frame(snapshot: JobSnapshot, own: bool, served: ServedFiles) -> list[Any]:
     frame = [gr.skip()] * 10
     frame[0] = snapshot.job_id
     if own:
         frame[1] = snapshot.job_id
     frame[2] = gr.update(value=snapshot.preview, visible=snapshot.preview is not None and not snapshot.state.done)
     frame[3] = render_progress(snapshot, own=own)
-    frame[4] = gr.update(value=_shown_video(snapshot, staging), loop=snapshot.state.done)
-    frame[5] = str(snapshot.output_video) if snapshot.state.done and snapshot.output_video else None
+    shown = _shown_video(snapshot, served)
+    frame[4] = gr.update(value=shown, loop=snapshot.state.done)
+    frame[5] = shown if snapshot.state.done else None
     frame[6], frame[7] = _buttons(snapshot, own)
     return frame
 
 
-def _next_frame(previous: JobSnapshot, snapshot: JobSnapshot, own: bool, staging: _Staging) -> list[Any]:
+def _next_frame(previous: JobSnapshot, snapshot: JobSnapshot, own: bool, served: ServedFiles) -> list[Any]:
     frame = [gr.skip()] * 10
     frame[0] = snapshot.job_id  # cheap, and puts the tab's Stop back on its own job should anything change it
     if snapshot.state.done:
@@ -794,11 +760,11 @@ def _next_frame(previous: JobSnapshot, snapshot: JobSnapshot, own: bool, staging
         frame[2] = gr.update(value=snapshot.preview, visible=True)
     frame[3] = render_progress(snapshot, own=own)
     if snapshot.state.done or snapshot.partial_video != previous.partial_video:
-        shown = _shown_video(snapshot, staging)
+        shown = _shown_video(snapshot, served)
         if shown is not None or snapshot.state.done:
             frame[4] = gr.update(value=shown, loop=snapshot.state.done)
-    if snapshot.state.done:
-        frame[5] = str(snapshot.output_video) if snapshot.output_video else None
+        if snapshot.state.done:
+            frame[5] = shown
     if snapshot.state.done != previous.state.done or snapshot is previous:  # a change, or a redraw
         frame[6], frame[7] = _buttons(snapshot, own)
     return frame
@@ -818,16 +784,25 @@ def _readable(error: Exception, image: str | None) -> tuple[str, str]:
     return message, hint
 
 
-def _is_alive(service: GenerationService, job_id: str) -> bool:
+def _is_alive(service: GenerationService, job_id: str, viewer: Viewer) -> bool:
     try:
-        return not service.snapshot(job_id).state.done
+        return not service.snapshot(job_id, viewer).state.done
     except KeyError:
         return False
 
 
-def _is_known(service: GenerationService, job_id: str) -> bool:
+def _is_known(service: GenerationService, job_id: str, viewer: Viewer) -> bool:
     try:
-        service.snapshot(job_id)
+        service.snapshot(job_id, viewer)
         return True
     except KeyError:
         return False
+
+
+def health_markdown(health: WorkerHealth) -> str:
+    """A warning line at the top of the page when jobs cannot run (empty when all is well)."""
+    problem = health.problem
+    lines = [f"⚠️ **{problem}**"] if problem else []
+    if health.queue_note:
+        lines.append(f"⚠️ {health.queue_note}")
+    return "\n\n".join(lines)

@@ -59,6 +59,8 @@ def run_jobs(args: argparse.Namespace) -> int:
 
     try:
         queue = JobQueue.for_output_dir(args.output_dir)
+        if queue.recovery_note:
+            print(f"note: {queue.recovery_note}", file=sys.stderr)
         if args.verb == "list":
             return _list(queue, args.json)
         if args.verb == "submit":
@@ -80,6 +82,8 @@ def run_jobs(args: argparse.Namespace) -> int:
             said = "asked to stop after the current step" if job.cancel_requested else "cancelled"
         else:
             said = f"queued again (number {queue.pending_position(job.id)}); it resumes from its last finished section"
+            if job.partial is not None:
+                said += f"; the earlier attempt's partial video is kept as {job.partial}"
         print(f"{job.id} {said}")
         return EXIT_OK
     except InvalidInputError as error:
@@ -93,11 +97,15 @@ def run_jobs(args: argparse.Namespace) -> int:
 
 
 def _list(queue, as_json: bool) -> int:  # noqa: ANN001
-    jobs = queue.list()
+    jobs, damaged = queue.list(), queue.damaged()
     if as_json:
         for job in jobs:
             print(json.dumps(job.summary()))
+        for row in damaged:  # "state": "damaged" keeps one shape for readers that look at the state
+            print(json.dumps({**row.summary(), "state": "damaged"}))
         return EXIT_OK
+    for row in damaged:
+        print(f"note: job {row.id} is damaged ({row.reason}); delete it with `jobs delete {row.id}`", file=sys.stderr)
     if not jobs:
         print("The queue is empty.")
         return EXIT_OK
@@ -147,6 +155,11 @@ def _edit(queue, job_id: str, text: str) -> int:  # noqa: ANN001
 
 
 def _run(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
+    with queue.require_ownership():  # refused (naming the owner) before any model loads
+        return _run_owned(queue, args)
+
+
+def _run_owned(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
     from framepack_core.cli import _library_progress_bars_off, engine_from_args
     from framepack_core.events import JobFailed, Notice, SectionFinished
     from framepack_core.job_queue import QueueState
@@ -171,7 +184,8 @@ def _run(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
             quiet.enter_context(_library_progress_bars_off())
         done = QueueRunner(queue, engine, args.output_dir).run_pending(show)
     for job in done:
-        where = f": {job.output}" if job.output else ""
+        video = job.output if job.state == QueueState.FINISHED else job.partial  # a stopped job's output is unmade
+        where = f": {video}" if video else ""
         print(f"{job.id} {job.state.value}{where}")
     if not done:
         print("No pending jobs.")

@@ -5,17 +5,25 @@ Layout under the queue folder (``<output folder>/.queue`` by default)::
     queue.sqlite3        one row per job: its spec, state, place in the queue, progress and result
     images/<sha256>.ext  the input images, stored once by content
     jobs/<id>/           each job's folder (``framepack_core.checkpoint``): section checkpoints while it runs
+    worker.lock, .json   held by the one process that runs the jobs, and who it is (``queue_ownership``)
+    .open.lock           held while a process checks and migrates the database file (``queue_database``)
 
 Every state change is one SQLite transaction whose ``UPDATE`` names the state it expects, so two workers can never
 claim the same job, and a cancel that races a finish has exactly one outcome. A job whose worker died (a crash, a
 kill -9, a reboot) is still marked running; ``requeue_interrupted`` puts it back at the front of the queue, and
 it resumes from its last finished section because its job folder kept the checkpoints. A job is known to be
 orphaned when its folder's lock is free: a running worker holds it.
+
+Faults stay local. A row that cannot be read back (malformed JSON, an unknown state, bytes that are not UTF-8) is
+left out of listings and reported by ``damaged`` instead, so one bad row never breaks a listing; it can be deleted.
+A database file that is not a database any more is moved aside and a fresh queue started
+(``framepack_core.queue_database``). A full disk is a ``DiskFullError``. Only one process at a time runs the
+queue's jobs (``framepack_core.queue_ownership``).
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
 import shutil
 import sqlite3
@@ -23,84 +31,48 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from enum import Enum
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from framepack_core.errors import FramePackError, InvalidInputError
+from framepack_core import queue_ownership
+from framepack_core.errors import DiskFullError, FramePackError, InvalidInputError
 from framepack_core.job_spec import JobSpec, file_sha256
+from framepack_core.queue_database import ClosingConnection, connect, disk_full_as_error, is_disk_full, open_database
+from framepack_core.queue_ownership import QueueOwnership
+from framepack_core.queue_rows import (
+    PARTIAL_SUFFIX,
+    DamagedJob,
+    DamagedRow,
+    QueuedJob,
+    QueueState,
+    final_and_partial,
+    keep_partial,
+    read_job,
+)
+
+__all__ = ["DamagedJob", "JobQueue", "QueueBusyError", "QueueError", "QueueLimitError", "QueueOwnership",
+           "QueueState", "QueuedJob", "QUEUE_FOLDER"]
 
 QUEUE_FOLDER = ".queue"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    position REAL NOT NULL,
-    spec TEXT NOT NULL,
-    image TEXT NOT NULL,
-    output TEXT,
-    owner TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    ended_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    sections_done INTEGER NOT NULL DEFAULT 0,
-    total_sections INTEGER,
-    error TEXT,
-    hint TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, position);
-"""
-
-
-class QueueState(str, Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    FINISHED = "finished"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def ended(self) -> bool:
-        return self in (QueueState.FINISHED, QueueState.FAILED, QueueState.CANCELLED)
 
 
 class QueueError(FramePackError):
-    """A queue operation that does not apply to the job as it is (unknown id, wrong state)."""
+    """A queue operation that does not apply to the job as it is (unknown id, wrong state, a damaged row)."""
 
 
-@dataclass(frozen=True)
-class QueuedJob:
-    id: str
-    state: QueueState
-    position: float
-    spec: JobSpec
-    image: Path
-    output: Path | None
-    owner: str | None
-    created_at: float
-    started_at: float | None
-    ended_at: float | None
-    attempts: int
-    cancel_requested: bool
-    sections_done: int
-    total_sections: int | None
-    error: str | None
-    hint: str | None
+class QueueLimitError(QueueError):
+    """A submit refused because its owner already has as many pending jobs as one user may have."""
 
-    def summary(self) -> dict[str, object]:
-        """JSON-ready, for the CLI and the API (paths as names only: the API never shows server paths)."""
-        return {"id": self.id, "state": self.state.value, "owner": self.owner, "attempts": self.attempts,
-                "created_at": self.created_at, "started_at": self.started_at, "ended_at": self.ended_at,
-                "sections_done": self.sections_done, "total_sections": self.total_sections,
-                "cancel_requested": self.cancel_requested, "error": self.error, "hint": self.hint,
-                "output": None if self.output is None else self.output.name, "spec": self.spec.to_dict()}
+
+class QueueBusyError(QueueError):
+    """Another process owns the queue (runs its jobs), so this one may not start running them too."""
 
 
 class JobQueue:
-    """The queue in ``root`` (created if missing). Thread-safe: every call opens its own connection."""
+    """The queue in ``root`` (created if missing). Thread-safe: every call opens its own connection.
+
+    ``recovery_note`` is set when opening found the database damaged and moved it aside: it names the moved file
+    and what to do, for the app to show."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -108,12 +80,16 @@ class JobQueue:
             (self.root / "images").mkdir(parents=True, exist_ok=True)
             (self.root / "jobs").mkdir(exist_ok=True)
         except OSError as error:
+            if is_disk_full(error):
+                raise DiskFullError("the job queue's folder", str(self.root)) from error
             raise QueueError(f"Cannot create the job queue in {self.root}: {error.strerror or error}",
                              "Choose an output folder you can write to.") from error
         self.database = self.root / "queue.sqlite3"
-        with self._connect() as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.executescript(_SCHEMA)
+        try:
+            self.recovery_note: str | None = open_database(self.database)
+        except (sqlite3.Error, OSError) as error:
+            raise QueueError(f"Cannot open the job queue's database {self.database}: {error}",
+                             "Check that the output folder is on a working drive you can write to.") from error
 
     @classmethod
     def for_output_dir(cls, output_dir: Path) -> JobQueue:
@@ -125,43 +101,70 @@ class JobQueue:
     # Reading -------------------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> QueuedJob:
+        """The job, or ``QueueError`` for an unknown id or a damaged row (its hint says to delete it)."""
         with self._connect() as connection:
             row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise QueueError(f"There is no job {job_id!r} in the queue.", "List the jobs to see their ids.")
-        return _job(row)
+        return _job_or_error(row)
 
-    def list(self, *, owner: str | None = None, states: tuple[QueueState, ...] | None = None) -> list[QueuedJob]:
-        """Running first, then pending in queue order, then ended jobs, newest first."""
-        query, arguments = "SELECT * FROM jobs", []
-        conditions = []
-        if owner is not None:
-            conditions.append("owner = ?")
-            arguments.append(owner)
-        if states:
-            conditions.append(f"state IN ({', '.join('?' * len(states))})")
-            arguments += [s.value for s in states]
-        if conditions:
-            query += " WHERE " + " AND ".join(conditions)
-        query += (" ORDER BY CASE state WHEN 'running' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END,"
-                  " CASE WHEN state = 'pending' THEN position ELSE -COALESCE(ended_at, created_at) END")
-        with self._connect() as connection:
-            return [_job(row) for row in connection.execute(query, arguments)]
+    def list(self, *, owner: str | None = None, states: tuple[QueueState, ...] | None = None,
+             limit: int | None = None, offset: int = 0) -> list[QueuedJob]:
+        """Running first, then pending in queue order, then ended jobs, newest first; damaged rows left out (see
+        ``damaged``). ``offset`` and ``limit`` page through that list."""
+        if offset < 0 or (limit is not None and limit < 0):
+            raise ValueError(f"offset and limit must not be negative (got {offset}, {limit})")
+        readable = (job for job in self._rows(owner, states) if isinstance(job, QueuedJob))
+        return list(itertools.islice(readable, offset, None if limit is None else offset + limit))
+
+    def count(self, *, owner: str | None = None, states: tuple[QueueState, ...] | None = None) -> int:
+        """How many jobs ``list`` would return without a limit."""
+        return sum(1 for job in self._rows(owner, states) if isinstance(job, QueuedJob))
+
+    def damaged(self, owner: str | None = None) -> list[DamagedJob]:
+        """The rows that cannot be read back as jobs, in listing order; each can be deleted."""
+        return [job for job in self._rows(owner, None) if isinstance(job, DamagedJob)]
 
     def pending_position(self, job_id: str) -> int | None:
         """1-based place among the pending jobs, or None when the job is not pending."""
         ids = [job.id for job in self.list(states=(QueueState.PENDING,))]
         return ids.index(job_id) + 1 if job_id in ids else None
 
+    def take_ownership(self) -> QueueOwnership | None:
+        """Become the process that runs this queue's jobs; None when another live process already is."""
+        return queue_ownership.take_ownership(self.root)
+
+    def owner_description(self) -> str | None:
+        """Which process runs this queue's jobs ("process 1234 on host X: ... since 10:31"), None if none does."""
+        return queue_ownership.owner_description(self.root)
+
+    def require_ownership(self) -> QueueOwnership:
+        """``take_ownership``, or ``QueueBusyError`` naming the process that owns the queue."""
+        ownership = self.take_ownership()
+        if ownership is None:
+            holder = self.owner_description() or "another process, which has just stopped"
+            raise QueueBusyError(f"Another process is already running this queue's jobs: {holder}.",
+                                 "Let it run them (jobs submitted to this output folder run there), or stop it "
+                                 "and try again.")
+        return ownership
+
     # Changing ------------------------------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec, image: Path, *, output: Path | None = None, owner: str | None = None) -> QueuedJob:
+    def submit(self, spec: JobSpec, image: Path, *, output: Path | None = None, owner: str | None = None,
+               max_pending: int | None = None) -> QueuedJob:
         """Add a job at the end of the queue. ``image`` must be the spec's image (its SHA-256 is checked); a copy
-        is kept in the queue, so the original may be moved or deleted afterwards."""
+        is kept in the queue, so the original may be moved or deleted afterwards. With an ``owner`` and a
+        ``max_pending``, an owner who already has that many pending jobs is refused (``QueueLimitError``)."""
         spec.check_image(Path(image))
+        limited = owner is not None and max_pending is not None
+        if limited:  # refuse before storing the image; the count that decides is the one in the transaction
+            with self._connect() as connection:
+                _refuse_over_limit(connection, owner, max_pending)
         stored = self._store_image(Path(image), spec.image_sha256)
         job_id = uuid.uuid4().hex[:12]
         with self._transaction() as connection:
+            if limited:
+                _refuse_over_limit(connection, owner, max_pending)
             last = connection.execute("SELECT MAX(position) FROM jobs WHERE state = 'pending'").fetchone()[0]
             connection.execute(
                 "INSERT INTO jobs (id, state, position, spec, image, output, owner, created_at) "
@@ -210,38 +213,67 @@ class JobQueue:
         return self.get(job_id)
 
     def retry(self, job_id: str) -> QueuedJob:
-        """Put a failed or cancelled job back at the end of the queue; it resumes from its last finished section."""
-        with self._transaction() as connection:
-            last = connection.execute("SELECT MAX(position) FROM jobs WHERE state = 'pending'").fetchone()[0]
-            changed = connection.execute(
-                "UPDATE jobs SET state = 'pending', position = ?, cancel_requested = 0, error = NULL, hint = NULL,"
-                " ended_at = NULL WHERE id = ? AND state IN ('failed', 'cancelled')",
-                ((last or 0.0) + 1.0, job_id)).rowcount
-        if not changed:
-            job = self.get(job_id)
-            raise QueueError(f"Job {job_id} is {job.state.value}; only failed or cancelled jobs can be retried.",
-                             "Submit it again to make another video with the same settings.")
+        """Put a failed or cancelled job back at the end of the queue; it resumes from its last finished section
+        and writes its video under the job's normal name. The partial video of the attempt that ended is kept:
+        renamed to ``<stem>.attempt<N>.partial.mp4`` (with its sidecar), so the new attempt cannot overwrite it."""
+        renamed: list[tuple[Path, Path]] = []
+        try:
+            with self._transaction() as connection:
+                row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    raise QueueError(f"There is no job {job_id!r} in the queue.", "List the jobs to see their ids.")
+                job = _job_or_error(row)
+                if job.state not in (QueueState.FAILED, QueueState.CANCELLED):
+                    raise QueueError(f"Job {job_id} is {job.state.value}; only failed or cancelled jobs can be "
+                                     "retried.", "Submit it again to make another video with the same settings.")
+                output, partial = final_and_partial(job)
+                if partial is not None and output is not None and partial.name == output.stem + PARTIAL_SUFFIX:
+                    partial, renamed = keep_partial(partial, max(job.attempts, 1))
+                last = connection.execute("SELECT MAX(position) FROM jobs WHERE state = 'pending'").fetchone()[0]
+                connection.execute(
+                    "UPDATE jobs SET state = 'pending', position = ?, cancel_requested = 0, error = NULL, "
+                    "hint = NULL, ended_at = NULL, output = ?, partial = ? WHERE id = ?",
+                    ((last or 0.0) + 1.0, None if output is None else str(output),
+                     None if partial is None else str(partial), job_id))
+        except BaseException:
+            for original, kept in reversed(renamed):  # the row still names the original: put the files back
+                with suppress(OSError):
+                    os.rename(kept, original)
+            raise
         return self.get(job_id)
 
     def delete(self, job_id: str) -> None:
-        """Remove an ended or pending job and its checkpoints (not its finished video)."""
-        self._change(job_id, "DELETE FROM jobs WHERE id = ? AND state != 'running'", (job_id,), "delete",
-                     "a running job cannot be deleted: cancel it first")
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        """Remove an ended or pending job, or a damaged row, and its checkpoints (not its videos)."""
+        with self._transaction() as connection:
+            row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise QueueError(f"There is no job {job_id!r} in the queue.", "List the jobs to see their ids.")
+            try:
+                running = read_job(row).state == QueueState.RUNNING
+            except DamagedRow:
+                running = False  # no worker can run a row it cannot read
+            if running:
+                raise QueueError(f"Cannot delete job {job_id} (running): a running job cannot be deleted: "
+                                 "cancel it first.", "Cancel it, then delete it once it has stopped.")
+            connection.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        job_dir = self.job_dir(job_id)
+        if job_dir.resolve().parent == (self.root / "jobs").resolve():  # a damaged id never reaches outside
+            shutil.rmtree(job_dir, ignore_errors=True)
 
     # The worker's side ---------------------------------------------------------------------------------------
 
     def claim_next(self) -> QueuedJob | None:
-        """Take the first pending job and mark it running, atomically; None when nothing is pending."""
+        """Take the first pending job and mark it running, atomically; None when nothing is pending. Damaged
+        rows are passed over: they stay in ``damaged`` until deleted."""
         with self._transaction() as connection:
-            row = connection.execute(
-                "SELECT id FROM jobs WHERE state = 'pending' ORDER BY position LIMIT 1").fetchone()
-            if row is None:
+            rows = connection.execute("SELECT * FROM jobs WHERE state = 'pending' ORDER BY position").fetchall()
+            job_id = next((row["id"] for row in rows if _readable(row)), None)
+            if job_id is None:
                 return None
             connection.execute(
                 "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1 "
-                "WHERE id = ? AND state = 'pending'", (time.time(), row["id"]))
-        return self.get(row["id"])
+                "WHERE id = ? AND state = 'pending'", (time.time(), job_id))
+        return self.get(job_id)
 
     def record_progress(self, job_id: str, sections_done: int, total_sections: int | None) -> bool:
         """Store progress; returns whether a cancel was requested meanwhile."""
@@ -260,14 +292,17 @@ class JobQueue:
         with self._transaction() as connection:
             connection.execute("UPDATE jobs SET output = ? WHERE id = ?", (str(output), job_id))
 
-    def end(self, job_id: str, state: QueueState, *, output: Path | None = None, error: str | None = None,
-            hint: str | None = None) -> QueuedJob:
-        """Mark a running job finished, failed or cancelled."""
+    def end(self, job_id: str, state: QueueState, *, output: Path | None = None, partial: Path | None = None,
+            error: str | None = None, hint: str | None = None) -> QueuedJob:
+        """Mark a running job finished, failed or cancelled. ``output`` is the finished video; the playable part
+        of a job that did not finish is its ``partial`` (the row's output keeps the job's normal name)."""
         if not state.ended:
             raise ValueError(f"{state} is not an end state")
-        self._change(job_id, "UPDATE jobs SET state = ?, ended_at = ?, output = COALESCE(?, output), error = ?, "
-                             "hint = ?, cancel_requested = 0 WHERE id = ? AND state = 'running'",
-                     (state.value, time.time(), None if output is None else str(output), error, hint, job_id),
+        self._change(job_id, "UPDATE jobs SET state = ?, ended_at = ?, output = COALESCE(?, output), "
+                             "partial = COALESCE(?, partial), error = ?, hint = ?, cancel_requested = 0 "
+                             "WHERE id = ? AND state = 'running'",
+                     (state.value, time.time(), None if output is None else str(output),
+                      None if partial is None else str(partial), error, hint, job_id),
                      "end", "it is not running")
         return self.get(job_id)
 
@@ -313,21 +348,42 @@ class JobQueue:
 
     # Internals -----------------------------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.database, timeout=30.0, isolation_level=None)
-        connection.row_factory = sqlite3.Row
-        return _Closing(connection)
+    def _connect(self) -> ClosingConnection:
+        return ClosingConnection(connect(self.database))
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as connection:
+        with disk_full_as_error("the job queue", self.database), self._connect() as connection:
             connection.execute("BEGIN IMMEDIATE")  # takes the write lock now: read-then-write is atomic
             try:
                 yield connection
             except BaseException:
-                connection.execute("ROLLBACK")
+                with suppress(sqlite3.Error):  # SQLite may have rolled back already (a full disk does)
+                    connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
+
+    def _rows(self, owner: str | None, states: tuple[QueueState, ...] | None) -> Iterator[QueuedJob | DamagedJob]:
+        """Every row matching, in listing order, read back as a job or as a damaged row."""
+        query, arguments, conditions = "SELECT * FROM jobs", [], []
+        if owner is not None:
+            conditions.append("owner = ?")
+            arguments.append(owner)
+        if states:
+            conditions.append(f"state IN ({', '.join('?' * len(states))})")
+            arguments += [s.value for s in states]
+        if conditions:
+            query += " WHERE " + " AND ".join(conditions)
+        query += (" ORDER BY CASE state WHEN 'running' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END,"
+                  " CASE WHEN state = 'pending' THEN position ELSE -COALESCE(ended_at, created_at) END")
+        with self._connect() as connection:
+            rows = connection.execute(query, arguments).fetchall()
+        for row in rows:
+            try:
+                yield read_job(row)
+            except DamagedRow as damage:
+                yield DamagedJob(id=str(row["id"]), owner=None if row["owner"] is None else str(row["owner"]),
+                                 reason=damage.reason)
 
     def _change(self, job_id: str, statement: str, arguments: tuple, action: str, why: str) -> None:
         with self._transaction() as connection:
@@ -339,40 +395,48 @@ class JobQueue:
     def _store_image(self, image: Path, sha256: str) -> Path:
         stored = self.root / "images" / f"{sha256}{image.suffix.lower() or '.img'}"
         if not stored.exists():
-            handle, temporary = tempfile.mkstemp(prefix=".image.", dir=stored.parent)
-            os.close(handle)
+            temporary = None
             try:
+                handle, temporary = tempfile.mkstemp(prefix=".image.", dir=stored.parent)
+                os.close(handle)
                 shutil.copyfile(image, temporary)
                 os.replace(temporary, stored)
             except OSError as error:
-                Path(temporary).unlink(missing_ok=True)
+                if temporary is not None:
+                    Path(temporary).unlink(missing_ok=True)
+                if is_disk_full(error):
+                    raise DiskFullError("the input image into the job queue", str(stored.parent)) from error
                 raise QueueError(f"Could not store the input image in the queue: {error.strerror or error}",
-                                 "Free some disk space in the output folder.") from error
+                                 "Check that the output folder is writable.") from error
         if file_sha256(stored) != sha256:  # a damaged copy from an earlier crash: store it again
             stored.unlink()
             return self._store_image(image, sha256)
         return stored
 
 
-class _Closing:
-    """A connection that closes when its ``with`` block ends (sqlite3's own only ends a transaction)."""
-
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._connection = connection
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self._connection
-
-    def __exit__(self, *exc: object) -> None:
-        self._connection.close()
+def _refuse_over_limit(connection: sqlite3.Connection, owner: str, max_pending: int) -> None:
+    pending = connection.execute("SELECT COUNT(*) FROM jobs WHERE owner = ? AND state = 'pending'",
+                                 (owner,)).fetchone()[0]
+    if pending >= max_pending:
+        raise QueueLimitError(f"You already have {pending} jobs waiting in the queue; each user may have at most "
+                              f"{max_pending}.", "Wait for some of them to run, or cancel some, then submit again.")
 
 
-def _job(row: sqlite3.Row) -> QueuedJob:
-    return QueuedJob(
-        id=row["id"], state=QueueState(row["state"]), position=row["position"],
-        spec=JobSpec.from_dict(json.loads(row["spec"])), image=Path(row["image"]),
-        output=None if row["output"] is None else Path(row["output"]), owner=row["owner"],
-        created_at=row["created_at"], started_at=row["started_at"], ended_at=row["ended_at"],
-        attempts=row["attempts"], cancel_requested=bool(row["cancel_requested"]),
-        sections_done=row["sections_done"], total_sections=row["total_sections"], error=row["error"],
-        hint=row["hint"])
+def _readable(row: sqlite3.Row) -> bool:
+    try:
+        read_job(row)
+    except DamagedRow:
+        return False
+    return True
+
+
+def _job_or_error(row: sqlite3.Row) -> QueuedJob:
+    try:
+        return read_job(row)
+    except DamagedRow as damage:
+        job_id = str(row["id"])
+        raise QueueError(f"Job {job_id} is damaged in the queue: {damage.reason}.",
+                         f"Delete it (in the Queue tab, DELETE /api/v1/jobs/{job_id}, or `python -m framepack_core "
+                         f"jobs delete {job_id}`): what it stored cannot be read back.") from None
+
+

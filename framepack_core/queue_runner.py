@@ -59,23 +59,27 @@ class QueueRunner:
 
     def run_pending(self, on_event: EventCallback | None = None, should_stop: Callable[[], bool] = lambda: False
                     ) -> list[QueuedJob]:
-        """Requeue interrupted jobs, then run pending jobs in queue order until none is left (or ``should_stop``)."""
-        for job_id in self.queue.requeue_interrupted():
-            logger.info("Job %s was interrupted; it resumes from its last finished section", job_id)
-        done = []
-        while not should_stop():
-            job = self.queue.claim_next()
-            if job is None:
-                break
-            done.append(self.run_job(job, on_event))
-        return done
+        """Requeue interrupted jobs, then run pending jobs in queue order until none is left (or ``should_stop``).
+        The runner owns the queue meanwhile; ``QueueBusyError`` (naming it) when another process does."""
+        with self.queue.require_ownership():
+            for job_id in self.queue.requeue_interrupted():
+                logger.info("Job %s was interrupted; it resumes from its last finished section", job_id)
+            done = []
+            while not should_stop():
+                job = self.queue.claim_next()
+                if job is None:
+                    break
+                done.append(self.run_job(job, on_event))
+            return done
 
 
 def record_event(queue: JobQueue, job_id: str, event: EngineEvent, cancel: CancelToken, *,
                  requeue_if_cancelled: bool = False) -> None:
     """Keep a running job's stored row in step with one of its events: progress after each section, its end;
     a cancel asked for through the queue (another process) cancels ``cancel``. ``requeue_if_cancelled``: a job
-    stopped because its worker shuts down goes back to the front of the queue instead of ending."""
+    stopped because its worker shuts down goes back to the front of the queue instead of ending. The partial
+    video of a job that did not finish is stored as its ``partial``: the row's output keeps the job's final name,
+    which a retry writes to."""
     if isinstance(event, SectionFinished):
         if queue.record_progress(job_id, event.section, event.total_sections):
             cancel.cancel()
@@ -88,6 +92,6 @@ def record_event(queue: JobQueue, job_id: str, event: EngineEvent, cancel: Cance
         if requeue_if_cancelled:
             queue.requeue(job_id)
         else:
-            queue.end(job_id, QueueState.CANCELLED, output=event.partial_path)
+            queue.end(job_id, QueueState.CANCELLED, partial=event.partial_path)
     elif isinstance(event, JobFailed):
-        queue.end(job_id, QueueState.FAILED, output=event.partial_path, error=event.message, hint=event.hint)
+        queue.end(job_id, QueueState.FAILED, partial=event.partial_path, error=event.message, hint=event.hint)

@@ -71,12 +71,11 @@ class GenerationRequest:
         if self.sampler_variant not in ("bh1", "bh2"):
             raise InvalidInputError("sampler_variant", f"must be 'bh1' or 'bh2', got {self.sampler_variant!r}")
         for name in ("prompt", "negative_prompt"):
-            text = getattr(self, name)
-            if not isinstance(text, str):
-                raise InvalidInputError(name, f"must be text, got {type(text).__name__}")
-            if len(text) > MAX_PROMPT_CHARS:
-                raise InvalidInputError(name, f"is {len(text)} characters long; at most {MAX_PROMPT_CHARS} are accepted",
-                                        "Shorten it: only the first 256 tokens are used anyway.")
+            check_text(name, getattr(self, name), MAX_PROMPT_CHARS,
+                       hint="Shorten it: only the first 256 tokens are used anyway.")
+        if not isinstance(self.use_teacache, bool):
+            raise InvalidInputError("use_teacache", f"must be true or false, got {self.use_teacache!r}",
+                                    "Use the JSON values true or false, without quotes.")
         try:
             model = ModelVariant(self.model)
         except ValueError:
@@ -97,6 +96,30 @@ class GenerationRequest:
         for name in ("image", "output", "save_latents"):
             data[name] = None if data[name] is None else str(data[name])
         return data
+
+
+def check_text(name: str, text: Any, max_chars: int, hint: str = "") -> None:
+    """Refuse anything but valid Unicode text within ``max_chars``, naming the field.
+
+    A lone surrogate (JSON ``"\\ud800"``) is a Python str but cannot be encoded as UTF-8: stored, it would break
+    every later listing, page and response that includes it, so it is refused here, at the door. NUL and other
+    control characters (but tab and newline) are refused too: they are never part of a prompt and break tools.
+    """
+    if not isinstance(text, str):
+        raise InvalidInputError(name, f"must be text, got {type(text).__name__}")
+    if len(text) > max_chars:
+        raise InvalidInputError(name, f"is {len(text)} characters long; at most {max_chars} are accepted", hint)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidInputError(name, f"holds a character that is not valid Unicode at position {error.start} "
+                                      f"({text[error.start]!a})",
+                                "Retype or paste the text again; an editor or a script produced a broken character."
+                                ) from None
+    for position, character in enumerate(text):
+        if character < " " and character not in "\t\n\r":
+            raise InvalidInputError(name, f"holds a control character at position {position} ({character!a})",
+                                    "Remove it; prompts are plain text.")
 
 
 def _is_number(value: Any) -> bool:

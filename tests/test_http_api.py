@@ -196,7 +196,7 @@ def test_the_openapi_description_lists_every_operation(api):
     assert operations == {("/jobs", "post"), ("/jobs", "get"), ("/jobs/{job_id}", "get"),
                           ("/jobs/{job_id}", "delete"), ("/jobs/{job_id}", "patch"), ("/jobs/{job_id}/cancel", "post"),
                           ("/jobs/{job_id}/retry", "post"), ("/jobs/{job_id}/video", "get"),
-                          ("/jobs/{job_id}/events", "get")}
+                          ("/jobs/{job_id}/events", "get"), ("/health", "get")}
 
 
 def test_eight_concurrent_clients_all_finish_in_queue_order_and_read_only_their_own_files(tiny_models_dir,
