@@ -28,7 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Path as PathParam, Query, Request, UploadFile
+from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi_offline import FastAPIOffline
@@ -57,7 +58,7 @@ MAX_OFFSET = 1_000_000_000  # far beyond any queue, and within SQLite's integers
 # The docs need no login: they describe the API and hold nothing of anyone's. Their assets come from the
 # fastapi-offline package, so the page works without internet.
 DOCS_ASSETS = "/docs-assets"
-OPEN_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+OPEN_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json")
 
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="The job's id, as returned on submit.")]
 
@@ -126,7 +127,8 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     if service.store is None:
         raise ValueError("the HTTP API needs a service with a persistent queue")
     store = service.store
-    api = FastAPIOffline(title="FramePack job API", version="1", static_url=DOCS_ASSETS,
+    # No ReDoc page: its bundle fetches a logo from the internet; Swagger UI's loads nothing from outside.
+    api = FastAPIOffline(title="FramePack job API", version="1", static_url=DOCS_ASSETS, redoc_url=None,
                          swagger_ui_parameters={"validatorUrl": None},  # the validator badge is an external host
                          description="Submit image-to-video jobs, follow them, download the videos. " + (__doc__ or ""))
     guard = guard if guard is not None else LoginGuard(settings.auth)
@@ -184,31 +186,10 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
                      spec_json: Annotated[str | None, Form(alias="spec", description=(
                          "A whole job spec (JSON); its image_sha256 must be the uploaded image's."))] = None,
                      ) -> JobStatus:
-        limit = settings.max_file_size_bytes
-        upload_dir = store.root / "uploads"
-        suffix = Path(image.filename or "").suffix.lower()
-        suffix = suffix if suffix.isascii() and suffix[1:].isalnum() and len(suffix) <= 6 else ".img"
-        try:
-            upload_dir.mkdir(exist_ok=True)
-            handle = tempfile.NamedTemporaryFile(dir=upload_dir, suffix=suffix, delete=False)
-        except OSError as error:
-            _raise_if_disk_full(error, "the uploaded image")
-            raise
-        path = Path(handle.name)
+        path = await _store_upload(image, store.root / "uploads", settings.max_file_size_bytes, limit_text)
         # Errors about the temporary copy name the file the client sent.
         request.state.show_as = {str(path): Path(image.filename or "").name or "the uploaded image"}
         try:
-            with handle:
-                size = 0
-                while chunk := await image.read(UPLOAD_CHUNK_BYTES):
-                    size += len(chunk)
-                    if size > limit:
-                        raise HTTPException(413, f"The image is larger than the app's limit of {limit_text}.")
-                    try:
-                        handle.write(chunk)
-                    except OSError as error:
-                        _raise_if_disk_full(error, "the uploaded image")
-                        raise
             job_request = _request(path, settings_json, spec_json)
             job_id = await asyncio.to_thread(service.submit, job_request, who.submitter,
                                              max_pending=settings.max_pending_per_user)
@@ -277,7 +258,7 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     async def events(job_id: JobId, who: Who) -> StreamingResponse:
         own_job(job_id, who)
 
-        async def stream():  # noqa: ANN202
+        async def stream():
             version = -1
             quiet_for = 0.0
             while True:
@@ -301,6 +282,31 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return api
+
+
+async def _store_upload(image: UploadFile, folder: Path, limit: int, limit_text: str) -> Path:
+    """The uploaded image, copied to a new file in ``folder`` for the caller to delete; 413 past ``limit`` bytes,
+    507 when the disk is full (nothing is left behind either way)."""
+    suffix = Path(image.filename or "").suffix.lower()
+    suffix = suffix if suffix.isascii() and suffix[1:].isalnum() and len(suffix) <= 6 else ".img"
+    path = None
+    try:
+        folder.mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=suffix, delete=False) as handle:
+            path = Path(handle.name)
+            size = 0
+            while chunk := await image.read(UPLOAD_CHUNK_BYTES):
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(413, f"The image is larger than the app's limit of {limit_text}.")
+                handle.write(chunk)
+    except BaseException as error:
+        if path is not None:
+            path.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            _raise_if_disk_full(error, "the uploaded image")
+        raise
+    return path
 
 
 def _request(image: Path, settings_json: str | None, spec_json: str | None) -> GenerationRequest:

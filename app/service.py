@@ -19,14 +19,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from app.access import Viewer
+from app.job_status import JobSnapshot, JobState, WorkerHealth, event_changes, stored_changes
 from app.outputs import (
     INPUT_SUFFIX,
     OutputRecord,
@@ -44,12 +43,8 @@ from framepack_core.events import (
     JobFailed,
     JobFinished,
     Notice,
-    SectionFinished,
-    StageChanged,
-    StepProgress,
 )
 from framepack_core.errors import FramePackError
-from framepack_core.output_description import sidecar_path
 from framepack_core.job_queue import DamagedJob, JobQueue, QueuedJob, QueueError, QueueOwnership, QueueState
 from framepack_core.job_spec import JobSpec, file_sha256
 from framepack_core.queue_runner import record_event
@@ -62,74 +57,6 @@ STORE_POLL_S = 2.0  # how often an idle worker looks for jobs queued by other pr
 # before trying again, doubling up to the maximum, so a full disk or a locked database is not hammered.
 WORKER_RETRY_FIRST_S = 0.5
 WORKER_RETRY_MAX_S = 30.0
-
-
-class JobState(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    FINISHED = "finished"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-
-    @property
-    def done(self) -> bool:
-        return self in (JobState.FINISHED, JobState.CANCELLED, JobState.FAILED)
-
-
-@dataclass
-class JobSnapshot:
-    """Everything a page needs to draw one job. A copy: safe to read from any thread."""
-
-    job_id: str
-    state: JobState
-    request: GenerationRequest
-    owner: str | None = None  # the login that submitted it (None: no logins, or the CLI)
-    queue_position: int | None = None  # 1-based among queued jobs
-    stage_message: str = "Waiting in the queue ..."
-    section: int | None = None
-    total_sections: int | None = None
-    step: int | None = None
-    total_steps: int | None = None
-    started_at: float | None = None
-    elapsed_s: float = 0.0
-    eta_s: float | None = None
-    preview: np.ndarray | None = field(default=None, repr=False)
-    partial_video: Path | None = None  # playable mp4 of the sections so far
-    output_video: Path | None = None  # final mp4 (or the partial one after a stop or a failure)
-    input_image: Path | None = None
-    settings_file: Path | None = None
-    video_frames: int | None = None
-    error: str | None = None
-    error_hint: str | None = None
-    notices: list[str] = field(default_factory=list)
-    version: int = 0
-
-
-@dataclass
-class WorkerHealth:
-    """Whether jobs are being run, for the page and ``GET /api/v1/health``."""
-
-    alive: bool = False  # the worker thread is running its loop
-    running_here: bool = False  # this process owns the queue and runs its jobs
-    last_error: str | None = None  # the last error in the worker's own loop (not a job's), until it recovers
-    last_error_at: float | None = None
-    queue_owner: str | None = None  # who runs the jobs, when another process does
-    queue_note: str | None = None  # e.g. a damaged queue database that was moved aside at start
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"alive": self.alive, "running_here": self.running_here, "last_error": self.last_error,
-                "last_error_at": self.last_error_at, "queue_owner": self.queue_owner, "queue_note": self.queue_note}
-
-    @property
-    def problem(self) -> str | None:
-        """What a user should be told, in words (None when all is well)."""
-        if not self.alive:
-            return "The job worker is not running: queued jobs will not start. Restart the app."
-        if self.last_error:
-            return f"The job worker hit an error and keeps retrying: {self.last_error}"
-        if not self.running_here and self.queue_owner:
-            return f"Jobs on this output folder are run by another process ({self.queue_owner})."
-        return None
 
 
 class _Job:
@@ -533,22 +460,9 @@ class GenerationService:
             self._apply_stored(job, stored)
 
     def _apply_stored(self, job: _Job, stored: QueuedJob) -> None:
-        snapshot = job.snapshot
-        if stored.state == QueueState.RUNNING:
-            message = (f"Running in another process: section {stored.sections_done + 1}"
-                       + (f"/{stored.total_sections}" if stored.total_sections else ""))
-            if (snapshot.state, snapshot.stage_message) != (JobState.RUNNING, message):
-                self._update(job, state=JobState.RUNNING, queue_position=None, stage_message=message,
-                             section=stored.sections_done or None, total_sections=stored.total_sections)
-        elif stored.state.ended:
-            state = {QueueState.FINISHED: JobState.FINISHED, QueueState.FAILED: JobState.FAILED,
-                     QueueState.CANCELLED: JobState.CANCELLED}[stored.state]
-            video = stored.output if state == JobState.FINISHED else stored.partial
-            video = video if video is not None and video.is_file() else None
-            self._update(job, state=state, queue_position=None, output_video=video, partial_video=video,
-                         settings_file=_sidecar_of(video), error=stored.error, error_hint=stored.hint,
-                         section=stored.sections_done or None, total_sections=stored.total_sections,
-                         stage_message=f"{state.value.capitalize()} (run by another process)")
+        changes = stored_changes(job.snapshot, stored)
+        if changes:
+            self._update(job, **changes)
 
     # Queue management (with a store) ---------------------------------------------------------------------------
 
@@ -663,51 +577,15 @@ class GenerationService:
             shutil.rmtree(job.work_dir, ignore_errors=True)
 
     def _apply(self, job: _Job, event: object, base: str, started: float) -> None:
-        elapsed = time.perf_counter() - started
-        if isinstance(event, StageChanged):
-            self._update(job, stage_message=event.message, elapsed_s=elapsed)
-        elif isinstance(event, Notice):
-            job.snapshot.notices.append(event.message)
-            self._update(job, elapsed_s=elapsed)
-        elif isinstance(event, InputPrepared):
+        if isinstance(event, InputPrepared):  # the cropped input image, kept beside the video
             image_path = self.output_dir / f"{base}{INPUT_SUFFIX}"
             write_png_atomically(event.image, image_path)
             self._update(job, input_image=image_path, total_sections=event.total_sections,
-                         video_frames=event.video_frames, elapsed_s=elapsed)
-        elif isinstance(event, StepProgress):
-            self._update(job, section=event.section, total_sections=event.total_sections, step=event.step,
-                         total_steps=event.total_steps, elapsed_s=elapsed, eta_s=event.eta_s, preview=event.preview,
-                         stage_message=f"Sampling section {event.section}/{event.total_sections}, "
-                                       f"step {event.step}/{event.total_steps}")
-        elif isinstance(event, SectionFinished):
-            self._update(job, partial_video=event.snapshot_path, elapsed_s=elapsed,
-                         stage_message=f"Section {event.section}/{event.total_sections} written: "
-                                       f"{event.video_frames} frames ({event.video_seconds:.2f} s)")
-        elif isinstance(event, JobFinished):
-            settings = _sidecar_of(event.output_path)
-            self._update(job, state=JobState.FINISHED, output_video=event.output_path, settings_file=settings,
-                         partial_video=event.output_path, eta_s=0.0, elapsed_s=elapsed,
-                         stage_message=f"Done: {event.video_frames} frames in {event.elapsed_s:.1f} s")
-        elif isinstance(event, JobCancelled):
-            settings = _sidecar_of(event.partial_path)
-            self._update(job, state=JobState.CANCELLED, output_video=event.partial_path, settings_file=settings,
-                         partial_video=event.partial_path, elapsed_s=elapsed,
-                         stage_message=f"Stopped after {event.sections_done} section(s)"
-                                       + ("; the partial video was kept." if event.partial_path else "."))
-        elif isinstance(event, JobFailed):
-            settings = _sidecar_of(event.partial_path)
-            self._update(job, state=JobState.FAILED, error=event.message, error_hint=event.hint,
-                         output_video=event.partial_path, partial_video=event.partial_path, settings_file=settings,
-                         elapsed_s=elapsed, stage_message="Failed")
-
-
-
-def _sidecar_of(video: Path | None) -> Path | None:
-    """The sidecar JSON the engine wrote next to ``video``: its spec and fingerprint (None when there is none)."""
-    if video is None:
-        return None
-    path = sidecar_path(video)
-    return path if path.is_file() else None
+                         video_frames=event.video_frames, elapsed_s=time.perf_counter() - started)
+            return
+        if isinstance(event, Notice):
+            job.snapshot.notices.append(event.message)
+        self._update(job, **event_changes(event, time.perf_counter() - started))
 
 
 def _sees(viewer: Viewer | None, owner: str | None) -> bool:
