@@ -26,6 +26,14 @@ _PATH_TAIL = r"[^\s'\"(),;]*"
 _LOCATIONS = ("body", "query", "path", "header", "cookie")
 
 
+class ApiRefusal(HTTPException):
+    """An expected refusal: its status, what is wrong and how to fix it."""
+
+    def __init__(self, status_code: int, error: str, hint: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status_code, error, dict(headers) if headers else None)
+        self.hint = hint
+
+
 class PathHider:
     """Cuts paths inside ``folders`` in a text down to their file names."""
 

@@ -28,15 +28,16 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Body, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, StreamingResponse
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from fastapi.security import HTTPBasic
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict
+from starlette.requests import HTTPConnection
 
 from app.access import Viewer
-from app.api_errors import PathHider, default_hidden_folders, install_error_handlers
+from app.api_errors import ApiRefusal, PathHider, default_hidden_folders, install_error_handlers
 from app.api_limits import LOGIN_SCOPE_KEY, ApiDoor
 from app.logins import LoginGuard
 from app.service import GenerationService, JobSnapshot, JobState
@@ -59,6 +60,8 @@ MAX_OFFSET = 1_000_000_000  # far beyond any queue, and within SQLite's integers
 # fastapi-offline package, so the page works without internet.
 DOCS_ASSETS = "/docs-assets"
 OPEN_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json")
+
+NO_SUCH_JOB_HINT = "Check the id: GET /jobs lists your jobs."
 
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="The job's id, as returned on submit.")]
 
@@ -120,6 +123,17 @@ _STORE_STATES = {QueueState.PENDING: "queued", QueueState.RUNNING: "running", Qu
                  QueueState.FAILED: "failed", QueueState.CANCELLED: "cancelled"}
 
 
+class _LoginInTheDocs(HTTPBasic):
+    """The login as the API's description shows it, so that its docs page offers it. It reads nothing: ApiDoor
+    has checked the credentials before the body was read (and, unlike FastAPI's check, accepts UTF-8 ones)."""
+
+    async def __call__(self, request: HTTPConnection) -> None:  # type: ignore[override]
+        return None
+
+
+LOGIN_IN_THE_DOCS = _LoginInTheDocs(scheme_name="login", description="One of the app's --auth users and its password.")
+
+
 def build_api(service: GenerationService, settings: Settings, guard: LoginGuard | None = None) -> FastAPI:
     """The API over ``service`` (which must have a persistent queue), with the app's ``settings``' logins,
     upload limit and output folder. ``guard``: the app's login checker, shared with the page so that failed
@@ -138,13 +152,12 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     limit_text = f"{settings.max_file_size_mb:g} MB"
     api.add_middleware(ApiDoor, guard=guard, max_body_bytes=settings.max_file_size_bytes + BODY_ALLOWANCE_BYTES,
                        limit_text=limit_text, open_paths=OPEN_PATHS, open_prefixes=(DOCS_ASSETS + "/",))
-    # Checked by ApiDoor before the body is read; declared here so the docs offer the login.
-    basic = HTTPBasic(auto_error=False)
 
-    def viewer(request: Request, _: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> Viewer:
+    def viewer(request: Request, _: Annotated[None, Depends(LOGIN_IN_THE_DOCS)]) -> Viewer:
         login = request.scope.get(LOGIN_SCOPE_KEY)
         if settings.logins_on and login is None:  # only if the door was bypassed: refuse rather than guess
-            raise HTTPException(401, "Log in with one of the app's --auth users (HTTP Basic).")
+            raise ApiRefusal(401, "Log in with one of the app's --auth users (HTTP Basic).",
+                             "Send the user name and password as HTTP Basic credentials.")
         return Viewer.of(login, logins_on=settings.logins_on, admins=settings.admins)
 
     Who = Annotated[Viewer, Depends(viewer)]
@@ -158,9 +171,10 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
         except QueueError:
             if damaged_and_visible(job_id, who):
                 raise  # 409: its hint says to delete it
-            raise HTTPException(404, f"There is no job {job_id}.") from None
+            raise ApiRefusal(404, f"There is no job {job_id}.", NO_SUCH_JOB_HINT) from None
         if not who.may_see(job.owner):
-            raise HTTPException(404, f"There is no job {job_id}.")  # not 403: ids of others are not revealed
+            # Not 403: whether an id is someone else's is not revealed.
+            raise ApiRefusal(404, f"There is no job {job_id}.", NO_SUCH_JOB_HINT)
         return job
 
     def status(job: QueuedJob, snapshot: JobSnapshot | None = None) -> JobStatus:
@@ -215,7 +229,7 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     @api.post("/jobs/{job_id}/cancel", response_model=JobStatus, responses=_ERRORS, summary="Cancel a job")
     def cancel_job(job_id: JobId, who: Who) -> JobStatus:
         job = own_job(job_id, who)
-        if not service.cancel(job.id):
+        if not service.cancel(job.id, who):
             store.cancel(job.id)  # not in this process's memory: the store decides (409 if ended)
         return status(store.get(job.id))
 
@@ -223,12 +237,12 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     def edit_job(job_id: JobId, who: Who,
                  changes: Annotated[dict[str, Any], Body(description="Settings to change, e.g. {\"seed\": 7}.")]
                  ) -> JobStatus:
-        service.edit(own_job(job_id, who).id, changes)
+        service.edit(own_job(job_id, who).id, changes, who)
         return status(store.get(job_id))
 
     @api.post("/jobs/{job_id}/retry", response_model=JobStatus, responses=_ERRORS, summary="Queue a job again")
     def retry_job(job_id: JobId, who: Who) -> JobStatus:
-        service.retry(own_job(job_id, who).id)
+        service.retry(own_job(job_id, who).id, who)
         return status(store.get(job_id))
 
     @api.delete("/jobs/{job_id}", status_code=204, responses=_ERRORS,
@@ -236,7 +250,7 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     def delete_job(job_id: JobId, who: Who) -> None:
         if not damaged_and_visible(job_id, who):
             own_job(job_id, who)
-        service.delete(job_id)
+        service.delete(job_id, who)
 
     @api.get("/jobs/{job_id}/video", response_class=FileResponse, responses=_ERRORS,
              summary="Download the job's video (the finished one, else the partial one of an earlier attempt)")
@@ -244,7 +258,8 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
         job = own_job(job_id, who)
         path = _served_video(job, output_dir)
         if path is None:
-            raise HTTPException(404, f"Job {job_id} has no video yet ({_STORE_STATES[job.state]}).")
+            raise ApiRefusal(404, f"Job {job_id} has no video yet ({_STORE_STATES[job.state]}).",
+                             "Wait until it has finished (GET /jobs/{id} says when), or retry it if it failed.")
         return FileResponse(path, media_type="video/mp4", filename=path.name)
 
     @api.get("/health", response_model=Health, responses=_ERRORS, summary="Whether the worker runs jobs")
@@ -298,7 +313,8 @@ async def _store_upload(image: UploadFile, folder: Path, limit: int, limit_text:
             while chunk := await image.read(UPLOAD_CHUNK_BYTES):
                 size += len(chunk)
                 if size > limit:
-                    raise HTTPException(413, f"The image is larger than the app's limit of {limit_text}.")
+                    raise ApiRefusal(413, f"The image is larger than the app's limit of {limit_text}.",
+                                     "Send a smaller image, or start the app with a higher --max-file-size-mb.")
                 handle.write(chunk)
     except BaseException as error:
         if path is not None:

@@ -10,6 +10,7 @@ out by someone else's guessing gets back in within a minute at worst.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import hmac
 import math
 import secrets
@@ -69,7 +70,9 @@ class LoginGuard:
 
     def check(self, user: str, password: str, client: str | None) -> LoginResult:
         """Check one login attempt from ``client`` (an address; None when unknown, which backs off per user only)."""
-        keys = [("user", user)] + ([("client", client)] if client else [])
+        # Loopback addresses are not counted: behind a --share link every client arrives from 127.0.0.1, and one
+        # person's typos must not delay everybody's logins.
+        keys = [("user", user)] + ([("client", client)] if client and not _is_loopback(client) else [])
         with self._lock:
             now = self._clock()
             wait = max(self._wait_s(key, now) for key in keys)
@@ -109,6 +112,13 @@ class LoginGuard:
         self._failures.move_to_end(key)
         while len(self._failures) > MAX_TRACKED_KEYS:
             self._failures.popitem(last=False)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def _digest(password: str) -> bytes:

@@ -2,7 +2,7 @@
 
 The owner holds an OS file lock on ``<queue>/worker.lock`` for as long as it runs jobs; the OS drops the lock when
 the process dies, even by kill -9, so a crashed owner never blocks the next one. Beside it, ``worker.json`` says
-who the owner is (pid, host, command line, since when), so a refused process can name it. The file may outlive its
+who the owner is (pid, host, program, since when), so a refused process can name it. The file may outlive its
 writer; only the lock says whether anyone owns the queue now.
 
 Ownership belongs to the process: inside the owning process a second ``take_ownership`` (the app's worker, then a
@@ -125,8 +125,14 @@ def _describe_this_process(path: Path) -> None:
 
 
 def _command_line() -> str:
-    command = " ".join([Path(sys.executable).name, *sys.argv])
-    return command if len(command) <= 120 else command[:117] + "..."
+    """The program and its subcommand only (``launch.py``, ``framepack_core jobs run``): never its options,
+    which may hold logins (``--auth USER:PASS``) and are shown to every user of a shared app."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path(sys.executable)
+    name = program.parent.name if program.name == "__main__.py" else program.name
+    return " ".join([Path(sys.executable).name, name, *(word for word in sys.argv[1:] if word in _SUBCOMMANDS)])
+
+
+_SUBCOMMANDS = ("jobs", "run")
 
 
 def _read_description(path: Path) -> str:

@@ -1,6 +1,5 @@
-"""The job API when shared: limits checked before a body is read (on a real server, over a raw socket), failed
-logins backing off, pages of jobs, damaged rows, the pending-job limit, admins, full disks, no server paths in
-errors, text checked at the door, the worker's health, offline docs and the video of a retried job."""
+"""The job API when shared: limits before the body is read (a real server, a raw socket), login back-off, pages,
+damaged rows, pending limit, admins, full disks, no server paths, text at the door, health, offline docs, videos."""
 
 from __future__ import annotations
 
@@ -42,12 +41,10 @@ def png_bytes(width: int = 160, height: int = 120) -> bytes:
     return buffer.getvalue()
 
 
-def no_engine():  # the service is never started in these tests unless they say so: nothing runs
-    raise AssertionError("this test must not run jobs")
-
-
 def make_service(out: Path) -> GenerationService:
-    return GenerationService(no_engine, out, queue=JobQueue.for_output_dir(out))
+    """A service that is not started unless a test says so, and never runs a job."""
+    return GenerationService(lambda: pytest.fail("this test must not run jobs"), out,
+                             queue=JobQueue.for_output_dir(out))
 
 
 def make_client(out: Path, *, guard: LoginGuard | None = None, **settings) -> tuple[TestClient, GenerationService]:
@@ -257,7 +254,7 @@ def test_three_wrong_passwords_back_off_one_second_then_doubling_up_to_a_minute(
     assert guard.check("alice", "wonderland", "10.0.0.1").ok
 
 
-def test_the_back_off_holds_per_user_name_and_per_client_address():
+def test_the_back_off_holds_per_user_name_and_per_client_address_but_not_loopback():
     clock = FakeClock()
     guard = LoginGuard(USERS, clock=clock)
     for _ in range(3):
@@ -266,6 +263,9 @@ def test_the_back_off_holds_per_user_name_and_per_client_address():
     assert guard.check("bob", "builder", "10.0.0.1").backing_off, "the address, for another user"
     assert guard.check("bob", "builder", "10.0.0.2").ok
     assert not guard.gradio_auth("alice", "wonderland"), "the page's login backs off by user too"
+    for _ in range(3):  # behind a --share link everyone arrives from 127.0.0.1: the address is not counted
+        guard.check("bob", "guess", "127.0.0.1")
+    assert guard.check("carol", "x", "127.0.0.1").outcome is LoginOutcome.WRONG
 
 
 def test_failures_older_than_ten_minutes_are_forgotten_and_a_success_clears_the_user():
@@ -293,6 +293,8 @@ def test_failed_logins_get_429_with_retry_after_and_the_password_is_not_checked(
     assert "Wait 1 s" in refused.json()["hint"]
     clock.now += 1
     assert client.get("/jobs", auth=ALICE).status_code == 200
+    accented, _ = make_client(tmp_path / "other", auth=(("jörg", "pässwörd"),))
+    assert accented.get("/jobs", auth=("jörg", "pässwörd")).status_code == 200, "UTF-8 logins work too"
 
 
 # Pages of jobs, damaged rows, the pending limit, admins --------------------------------------------------------
@@ -344,7 +346,7 @@ def test_an_admin_sees_and_manages_every_job_and_users_only_their_own(tmp_path):
     his = submit(client, {}, auth=BOB).json()["id"]
     assert {j["id"] for j in client.get("/jobs", auth=ALICE).json()["jobs"]} == {hers, his}
     assert [j["id"] for j in client.get("/jobs", auth=BOB).json()["jobs"]] == [his]
-    assert client.get(f"/jobs/{hers}", auth=BOB).status_code == 404
+    assert (hidden := client.get(f"/jobs/{hers}", auth=BOB)).status_code == 404 and hidden.json()["hint"]
     assert client.post(f"/jobs/{his}/cancel", auth=ALICE).json()["state"] == "cancelled"
 
 
@@ -473,7 +475,7 @@ def test_the_docs_page_loads_everything_from_the_app_itself_without_a_login(tmp_
         assert loaded.status_code == 200 and loaded.content, asset
     assert client.get(f"{API_PREFIX}/redoc").status_code == 401, "no ReDoc page (its bundle fetches a logo)"
     schema = client.get(f"{API_PREFIX}/openapi.json").json()
-    assert "HTTPBasic" in json.dumps(schema["components"]["securitySchemes"]), "the docs offer the login"
+    assert schema["components"]["securitySchemes"]["login"]["scheme"] == "basic", "the docs offer the login"
 
 
 # The video of a retried job ------------------------------------------------------------------------------------

@@ -279,14 +279,15 @@ def _env() -> dict[str, str]:
 
 def test_a_second_process_is_refused_the_queue_and_told_which_process_owns_it(tmp_path, capsys):
     queue = JobQueue.for_output_dir(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_QUEUE, str(tmp_path)], cwd=REPO_ROOT, env=_env(),
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_QUEUE, str(tmp_path), "--auth", "alice:s3cret"],
+                              cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "owned"
         assert queue.take_ownership() is None
         description = queue.owner_description()
         assert description is not None and description.startswith(f"process {holder.pid} on host ")
         assert "python" in description and " since " in description
+        assert "s3cret" not in description, "options (logins) are never shown to other users"
 
         refused = subprocess.run([sys.executable, "-m", "framepack_core", "jobs", "--output-dir", str(tmp_path),
                                   "run"], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=120)

@@ -15,7 +15,8 @@ import pytest
 import launch
 from app.service import JobSnapshot, JobState
 from app.settings import DEMO_JOB_DEFAULTS, Settings, read_auth_file
-from app.ui import _Staging, build_request, render_progress, settings_to_inputs, status_dict
+from app.outputs import ServedFiles
+from app.ui import build_request, render_progress, settings_to_inputs, status_dict
 from framepack_core.errors import InvalidInputError
 from framepack_core.request import GenerationRequest
 
@@ -134,29 +135,27 @@ def test_progress_shows_stage_section_step_times_and_escapes_messages(tmp_path):
     assert status_dict(failed)["error_hint"] == "Lower the resolution." and "preview" not in status_dict(snapshot)
 
 
-def test_a_staged_section_video_outlives_the_service_deleting_its_original(tmp_path):
+def test_a_served_section_video_outlives_the_service_deleting_its_original(tmp_path):
     """The race: the service removes a finished job's snapshot folder while Gradio is still about to copy the last
-    section video the page was handed. The staged hard link must keep the data readable until the next yield."""
-    work = tmp_path / "out" / ".job.work"
+    section video the page was handed. The served link keeps the data readable; it lies outside the output folder
+    (which Gradio never serves), and links older than the age limit are swept."""
+    work = tmp_path / "out" / ".snapshots-job.x"
     work.mkdir(parents=True)
     original = work / "job_002.mp4"
     original.write_bytes(b"section two")
-    staging = _Staging(tmp_path / "out" / ".ui-staging")
-    staged = staging.stage(original)
+    served = ServedFiles(tmp_path / "served", max_age_s=60.0)
+    copy = Path(served.serve(original))
     original.unlink()
     work.rmdir()  # what the service does when the job ends
-    assert staged is not None and staged.read_bytes() == b"section two"
-    assert staging.stage(work / "job_003.mp4") is None  # already gone: nothing to show, no error
-    staging.yielded()  # that yield went out; the file is still needed until the next one has
-    assert staged.exists()
-    staging.yielded()
-    assert not staged.exists()
-    old = tmp_path / "out" / ".ui-staging" / "abandoned"
-    old.mkdir()
-    stale = time.time() - 2 * 3600
-    os.utime(old, (stale, stale))
-    staging.close()
-    assert not (tmp_path / "out" / ".ui-staging").exists()
+    assert copy.read_bytes() == b"section two" and not copy.is_relative_to(tmp_path / "out")
+    assert served.serve(work / "job_003.mp4") is None  # already gone: nothing to show, no error
+    stale = time.time() - 120
+    os.utime(copy.parent, (stale, stale))
+    served._last_sweep = 0.0
+    fresh = Path(served.serve(Path(__file__)))
+    assert not copy.exists() and fresh.is_file()
+    served.close()
+    assert not (tmp_path / "served").exists()
 
 
 def test_keep_intermediates_reaches_the_service(monkeypatch, tmp_path):
