@@ -117,3 +117,24 @@ def test_invalid_text_in_every_field_is_refused_by_name_and_a_restart_still_serv
 
     with start_demo_server(tmp_path, models_dir=tiny_models_dir, extra_args=logins) as restarted:
         everything_loads(restarted.url, restarted.output_dir)
+
+
+def test_a_damaged_queue_database_is_moved_aside_and_the_app_starts_and_says_so(tiny_models_dir, tmp_path):
+    database = tmp_path / "outputs" / ".queue" / "queue.sqlite3"
+    database.parent.mkdir(parents=True)
+    database.write_bytes(b"this is not a database" * 100)
+    with start_demo_server(tmp_path, models_dir=tiny_models_dir) as server:
+        (moved,) = database.parent.glob("queue.sqlite3.damaged-*")
+        assert moved.read_bytes() == b"this is not a database" * 100, "kept, never deleted"
+        health = httpx.get(server.url + "api/v1/health", timeout=30).json()["worker"]
+        assert moved.name in health["queue_note"] and health["alive"] and health["running_here"]
+        assert moved.name in server.log()
+        session = GradioSession(server.url)
+        try:
+            health_note = session.component_id("worker-health")
+            refresh = next(d for d in session.dependencies("load") if health_note in d["outputs"])
+            (done,) = [m for m in session.call(refresh, []) if m["msg"] == "process_completed"]
+            assert moved.name in json.dumps(done["output"]), "the page says so too"
+        finally:
+            session.close()
+        assert httpx.get(server.url + "api/v1/jobs", timeout=30).json()["jobs"] == []
