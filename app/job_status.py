@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from framepack_core.events import (
+    CancelToken,
     JobCancelled,
     JobFailed,
     JobFinished,
@@ -92,6 +93,15 @@ class WorkerHealth:
         if not self.running_here and self.queue_owner:
             return f"Jobs on this output folder are run by another process ({self.queue_owner})."
         return None
+
+
+class LiveJob:
+    """A job this process knows: its snapshot, and the token that cancels it while it runs here."""
+
+    def __init__(self, job_id: str, request: GenerationRequest, owner: str | None = None) -> None:
+        self.cancel = CancelToken()
+        self.snapshot = JobSnapshot(job_id=job_id, state=JobState.QUEUED, request=request, owner=owner)
+        self.work_dir: Path | None = None
 
 
 def event_changes(event: object, elapsed_s: float) -> dict[str, Any]:

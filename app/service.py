@@ -4,10 +4,9 @@ The UI never talks to the engine directly: it submits a ``GenerationRequest`` he
 ``snapshot(job_id)`` (or blocks in ``wait_for_change``) to render progress. Jobs outlive the browser tab that
 started them, so a refreshed page reconnects with ``active_job_id()``.
 
-Per job the output folder gets: the final mp4, the cropped input image (PNG) and the video's sidecar JSON (its
-job spec and environment fingerprint, written by the engine, see ``framepack_core.output_description``), all
-named ``<time>_<seed>`` and written atomically. Per-section snapshots for the live player go
-to a temporary folder that is removed when the job ends, unless ``keep_intermediates`` is set.
+Per job the output folder gets the final mp4, the cropped input image and the video's sidecar JSON (see
+``app.outputs``). Per-section snapshots for the live player go to a hidden folder removed when the job ends,
+unless ``keep_intermediates`` is set.
 """
 
 from __future__ import annotations
@@ -23,9 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-
 from app.access import Viewer
-from app.job_status import JobSnapshot, JobState, WorkerHealth, event_changes, stored_changes
+from app.job_status import JobSnapshot, JobState, LiveJob, WorkerHealth, event_changes, stored_changes
+from app.queue_management import QueueManagementMixin, describe_error, fail_crashed_job, sees
 from app.outputs import (
     INPUT_SUFFIX,
     OutputRecord,
@@ -37,7 +36,6 @@ from app.outputs import (
 )
 from framepack_core.engine import FramePackEngine
 from framepack_core.events import (
-    CancelToken,
     InputPrepared,
     JobCancelled,
     JobFailed,
@@ -45,7 +43,7 @@ from framepack_core.events import (
     Notice,
 )
 from framepack_core.errors import FramePackError
-from framepack_core.job_queue import DamagedJob, JobQueue, QueuedJob, QueueError, QueueOwnership, QueueState
+from framepack_core.job_queue import JobQueue, QueueError, QueueOwnership, QueueState
 from framepack_core.job_spec import JobSpec, file_sha256
 from framepack_core.queue_runner import record_event
 from framepack_core.request import GenerationRequest
@@ -59,14 +57,7 @@ WORKER_RETRY_FIRST_S = 0.5
 WORKER_RETRY_MAX_S = 30.0
 
 
-class _Job:
-    def __init__(self, job_id: str, request: GenerationRequest, owner: str | None = None) -> None:
-        self.cancel = CancelToken()
-        self.snapshot = JobSnapshot(job_id=job_id, state=JobState.QUEUED, request=request, owner=owner)
-        self.work_dir: Path | None = None
-
-
-class GenerationService:
+class GenerationService(QueueManagementMixin):
     """Owns the engine and one worker thread; every public method is thread-safe.
 
     Methods that take a ``viewer`` act only on jobs that viewer may see (``app.access``); a job hidden from the
@@ -101,7 +92,7 @@ class GenerationService:
         self.output_dir = Path(output_dir)
         self.keep_intermediates = keep_intermediates
         self._max_finished = max_finished_jobs
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, LiveJob] = {}
         self._queue: deque[str] = deque()
         self._running: str | None = None
         self._condition = threading.Condition()
@@ -224,7 +215,7 @@ class GenerationService:
                 request = replace(request, image=stored.image)
             else:
                 job_id = time.strftime("%Y%m%d_%H%M%S") + f"_{uuid.uuid4().hex[:6]}"
-            self._jobs[job_id] = _Job(job_id, request, owner)
+            self._jobs[job_id] = LiveJob(job_id, request, owner)
             self._queue.append(job_id)
             self._renumber_queue()
             self._condition.notify_all()
@@ -235,7 +226,7 @@ class GenerationService:
         ``viewer``, or done."""
         with self._condition:
             job = self._jobs.get(job_id)
-            if job is None or job.snapshot.state.done or not _sees(viewer, job.snapshot.owner):
+            if job is None or job.snapshot.state.done or not sees(viewer, job.snapshot.owner):
                 return False
             if self.store is not None:
                 try:
@@ -278,21 +269,21 @@ class GenerationService:
             candidates = ([self._running] if self._running else []) + list(self._queue)
             candidates += [job_id for job_id, job in self._jobs.items()  # run by another process
                            if job.snapshot.state == JobState.RUNNING and job_id != self._running]
-            return next((job_id for job_id in candidates if _sees(viewer, self._jobs[job_id].snapshot.owner)),
+            return next((job_id for job_id in candidates if sees(viewer, self._jobs[job_id].snapshot.owner)),
                         None)
 
     def queued_job_ids(self) -> list[str]:
         with self._condition:
             return list(self._queue)
 
-    def _visible_job(self, job_id: str, viewer: Viewer | None) -> _Job:
+    def _visible_job(self, job_id: str, viewer: Viewer | None) -> LiveJob:
         job = self._jobs.get(job_id)
-        if job is None or not _sees(viewer, job.snapshot.owner):
+        if job is None or not sees(viewer, job.snapshot.owner):
             raise KeyError(job_id)
         return job
 
     @staticmethod
-    def _copy(job: _Job) -> JobSnapshot:
+    def _copy(job: LiveJob) -> JobSnapshot:
         return replace(job.snapshot, notices=list(job.snapshot.notices))
 
     # Outputs ---------------------------------------------------------------------------------------------------
@@ -317,7 +308,7 @@ class GenerationService:
             self._update(self._jobs[job_id], queue_position=position,
                          stage_message=f"Waiting in the queue: position {position}")
 
-    def _update(self, job: _Job, **changes: Any) -> None:
+    def _update(self, job: LiveJob, **changes: Any) -> None:
         """Apply changes under the lock and wake every waiter."""
         for name, value in changes.items():
             setattr(job.snapshot, name, value)
@@ -339,7 +330,7 @@ class GenerationService:
                 delay = min(WORKER_RETRY_MAX_S, WORKER_RETRY_FIRST_S * 2 ** (failures - 1))
                 logger.exception("The job worker hit an error; retrying in %.1f s", delay)
                 with self._condition:
-                    self._health.last_error = _describe_error(error)
+                    self._health.last_error = describe_error(error)
                     self._health.last_error_at = time.time()
                     self._condition.wait(delay)  # stop() wakes it
                     if self._stopping:
@@ -356,7 +347,7 @@ class GenerationService:
                 self._run(job)
             except Exception as error:  # noqa: BLE001 - the worker must survive any job
                 logger.exception("Job %s crashed the worker", job.snapshot.job_id)
-                self._end_stored_crash(job.snapshot.job_id, error)  # first: a watcher that sees "failed" may act
+                fail_crashed_job(self.store, job.snapshot.job_id, error)  # first: a watcher that sees "failed" may act
                 with self._condition:
                     self._update(job, state=JobState.FAILED, error=f"{type(error).__name__}: {error}",
                                  error_hint="This is a bug; please report it with the log.")
@@ -367,7 +358,7 @@ class GenerationService:
                     self._condition.notify_all()
                 self._remove_work_dir(job)  # after a crash; normally already gone
 
-    def _wait_for_job(self) -> _Job | None:
+    def _wait_for_job(self) -> LiveJob | None:
         """Block until there is a job to run (marked running, returned) or the service stops (None)."""
         with self._condition:
             idle_since = time.monotonic()
@@ -395,17 +386,6 @@ class GenerationService:
             self._renumber_queue()
             return job
 
-    def _end_stored_crash(self, job_id: str, error: Exception) -> None:
-        """A job that crashed the worker must not stay "running" in the queue until the next restart."""
-        if self.store is None:
-            return
-        try:
-            if self.store.get(job_id).state == QueueState.RUNNING:
-                self.store.end(job_id, QueueState.FAILED, error=_describe_error(error),
-                               hint="This is a bug; please report it with the log. Retry resumes the job.")
-        except Exception:  # noqa: BLE001 - the database may be what failed; the restart requeues the job
-            logger.exception("Could not mark job %s failed in the queue", job_id)
-
     def _next_job(self) -> str | None:
         """The job to run next, taken off the queue (claimed in the store when there is one); caller holds the
         lock."""
@@ -421,7 +401,7 @@ class GenerationService:
             self._sync_from_store()
             return None
         if claimed.id not in self._jobs:  # submitted by another process, or before a restart
-            self._jobs[claimed.id] = _Job(claimed.id, claimed.spec.request(claimed.image, output=claimed.output),
+            self._jobs[claimed.id] = LiveJob(claimed.id, claimed.spec.request(claimed.image, output=claimed.output),
                                           claimed.owner)
         self._sync_pending()  # the claimed job is no longer pending: this takes it off the in-memory queue
         return claimed.id
@@ -438,7 +418,7 @@ class GenerationService:
                     logger.warning("Queued job %s cannot run: %s", stored.id, error)
                     self.store.reject(stored.id, error.message, error.hint)
                     continue
-                self._jobs[stored.id] = _Job(stored.id, request, stored.owner)
+                self._jobs[stored.id] = LiveJob(stored.id, request, stored.owner)
         ids = [stored.id for stored in pending if stored.id in self._jobs]
         if ids != list(self._queue):
             self._queue = deque(ids)
@@ -457,88 +437,16 @@ class GenerationService:
                 self._update(job, state=JobState.CANCELLED, queue_position=None,
                              stage_message="The job was deleted from the queue.")
                 continue
-            self._apply_stored(job, stored)
-
-    def _apply_stored(self, job: _Job, stored: QueuedJob) -> None:
-        changes = stored_changes(job.snapshot, stored)
-        if changes:
-            self._update(job, **changes)
-
-    # Queue management (with a store) ---------------------------------------------------------------------------
-
-    def queue_rows(self, owner: str | None = None, viewer: Viewer | None = None) -> list[QueuedJob]:
-        """The stored jobs (running, pending in order, then ended), for the Queue tab and the API; ``owner`` or
-        ``viewer`` narrow them."""
-        if self.store is None:
-            return []
-        if viewer is not None:
-            owner = viewer.owner_filter
-        return self.store.list(owner=owner)
-
-    def damaged_rows(self, viewer: Viewer | None = None) -> list[DamagedJob]:
-        """Stored jobs that cannot be read (shown as damaged, deletable), among those ``viewer`` may see."""
-        if self.store is None:
-            return []
-        return [row for row in self.store.damaged() if _sees(viewer, row.owner)]
-
-    def move(self, job_id: str, place: int, viewer: Viewer | None = None) -> None:
-        with self._condition:
-            self._stored_visible(job_id, viewer)
-            self._require_store().move(job_id, place)
-            self._sync_pending()
-
-    def edit(self, job_id: str, changes: dict[str, Any], viewer: Viewer | None = None) -> None:
-        """Change settings of a pending job (``InvalidInputError`` names a bad one; ``QueueError`` if it is no
-        longer pending)."""
-        with self._condition:
-            store = self._require_store()
-            stored = store.edit(job_id, self._stored_visible(job_id, viewer).spec.with_changes(changes))
-            if job_id in self._jobs:
-                self._update(self._jobs[job_id], request=stored.spec.request(stored.image, output=stored.output))
-
-    def retry(self, job_id: str, viewer: Viewer | None = None) -> None:
-        with self._condition:
-            self._stored_visible(job_id, viewer)
-            stored = self._require_store().retry(job_id)
-            self._jobs[job_id] = _Job(job_id, stored.spec.request(stored.image, output=stored.output), stored.owner)
-            self._sync_pending()
-            self._condition.notify_all()
-
-    def delete(self, job_id: str, viewer: Viewer | None = None) -> None:
-        with self._condition:
-            store = self._require_store()
-            if viewer is not None and not viewer.sees_everything:
-                owner = next((row.owner for row in store.damaged() if row.id == job_id), None)
-                if owner is None:
-                    owner = self._stored_visible(job_id, viewer).owner
-                elif not viewer.may_see(owner):
-                    raise _unknown_job(job_id)
-            store.delete(job_id)
-            if job_id in self._queue:
-                self._queue.remove(job_id)
-                self._renumber_queue()
-            job = self._jobs.pop(job_id, None)
-            if job is not None and not job.snapshot.state.done:
-                job.cancel.cancel()
-
-    def _stored_visible(self, job_id: str, viewer: Viewer | None) -> QueuedJob:
-        """The stored job, or the unknown-job ``QueueError`` when ``viewer`` may not see it."""
-        stored = self._require_store().get(job_id)
-        if not _sees(viewer, stored.owner):
-            raise _unknown_job(job_id)
-        return stored
-
-    def _require_store(self) -> JobQueue:
-        if self.store is None:
-            raise QueueError("This app runs without a persistent queue.", "Start it with an output folder.")
-        return self.store
+            changes = stored_changes(job.snapshot, stored)
+            if changes:
+                self._update(job, **changes)
 
     def _forget_old_jobs(self) -> None:
         finished = [j for j, job in self._jobs.items() if job.snapshot.state.done]
         for job_id in finished[: max(0, len(finished) - self._max_finished)]:
             del self._jobs[job_id]
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: LiveJob) -> None:
         request = job.snapshot.request
         job_id = job.snapshot.job_id
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -572,11 +480,11 @@ class GenerationService:
             with self._condition:
                 self._apply(job, event, base, started)
 
-    def _remove_work_dir(self, job: _Job) -> None:
+    def _remove_work_dir(self, job: LiveJob) -> None:
         if job.work_dir is not None and not self.keep_intermediates:
             shutil.rmtree(job.work_dir, ignore_errors=True)
 
-    def _apply(self, job: _Job, event: object, base: str, started: float) -> None:
+    def _apply(self, job: LiveJob, event: object, base: str, started: float) -> None:
         if isinstance(event, InputPrepared):  # the cropped input image, kept beside the video
             image_path = self.output_dir / f"{base}{INPUT_SUFFIX}"
             write_png_atomically(event.image, image_path)
@@ -586,15 +494,3 @@ class GenerationService:
         if isinstance(event, Notice):
             job.snapshot.notices.append(event.message)
         self._update(job, **event_changes(event, time.perf_counter() - started))
-
-
-def _sees(viewer: Viewer | None, owner: str | None) -> bool:
-    return viewer is None or viewer.may_see(owner)
-
-
-def _unknown_job(job_id: str) -> QueueError:
-    return QueueError(f"There is no job {job_id!r} in the queue.", "List the jobs to see their ids.")
-
-
-def _describe_error(error: BaseException) -> str:
-    return getattr(error, "message", None) or f"{type(error).__name__}: {error}"
