@@ -62,3 +62,14 @@ def test_the_gallery_shows_a_viewer_only_outputs_their_jobs_made(tmp_path):
     assert seen[Viewer("alice")] == {"20261202_1_aaa_seed1.mp4"}
     assert seen[Viewer("bob")] == {"20261202_2_bbb_seed2.mp4"}
     assert len(seen[Viewer("root", admin=True)]) == len(seen[Viewer(None)]) == 3, "unowned: admins and local only"
+
+
+def test_login_names_must_be_printable_valid_text_without_spaces():
+    import pytest
+
+    from app.settings import parse_credentials
+
+    assert parse_credentials("alice:pa ss:word", "--auth") == ("alice", "pa ss:word")
+    for bad in ("\ud800:pw", "al ice:pw", "tab\tname:pw", "x" * 65 + ":pw", "alice:\udfff"):
+        with pytest.raises(ValueError, match="--auth"):
+            parse_credentials(bad, "--auth")
