@@ -25,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_TINY_MODELS = REPO_ROOT / "tiny_models"
 
 if TYPE_CHECKING:
+    from app.outputs import ServedFiles
     from app.service import GenerationService
     from app.settings import Settings
     from framepack_core.devices import DeviceConfig
@@ -172,13 +173,21 @@ def build_service(settings: Settings, config: DeviceConfig) -> GenerationService
 
 def serve(settings: Settings, service: GenerationService) -> None:
     """Build the page and block serving it until Ctrl-C."""
+    from app.outputs import ServedFiles
+
+    served = ServedFiles()
+    try:
+        _serve(settings, service, served)
+    finally:
+        served.close()  # the links to users' videos go with the app
+
+
+def _serve(settings: Settings, service: GenerationService, served: ServedFiles) -> None:
+    from app.http_api import API_PREFIX, build_api
+    from app.logins import LoginGuard
     from app.ui import build_app, page_style
 
-    from app.http_api import API_PREFIX, build_api
-
-    from app.logins import LoginGuard
-
-    demo = build_app(settings, service)
+    demo = build_app(settings, service, served)
     demo.queue(default_concurrency_limit=settings.concurrency_limit)
     # One guard for the page's login and the API's: failed logins back off, whichever door they knock on.
     guard = LoginGuard(settings.auth)

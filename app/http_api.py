@@ -336,6 +336,9 @@ def _request(image: Path, settings_json: str | None, spec_json: str | None) -> G
         values = json.loads(settings_json) if settings_json else {}
     except ValueError as error:
         raise InvalidInputError("settings", f"is not valid JSON ({error})") from None
+    except RecursionError:  # "[[[[...]]]]" nested deeper than the parser's stack
+        raise InvalidInputError("settings", "is nested too deeply to be an object of settings",
+                                'Send a flat JSON object, e.g. {"seed": 7}.') from None
     if not isinstance(values, dict):
         raise InvalidInputError("settings", "must be a JSON object of generation settings")
     for name in values:

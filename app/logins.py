@@ -80,12 +80,15 @@ class LoginGuard:
                 return LoginResult(LoginOutcome.BACKING_OFF, retry_after=max(1, math.ceil(wait)))
             expected = self._digests.get(user, self._unknown_user_digest)
             if hmac.compare_digest(_digest(password), expected) and user in self._digests:
-                # Only the user's count: a client's count survives its successes, or one valid account could
-                # be used to reset the address's count between guesses at other accounts.
-                self._failures.pop(("user", user), None)
+                # A success clears no count: the API checks the password on every request, so a reset would
+                # give whoever guesses between the real user's requests fresh tries each time. Failures age out
+                # of the window instead.
                 return LoginResult(LoginOutcome.OK)
             for key in keys:
-                self._record_failure(key, now)
+                # Unknown names can never succeed, so they need no brake; counting them would let made-up names
+                # push the real users' counts out of the table.
+                if key[0] != "user" or user in self._digests:
+                    self._record_failure(key, now)
             return LoginResult(LoginOutcome.WRONG)
 
     def gradio_auth(self, username: str, password: str) -> bool:

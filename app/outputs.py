@@ -25,7 +25,7 @@ import numpy as np
 
 from app.access import Viewer
 from framepack_core.file_modes import make_public
-from framepack_core.output_description import OutputDescription, is_description
+from framepack_core.output_description import OutputDescription, is_description, output_base
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ SETTINGS_SUFFIX = ".json"
 INPUT_SUFFIX = ".png"
 PARTIAL_VIDEO_SUFFIX = ".partial.mp4"  # framepack_core.engine.partial_output_path
 SNAPSHOT_DIR_PREFIX = ".snapshots-"
+SERVED_DIR_PREFIX = "framepack-served-"  # + "<pid>-<random>", in the system's temporary folder
 # Snapshot folders of an older version: ".<stamp>_<job id>_seed<seed>.<random>" (tempfile.mkdtemp).
 _LEGACY_SNAPSHOT_DIR = re.compile(r"^\.\S*_seed\d+\.[A-Za-z0-9_]{8}$")
 
@@ -91,12 +92,6 @@ def _record(root: Path, settings_path: Path, owners: Mapping[str, str | None]) -
                         owner=owners.get(output_base(video)))
 
 
-def output_base(video: Path) -> str:
-    """What every file of one job shares: its name up to the first dot (``<stamp>_<id>_seed<n>`` for
-    ``.mp4``, ``.partial.mp4``, ``.attempt1.partial.mp4``, ``.json`` and the input ``.png``)."""
-    return Path(video).name.split(".", 1)[0]
-
-
 def _inside(root: Path, path: Path) -> Path | None:
     """``path`` if it is a regular file directly in ``root`` (not through a link, not in a hidden folder)."""
     try:
@@ -153,7 +148,10 @@ class ServedFiles:
     """
 
     def __init__(self, root: Path | None = None, max_age_s: float = 600.0) -> None:
-        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="framepack-served-"))
+        if root is None:
+            _sweep_orphans()
+            root = Path(tempfile.mkdtemp(prefix=f"{SERVED_DIR_PREFIX}{os.getpid()}-"))
+        self.root = Path(root)
         self.max_age_s = max_age_s
         self._last_sweep = 0.0
 
@@ -196,3 +194,18 @@ class ServedFiles:
                     shutil.rmtree(folder, ignore_errors=True)
             except OSError:
                 pass
+
+
+def _sweep_orphans() -> None:
+    """Remove the served-copies folders of app processes that are gone (killed before they could close them):
+    they hold links to users' videos."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SERVED_DIR_PREFIX}*"):
+        pid = folder.name.removeprefix(SERVED_DIR_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or not folder.is_dir() or folder.is_symlink():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (PermissionError, OverflowError):  # alive (another user's), or no such pid at all
+            continue

@@ -44,9 +44,12 @@ class QueueManagementMixin:
         return [row for row in self.store.damaged() if sees(viewer, row.owner)]
 
     def move(self, job_id: str, place: int, viewer: Viewer | None = None) -> None:
+        """Put a pending job at ``place``; a user sharing the app (not an admin) reorders only their own jobs,
+        among the places they hold, so nobody can jump ahead of another user."""
         with self._condition:
             self._stored_visible(job_id, viewer)
-            self._require_store().move(job_id, place)
+            among = None if viewer is None or viewer.sees_everything else viewer.login
+            self._require_store().move(job_id, place, among_owner=among)
             self._sync_pending()
 
     def edit(self, job_id: str, changes: dict[str, Any], viewer: Viewer | None = None) -> None:

@@ -290,11 +290,7 @@ class GenerationService(QueueManagementMixin):
 
     def list_outputs(self, limit: int = 100, viewer: Viewer | None = None) -> list[OutputRecord]:
         """Finished videos that have a settings file and that ``viewer`` may see (None: all), newest first."""
-        owners: dict[str, str | None] = {}
-        if self.store is not None:
-            for stored in self.store.list():
-                if stored.output is not None:
-                    owners[output_base(stored.output)] = stored.owner
+        owners = {} if self.store is None else self.store.output_owners()
         return list_outputs(self.output_dir, owners, viewer, limit)
 
     def health(self) -> WorkerHealth:

@@ -146,14 +146,17 @@ QUEUE_REFRESH_S = 2.0
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
-def queue_table_rows(jobs: list[QueuedJob], damaged: list[DamagedJob] = ()) -> list[list[Any]]:
+def queue_table_rows(jobs: list[QueuedJob], damaged: list[DamagedJob] = (),
+                     places: dict[str, int] | None = None) -> list[list[Any]]:
     """The Queue tab's rows: running, pending with their place, then ended jobs, then damaged ones (stored rows
-    that cannot be read: they can only be deleted)."""
+    that cannot be read: they can only be deleted). ``places``: each pending job's place in the whole queue (a
+    user sharing the app sees only their rows, but their place counts everyone's waiting jobs, as the progress
+    panel's does); without it, the places of the rows listed."""
     rows = []
     place = 0
     for job in jobs:
         if job.state == QueueState.PENDING:
-            place += 1
+            place = places.get(job.id, place + 1) if places is not None else place + 1
         settings = job.spec.settings
         progress = f"{job.sections_done}/{job.total_sections} sections" if job.total_sections else ""
         prompt = str(settings.get("prompt", ""))
@@ -326,10 +329,11 @@ class _LatestStreams:
 
 # The page ------------------------------------------------------------------------------------------------------
 
-def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
-    """The whole page and its API endpoints. The service must be started by the caller."""
+def build_app(settings: Settings, service: GenerationService, served: ServedFiles | None = None) -> gr.Blocks:
+    """The whole page and its API endpoints. The service must be started by the caller. ``served``: where output
+    files are linked for Gradio to copy (``ServedFiles``; the caller closes it when the app stops)."""
     defaults = settings.job_defaults()
-    served = ServedFiles()  # how output files reach a browser: see ServedFiles and docs/security.md
+    served = served or ServedFiles()  # how output files reach a browser: see ServedFiles and docs/security.md
     latest_streams = _LatestStreams()
 
     def viewer_of(request: gr.Request | None) -> Viewer:
@@ -446,7 +450,8 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                                              "restarts; click a row to pick it)")
             with gr.Row(equal_height=True):
                 queue_job = gr.Textbox(label="Job id", placeholder="click a row", scale=2, elem_id="queue-job")
-                queue_place = gr.Number(value=1, precision=0, minimum=1, label="Place", scale=1,
+                queue_place = gr.Number(value=1, precision=0, minimum=1, scale=1,
+                                        label="Place among your waiting jobs" if settings.logins_on else "Place",
                                         elem_id="queue-place")
                 move_btn = gr.Button("Move to place", size="sm", elem_id="queue-move")
                 cancel_btn = gr.Button("Cancel", size="sm", variant="stop", elem_id="queue-cancel")
@@ -604,7 +609,8 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
             return [gr.skip(), *values, gr.skip(), gr.skip(), note]
 
         def queue_rows_for(viewer: Viewer) -> list[list[Any]]:
-            return queue_table_rows(service.queue_rows(viewer=viewer), service.damaged_rows(viewer))
+            places = {job_id: place for place, job_id in enumerate(service.queued_job_ids(), start=1)}
+            return queue_table_rows(service.queue_rows(viewer=viewer), service.damaged_rows(viewer), places)
 
         def refresh_queue(request: gr.Request) -> tuple[list[list[Any]], str]:
             """The viewer's queue rows and the worker's health, every QUEUE_REFRESH_S and once at page load."""
@@ -626,7 +632,8 @@ def build_app(settings: Settings, service: GenerationService) -> gr.Blocks:
                 try:
                     if action == "move":
                         service.move(job_id, int(place or 1), viewer)
-                        note = f"Moved {job_id} to place {int(place or 1)}."
+                        note = f"Moved {job_id} to place {int(place or 1)}" + (
+                            "." if viewer.sees_everything else " among your waiting jobs (others' keep theirs).")
                     elif action == "cancel":
                         note = f"Cancelled {job_id}." if service.cancel(job_id, viewer) else \
                             f"{job_id} is not waiting or running."

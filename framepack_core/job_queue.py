@@ -37,6 +37,7 @@ from pathlib import Path
 from framepack_core import queue_ownership
 from framepack_core.errors import DiskFullError, FramePackError, InvalidInputError
 from framepack_core.job_spec import JobSpec, file_sha256
+from framepack_core.output_description import output_base
 from framepack_core.queue_database import ClosingConnection, connect, disk_full_as_error, is_disk_full, open_database
 from framepack_core.queue_ownership import QueueOwnership
 from framepack_core.queue_rows import (
@@ -183,16 +184,28 @@ class JobQueue:
                      (spec.to_json(None), job_id), "edit", "only a pending job can be edited")
         return self.get(job_id)
 
-    def move(self, job_id: str, place: int) -> QueuedJob:
-        """Put a pending job at 1-based ``place`` among the pending jobs (clamped to the queue's length)."""
+    def move(self, job_id: str, place: int, *, among_owner: str | None = None) -> QueuedJob:
+        """Put a pending job at 1-based ``place`` among the pending jobs (clamped to the queue's length).
+
+        ``among_owner``: a user sharing the queue reorders only their own jobs: ``place`` counts that owner's
+        pending jobs, which swap among the places they hold, so nobody else's job moves.
+        """
         with self._transaction() as connection:
-            rows = connection.execute("SELECT id FROM jobs WHERE state = 'pending' ORDER BY position").fetchall()
+            rows = connection.execute(
+                "SELECT id, owner FROM jobs WHERE state = 'pending' ORDER BY position").fetchall()
             ids = [row["id"] for row in rows]
             if job_id not in ids:
                 raise QueueError(f"Job {job_id} is not pending, so it has no place in the queue to change.",
                                  "Only pending jobs can be moved.")
-            ids.remove(job_id)
-            ids.insert(max(0, min(place - 1, len(ids))), job_id)
+            slots = (range(len(ids)) if among_owner is None
+                     else [i for i, row in enumerate(rows) if row["owner"] == among_owner])
+            movable = [ids[i] for i in slots]
+            if job_id not in movable:
+                raise QueueError(f"There is no job {job_id!r} in the queue.", "List the jobs to see their ids.")
+            movable.remove(job_id)
+            movable.insert(max(0, min(place - 1, len(movable))), job_id)
+            for slot, moved in zip(slots, movable):
+                ids[slot] = moved
             connection.executemany("UPDATE jobs SET position = ? WHERE id = ?",
                                    [(float(i + 1), jid) for i, jid in enumerate(ids)])
         return self.get(job_id)
@@ -255,6 +268,9 @@ class JobQueue:
             if running:
                 raise QueueError(f"Cannot delete job {job_id} (running): a running job cannot be deleted: "
                                  "cancel it first.", "Cancel it, then delete it once it has stopped.")
+            if isinstance(row["output"], str) and isinstance(row["owner"], str):  # its videos stay its owner's
+                connection.execute("INSERT OR REPLACE INTO output_owners (base, owner) VALUES (?, ?)",
+                                   (output_base(row["output"]), row["owner"]))
             connection.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         job_dir = self.job_dir(job_id)
         if job_dir.resolve().parent == (self.root / "jobs").resolve():  # a damaged id never reaches outside
@@ -287,6 +303,15 @@ class JobQueue:
         with self._connect() as connection:
             row = connection.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row["cancel_requested"])
+
+    def output_owners(self) -> dict[str, str | None]:
+        """``output_base`` of each job's videos -> the login that made them, deleted jobs' included."""
+        with self._connect() as connection:
+            owners = {base: owner for base, owner in connection.execute("SELECT base, owner FROM output_owners")}
+            for output, owner in connection.execute("SELECT output, owner FROM jobs WHERE output IS NOT NULL"):
+                if isinstance(output, str) and (owner is None or isinstance(owner, str)):
+                    owners[output_base(output)] = owner
+        return owners
 
     def set_output(self, job_id: str, output: Path) -> None:
         with self._transaction() as connection:

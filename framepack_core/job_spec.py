@@ -152,4 +152,6 @@ class JobSpec:
             data = json.loads(text)
         except (ValueError, TypeError) as error:
             raise InvalidInputError("spec", f"is not valid JSON ({error})") from None
+        except RecursionError:  # "[[[[...]]]]" nested deeper than the parser's stack
+            raise InvalidInputError("spec", "is nested too deeply to be a job spec") from None
         return cls.from_dict(data)

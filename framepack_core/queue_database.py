@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     partial TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, position);
+-- Who made the videos of deleted jobs: deleting a job forgets the job, not whose videos are in the folder.
+CREATE TABLE IF NOT EXISTS output_owners (
+    base TEXT PRIMARY KEY,
+    owner TEXT NOT NULL
+);
 """
 # Columns added after the first release: (name, declaration), added to older databases when they are opened.
 ADDED_COLUMNS = (("partial", "TEXT"),)

@@ -73,3 +73,24 @@ def test_login_names_must_be_printable_valid_text_without_spaces():
     for bad in ("\ud800:pw", "al ice:pw", "tab\tname:pw", "x" * 65 + ":pw", "alice:\udfff"):
         with pytest.raises(ValueError, match="--auth"):
             parse_credentials(bad, "--auth")
+
+
+def test_served_copies_of_a_killed_app_are_swept_and_a_closed_app_leaves_none(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from app.outputs import SERVED_DIR_PREFIX, ServedFiles
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f"{SERVED_DIR_PREFIX}{dead.stdout.strip()}-abc"
+    (orphan / "x").mkdir(parents=True)
+    alive = tmp_path / f"{SERVED_DIR_PREFIX}{os.getpid()}-def"
+    alive.mkdir()
+    served = ServedFiles()
+    assert not orphan.exists() and alive.is_dir()
+    copy = served.serve(_video(tmp_path / "v.mp4"))
+    assert copy is not None and Path(copy).is_file()
+    served.close()
+    assert not served.root.exists()

@@ -118,11 +118,15 @@ def test_bad_settings_are_refused_naming_the_field(api, settings, field):
 
 
 def test_broken_input_is_refused_with_a_readable_error_and_the_api_stays_up(api):
-    for image, settings_text in ((b"not an image", None), (png_bytes(), "{not json"), (png_bytes(), "[1, 2]")):
+    deep = "[" * 100_000 + "]" * 100_000  # deeper than the JSON parser's stack
+    for image, settings_text in ((b"not an image", None), (png_bytes(), "{not json"), (png_bytes(), "[1, 2]"),
+                                 (png_bytes(), deep)):
         data = {"settings": settings_text} if settings_text else {"settings": json.dumps(FAST)}
         response = api.post("/jobs", files={"image": ("x.png", image, "image/png")}, data=data)
         assert response.status_code == 422, response.text
         assert response.json()["error"]
+    nested_spec = api.post("/jobs", files={"image": ("x.png", png_bytes(), "image/png")}, data={"spec": deep})
+    assert nested_spec.status_code == 422 and nested_spec.json()["field"] == "spec"
     assert api.get("/jobs").status_code == 200
 
 

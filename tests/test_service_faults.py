@@ -8,12 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from app.access import Viewer
 from app.service import GenerationService, JobState
+from test_service import _wait_done as wait_done
 from framepack_core.devices import resolve_device_config
 from framepack_core.engine import FramePackEngine
 from framepack_core.job_queue import JobQueue, QueueState
@@ -26,11 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("faults") / "in.png"
-    y, x = np.mgrid[0:200, 0:300]
-    Image.fromarray(np.stack([x % 256, y % 256, (x * y) % 256], -1).astype(np.uint8)).save(path)
-    return path
+def image(gradient_image: Path) -> Path:
+    return gradient_image
 
 
 def make_service(models_dir: Path, out: Path) -> GenerationService:
@@ -38,15 +34,6 @@ def make_service(models_dir: Path, out: Path) -> GenerationService:
         return FramePackEngine(ModelStore(ModelSource(models_dir=models_dir), resolve_device_config("cpu")))
 
     return GenerationService(factory, out, queue=JobQueue.for_output_dir(out))
-
-
-def wait_done(service: GenerationService, job_id: str, timeout: float = 120) -> object:
-    deadline = time.monotonic() + timeout
-    snapshot = service.snapshot(job_id)
-    while not snapshot.state.done:
-        assert time.monotonic() < deadline, snapshot
-        snapshot = service.wait_for_change(job_id, snapshot.version, timeout=1.0)
-    return snapshot
 
 
 def test_the_worker_survives_sqlite_errors_while_it_waits_and_shows_them(tiny_models_dir, image, tmp_path,
@@ -177,3 +164,28 @@ def test_a_user_over_the_pending_limit_is_refused_and_others_are_not(tiny_models
         service.submit(GenerationRequest(image=image, seed=9, **FAST), owner="alice", max_pending=2)
     service.submit(GenerationRequest(image=image, seed=9, **FAST), owner="bob", max_pending=2)
     assert len(service.store.list(states=(QueueState.PENDING,))) == 3
+
+
+def test_a_user_reorders_only_their_own_jobs_and_cannot_jump_ahead_of_another(tiny_models_dir, image, tmp_path):
+    service = make_service(tiny_models_dir, tmp_path)  # not started: the jobs stay queued
+    first, second = (service.submit(GenerationRequest(image=image, seed=n, **FAST), owner="alice") for n in (1, 2))
+    bobs = service.submit(GenerationRequest(image=image, seed=3, **FAST), owner="bob")
+    service.move(bobs, 1, Viewer("bob"))
+    assert service.queued_job_ids() == [first, second, bobs], "bob's only job keeps its place"
+    service.move(second, 1, Viewer("alice"))
+    assert service.queued_job_ids() == [second, first, bobs], "alice swaps her own two"
+    service.move(bobs, 1, Viewer("root", admin=True))
+    assert service.queued_job_ids() == [bobs, second, first], "an admin orders the whole queue"
+
+
+def test_deleting_a_finished_job_keeps_its_video_its_owners(tiny_models_dir, image, tmp_path):
+    service = make_service(tiny_models_dir, tmp_path)
+    service.start()
+    try:
+        job_id = service.submit(GenerationRequest(image=image, **FAST), owner="alice")
+        video = wait_done(service, job_id).output_video
+        service.delete(job_id, Viewer("alice"))
+        assert [r.video for r in service.list_outputs(viewer=Viewer("alice"))] == [video.resolve()]
+        assert service.list_outputs(viewer=Viewer("bob")) == []
+    finally:
+        service.stop()

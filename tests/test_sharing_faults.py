@@ -15,7 +15,6 @@ from urllib.parse import quote
 
 import httpx
 import numpy as np
-import pytest
 from PIL import Image
 
 from bench.ui_latency import start_demo_server
