@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from app.access import Viewer
-from framepack_core.file_modes import make_public
+from framepack_core.files import atomic_path
 from framepack_core.output_description import OutputDescription, is_description, output_base
 
 logger = logging.getLogger(__name__)
@@ -125,15 +125,8 @@ def sweep_snapshot_dirs(output_dir: Path) -> list[Path]:
 def write_png_atomically(pixels: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         Image.fromarray(pixels).save(temporary, format="PNG")
-        make_public(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class ServedFiles:

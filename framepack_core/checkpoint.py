@@ -18,8 +18,6 @@ finished, and ``SectionVideoWriter.resume`` deletes it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import torch
 
 from framepack_core.errors import InvalidInputError, OutputWriteError
+from framepack_core.files import write_bytes_atomically
 from framepack_core.job_spec import JobSpec
 from framepack_core.video_io import WriterState
 
@@ -100,7 +99,7 @@ class JobDirectory:
         if not self._job_file.exists():
             output = output or default_output
             record = {"spec": spec.to_dict(), "output": str(output)}
-            _write_atomically(self._job_file, json.dumps(record, indent=2).encode())
+            write_bytes_atomically(self._job_file, json.dumps(record, indent=2).encode(), private=True)
             self._checkpoint_file.unlink(missing_ok=True)  # a stale one from a job whose job.json was deleted
             return output, None
         try:
@@ -161,7 +160,8 @@ class JobDirectory:
                 "writer": {"segments": [list(s) for s in writer.segments], "size": writer.size,
                            "sections": writer.sections, "final_frames": writer.final_frames}}
         try:
-            _write_atomically(self._checkpoint_file, save(tensors, metadata={"state": json.dumps(meta)}))
+            write_bytes_atomically(self._checkpoint_file, save(tensors, metadata={"state": json.dumps(meta)}),
+                                   private=True)
         except OSError as error:
             raise OutputWriteError(f"Could not write the checkpoint to {self._checkpoint_file}: "
                                    f"{error.strerror or error}",
@@ -172,23 +172,3 @@ class JobDirectory:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, rename it over ``path``."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        directory = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)

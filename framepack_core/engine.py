@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,8 +19,9 @@ from pathlib import Path
 import torch
 
 from framepack_core.buckets import find_nearest_bucket, resize_and_center_crop
-from framepack_core.denoiser import PackedDenoiser, SectionConditioning
 from framepack_core.checkpoint import JobDirectory, SectionCheckpoint
+from framepack_core.denoiser import PackedDenoiser, SectionConditioning
+from framepack_core.devices import DeviceConfig
 from framepack_core.errors import Cancelled, FramePackError, InvalidInputError, OutputWriteError
 from framepack_core.events import (
     CancelToken,
@@ -36,14 +36,13 @@ from framepack_core.events import (
     StageChanged,
     StepProgress,
 )
-from framepack_core.file_modes import make_public
+from framepack_core.files import atomic_path
 from framepack_core.fingerprint import environment_fingerprint
 from framepack_core.image_input import load_input_image
 from framepack_core.job_planning import JobPlanner, plan_summary
 from framepack_core.job_spec import JobSpec, file_sha256
-from framepack_core.model_identity import model_identities
 from framepack_core.memory_plan import MemoryPlan, PlannedComponent, next_plan_advice
-from framepack_core.devices import DeviceConfig
+from framepack_core.model_identity import model_identities
 from framepack_core.model_loading import ModelSource
 from framepack_core.model_store import ModelStore
 from framepack_core.output_description import OutputDescription, container_metadata, write_sidecar
@@ -467,14 +466,10 @@ def save_latents(path: Path, history_latents: torch.Tensor, start_latent: torch.
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"history_latents": history_latents.float().contiguous(), "start_latent": start_latent.float().contiguous()}
     metadata = {"model": request.model.value, "seed": str(request.seed), "steps": str(request.steps)}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
     try:
-        save_file(tensors, temporary, metadata=metadata)
-        make_public(temporary)
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            save_file(tensors, str(temporary), metadata=metadata)
     except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
         raise OutputWriteError(f"Could not write the latents to {path}: {error.strerror or error}",
                                "Free some disk space or choose another --save-latents path.") from error
     return path

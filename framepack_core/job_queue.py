@@ -27,7 +27,6 @@ import itertools
 import os
 import shutil
 import sqlite3
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from pathlib import Path
 
 from framepack_core import queue_ownership
 from framepack_core.errors import DiskFullError, FramePackError, InvalidInputError
+from framepack_core.files import atomic_path
 from framepack_core.job_spec import JobSpec, file_sha256
 from framepack_core.output_description import output_base
 from framepack_core.queue_database import ClosingConnection, connect, disk_full_as_error, is_disk_full, open_database
@@ -420,15 +420,10 @@ class JobQueue:
     def _store_image(self, image: Path, sha256: str) -> Path:
         stored = self.root / "images" / f"{sha256}{image.suffix.lower() or '.img'}"
         if not stored.exists():
-            temporary = None
             try:
-                handle, temporary = tempfile.mkstemp(prefix=".image.", dir=stored.parent)
-                os.close(handle)
-                shutil.copyfile(image, temporary)
-                os.replace(temporary, stored)
+                with atomic_path(stored, private=True) as temporary:
+                    shutil.copyfile(image, temporary)
             except OSError as error:
-                if temporary is not None:
-                    Path(temporary).unlink(missing_ok=True)
                 if is_disk_full(error):
                     raise DiskFullError("the input image into the job queue", str(stored.parent)) from error
                 raise QueueError(f"Could not store the input image in the queue: {error.strerror or error}",

@@ -20,8 +20,6 @@ read it back to make the same video again.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 from framepack_core.errors import InvalidInputError
-from framepack_core.file_modes import make_public
+from framepack_core.files import write_text_atomically
 from framepack_core.job_spec import JobSpec
 
 OUTPUT_KIND = "framepack-output"
@@ -110,19 +108,7 @@ def container_metadata(description: OutputDescription) -> dict[str, str]:
 def write_sidecar(video: Path, description: OutputDescription) -> Path:
     """Write ``description`` next to ``video`` atomically (a temporary file in the same folder, then a rename), so
     a reader sees the old file or the new one, never half of one. Raises ``OSError``."""
-    path = sidecar_path(video)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(description.to_json() + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        make_public(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomically(sidecar_path(video), description.to_json() + "\n")
 
 
 def is_description(data: Any) -> bool:

@@ -16,11 +16,12 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from framepack_core.files import write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -111,16 +112,8 @@ def _describe_this_process(path: Path) -> None:
     """Write ``worker.json`` atomically. Failing to is logged, not raised: the lock alone makes the ownership."""
     record = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command_line(), "since": time.time()}
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        write_text_atomically(path, json.dumps(record), private=True)
     except OSError as error:
-        logger.warning("Could not write %s, which says who runs the queue: %s", path, error)
-        return
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(record, file)
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
         logger.warning("Could not write %s, which says who runs the queue: %s", path, error)
 
 

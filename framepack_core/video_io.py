@@ -18,20 +18,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Literal, Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import av
 import numpy as np
 import torch
 
-from .errors import OutputWriteError
+from framepack_core.errors import OutputWriteError
+from framepack_core.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +181,7 @@ def join_segments(segments: Sequence[Path], output_path: Path, *, faststart: boo
         raise RuntimeError("segments have different time bases; they were not written by one writer")
     max_delay = max(delay for _, _, delay in timings)
     options = {"movflags": "+faststart"} if faststart else {}
-    with _atomic_file(output_path) as tmp_path:
+    with atomic_path(output_path) as tmp_path:
         with av.open(str(tmp_path), "w", format="mp4", options=options) as out:
             out.metadata.update(metadata or {})  # before the first packet: the header is written with it
             out_stream = None
@@ -239,27 +238,6 @@ def _frame_ticks(stream: av.video.stream.VideoStream) -> int:
     """One frame's duration in the stream's time base (a fallback for packets without a duration)."""
     rate = stream.average_rate or stream.guessed_rate
     return round(1 / (Fraction(rate) * stream.time_base)) if rate else 1
-
-
-@contextlib.contextmanager
-def _atomic_file(final_path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `final_path`; on success fsync and rename it over `final_path`.
-
-    Same folder so the rename is atomic (same filesystem); on any failure the partial file is removed and
-    `final_path` is left exactly as it was. Created with O_EXCL and mode 0o666 so the umask applies as for any
-    new file (mkstemp's 0o600 would make the finished video private to us).
-    """
-    tmp_path = final_path.parent / f".{final_path.name}.{uuid.uuid4().hex[:12]}.part"
-    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())  # with delayed allocation ENOSPC can surface only now; better before the rename
-        os.replace(tmp_path, final_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        raise
 
 
 def _write_error(what: str, path: Path, exc: OSError) -> OutputWriteError:
