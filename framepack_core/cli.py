@@ -5,114 +5,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from framepack_core.cli_jobs import add_jobs_parser, run_jobs
+from framepack_core.cli_options import (
+    add_generate_parser,
+    engine_from_args,
+    library_progress_bars_off,
+    request_from_args,
+    with_option_name,
+)
 from framepack_core.errors import FramePackError, InvalidInputError
 
-if TYPE_CHECKING:
-    from framepack_core.engine import FramePackEngine
-    from framepack_core.request import GenerationRequest
-
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
-
-
-def add_setting_options(p: argparse.ArgumentParser) -> None:
-    """The generation settings (a job spec's ``settings``), shared by ``generate`` and ``jobs submit``."""
-    p.add_argument("--prompt", default="", help="Motion prompt (may be empty).")
-    p.add_argument("--negative-prompt", default="", help="Used only when --cfg > 1.")
-    p.add_argument("--model", choices=["original", "f1"], default="original",
-                   help="original: FramePackI2V_HY (generates the end first); f1: FramePack-F1 (forward).")
-    p.add_argument("--seconds", type=float, default=5.0, help="Video length in seconds, up to 120 (default 5).")
-    p.add_argument("--seed", type=int, default=31337)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--window", type=int, default=9, help="Latent window size (9 is the trained value).")
-    p.add_argument("--gs", type=float, default=10.0, help="Distilled guidance scale.")
-    p.add_argument("--cfg", type=float, default=1.0, help="Real CFG scale; 1 turns it off.")
-    p.add_argument("--rs", type=float, default=0.0, help="CFG rescale.")
-    p.add_argument("--teacache", action=argparse.BooleanOptionalAction, default=True,
-                   help="TeaCache: faster, slightly different results (default on, as the official app).")
-    p.add_argument("--teacache-threshold", type=float, default=0.15)
-    p.add_argument("--sampler-variant", choices=["bh1", "bh2"], default="bh1")
-    p.add_argument("--crf", type=int, default=16, help="MP4 quality, 0-51, lower is better (default 16).")
-    p.add_argument("--resolution", type=int, default=640, help="Base resolution of the buckets (default 640).")
-    p.add_argument("--preserve-gb", type=float, default=None,
-                   help="GPU memory (GB) to leave for other programs; the memory plan offloads more the higher it "
-                        "is (default: automatic, max(0.5, 5%% of the card)).")
-    p.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
-                   help="Store the transformer in fp8 (half the memory, slightly different results); default: "
-                        "only when the plan needs it. See `python -m framepack_core plan`.")
-
-
-def add_runtime_options(p: argparse.ArgumentParser) -> None:
-    """Where the models come from and what runs them, shared by ``generate`` and ``jobs run``."""
-    p.add_argument("--models-dir", type=Path, default=None,
-                   help="Folder with the models in org/name/subfolder layout (default: Hugging Face cache).")
-    p.add_argument("--offline", action="store_true", help="Never download; use the local cache only.")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16.")
-
-
-def engine_from_args(args: argparse.Namespace) -> FramePackEngine | None:
-    """The engine ``add_runtime_options``' values describe, or None after printing why the device is refused."""
-    from framepack_core.devices import resolve_device_config
-    from framepack_core.engine import create_engine
-    from framepack_core.model_loading import ModelSource
-
-    try:
-        config = resolve_device_config(args.device, args.dtype)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return None
-    return create_engine(ModelSource(models_dir=args.models_dir, offline=args.offline), config)
-
-
-def request_from_args(args: argparse.Namespace, image: Path, output: Path | None = None,
-                      save_latents: Path | None = None) -> GenerationRequest:
-    """The request that ``add_setting_options``' values describe (not yet validated)."""
-    from framepack_core.request import GenerationRequest
-
-    return GenerationRequest(
-        image=Path(image), prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model,
-        seconds=args.seconds, seed=args.seed, steps=args.steps, latent_window_size=args.window,
-        distilled_guidance=args.gs, cfg=args.cfg, cfg_rescale=args.rs, use_teacache=args.teacache,
-        teacache_threshold=args.teacache_threshold, crf=args.crf, resolution=args.resolution,
-        sampler_variant=args.sampler_variant, output=output, save_latents=save_latents,
-        gpu_memory_preservation=args.preserve_gb, fp8=args.fp8,
-    )
-
-
-def _generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("generate", help="Generate a video from one image and a prompt.")
-    p.add_argument("--image", required=True, help="Input image (PNG, JPEG, WebP, ...).")
-    p.add_argument("--from", dest="from_video", type=Path, default=None, metavar="VIDEO.mp4",
-                   help="Take the settings from a video this app made (its mp4 metadata or .json sidecar); setting "
-                        "options given as well override them. --image must be the video's own input image.")
-    add_setting_options(p)
-    add_runtime_options(p)
-    p.add_argument("--output", type=Path, default=None, help="Output .mp4 (default outputs/<time>_<model>_seed<N>.mp4).")
-    p.add_argument("--save-latents", type=Path, default=None, help="Also write the final latents (.safetensors).")
-    p.add_argument("--job-dir", type=Path, default=None,
-                   help="Keep the job's checkpoints in this folder: run the same command again after a crash or "
-                        "Ctrl-C and it resumes from the last finished section (bit-identical result).")
-    p.add_argument("--quiet", action="store_true", help="No progress bar.")
-    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m framepack_core", description="FramePack image-to-video.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _generate_parser(sub)
+    add_generate_parser(sub)
     tiny = sub.add_parser("tiny-models", help="Build the tiny random-weight model set (offline, a few MB).")
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
     _plan_parser(sub)
-    from framepack_core.cli_jobs import add_jobs_parser
-
     add_jobs_parser(sub)
     return parser
 
@@ -138,52 +56,6 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="Print the plan as JSON.")
 
 
-# Request fields whose command-line option is not simply "--" + the field name with dashes.
-_OPTION_FOR_FIELD = {"latent_window_size": "--window", "distilled_guidance": "--gs", "cfg_rescale": "--rs",
-                     "gpu_memory_preservation": "--preserve-gb",
-                     "use_teacache": "--teacache"}
-
-
-def _with_option_name(error: InvalidInputError) -> str:
-    """The error as text, naming the option the user typed (``--window``) rather than the request field."""
-    if not error.field.replace("_", "").isalnum():  # "settings.steps": a field of a spec, not an option
-        return str(error)
-    option = _OPTION_FOR_FIELD.get(error.field, "--" + error.field.replace("_", "-"))
-    text = str(error)
-    prefix = f"{error.field}: "
-    return option + ": " + text[len(prefix):] if text.startswith(prefix) else text
-
-
-@contextlib.contextmanager
-def _library_progress_bars_off():
-    """For --quiet: also hide the download and weight-loading bars of huggingface_hub, transformers and diffusers.
-
-    Their state is global, so it is put back on exit (the CLI can be called in-process, e.g. by tests).
-    """
-    restore = []
-    # Import them all before changing anything: transformers copies huggingface_hub's setting when first imported.
-    modules = []
-    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
-        with contextlib.suppress(ImportError):
-            modules.append(importlib.import_module(name))
-    with contextlib.suppress(ImportError, AttributeError):
-        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-        if not are_progress_bars_disabled():
-            disable_progress_bars()
-            restore.append(enable_progress_bars)
-    for module in modules:
-        with contextlib.suppress(AttributeError):
-            if module.is_progress_bar_enabled():
-                module.disable_progress_bar()
-                restore.append(module.enable_progress_bar)
-    try:
-        yield
-    finally:
-        for undo in reversed(restore):
-            undo()
-
-
 def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """``argv``: the command line ``args`` came from (``sys.argv[1:]`` when None), for ``--from``."""
     from tqdm import tqdm
@@ -197,7 +69,7 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
         try:
             request, description, notes = request_from_video(args, sys.argv[1:] if argv is None else argv)
         except InvalidInputError as error:
-            print(f"error: {_with_option_name(error)}", file=sys.stderr)
+            print(f"error: {with_option_name(error)}", file=sys.stderr)
             return EXIT_BAD_INPUT
     else:
         request = request_from_args(args, Path(args.image), args.output, args.save_latents)
@@ -226,7 +98,7 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
         for event in events:
             if args.quiet and not libraries_silenced:
                 # From the first event on: the request passed validation (a refused one imports nothing more).
-                quiet_libraries.enter_context(_library_progress_bars_off())
+                quiet_libraries.enter_context(library_progress_bars_off())
                 libraries_silenced = True
             if isinstance(event, Notice):
                 (bar.write if bar is not None else print)(f"note: {event.message}", file=sys.stderr)
@@ -270,7 +142,7 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
                     print(f"  The finished sections were kept in {event.partial_path}", file=sys.stderr)
                 return EXIT_FAILED
     except InvalidInputError as error:
-        print(f"error: {_with_option_name(error)}", file=sys.stderr)
+        print(f"error: {with_option_name(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # the second Ctrl-C: stop at once, without a traceback
         if bar is not None:
@@ -312,7 +184,7 @@ def _plan_input_problem(args: argparse.Namespace) -> str | None:
         GenerationRequest(image=Path("plan"), model=args.model, latent_window_size=args.window,
                           resolution=args.resolution, cfg=args.cfg).validated()
     except InvalidInputError as error:
-        return _with_option_name(error)
+        return with_option_name(error)
     if args.models_dir is not None and not args.models_dir.is_dir():
         return f"--models-dir: {args.models_dir} is not a folder"
     if args.vram_gb is not None and args.device == "cpu":
@@ -382,7 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "plan":
         return run_plan(args)
     if args.command == "jobs":
-        from framepack_core.cli_jobs import run_jobs
 
         return run_jobs(args)
     return run_tiny_models(args)

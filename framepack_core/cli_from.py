@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from framepack_core.cli_options import OPTION_FOR_FIELD, add_generate_parser, request_from_args
 from framepack_core.errors import FramePackError, InvalidInputError
 from framepack_core.job_spec import SETTINGS_FIELDS, file_sha256
 from framepack_core.output_description import OutputDescription, read_output_description
@@ -29,19 +30,17 @@ if TYPE_CHECKING:
 
 def setting_options() -> dict[str, str]:
     """Each setting's argparse dest -> its request field (``window`` -> ``latent_window_size``)."""
-    from framepack_core.cli import _OPTION_FOR_FIELD
 
-    return {_OPTION_FOR_FIELD.get(name, "--" + name.replace("_", "-"))[2:].replace("-", "_"): name
+    return {OPTION_FOR_FIELD.get(name, "--" + name.replace("_", "-"))[2:].replace("-", "_"): name
             for name in SETTINGS_FIELDS}
 
 
 def typed_settings(argv: Sequence[str]) -> set[str]:
     """The setting dests given on the command line ``argv`` (``["generate", "--image", ...]``)."""
-    from framepack_core.cli import _generate_parser
 
     dests = setting_options()
     root = argparse.ArgumentParser(add_help=False)
-    generate = _generate_parser(root.add_subparsers(dest="command"))
+    generate = add_generate_parser(root.add_subparsers(dest="command"))
     # A marker object rather than argparse.SUPPRESS: argparse runs ``type`` on string defaults ("==SUPPRESS==").
     generate.set_defaults(**dict.fromkeys(dests, _NOT_GIVEN))
     parsed = vars(root.parse_args(list(argv)))
@@ -53,7 +52,6 @@ def request_from_video(args: argparse.Namespace, argv: Sequence[str]
     """The request that remakes ``args.from_video`` with ``args.image``, the description read from the video,
     and notes for the user. ``InvalidInputError`` (field ``from`` or ``image``) for a video without a valid
     description or an image that is not the video's."""
-    from framepack_core.cli import request_from_args
     from framepack_core.request import GenerationRequest
 
     video = Path(args.from_video)

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from framepack_core.cli_options import add_runtime_options, add_setting_options, engine_from_args, library_progress_bars_off, request_from_args, with_option_name
 from framepack_core.errors import FramePackError, InvalidInputError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -21,7 +22,6 @@ DEFAULT_OUTPUT_DIR = Path("outputs")
 
 
 def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
-    from framepack_core.cli import add_runtime_options, add_setting_options
 
     jobs = sub.add_parser("jobs", help="The persistent job queue: list, submit, cancel, retry, run.")
     jobs.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
@@ -87,9 +87,8 @@ def run_jobs(args: argparse.Namespace) -> int:
         print(f"{job.id} {said}")
         return EXIT_OK
     except InvalidInputError as error:
-        from framepack_core.cli import _with_option_name
 
-        print(f"error: {_with_option_name(error)}", file=sys.stderr)
+        print(f"error: {with_option_name(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FramePackError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -122,7 +121,6 @@ def _list(queue, as_json: bool) -> int:  # noqa: ANN001
 
 
 def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
-    from framepack_core.cli import request_from_args
     from framepack_core.image_input import load_input_image
     from framepack_core.job_spec import JobSpec, file_sha256
 
@@ -160,7 +158,6 @@ def _run(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
 
 
 def _run_owned(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
-    from framepack_core.cli import _library_progress_bars_off, engine_from_args
     from framepack_core.events import JobFailed, Notice, SectionFinished
     from framepack_core.job_queue import QueueState
     from framepack_core.queue_runner import QueueRunner
@@ -181,7 +178,7 @@ def _run_owned(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
 
     with contextlib.ExitStack() as quiet:
         if args.quiet:
-            quiet.enter_context(_library_progress_bars_off())
+            quiet.enter_context(library_progress_bars_off())
         done = QueueRunner(queue, engine, args.output_dir).run_pending(show)
     for job in done:
         video = job.output if job.state == QueueState.FINISHED else job.partial  # a stopped job's output is unmade

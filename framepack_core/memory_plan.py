@@ -86,6 +86,7 @@ from framepack_core.activations import (
     vae_decode_activation_bytes,
     vae_encode_activation_bytes,
 )
+from framepack_core.components import PlannedComponent
 from framepack_core.compute_cost import MAX_TEXT_TOKENS, SIGLIP_TOKENS, SectionTokens, call_flops, section_tokens
 
 if TYPE_CHECKING:
@@ -93,16 +94,6 @@ if TYPE_CHECKING:
     from framepack_core.model_sizes import ComponentSize, ModelSizes
 
 GIB = 1024**3
-
-
-class PlannedComponent(str, Enum):
-    """The five model components the planner places (tokenizers and the image processor hold no weights)."""
-
-    TEXT_ENCODER = "text_encoder"  # LLaMA, 8 B parameters
-    TEXT_ENCODER_2 = "text_encoder_2"  # CLIP-L text
-    IMAGE_ENCODER = "image_encoder"  # SigLIP vision
-    VAE = "vae"
-    TRANSFORMER = "transformer"  # the packed 13 B DiT (original or F1)
 
 
 class Placement(str, Enum):

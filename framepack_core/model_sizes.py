@@ -1,6 +1,6 @@
 """How big each model component is, and how it splits into repeated blocks, without loading a single weight.
 
-For each of the five :class:`~framepack_core.memory_plan.PlannedComponent` s: the parameter count, the repeated
+For each of the five :class:`~framepack_core.components.PlannedComponent` s: the parameter count, the repeated
 block lists that block-level offloading moves one block at a time (the transformer's 20 dual-stream
 ``transformer_blocks`` and 40 ``single_transformer_blocks``, the LLaMA's ``layers``, CLIP's and SigLIP's
 ``encoder.layers``; the VAE has none and moves whole), the rest ("remainder": embeddings, refiners, heads), and
@@ -35,7 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from framepack_core.memory_plan import PlannedComponent
+from framepack_core.components import PlannedComponent
 
 # safetensors dtype codes -> (torch dtype name, bytes per element)
 SAFETENSORS_DTYPES = MappingProxyType(

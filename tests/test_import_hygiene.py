@@ -85,3 +85,49 @@ heavy = sorted({name.split(".")[0] for name in sys.modules} & {"torch", "numpy",
 print("heavy:", heavy)
 """)
     assert "heavy: []" in result.stdout
+
+
+def _project_imports() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its text (module level, inside functions, or under
+    TYPE_CHECKING: an import moved into a function to dodge a loop is still a loop)."""
+    import ast
+
+    modules = {}
+    for package in ("framepack_core", "app"):
+        for path in (REPO_ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
+            modules[name] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module if not node.level else ".".join(name.split(".")[:-node.level] + [node.module])
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            graph[name] |= {target for target in targets if target in modules and target != name}
+    return graph
+
+
+def test_no_two_project_modules_import_each_other_even_through_a_chain():
+    from graphlib import CycleError, TopologicalSorter
+
+    graph = _project_imports()
+    assert len(graph) > 50, "the walk found the modules"
+    try:
+        tuple(TopologicalSorter(graph).static_order())
+    except CycleError as error:
+        raise AssertionError(f"import loop: {' -> '.join(error.args[1])}") from None
+
+
+def test_the_core_never_imports_the_app_or_gradio_in_any_module():
+    import ast
+
+    for path in (REPO_ROOT / "framepack_core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for imported in names:
+                assert imported.split(".")[0] not in ("app", "gradio", "gradio_client"), (path, imported)
