@@ -38,9 +38,6 @@ import torch
 from framepack_core.memory_plan import FP8_STORAGE, ComponentPlan, MemoryPlan, Placement, PlannedComponent
 from framepack_core.model_sizes import BLOCK_LISTS
 
-# diffusers' hook names (``diffusers.hooks.group_offloading``), used to take the hooks off again.
-_GROUP_OFFLOADING_HOOKS = ("group_offloading", "lazy_prefetch_group_offloading")
-
 GroupOffloading = Callable[..., None]  # ``diffusers.hooks.apply_group_offloading``
 
 
@@ -95,12 +92,13 @@ class AppliedPlacement:
         """Take the offloading hooks off and leave the whole module on the offload device. fp8 storage stays
         (the bf16 weights are gone); after DISK the module must be reloaded (see ``reusable``)."""
         from diffusers.hooks import HookRegistry
+        from diffusers.hooks.group_offloading import _GROUP_OFFLOADING, _LAZY_PREFETCH_GROUP_OFFLOADING
 
         for submodule in self.module.modules():
             registry = getattr(submodule, "_diffusers_hook", None)
             if registry is None:
                 continue
-            for name in _GROUP_OFFLOADING_HOOKS:
+            for name in (_GROUP_OFFLOADING, _LAZY_PREFETCH_GROUP_OFFLOADING):
                 if registry.get_hook(name) is not None:
                     registry.remove_hook(name, recurse=False)
         HookRegistry.check_if_exists_or_initialize(self.module).invalidate_child_registries_cache()
