@@ -25,13 +25,13 @@ import numpy as np
 
 from app.access import Viewer
 from framepack_core.files import atomic_path
-from framepack_core.output_description import OutputDescription, is_description, output_base
+from framepack_core.output_description import OutputDescription, is_description
+from framepack_core.output_naming import PARTIAL_SUFFIX, output_base
 
 logger = logging.getLogger(__name__)
 
 SETTINGS_SUFFIX = ".json"
 INPUT_SUFFIX = ".png"
-PARTIAL_VIDEO_SUFFIX = ".partial.mp4"  # framepack_core.engine.partial_output_path
 SNAPSHOT_DIR_PREFIX = ".snapshots-"
 SERVED_DIR_PREFIX = "framepack-served-"  # + "<pid>-<random>", in the system's temporary folder
 # Snapshot folders of an older version: ".<stamp>_<job id>_seed<seed>.<random>" (tempfile.mkdtemp).
@@ -74,7 +74,7 @@ def _record(root: Path, settings_path: Path, owners: Mapping[str, str | None]) -
         if is_description(data):  # a video's sidecar
             video = settings_path.with_suffix(".mp4")
             settings = dict(OutputDescription.from_dict(data).spec.settings)
-            settings["complete"] = not video.name.endswith(PARTIAL_VIDEO_SUFFIX)
+            settings["complete"] = not video.name.endswith(PARTIAL_SUFFIX)
             image = root / (video.name.removesuffix(".mp4").removesuffix(".partial") + INPUT_SUFFIX)
         elif isinstance(data, dict):  # the settings file of an older version: {"video": ..., "input_image": ...}
             settings = data

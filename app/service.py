@@ -45,6 +45,7 @@ from framepack_core.events import (
 from framepack_core.errors import FramePackError
 from framepack_core.job_queue import JobQueue, QueueError, QueueOwnership, QueueState
 from framepack_core.job_spec import JobSpec, file_sha256
+from framepack_core.output_naming import output_path
 from framepack_core.queue_runner import record_event
 from framepack_core.request import GenerationRequest
 
@@ -214,7 +215,7 @@ class GenerationService(QueueManagementMixin):
                 job_id = stored.id
                 request = replace(request, image=stored.image)
             else:
-                job_id = time.strftime("%Y%m%d_%H%M%S") + f"_{uuid.uuid4().hex[:6]}"
+                job_id = uuid.uuid4().hex[:12]  # as the queue's ids
             self._jobs[job_id] = LiveJob(job_id, request, owner)
             self._queue.append(job_id)
             self._renumber_queue()
@@ -450,9 +451,8 @@ class GenerationService(QueueManagementMixin):
             output = Path(request.output)
             base = output_base(output)
         else:
-            stamp = "" if self.store is None else time.strftime("%Y%m%d_%H%M%S_")
-            base = f"{stamp}{job_id}_seed{request.seed}"
-            output = self.output_dir / f"{base}.mp4"
+            output = output_path(self.output_dir, seed=request.seed, job_id=job_id)
+            base = output_base(output)
             if self.store is not None:
                 self.store.set_output(job_id, output)
         job.work_dir = snapshot_dir(self.output_dir, base)

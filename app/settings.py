@@ -14,11 +14,12 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
+from framepack_core.output_naming import DEFAULT_OUTPUT_DIR as _CORE_DEFAULT_OUTPUT_DIR
+
 ENV_PREFIX = "FRAMEPACK_"
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Beside the code, not the current directory: the app writes to the same place wherever it is started from.
-DEFAULT_OUTPUT_DIR = REPO_ROOT / "outputs"
+DEFAULT_OUTPUT_DIR = _CORE_DEFAULT_OUTPUT_DIR  # the one default, shared with ``generate`` and ``jobs``
 
 # What the job inputs start at in demo mode: a run on the tiny random models takes seconds on a laptop CPU.
 DEMO_JOB_DEFAULTS: Mapping[str, Any] = {"resolution": 128, "latent_window_size": 9, "steps": 8, "seconds": 2.0}

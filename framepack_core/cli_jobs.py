@@ -1,6 +1,6 @@
 """``python -m framepack_core jobs ...``: the persistent job queue from the command line.
 
-The queue lives under the output folder (``--output-dir``, default ``outputs``), the same one the app uses, so a
+The queue lives under the output folder (``--output-dir``, default ``outputs/`` beside the code), the same one the app uses, so a
 job submitted here runs in the app when it starts (or with ``jobs run``), and jobs queued in the app show up in
 ``jobs list``.
 """
@@ -15,17 +15,17 @@ import time
 from pathlib import Path
 
 from framepack_core.cli_options import add_runtime_options, add_setting_options, engine_from_args, library_progress_bars_off, request_from_args, with_option_name
+from framepack_core.output_naming import DEFAULT_OUTPUT_DIR
 from framepack_core.errors import FramePackError, InvalidInputError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-DEFAULT_OUTPUT_DIR = Path("outputs")
 
 
 def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
 
     jobs = sub.add_parser("jobs", help="The persistent job queue: list, submit, cancel, retry, run.")
     jobs.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
-                      help="The output folder whose queue to use (default outputs; the app's --output-dir).")
+                      help="The output folder whose queue to use (default: outputs/ beside the code, as the app's).")
     verbs = jobs.add_subparsers(dest="verb", required=True)
 
     listing = verbs.add_parser("list", help="Running, pending (in queue order) and ended jobs.")

@@ -94,7 +94,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                         "options given as well override them. --image must be the video's own input image.")
     add_setting_options(p)
     add_runtime_options(p)
-    p.add_argument("--output", type=Path, default=None, help="Output .mp4 (default outputs/<time>_<model>_seed<N>.mp4).")
+    p.add_argument("--output", type=Path, default=None, help="Output .mp4 (default <time>_<model>_seed<N>.mp4 in outputs/ beside the code, as the app's).")
     p.add_argument("--save-latents", type=Path, default=None, help="Also write the final latents (.safetensors).")
     p.add_argument("--job-dir", type=Path, default=None,
                    help="Keep the job's checkpoints in this folder: run the same command again after a crash or "

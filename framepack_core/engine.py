@@ -45,6 +45,7 @@ from framepack_core.memory_plan import MemoryPlan, PlannedComponent, next_plan_a
 from framepack_core.model_identity import model_identities
 from framepack_core.model_loading import ModelSource
 from framepack_core.model_store import ModelStore
+from framepack_core.output_naming import DEFAULT_OUTPUT_DIR, output_path, partial_output_path
 from framepack_core.output_description import OutputDescription, container_metadata, write_sidecar
 from framepack_core.packing import LatentHistory, ModelVariant, plan_sections
 from framepack_core.preview import latent_preview
@@ -77,15 +78,6 @@ def create_engine(source: ModelSource, config: DeviceConfig) -> FramePackEngine:
     """The engine as the app and the CLI run it: models from ``source`` on ``config``'s device, each job planning
     where they live (``framepack_core.job_planning``)."""
     return FramePackEngine(ModelStore(source, config), JobPlanner(source, config.device))
-
-
-def default_output_path(request: GenerationRequest, folder: Path = Path("outputs")) -> Path:
-    stamp = time.strftime("%Y%m%d_%H%M%S")
-    return folder / f"{stamp}_{request.model.value}_seed{request.seed}.mp4"
-
-
-def partial_output_path(output: Path) -> Path:
-    return output.with_name(output.stem + ".partial.mp4")
 
 
 class FramePackEngine:
@@ -148,7 +140,7 @@ class _JobRun:
         self.pixels = pixels
         self.job_id = job_id
         self.cancel = cancel
-        self.output: Path = output or default_output_path(request)
+        self.output: Path = output or output_path(DEFAULT_OUTPUT_DIR, seed=request.seed, model=request.model.value)
         self._output_given = output is not None
         self.writer: SectionVideoWriter | None = None
         self.sections_done = 0

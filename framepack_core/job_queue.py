@@ -37,7 +37,7 @@ from framepack_core import queue_ownership
 from framepack_core.errors import DiskFullError, FramePackError, InvalidInputError
 from framepack_core.files import atomic_path
 from framepack_core.job_spec import JobSpec, file_sha256
-from framepack_core.output_description import output_base
+from framepack_core.output_naming import output_base
 from framepack_core.queue_database import ClosingConnection, connect, disk_full_as_error, is_disk_full, open_database
 from framepack_core.queue_ownership import QueueOwnership
 from framepack_core.queue_rows import (

@@ -89,12 +89,6 @@ class OutputDescription:
         return cls.from_dict(data)
 
 
-def output_base(video: Path | str) -> str:
-    """What every file of one job shares: its name up to the first dot (``<stamp>_<id>_seed<n>`` for the
-    ``.mp4``, ``.partial.mp4``, ``.attempt1.partial.mp4``, the ``.json`` sidecars and the input ``.png``)."""
-    return Path(video).name.split(".", 1)[0]
-
-
 def sidecar_path(video: Path) -> Path:
     """The sidecar JSON of ``video``: the same name with ``.json`` (``clip.partial.mp4`` -> ``clip.partial.json``)."""
     return Path(video).with_suffix(SIDECAR_SUFFIX)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from framepack_core.output_naming import PARTIAL_SUFFIX
 from framepack_core.errors import InvalidInputError
 from framepack_core.job_spec import JobSpec
 from framepack_core.output_description import sidecar_path
 from framepack_core.queue_database import UndecodableText
 
-PARTIAL_SUFFIX = ".partial.mp4"  # framepack_core.engine.partial_output_path (not imported: it pulls in torch)
 
 
 class QueueState(str, Enum):

@@ -11,7 +11,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from framepack_core.engine import FramePackEngine, default_output_path
+from framepack_core.engine import FramePackEngine
+from framepack_core.output_naming import output_path
 from framepack_core.errors import FramePackError
 from framepack_core.events import (
     CancelToken,
@@ -42,7 +43,7 @@ class QueueRunner:
         try:
             request = job.spec.request(job.image, output=job.output)
             if request.output is None:
-                request = job.spec.request(job.image, output=default_output_path(request, self.output_dir))
+                request = job.spec.request(job.image, output=output_path(self.output_dir, seed=request.seed, job_id=job.id))
                 self.queue.set_output(job.id, request.output)
         except FramePackError as error:
             return self.queue.end(job.id, QueueState.FAILED, error=error.message, hint=error.hint)
