@@ -2,7 +2,7 @@
 
 The five components' sizes come from the built-in real configs counted on the meta device
 (``framepack_core.model_sizes``); the machines are ``fake_hardware`` with all of their VRAM free and all of their
-RAM available; the planner is ``framepack_core.memory_plan.plan_memory`` with its default cost model (an RTX
+RAM available; the planner is ``framepack_core.memory_planner.plan_memory`` with its default cost model (an RTX
 4090's 165 TFLOPS dense bf16, 25 GB/s host to device, 3 GB/s disk) and automatic memory to preserve. For every
 VRAM x RAM pair the script checks that the chosen plan fits and that its peaks are within its budgets, and exits
 with status 1 if one is not. Both models are planned: they have the same architecture and pack the same tokens,
@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from framepack_core.hardware import fake_hardware
-from framepack_core.memory_plan import MemoryPlan, Placement, PlannedComponent, Workload, plan_memory
+from framepack_core.memory_plan import MemoryPlan, Placement, PlannedComponent, Workload
+from framepack_core.memory_planner import plan_memory
 from framepack_core.model_sizes import ModelSizes, builtin_sizes
 
 DEFAULT_VRAM_GB: tuple[float, ...] = (6, 8, 12, 16, 24, 80)

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from framepack_core.engine import FramePackEngine
     from framepack_core.events import JobFinished, SectionFinished
     from framepack_core.hardware import fake_hardware
-    from framepack_core.memory_plan import Placement, Workload, plan_memory
+    from framepack_core.memory_plan import Placement, Workload
+    from framepack_core.memory_planner import plan_memory
     from framepack_core.model_loading import ModelSource
     from framepack_core.model_sizes import find_sizes
     from framepack_core.model_store import ModelStore

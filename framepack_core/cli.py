@@ -196,7 +196,9 @@ def run_plan(args: argparse.Namespace) -> int:
     import json
 
     from framepack_core.hardware import TorchHardwareProbe, simulated_gpu, with_ram
-    from framepack_core.memory_plan import GIB, Workload, describe, plan_memory
+    from framepack_core.memory_plan import GIB, Workload
+    from framepack_core.memory_planner import plan_memory
+    from framepack_core.memory_report import describe
     from framepack_core.model_sizes import find_sizes
 
     problem = _plan_input_problem(args)

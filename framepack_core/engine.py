@@ -41,7 +41,8 @@ from framepack_core.fingerprint import environment_fingerprint
 from framepack_core.image_input import load_input_image
 from framepack_core.job_planning import JobPlanner, plan_summary
 from framepack_core.job_spec import JobSpec, file_sha256
-from framepack_core.memory_plan import MemoryPlan, PlannedComponent, next_plan_advice
+from framepack_core.memory_plan import MemoryPlan, PlannedComponent
+from framepack_core.memory_report import next_plan_advice
 from framepack_core.model_identity import model_identities
 from framepack_core.model_loading import ModelSource
 from framepack_core.model_store import ModelStore

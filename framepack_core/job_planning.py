@@ -12,7 +12,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from framepack_core.hardware import HardwareInfo, HardwareProbe, TorchHardwareProbe
-from framepack_core.memory_plan import GIB, CostModel, MemoryPlan, Placement, Workload, plan_memory
+from framepack_core.memory_plan import GIB, CostModel, MemoryPlan, Placement, Workload
+from framepack_core.memory_planner import plan_memory
 from framepack_core.model_sizes import ModelSizes, find_sizes
 
 if TYPE_CHECKING:

@@ -17,10 +17,9 @@ from framepack_core.memory_plan import (
     PlannedComponent,
     Workload,
     automatic_preserve_bytes,
-    describe,
-    next_plan_advice,
-    plan_memory,
 )
+from framepack_core.memory_planner import plan_memory
+from framepack_core.memory_report import describe, next_plan_advice
 from framepack_core.model_sizes import builtin_sizes
 
 C = PlannedComponent

@@ -20,7 +20,8 @@ from framepack_core.engine import FramePackEngine
 from framepack_core.events import JobFailed, JobFinished, Notice, SectionFinished
 from framepack_core.hardware import FakeHardwareProbe, fake_hardware
 from framepack_core.job_planning import JobPlanner
-from framepack_core.memory_plan import GIB, MemoryPlan, Placement, PlannedComponent, Workload, plan_memory
+from framepack_core.memory_plan import GIB, MemoryPlan, Placement, PlannedComponent, Workload
+from framepack_core.memory_planner import plan_memory
 from framepack_core.model_loading import ModelSource
 from framepack_core.model_sizes import find_sizes
 from framepack_core.model_store import ModelStore
