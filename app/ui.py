@@ -11,28 +11,28 @@ it goes), ``/status`` and ``/stop`` (by job id).
 
 from __future__ import annotations
 
-import html
 import itertools
 import logging
 import random
-import re
-import threading
-import time
 from collections.abc import Callable, Iterator
-
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from app.access import Viewer
-from app.outputs import OutputRecord, ServedFiles
-from app.service import GenerationService, JobSnapshot, JobState, WorkerHealth
+from app.outputs import ServedFiles
+from app.service import GenerationService, JobState
 from app.settings import REPO_ROOT, Settings
 from framepack_core.errors import FramePackError, InvalidInputError
-from framepack_core.job_queue import DamagedJob, QueuedJob, QueueState
-from framepack_core.output_description import read_output_description
-from framepack_core.request import MAX_RESOLUTION, MAX_SECONDS, MAX_WINDOW, MIN_RESOLUTION, GenerationRequest
+from framepack_core.request import MAX_RESOLUTION, MAX_SECONDS, MAX_WINDOW, MIN_RESOLUTION
+# The page's pure pieces (some re-exported: tests and scripts import them from here) and its streams.
+from app.ui_render import (  # noqa: F401
+    FP8_CHOICE_OF, FP8_CHOICES, JOB_FIELDS, JOB_ID_PATTERN, QUEUE_COLUMNS, QUEUE_REFRESH_S, build_request,
+    gallery_items, health_markdown, queue_table_rows, readable_error, render_message, render_progress,
+    settings_to_inputs, status_dict, upload_path, video_settings,
+)
+from app.ui_streams import LatestStreams, first_frame, idle_frame, next_frame, snapshots_to_show
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +48,6 @@ DEMO_BANNER = ("**demo mode: random tiny weights, the video is noise.** Everythi
                "loaded, sampled, decoded and written exactly as with the real weights, on the CPU.")
 MEMORY_INFO = ("VRAM left free for other programs. Empty: chosen for you. More preserved means more of the model "
                "is offloaded to RAM: slower, never different.")
-FP8_CHOICES = [("Automatic (only when bf16 cannot fit)", "auto"), ("Always", "on"), ("Never", "off")]
-FP8_VALUES = {"auto": None, "on": True, "off": False}
-FP8_CHOICE_OF = {value: choice for choice, value in FP8_VALUES.items()}
-
-# The job inputs after the image, in the order every handler and the /generate endpoint take them. The names
-# are GenerationRequest fields, so saved settings load back by name.
-JOB_FIELDS = ("prompt", "model", "seconds", "seed", "steps", "distilled_guidance", "latent_window_size", "cfg",
-              "cfg_rescale", "negative_prompt", "use_teacache", "teacache_threshold", "crf", "resolution",
-              "gpu_memory_preservation", "fp8")
 # Seeds are drawn below 2**32 so they survive the browser's float64 numbers exactly.
 RANDOM_SEED_LIMIT = 2**32
 # Progress and previews are redrawn at most this often (sections, state changes and the end go out at once).
@@ -87,246 +78,6 @@ def page_style() -> dict[str, Any]:
     return {"theme": gr.themes.Default(font=fonts, font_mono=mono), "css": CSS}
 
 
-# Turning inputs into a request ---------------------------------------------------------------------------------
-
-def build_request(image: str | None, values: dict[str, Any]) -> GenerationRequest:
-    """The request for the page's (or the API's) inputs; ``InvalidInputError`` when there is no image."""
-    if not image:
-        raise InvalidInputError("image", "no start image was given", "Upload a start image first.")
-    values = {**values, "fp8": FP8_VALUES.get(values.get("fp8"), values.get("fp8"))}
-    known = {name: values[name] for name in JOB_FIELDS if values.get(name) is not None}
-    # Number components send floats (2.0); the request validates whole numbers itself.
-    return GenerationRequest(image=Path(image), **known)
-
-
-def upload_path(value: Any) -> str | None:
-    """The file behind an image input that Gradio did not preprocess: a FileData dict, or already a path.
-
-    The Start and /generate handlers skip Gradio's preprocessing because it opens the upload with PIL first and
-    turns a file that is not an image into a bare "Error"; unopened, the file reaches the service, whose image
-    check refuses it with a message that says what is wrong and how to fix it. Gradio has still checked that the
-    file is one of its uploads before the handler runs.
-    """
-    if isinstance(value, dict):
-        return value.get("path")
-    return str(value) if value else None
-
-
-def settings_to_inputs(settings: dict[str, Any], defaults: dict[str, Any]) -> list[Any]:
-    """Saved settings (a settings JSON) -> values for the JOB_FIELDS components; missing keys keep defaults."""
-    values = []
-    for name in JOB_FIELDS:
-        value = settings.get(name, defaults.get(name))
-        if name == "fp8":
-            value = FP8_CHOICE_OF.get(value, "auto")
-        values.append(getattr(value, "value", value))  # the model enum -> "original" / "f1"
-    return values
-
-
-def video_settings(video: Path, defaults: dict[str, Any]) -> tuple[list[Any], str]:
-    """Values for the JOB_FIELDS components from a video's description, and a note for the page.
-
-    Raises ``InvalidInputError`` (field "video") for a file that is not a video or carries no valid description.
-    """
-    description = read_output_description(video, field="video")
-    values = settings_to_inputs(dict(description.spec.settings), defaults)
-    note = (f"Loaded the settings of `{video.name}`. To make the same video, use its start image (SHA-256 "
-            f"`{description.spec.image_sha256[:12]}…`), then press Start.")
-    return values, note
-
-
-# Rendering a snapshot ------------------------------------------------------------------------------------------
-
-_STATE_LABELS = {JobState.QUEUED: "Queued", JobState.RUNNING: "Running", JobState.FINISHED: "Finished",
-                 JobState.CANCELLED: "Stopped", JobState.FAILED: "Failed"}
-
-
-QUEUE_COLUMNS = ("#", "id", "state", "progress", "prompt", "seconds", "seed", "submitted", "error")
-QUEUE_REFRESH_S = 2.0
-JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_]{1,64}")
-
-
-def queue_table_rows(jobs: list[QueuedJob], damaged: list[DamagedJob] = (),
-                     places: dict[str, int] | None = None) -> list[list[Any]]:
-    """The Queue tab's rows: running, pending with their place, then ended jobs, then damaged ones (stored rows
-    that cannot be read: they can only be deleted). ``places``: each pending job's place in the whole queue (a
-    user sharing the app sees only their rows, but their place counts everyone's waiting jobs, as the progress
-    panel's does); without it, the places of the rows listed."""
-    rows = []
-    place = 0
-    for job in jobs:
-        if job.state == QueueState.PENDING:
-            place = places.get(job.id, place + 1) if places is not None else place + 1
-        settings = job.spec.settings
-        progress = f"{job.sections_done}/{job.total_sections} sections" if job.total_sections else ""
-        prompt = str(settings.get("prompt", ""))
-        rows.append([place if job.state == QueueState.PENDING else "", job.id,
-                     job.state.value + (" (stopping)" if job.cancel_requested else ""), progress,
-                     prompt if len(prompt) <= 60 else prompt[:57] + "...", settings.get("seconds"),
-                     settings.get("seed"), time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at)),
-                     job.error or ""])
-    for row in damaged:
-        rows.append(["", row.id, "damaged", "", "", None, None, "", f"{row.reason} (delete it)"])
-    return rows
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {rest:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def render_message(text: str, *, hint: str = "", error: bool = False, state: str = "idle") -> str:
-    """A one-message progress box (idle text, a refused request)."""
-    css = "fp-error" if error else "fp-muted"
-    body = f'<div class="{css}">{"<b>Error:</b> " if error else ""}{html.escape(text)}</div>'
-    if hint:
-        body += f'<div class="{css}">How to fix: {html.escape(hint)}</div>'
-    return f'<div class="fp-progress" data-state="{state}">{body}</div>'
-
-
-def render_progress(snapshot: JobSnapshot, *, own: bool = True) -> str:
-    """Stage, section i/n, step j/k, elapsed, ETA and a bar; errors with their fix; notices.
-
-    The outer element carries ``data-state`` (and section/step) so tests and scripts can read the state.
-    """
-    s = snapshot
-    if s.queue_position:
-        stage = (f"Place in the queue: <b>{s.queue_position}</b> (one job runs at a time; this one starts when "
-                 "the jobs before it end)")
-    else:
-        stage = html.escape(s.stage_message)
-    lines = [f"<b>{_STATE_LABELS[s.state]}</b> &middot; {stage}"]
-    if not own:
-        lines.append('<span class="fp-muted">This job was started from another tab or by an API client.</span>')
-    counters = []
-    if s.total_sections:
-        counters.append(f"section {s.section or 0}/{s.total_sections}")
-    if s.total_steps:
-        counters.append(f"step {s.step or 0}/{s.total_steps}")
-    if s.state != JobState.QUEUED:
-        counters.append(f"elapsed {format_duration(s.elapsed_s)}")
-    if s.state == JobState.RUNNING:
-        counters.append(f"ETA {format_duration(s.eta_s)}")
-    if counters:
-        lines.append(" &middot; ".join(counters))
-    bar = ""
-    if s.total_sections and s.total_steps and s.section:
-        done = (s.section - 1) * s.total_steps + (s.step or 0)
-        total = s.total_sections * s.total_steps
-        if s.state == JobState.FINISHED:
-            done = total
-        bar = f'<progress value="{done}" max="{total}"></progress>'
-    if s.error:
-        lines.append(f'<span class="fp-error"><b>Error:</b> {html.escape(s.error)}</span>')
-        if s.error_hint:
-            lines.append(f'<span class="fp-error">How to fix: {html.escape(s.error_hint)}</span>')
-    if s.video_frames and s.state == JobState.RUNNING:
-        lines.append(f'<span class="fp-muted">The finished video will have {s.video_frames} frames '
-                     f'({s.video_frames / 30:.1f} s at 30 fps).</span>')
-    if s.output_video is not None and s.state.done:
-        lines.append(f"Saved as <code>{html.escape(s.output_video.name)}</code> in the output folder.")
-    for notice in s.notices:
-        lines.append(f'<span class="fp-muted">Note: {html.escape(notice)}</span>')
-    attributes = (f'data-state="{s.state.value}" data-job="{html.escape(s.job_id)}" '
-                  f'data-section="{s.section or 0}" data-step="{s.step or 0}"')
-    return f'<div class="fp-progress" {attributes}>{"<br>".join(lines)}{bar}</div>'
-
-
-def status_dict(snapshot: JobSnapshot) -> dict[str, Any]:
-    """The snapshot as JSON for API clients (no arrays, no server paths beyond file names)."""
-    s = snapshot
-    return {"job_id": s.job_id, "state": s.state.value, "queue_position": s.queue_position,
-            "stage": s.stage_message, "section": s.section, "total_sections": s.total_sections, "step": s.step,
-            "total_steps": s.total_steps, "elapsed_s": round(s.elapsed_s, 3),
-            "eta_s": None if s.eta_s is None else round(s.eta_s, 3), "video_frames": s.video_frames,
-            "video": s.output_video.name if s.output_video else None, "error": s.error, "error_hint": s.error_hint,
-            "notices": list(s.notices)}
-
-
-def gallery_items(records: list[OutputRecord], serve: Callable[[Path], str | None] = str
-                  ) -> list[tuple[str, str]]:
-    """(thumbnail, caption) per past generation: the cropped input image, else the video itself. ``serve`` turns
-    an output file into a path Gradio may hand to the browser (``ServedFiles.serve``)."""
-    items = []
-    for record in records:
-        settings = record.settings
-        prompt = str(settings.get("prompt") or "(no prompt)")
-        prompt = prompt if len(prompt) <= 48 else prompt[:47] + "…"
-        state = "" if settings.get("complete", True) else " · partial"
-        caption = (f"{settings.get('model', '?')} · {settings.get('seconds', '?')} s · seed {settings.get('seed', '?')}"
-                   f"{state} · {prompt}")
-        thumbnail = serve(record.input_image or record.video)
-        if thumbnail is not None:
-            items.append((thumbnail, caption))
-    return items
-
-
-def snapshots_to_show(service: GenerationService, job_id: str, min_interval_s: float,
-                      redraw_interval_s: float | None = None, viewer: Viewer | None = None
-                      ) -> Iterator[JobSnapshot]:
-    """The job's snapshots worth drawing: the current one, then changes, at most one per ``min_interval_s``, and
-    the unchanged one again after ``redraw_interval_s`` without news (when given).
-
-    Changes that matter at once (a new section video, a queue place, a new state, the end) go out as soon as they
-    happen; step-by-step progress and previews are coalesced to the latest within the interval. With the real
-    models a step takes seconds, so every step is shown; with the tiny ones steps come every few milliseconds
-    and drawing each would cost the engine more time than the step itself. Raises ``KeyError`` for a job that is
-    unknown or hidden from ``viewer``.
-    """
-    sent = service.snapshot(job_id, viewer)
-    yield sent
-    sent_at = time.monotonic()
-    current = sent
-    while not sent.state.done:
-        due = sent_at + min_interval_s
-        timeout = 0.5 if current.version == sent.version else max(0.0, due - time.monotonic())
-        current = service.wait_for_change(job_id, current.version, timeout=timeout, viewer=viewer)
-        if current.version == sent.version:
-            if redraw_interval_s is not None and time.monotonic() - sent_at >= redraw_interval_s:
-                sent_at = time.monotonic()
-                yield sent
-            continue  # nothing new yet
-        urgent = (current.state != sent.state or current.partial_video != sent.partial_video
-                  or current.queue_position != sent.queue_position or current.error != sent.error)
-        if urgent or time.monotonic() >= due:
-            sent, sent_at = current, time.monotonic()
-            yield sent
-
-
-class _LatestStreams:
-    """Which stream each browser session follows: the latest one started. Starting a job cancels the page-load
-    stream, but a cancelled generator can still be computing a frame; checking before each yield keeps that
-    frame (another tab's job, say) from drawing over the new job's progress or becoming the tab's job to stop."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._latest: dict[str, int] = {}
-        self._counter = itertools.count(1)
-
-    def begin(self, session: str) -> int:
-        with self._lock:
-            token = next(self._counter)
-            self._latest[session] = token
-            return token
-
-    def is_current(self, session: str, token: int) -> bool:
-        with self._lock:
-            return self._latest.get(session) == token
-
-    def end(self, session: str, token: int) -> None:
-        with self._lock:
-            if self._latest.get(session) == token:
-                del self._latest[session]
-
-
 # The page ------------------------------------------------------------------------------------------------------
 
 def build_app(settings: Settings, service: GenerationService, served: ServedFiles | None = None) -> gr.Blocks:
@@ -334,7 +85,7 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
     files are linked for Gradio to copy (``ServedFiles``; the caller closes it when the app stops)."""
     defaults = settings.job_defaults()
     served = served or ServedFiles()  # how output files reach a browser: see ServedFiles and docs/security.md
-    latest_streams = _LatestStreams()
+    latest_streams = LatestStreams()
 
     def viewer_of(request: gr.Request | None) -> Viewer:
         """Who is asking: with logins on, a request without a login sees nothing."""
@@ -487,14 +238,14 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
             try:
                 updates = snapshots_to_show(service, job_id, PAGE_UPDATE_INTERVAL_S, PAGE_REDRAW_INTERVAL_S, viewer)
                 snapshot = next(updates)
-                frame = _first_frame(snapshot, own, served)
+                frame = first_frame(snapshot, own, served)
                 if with_gallery:
                     frame[8], frame[9] = refreshed_gallery(viewer)
                 if not latest_streams.is_current(session, token):
                     return
                 yield frame
                 for previous, latest in itertools.pairwise(itertools.chain([snapshot], updates)):
-                    frame = _next_frame(previous, latest, own, served)
+                    frame = next_frame(previous, latest, own, served)
                     if latest.state.done:
                         frame[8], frame[9] = refreshed_gallery(viewer)
                     if not latest_streams.is_current(session, token):
@@ -502,7 +253,7 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
                     yield frame
             except KeyError:  # a long-finished job the service has forgotten
                 if latest_streams.is_current(session, token):
-                    yield _idle_frame("That job is no longer known to the app; see the outputs gallery.")
+                    yield idle_frame("That job is no longer known to the app; see the outputs gallery.")
             finally:
                 latest_streams.end(session, token)
 
@@ -521,9 +272,9 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
                                         max_pending=settings.max_pending_per_user)
             except (FramePackError, RuntimeError) as error:
                 # A refused request is the user's to fix: say what and how, in the page, and stay ready.
-                message, hint = _readable(error, image)
+                message, hint = readable_error(error, image)
                 gr.Warning(f"{message} How to fix: {hint}" if hint else message)
-                yield _idle_frame(message, hint=hint, error=True)
+                yield idle_frame(message, hint=hint, error=True)
                 latest_streams.end(session, token)
                 return
             logger.info("Job %s submitted from the page", job_id)
@@ -540,7 +291,7 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
             if job_id is None and own_job is not None and _is_known(service, own_job, viewer):
                 job_id = own_job  # finished while the page was away: show its result
             if job_id is None:
-                frame = _idle_frame()
+                frame = idle_frame()
                 frame[8], frame[9] = refreshed_gallery(viewer)
                 if latest_streams.is_current(session, token):
                     yield frame
@@ -602,7 +353,7 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
             try:
                 values, note = video_settings(Path(path), defaults)
             except InvalidInputError as error:
-                message, hint = _readable(error, path)
+                message, hint = readable_error(error, path)
                 gr.Warning(f"{message} How to fix: {hint}" if hint else message)
                 note = f"**Could not load settings:** {message}" + (f" How to fix: {hint}" if hint else "")
                 return [gr.skip()] * (len(job_inputs) + 2) + [note]
@@ -682,7 +433,7 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
                 job_id = service.submit(build_request(image, values), owner=viewer.submitter,
                                         max_pending=settings.max_pending_per_user)
             except FramePackError as error:
-                message, hint = _readable(error, image)
+                message, hint = readable_error(error, image)
                 raise gr.Error(f"{message} How to fix: {hint}" if hint else message) from None
             for snapshot in snapshots_to_show(service, job_id, API_UPDATE_INTERVAL_S, viewer=viewer):
                 if not snapshot.state.done:
@@ -718,77 +469,10 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
     return demo
 
 
-# Frames: one value (or gr.skip()) per stream output, in the order of build_app's stream_outputs ------------------
-# 0 job_state, 1 browser_job, 2 preview, 3 progress, 4 video, 5 final_file, 6 start, 7 stop, 8 gallery, 9 records
-
-def _idle_frame(message: str = "Upload an image, write a prompt and press Start.", *, hint: str = "",
-                error: bool = False) -> list[Any]:
-    frame = [gr.skip()] * 10
-    frame[3] = render_message(message, hint=hint, error=error, state="refused" if error else "idle")
-    frame[6], frame[7] = gr.update(interactive=True), gr.update(interactive=False)
-    return frame
-
-
-def _buttons(snapshot: JobSnapshot, own: bool) -> tuple[Any, Any]:
-    running = not snapshot.state.done
-    # Another tab's job does not block this tab from queueing its own.
-    return gr.update(interactive=not (own and running)), gr.update(interactive=running)
-
-
-def _shown_video(snapshot: JobSnapshot, served: ServedFiles) -> str | None:
-    """The video for the player: the partial one while the job runs (each new section plays once, no loop, so the
-    browser is not decoding video all the time next to a busy engine), the final one, looping, once it is done.
-    Always a served copy: the output folder itself is never handed to Gradio."""
-    if snapshot.state.done:
-        return served.serve(snapshot.output_video)
-    return served.serve(snapshot.partial_video)
-
-
-def _first_frame(snapshot: JobSnapshot, own: bool, served: ServedFiles) -> list[Any]:
-    frame = [gr.skip()] * 10
-    frame[0] = snapshot.job_id
-    if own:
-        frame[1] = snapshot.job_id
-    frame[2] = gr.update(value=snapshot.preview, visible=snapshot.preview is not None and not snapshot.state.done)
-    frame[3] = render_progress(snapshot, own=own)
-    shown = _shown_video(snapshot, served)
-    frame[4] = gr.update(value=shown, loop=snapshot.state.done)
-    frame[5] = shown if snapshot.state.done else None
-    frame[6], frame[7] = _buttons(snapshot, own)
-    return frame
-
-
-def _next_frame(previous: JobSnapshot, snapshot: JobSnapshot, own: bool, served: ServedFiles) -> list[Any]:
-    frame = [gr.skip()] * 10
-    frame[0] = snapshot.job_id  # cheap, and puts the tab's Stop back on its own job should anything change it
-    if snapshot.state.done:
-        frame[2] = gr.update(visible=False)
-    elif snapshot.preview is not None and snapshot.preview is not previous.preview:
-        frame[2] = gr.update(value=snapshot.preview, visible=True)
-    frame[3] = render_progress(snapshot, own=own)
-    if snapshot.state.done or snapshot.partial_video != previous.partial_video:
-        shown = _shown_video(snapshot, served)
-        if shown is not None or snapshot.state.done:
-            frame[4] = gr.update(value=shown, loop=snapshot.state.done)
-        if snapshot.state.done:
-            frame[5] = shown
-    if snapshot.state.done != previous.state.done or snapshot is previous:  # a change, or a redraw
-        frame[6], frame[7] = _buttons(snapshot, own)
-    return frame
-
-
 def _job_values(arguments: dict[str, Any]) -> dict[str, Any]:
     """The JOB_FIELDS among a handler's arguments (its ``locals()``: the handlers' parameters are named after them,
     which is also what names the /generate API's parameters)."""
     return {name: arguments[name] for name in JOB_FIELDS}
-
-
-def _readable(error: Exception, image: str | None) -> tuple[str, str]:
-    """(message, hint) of a refused request, naming an upload by its file name rather than its server path."""
-    message, hint = getattr(error, "message", str(error)), getattr(error, "hint", "")
-    if image:
-        message = message.replace(str(image), Path(image).name)
-    return message, hint
 
 
 def _is_alive(service: GenerationService, job_id: str, viewer: Viewer) -> bool:
@@ -804,12 +488,3 @@ def _is_known(service: GenerationService, job_id: str, viewer: Viewer) -> bool:
         return True
     except KeyError:
         return False
-
-
-def health_markdown(health: WorkerHealth) -> str:
-    """A warning line at the top of the page when jobs cannot run (empty when all is well)."""
-    problem = health.problem
-    lines = [f"⚠️ **{problem}**"] if problem else []
-    if health.queue_note:
-        lines.append(f"⚠️ {health.queue_note}")
-    return "\n\n".join(lines)

@@ -18,7 +18,7 @@ from PIL import Image
 from app.http_api import build_api
 from app.service import GenerationService
 from app.settings import Settings
-from app.ui import JOB_FIELDS, _readable, build_request
+from app.ui import JOB_FIELDS, build_request, readable_error
 from framepack_core import cli
 from framepack_core.errors import InvalidInputError
 from framepack_core.job_queue import JobQueue
@@ -116,7 +116,7 @@ def test_bad_settings_are_refused_by_the_ui_the_cli_and_the_api(api, good_image,
         service = GenerationService(lambda: None, tmp_path / "ui")
         with pytest.raises(InvalidInputError) as refused:
             service.submit(build_request(str(good_image), {**FAST, **settings}))
-        message, hint = _readable(refused.value, str(good_image))
+        message, hint = readable_error(refused.value, str(good_image))
         assert refused.value.field == field and message.startswith(f"{field}: ") and hint is not None
 
     # CLI: exit 2 and a message naming the option as typed.
@@ -143,7 +143,7 @@ def test_bad_images_are_refused_by_the_ui_the_cli_and_the_api(api, tmp_path, cap
     service = GenerationService(lambda: None, tmp_path / "ui")
     with pytest.raises(InvalidInputError) as refused:
         service.submit(build_request(image, FAST))
-    message, hint = _readable(refused.value, image)
+    message, hint = readable_error(refused.value, image)
     assert refused.value.field == "image" and says in message + " " + hint
     assert str(tmp_path) not in message, "the UI names an upload by its file name, not its server path"
 
