@@ -24,13 +24,15 @@ import torch
 
 from framepack_core.devices import DeviceConfig
 from framepack_core.memory_plan import ComponentPlan, MemoryPlan, Placement, PlannedComponent
-from framepack_core.model_loading import (
-    ModelSource,
-    check_weights,
+from framepack_core.model_loaders import (
     load_image_encoder,
     load_text_encoders,
     load_transformer,
     load_vae,
+)
+from framepack_core.model_loading import (
+    ModelSource,
+    check_weights,
 )
 from framepack_core.offload import AppliedPlacement, apply_component_plan
 from framepack_core.packing import ModelVariant

@@ -9,8 +9,8 @@ own small mp4 segment and forgotten. Only the edge stays in memory. Joining the 
 of compressed packets, no decoding or encoding), which is cheap compared with encoding and only happens when a
 playable file is asked for.
 
-Besides the writer this module holds the small helpers around it: the cross-fade itself, the reference 8-bit
-conversion, and probing / decoding mp4 files (tests elsewhere use those too).
+Besides the writer this module holds the small helpers around it: the cross-fade itself and the reference 8-bit
+conversion. Probing and decoding mp4 files is ``framepack_core.video_probe`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 
 from framepack_core.errors import OutputWriteError
 from framepack_core.files import atomic_path
+from framepack_core.video_probe import VideoInfo, probe_video, read_video_frames  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -72,60 +73,6 @@ def frames_to_uint8(pixels: torch.Tensor) -> np.ndarray:
     x = torch.clamp(pixels.detach().to("cpu").float(), -1.0, 1.0) * 127.5 + 127.5
     x = x.to(torch.uint8)[0].permute(1, 2, 3, 0)  # C T H W -> T H W C
     return np.ascontiguousarray(x.numpy())
-
-
-# --------------------------------------------------------------------------------------------- reading
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What a video file holds, read from the container (no decoding)."""
-
-    frame_count: int
-    width: int
-    height: int
-    fps: float
-    codec: str
-    pix_fmt: str
-    profile: str | None
-    # The container's duration. It can be a fraction of a millisecond short of frame_count / fps: FFmpeg's mp4
-    # muxer trims the last sample's duration when the last decoded frame is not the last shown (B-frames).
-    duration_s: float
-
-
-def probe_video(path: Path) -> VideoInfo:
-    """Read the first video stream's properties. Frame count is the mp4's sample count, i.e. exact."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        ctx = stream.codec_context
-        frames = stream.frames
-        if not frames:  # containers without a sample table: count packets (still no decoding)
-            frames = sum(1 for packet in container.demux(stream) if packet.size)
-        rate = stream.average_rate or stream.guessed_rate or 0
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        else:
-            duration = (container.duration or 0) / av.time_base
-        return VideoInfo(
-            frame_count=int(frames),
-            width=ctx.width,
-            height=ctx.height,
-            fps=float(rate),
-            codec=ctx.name,
-            pix_fmt=ctx.pix_fmt or "",
-            profile=ctx.profile,
-            duration_s=duration,
-        )
-
-
-def read_video_frames(path: Path) -> np.ndarray:
-    """Decode every frame of the first video stream as (T, H, W, 3) uint8 RGB."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-        if not frames:
-            return np.zeros((0, stream.codec_context.height, stream.codec_context.width, 3), dtype=np.uint8)
-        return np.stack(frames)
 
 
 # --------------------------------------------------------------------------------------------- writing

@@ -10,6 +10,12 @@ import pytest
 import torch
 
 from framepack_core.errors import InvalidInputError, MissingWeightsError
+from framepack_core.model_loaders import (
+    load_image_encoder,
+    load_text_encoders,
+    load_transformer,
+    load_vae,
+)
 from framepack_core.model_loading import (
     BASE_REPO,
     REDUX_REPO,
@@ -17,10 +23,6 @@ from framepack_core.model_loading import (
     Component,
     ModelSource,
     check_weights,
-    load_image_encoder,
-    load_text_encoders,
-    load_transformer,
-    load_vae,
     resolve_component,
     safetensors_problem,
 )

@@ -4,7 +4,8 @@ import pytest
 import torch
 from diffusers.hooks import HookRegistry
 
-from framepack_core.model_loading import ModelSource, load_transformer
+from framepack_core.model_loaders import load_transformer
+from framepack_core.model_loading import ModelSource
 from framepack_core.teacache import TeaCacheConfig, apply_teacache
 
 
