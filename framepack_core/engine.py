@@ -165,7 +165,10 @@ class _JobRun:
             partial = self._close_partial()
             yield JobCancelled(self.job_id, partial_path=partial, sections_done=self.sections_done)
         except Exception as error:  # noqa: BLE001 - every failure must end as an event, the app stays up
-            logger.exception("Job %s failed", self.job_id)
+            if isinstance(error, FramePackError) or _is_out_of_memory(error):  # expected: its event says the fix
+                logger.error("Job %s failed: %s", self.job_id, getattr(error, "message", error))
+            else:  # a bug: keep the traceback
+                logger.exception("Job %s failed", self.job_id)
             partial = self._close_partial()
             message, hint = _describe_failure(error, self.plan)
             if _is_out_of_memory(error):

@@ -262,7 +262,8 @@ def test_a_value_that_is_not_a_number_is_refused_by_the_parser_with_exit_2(image
 
 
 def test_missing_weights_fail_with_exit_1_naming_the_component_the_folder_and_the_fix(images, tmp_path,
-                                                                                       empty_models_dir, capsys):
+                                                                                       empty_models_dir, capsys,
+                                                                                       caplog):
     code, out, err = _cli(capsys, "generate", "--image", images["rgb.png"], "--models-dir", empty_models_dir,
                           *FAST, "--output", tmp_path / "out.mp4", "--quiet")
     assert code == cli.EXIT_FAILED, err
@@ -271,6 +272,7 @@ def test_missing_weights_fail_with_exit_1_naming_the_component_the_folder_and_th
     assert "How to fix:" in err and "tiny-models" in err and "--models-dir" in err
     assert out == ""
     assert _leftovers(tmp_path) == []
+    assert not [record for record in caplog.records if record.exc_info], "an expected error logs no traceback"
 
 
 # --- Ctrl-C ----------------------------------------------------------------------------------------------------
