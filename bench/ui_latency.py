@@ -137,8 +137,11 @@ def _wait_until_up(server: DemoServer, timeout: float) -> None:
         if server.process.poll() is not None:
             raise RuntimeError(f"launch.py exited with {server.process.returncode}:\n{server.log()}")
         try:
-            with urllib.request.urlopen(server.url, timeout=2) as response:
-                if response.status == 200:
+            # The page, then the job API: launch.py mounts the API once Gradio's server is up, so the page can
+            # answer a moment before /api/v1 does.
+            with urllib.request.urlopen(server.url, timeout=2) as page, \
+                    urllib.request.urlopen(server.url + "api/v1/openapi.json", timeout=2) as api:
+                if page.status == 200 and api.status == 200:
                     return
         except OSError:
             pass
