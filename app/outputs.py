@@ -75,7 +75,7 @@ def _record(root: Path, settings_path: Path, owners: Mapping[str, str | None]) -
             video = settings_path.with_suffix(".mp4")
             settings = dict(OutputDescription.from_dict(data).spec.settings)
             settings["complete"] = not video.name.endswith(PARTIAL_SUFFIX)
-            image = root / (video.name.removesuffix(".mp4").removesuffix(".partial") + INPUT_SUFFIX)
+            image = root / (output_base(video) + INPUT_SUFFIX)
         elif isinstance(data, dict):  # the settings file of an older version: {"video": ..., "input_image": ...}
             settings = data
             video = root / str(settings.get("video") or "")

@@ -37,11 +37,14 @@ class QueueManagementMixin:
             owner = viewer.owner_filter
         return self.store.list(owner=owner)
 
-    def damaged_rows(self, viewer: Viewer | None = None) -> list[DamagedJob]:
-        """Stored jobs that cannot be read (shown as damaged, deletable), among those ``viewer`` may see."""
+    def queue_listing(self, viewer: Viewer | None = None) -> tuple[list[QueuedJob], list[DamagedJob]]:
+        """What the Queue tab shows ``viewer``, read in one pass: the stored jobs (running, pending in order, then
+        ended), and the rows that cannot be read (shown as damaged, deletable)."""
         if self.store is None:
-            return []
-        return [row for row in self.store.damaged() if sees(viewer, row.owner)]
+            return [], []
+        rows = self.store.rows(owner=None if viewer is None else viewer.owner_filter)
+        return ([row for row in rows if isinstance(row, QueuedJob)],
+                [row for row in rows if isinstance(row, DamagedJob)])
 
     def move(self, job_id: str, place: int, viewer: Viewer | None = None) -> None:
         """Put a pending job at ``place``; a user sharing the app (not an admin) reorders only their own jobs,
@@ -73,11 +76,11 @@ class QueueManagementMixin:
         with self._condition:
             store = self._require_store()
             if viewer is not None and not viewer.sees_everything:
-                owner = next((row.owner for row in store.damaged() if row.id == job_id), None)
-                if owner is None:
-                    owner = self._stored_visible(job_id, viewer).owner
-                elif not viewer.may_see(owner):
-                    raise unknown_job(job_id)
+                try:
+                    self._stored_visible(job_id, viewer)
+                except QueueError:  # unknown, someone else's, or a damaged row: only the viewer's own may go
+                    if not any(row.id == job_id for row in store.damaged(owner=viewer.owner_filter)):
+                        raise unknown_job(job_id) from None
             store.delete(job_id)
             if job_id in self._queue:
                 self._queue.remove(job_id)

@@ -361,7 +361,7 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
 
         def queue_rows_for(viewer: Viewer) -> list[list[Any]]:
             places = {job_id: place for place, job_id in enumerate(service.queued_job_ids(), start=1)}
-            return queue_table_rows(service.queue_rows(viewer=viewer), service.damaged_rows(viewer), places)
+            return queue_table_rows(*service.queue_listing(viewer), places)
 
         def refresh_queue(request: gr.Request) -> tuple[list[list[Any]], str]:
             """The viewer's queue rows and the worker's health, every QUEUE_REFRESH_S and once at page load."""

@@ -122,6 +122,10 @@ class JobQueue:
         """How many jobs ``list`` would return without a limit."""
         return sum(1 for job in self._rows(owner, states) if isinstance(job, QueuedJob))
 
+    def rows(self, *, owner: str | None = None) -> list[QueuedJob | DamagedJob]:
+        """Every job and damaged row in listing order, read in one pass (a listing that shows both reads once)."""
+        return list(self._rows(owner, None))
+
     def damaged(self, owner: str | None = None) -> list[DamagedJob]:
         """The rows that cannot be read back as jobs, in listing order; each can be deleted."""
         return [job for job in self._rows(owner, None) if isinstance(job, DamagedJob)]
