@@ -25,11 +25,11 @@ REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_TINY_MODELS = REPO_ROOT / "tiny_models"
 
 if TYPE_CHECKING:
-    from app.outputs import ServedFiles
-    from app.service import GenerationService
+    from app.service.generation import GenerationService
+    from app.service.outputs import ServedFiles
     from app.settings import Settings
-    from framepack_core.devices import DeviceConfig
-    from framepack_core.engine import FramePackEngine
+    from framepack_core.models.devices import DeviceConfig
+    from framepack_core.pipeline.engine import FramePackEngine
 
 logger = logging.getLogger("launch")
 
@@ -118,7 +118,7 @@ def check_environment(settings: Settings) -> tuple[list[str], list[str]]:
 
 
 def resolve_device(settings: Settings) -> DeviceConfig:
-    from framepack_core.devices import resolve_device_config
+    from framepack_core.models.devices import resolve_device_config
 
     return resolve_device_config(settings.device, settings.dtype)
 
@@ -141,7 +141,7 @@ def describe_device(config: DeviceConfig, demo: bool = False) -> str:
 def prepare_models(settings: Settings) -> None:
     """Demo mode: build the tiny model set on first use (a few seconds, a few MB); a complete one is reused."""
     if settings.demo and settings.models_dir is not None:
-        from framepack_core.tiny_models import build_tiny_models
+        from framepack_core.models.tiny import build_tiny_models
 
         build_tiny_models(settings.models_dir)
 
@@ -150,8 +150,8 @@ def engine_factory(settings: Settings, config: DeviceConfig) -> Callable[[], Fra
     """What the service calls on the first job: nothing heavy is loaded before someone asks for a video."""
 
     def create() -> FramePackEngine:
-        from framepack_core.engine import create_engine
-        from framepack_core.model_loading import ModelSource
+        from framepack_core.models.loading import ModelSource
+        from framepack_core.pipeline.engine import create_engine
 
         # Each job plans where the models live from the machine's free memory and the UI's memory settings.
         return create_engine(ModelSource(models_dir=settings.models_dir, offline=settings.offline), config)
@@ -160,8 +160,8 @@ def engine_factory(settings: Settings, config: DeviceConfig) -> Callable[[], Fra
 
 
 def build_service(settings: Settings, config: DeviceConfig) -> GenerationService:
-    from app.service import GenerationService
-    from framepack_core.job_queue import JobQueue
+    from app.service.generation import GenerationService
+    from framepack_core.jobs.queue import JobQueue
 
     idle = settings.idle_release_minutes
     # The queue persists under the output folder: queued jobs survive a restart, interrupted ones resume.
@@ -173,7 +173,7 @@ def build_service(settings: Settings, config: DeviceConfig) -> GenerationService
 
 def serve(settings: Settings, service: GenerationService) -> None:
     """Build the page and block serving it until Ctrl-C."""
-    from app.outputs import ServedFiles
+    from app.service.outputs import ServedFiles
 
     served = ServedFiles()
     try:
@@ -183,9 +183,9 @@ def serve(settings: Settings, service: GenerationService) -> None:
 
 
 def _serve(settings: Settings, service: GenerationService, served: ServedFiles) -> None:
-    from app.http_api import API_PREFIX, build_api
+    from app.api.routes import API_PREFIX, build_api
     from app.logins import LoginGuard
-    from app.ui import build_app, page_style
+    from app.ui.page import build_app, page_style
 
     demo = build_app(settings, service, served)
     demo.queue(default_concurrency_limit=settings.concurrency_limit)
@@ -203,7 +203,7 @@ def _serve(settings: Settings, service: GenerationService, served: ServedFiles) 
         ssr_mode=False, mcp_server=False, footer_links=["api"], run_history=False, prevent_thread_lock=True,
         **page_style(),
     )
-    # The job API on the same server (and share link), with the same logins; see app/http_api.py.
+    # The job API on the same server (and share link), with the same logins; see app/api/routes.py.
     demo.app.mount(API_PREFIX, build_api(service, settings, guard=guard))
     print(f"Job API: {demo.local_url.rstrip('/')}{API_PREFIX}/docs")
     demo.block_thread()

@@ -10,8 +10,8 @@ out by someone else's guessing gets back in within a minute at worst.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import hmac
+import ipaddress
 import math
 import secrets
 import threading

@@ -14,7 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from framepack_core.output_naming import DEFAULT_OUTPUT_DIR as _CORE_DEFAULT_OUTPUT_DIR
+from framepack_core.jobs.output_naming import DEFAULT_OUTPUT_DIR as _CORE_DEFAULT_OUTPUT_DIR
 
 ENV_PREFIX = "FRAMEPACK_"
 SCHEMA_VERSION = 1

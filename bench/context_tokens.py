@@ -17,7 +17,7 @@ script checks that claim by *counting*, not by formula:
 * conditioning: 729 SigLIP tokens through the model's ``image_projection``, plus at most 256 real text
   tokens (the transformer drops the padding of the 512-token text tensor at batch size 1).
 
-The noisy-window count is also checked against ``framepack_core.sampler.main_token_count`` (the number the
+The noisy-window count is also checked against ``framepack_core.sampling.sampler.main_token_count`` (the number the
 sampler's shift uses). The script exits with status 1 if any section of any length has a different latent token
 count than the others of its bucket, or if a check fails.
 
@@ -38,17 +38,17 @@ from dataclasses import dataclass
 import torch
 from diffusers import HunyuanVideoFramepackTransformer3DModel
 
-from framepack_core.buckets import buckets_for_resolution
-from framepack_core.packing import LatentHistory, ModelVariant, PackedContext, SectionPlan, plan_sections
-from framepack_core.sampler import main_token_count
-from framepack_core.schedule import total_latent_sections
-from framepack_core.text_encoding import MAX_PROMPT_TOKENS
+from framepack_core.media.buckets import buckets_for_resolution
+from framepack_core.models.text_encoding import MAX_PROMPT_TOKENS
+from framepack_core.sampling.packing import LatentHistory, ModelVariant, PackedContext, SectionPlan, plan_sections
+from framepack_core.sampling.sampler import main_token_count
+from framepack_core.sampling.schedule import total_latent_sections
 
 DEFAULT_LENGTHS: tuple[float, ...] = (1, 2, 5, 10, 20, 30, 60, 90, 120)
 DEFAULT_WINDOW = 9
 DEFAULT_RESOLUTION = 640
 DETAIL_BUCKET = (608, 640)
-VAE_SPATIAL_COMPRESSION = 8  # HunyuanVideo VAE: 8x in height and width (same value as framepack_core.engine)
+VAE_SPATIAL_COMPRESSION = 8  # HunyuanVideo VAE: 8x in height and width (same value as framepack_core.pipeline.engine)
 SIGLIP_TOKENS = 729  # SigLIP so400m/14 at 384 px: a 27 x 27 grid (last_hidden_state of the image encoder)
 META = torch.device("meta")
 

@@ -20,7 +20,7 @@ a memory-mapped load maps the file lazily, and stopping there would measure almo
 
 Methods (the dtype requested is the storage dtype unless said otherwise):
 
-* ``ours``: ``framepack_core.model_loaders`` (``load_transformer`` for the transformer, ``lean_from_pretrained``
+* ``ours``: ``framepack_core.models.loaders`` (``load_transformer`` for the transformer, ``lean_from_pretrained``
   for Llama): meta-device init, weights assigned as views of the memory-mapped safetensors.
 * ``defaults``: ``from_pretrained(folder, dtype=...)`` with the libraries' defaults, as the loader did before.
 * ``no-mmap``: ours with ``disable_mmap=True``: every shard is read into RAM, then turned into tensors.
@@ -191,7 +191,7 @@ def _import_everything():
     from diffusers import HunyuanVideoFramepackTransformer3DModel
     from transformers import LlamaConfig, LlamaModel
 
-    import framepack_core.model_loaders  # noqa: F401
+    import framepack_core.models.loaders  # noqa: F401
 
     return torch, HunyuanVideoFramepackTransformer3DModel, LlamaModel, LlamaConfig
 
@@ -232,8 +232,8 @@ def _checksum(model) -> tuple[float, int]:
 
 def child(method: str, kind: str, root: Path) -> dict:
     torch, transformer_class, llama_class, llama_config_class = _import_everything()
-    from framepack_core.model_loaders import lean_from_pretrained, load_transformer
-    from framepack_core.model_loading import ModelSource
+    from framepack_core.models.loaders import lean_from_pretrained, load_transformer
+    from framepack_core.models.loading import ModelSource
 
     model_class = transformer_class if kind == "transformer" else llama_class
     folder = root / TRANSFORMER_REPO if kind == "transformer" else root / "llama"

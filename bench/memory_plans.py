@@ -1,8 +1,8 @@
 """Benchmark (e): memory plans for the real models on simulated consumer machines (no GPU, no weights).
 
 The five components' sizes come from the built-in real configs counted on the meta device
-(``framepack_core.model_sizes``); the machines are ``fake_hardware`` with all of their VRAM free and all of their
-RAM available; the planner is ``framepack_core.memory_planner.plan_memory`` with its default cost model (an RTX
+(``framepack_core.models.sizes``); the machines are ``fake_hardware`` with all of their VRAM free and all of their
+RAM available; the planner is ``framepack_core.memory.planner.plan_memory`` with its default cost model (an RTX
 4090's 165 TFLOPS dense bf16, 25 GB/s host to device, 3 GB/s disk) and automatic memory to preserve. For every
 VRAM x RAM pair the script checks that the chosen plan fits and that its peaks are within its budgets, and exits
 with status 1 if one is not. Both models are planned: they have the same architecture and pack the same tokens,
@@ -22,10 +22,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from framepack_core.hardware import fake_hardware
-from framepack_core.memory_plan import MemoryPlan, Placement, PlannedComponent, Workload
-from framepack_core.memory_planner import plan_memory
-from framepack_core.model_sizes import ModelSizes, builtin_sizes
+from framepack_core.memory.hardware import fake_hardware
+from framepack_core.memory.plan import MemoryPlan, Placement, PlannedComponent, Workload
+from framepack_core.memory.planner import plan_memory
+from framepack_core.models.sizes import ModelSizes, builtin_sizes
 
 DEFAULT_VRAM_GB: tuple[float, ...] = (6, 8, 12, 16, 24, 80)
 DEFAULT_RAM_GB: tuple[float, ...] = (16, 32, 64)

@@ -29,18 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
 
-    from framepack_core.devices import resolve_device_config
-    from framepack_core.engine import FramePackEngine
     from framepack_core.events import JobFinished, SectionFinished
-    from framepack_core.hardware import fake_hardware
-    from framepack_core.memory_plan import Placement, Workload
-    from framepack_core.memory_planner import plan_memory
-    from framepack_core.model_loading import ModelSource
-    from framepack_core.model_sizes import find_sizes
-    from framepack_core.model_store import ModelStore
-    from framepack_core.offload import uniform_plan
+    from framepack_core.memory.hardware import fake_hardware
+    from framepack_core.memory.offload import uniform_plan
+    from framepack_core.memory.plan import Placement, Workload
+    from framepack_core.memory.planner import plan_memory
+    from framepack_core.models.devices import resolve_device_config
+    from framepack_core.models.loading import ModelSource
+    from framepack_core.models.sizes import find_sizes
+    from framepack_core.models.store import ModelStore
+    from framepack_core.models.tiny import build_tiny_models
+    from framepack_core.pipeline.engine import FramePackEngine
     from framepack_core.request import GenerationRequest
-    from framepack_core.tiny_models import build_tiny_models
 
     with tempfile.TemporaryDirectory() as work:
         root = build_tiny_models(Path(work) / "tiny")

@@ -78,8 +78,8 @@ def main() -> None:
     from diffusers_helper.models.hunyuan_video_packed import HunyuanVideoTransformer3DModelPacked
     from diffusers_helper.pipelines.k_diffusion_hunyuan import sample_hunyuan
 
-    from framepack_core.buckets import find_nearest_bucket
-    from framepack_core.image_input import load_input_image
+    from framepack_core.media.buckets import find_nearest_bucket
+    from framepack_core.media.image_input import load_input_image
 
     root = args.models_dir
     base = root / "hunyuanvideo-community/HunyuanVideo"

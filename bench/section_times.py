@@ -24,13 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(model: str, sections: int, steps: int, resolution: int, models_dir: Path | None) -> list:
-    from framepack_core.devices import resolve_device_config
-    from framepack_core.engine import FramePackEngine
     from framepack_core.events import JobFinished, SectionFinished
-    from framepack_core.model_loading import ModelSource
-    from framepack_core.model_store import ModelStore
+    from framepack_core.models.devices import resolve_device_config
+    from framepack_core.models.loading import ModelSource
+    from framepack_core.models.store import ModelStore
+    from framepack_core.models.tiny import build_tiny_models
+    from framepack_core.pipeline.engine import FramePackEngine
     from framepack_core.request import GenerationRequest
-    from framepack_core.tiny_models import build_tiny_models
 
     with tempfile.TemporaryDirectory() as work:
         root = build_tiny_models(models_dir or Path(work) / "tiny")
@@ -52,7 +52,7 @@ def run(model: str, sections: int, steps: int, resolution: int, models_dir: Path
 
 
 def _frame_size(resolution: int) -> tuple[int, int]:
-    from framepack_core.buckets import find_nearest_bucket
+    from framepack_core.media.buckets import find_nearest_bucket
 
     height, width = find_nearest_bucket(300, 451, resolution=resolution)  # chelsea_landscape.jpg
     return width, height
@@ -87,7 +87,7 @@ def reference_rewrite_cost(done: list, width: int, height: int) -> None:
     """What the official app's writer would pay at sections 2 and N: re-encoding the whole video so far."""
     import numpy as np
 
-    from framepack_core.video_io import encode_segment
+    from framepack_core.media.video_io import encode_segment
 
     rng = np.random.default_rng(0)
     print("\n| section | frames so far | re-encode whole video s (official way) | this writer s |")

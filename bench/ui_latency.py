@@ -351,10 +351,10 @@ class EnginePath:
     """The same job on the engine alone, in this process (no service, no UI), warm models."""
 
     def __init__(self, models_dir: Path, job: dict[str, Any], work: Path) -> None:
-        from framepack_core.devices import resolve_device_config
-        from framepack_core.engine import FramePackEngine
-        from framepack_core.model_loading import ModelSource
-        from framepack_core.model_store import ModelStore
+        from framepack_core.models.devices import resolve_device_config
+        from framepack_core.models.loading import ModelSource
+        from framepack_core.models.store import ModelStore
+        from framepack_core.pipeline.engine import FramePackEngine
 
         self.engine = FramePackEngine(ModelStore(ModelSource(models_dir=models_dir), resolve_device_config("cpu")))
         self.job = job
@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     job = {"seconds": args.seconds, "steps": args.steps, "window": args.window, "resolution": args.resolution}
 
-    from framepack_core.tiny_models import build_tiny_models
+    from framepack_core.models.tiny import build_tiny_models
 
     models_dir = build_tiny_models(args.models_dir or REPO / "tiny_models")
     print(report(measure(args.url, models_dir, job, args.repeats), job, args.repeats))

@@ -1,5 +1,5 @@
 import sys
 
-from framepack_core.cli import main
+from framepack_core.cli.main import main
 
 sys.exit(main())

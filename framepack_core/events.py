@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from framepack_core.schedule import FPS
+from framepack_core.sampling.schedule import FPS
 
 
 class Stage(str, Enum):

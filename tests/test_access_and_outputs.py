@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from app.access import Viewer
-from app.outputs import list_outputs, output_base
-from framepack_core.video_io import encode_segment
+from app.service.outputs import list_outputs, output_base
+from framepack_core.media.video_io import encode_segment
 
 
 def test_without_logins_everything_is_visible_and_with_logins_only_ones_own():
@@ -80,7 +80,7 @@ def test_served_copies_of_a_killed_app_are_swept_and_a_closed_app_leaves_none(tm
     import sys
     import tempfile
 
-    from app.outputs import SERVED_DIR_PREFIX, ServedFiles
+    from app.service.outputs import SERVED_DIR_PREFIX, ServedFiles
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -15,14 +15,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.http_api import build_api
-from app.service import GenerationService
+from app.api.routes import build_api
+from app.service.generation import GenerationService
 from app.settings import Settings
-from app.ui import JOB_FIELDS, build_request, readable_error
-from framepack_core import cli
+from app.ui.page import JOB_FIELDS, build_request, readable_error
+from framepack_core.cli import main as cli
 from framepack_core.errors import InvalidInputError
-from framepack_core.job_queue import JobQueue
-from framepack_core.job_spec import JobSpec
+from framepack_core.jobs.queue import JobQueue
+from framepack_core.jobs.spec import JobSpec
 from framepack_core.request import GenerationRequest
 
 FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "use_teacache": False}
@@ -166,7 +166,7 @@ SPECS = [
 
 @pytest.mark.parametrize(("make", "field"), [pytest.param(m, f, id=c) for c, m, f in SPECS])
 def test_bad_specs_are_refused_by_the_cli_queue_and_the_api(api, good_image, tmp_path, capsys, make, field):
-    from framepack_core.job_spec import file_sha256
+    from framepack_core.jobs.spec import file_sha256
 
     spec = JobSpec.from_request(GenerationRequest(image=good_image, **FAST), file_sha256(good_image)).to_dict()
     text = make(spec)

@@ -7,7 +7,7 @@ the normal test run: one or two buckets, two video lengths, two prompt lengths.
 import pytest
 
 from bench import context_tokens, flops
-from framepack_core.packing import ModelVariant
+from framepack_core.sampling.packing import ModelVariant
 
 BUCKET = (608, 640)
 

@@ -5,7 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from framepack_core.buckets import buckets_for_resolution, find_nearest_bucket, resize_and_center_crop
+from framepack_core.media.buckets import buckets_for_resolution, find_nearest_bucket, resize_and_center_crop
 
 OFFICIAL_640 = [
     (416, 960), (448, 864), (480, 832), (512, 768), (544, 704), (576, 672), (608, 640),

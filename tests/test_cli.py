@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from framepack_core import cli
-from framepack_core.video_io import probe_video
+from framepack_core.cli import main as cli
+from framepack_core.media.video_io import probe_video
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Window 3 and base resolution 64 keep runs short: 0.8 s gives 2 sections and 25 frames; a 300x420 (h x w)
@@ -332,8 +332,8 @@ def test_sigint_after_the_first_section_exits_130_and_keeps_a_playable_partial_v
 
 def test_a_second_ctrl_c_aborts_at_once_with_exit_130_and_no_traceback(images, tmp_path, monkeypatch, capsys):
     """In-process, with a stand-in engine that presses Ctrl-C twice right after its first section."""
-    from framepack_core.engine import FramePackEngine
     from framepack_core.events import SectionFinished
+    from framepack_core.pipeline.engine import FramePackEngine
 
     segments = tmp_path / ".out.segments-test"
     segments.mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from framepack_core import cli
+from framepack_core.cli import main as cli
 
 
 @pytest.fixture(autouse=True)

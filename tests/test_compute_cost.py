@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from framepack_core import activations
-from framepack_core.buckets import BUCKETS_640
-from framepack_core.compute_cost import TransformerShape, call_flops, section_tokens
+from framepack_core.media.buckets import BUCKETS_640
+from framepack_core.memory import activations
+from framepack_core.memory.compute_cost import TransformerShape, call_flops, section_tokens
 
 # bench (a), docs/benchmarks.md: latent tokens per section of every 640 bucket, counted by the model itself.
 LATENT_TOKENS_640 = {

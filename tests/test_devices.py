@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framepack_core import devices
-from framepack_core.devices import DeviceConfig, default_config, resolve_device_config
+from framepack_core.models import devices
+from framepack_core.models.devices import DeviceConfig, default_config, resolve_device_config
 
 
 def _dtypes(config: DeviceConfig) -> tuple[torch.dtype, ...]:

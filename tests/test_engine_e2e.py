@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from framepack_core.devices import resolve_device_config
-from framepack_core.engine import FramePackEngine
 from framepack_core.events import CancelToken, JobCancelled, JobFailed, JobFinished, SectionFinished, StepProgress
-from framepack_core.model_loading import ModelSource
-from framepack_core.model_store import ModelStore
+from framepack_core.media.video_io import probe_video, read_video_frames
+from framepack_core.models.devices import resolve_device_config
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.store import ModelStore
+from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
-from framepack_core.video_io import probe_video, read_video_frames
 
 # Window 3 keeps runs short: 0.8 s gives 2 sections, 4 * (2 * 3 + 1) - 3 = 25 frames.
 FAST = dict(latent_window_size=3, steps=3, resolution=64, seconds=0.8, use_teacache=False)

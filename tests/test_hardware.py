@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from framepack_core.hardware import (
+from framepack_core.memory.hardware import (
     GIB,
     FakeHardwareProbe,
     HardwareInfo,

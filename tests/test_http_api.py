@@ -11,15 +11,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.http_api import build_api
-from app.service import GenerationService
+from app.api.routes import build_api
+from app.service.generation import GenerationService
 from app.settings import Settings
-from framepack_core.devices import resolve_device_config
-from framepack_core.engine import FramePackEngine
-from framepack_core.job_queue import JobQueue
-from framepack_core.model_loading import ModelSource
-from framepack_core.model_store import ModelStore
-from framepack_core.video_io import probe_video
+from framepack_core.jobs.queue import JobQueue
+from framepack_core.media.video_io import probe_video
+from framepack_core.models.devices import resolve_device_config
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.store import ModelStore
+from framepack_core.pipeline.engine import FramePackEngine
 
 FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "use_teacache": False}
 USERS = (("alice", "wonderland"), ("bob", "builder"))

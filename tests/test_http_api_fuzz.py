@@ -13,11 +13,11 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from app.http_api import build_api
+from app.api.routes import build_api
 from app.logins import FAILURE_WINDOW_S, LoginGuard
-from app.service import GenerationService
+from app.service.generation import GenerationService
 from app.settings import Settings
-from framepack_core.job_queue import JobQueue
+from framepack_core.jobs.queue import JobQueue
 
 EXAMPLES_PER_OPERATION = 60
 
@@ -80,7 +80,7 @@ def _text_settings() -> list[str]:
     """Every generation setting that holds text (a str, or a str enum such as the model)."""
     from dataclasses import fields
 
-    from framepack_core.job_spec import SETTINGS_FIELDS
+    from framepack_core.jobs.spec import SETTINGS_FIELDS
     from framepack_core.request import GenerationRequest
 
     return [f.name for f in fields(GenerationRequest) if f.name in SETTINGS_FIELDS and isinstance(f.default, str)]

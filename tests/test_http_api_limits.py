@@ -19,13 +19,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.http_api import API_PREFIX, build_api
+from app.api.routes import API_PREFIX, build_api
 from app.logins import LoginGuard
-from app.service import GenerationService
+from app.service.generation import GenerationService
 from app.settings import Settings
 from framepack_core.errors import DiskFullError
-from framepack_core.job_queue import JobQueue, QueueState
-from framepack_core.job_spec import JobSpec, file_sha256
+from framepack_core.jobs.queue import JobQueue, QueueState
+from framepack_core.jobs.spec import JobSpec, file_sha256
 from framepack_core.request import GenerationRequest
 
 FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "use_teacache": False}

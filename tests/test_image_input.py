@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, features
 
 from framepack_core.errors import InvalidInputError
-from framepack_core.image_input import LoadedImage, load_input_image, load_input_image_from_array
+from framepack_core.media.image_input import LoadedImage, load_input_image, load_input_image_from_array
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 

@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 IMPORT_ALL = """
 import importlib, pkgutil
 import framepack_core
-names = sorted(f"framepack_core.{m.name}" for m in pkgutil.iter_modules(framepack_core.__path__) if m.name != "__main__")
+names = sorted(m.name for m in pkgutil.walk_packages(framepack_core.__path__, "framepack_core.") if not m.name.endswith("__main__"))
 for name in names:
     importlib.import_module(name)
 print("imported:", " ".join(names))
@@ -43,9 +43,9 @@ loaded = sorted(name for name in sys.modules if name == "gradio" or name.startsw
 assert not loaded, f"framepack_core pulled in the UI library: {loaded}"
 """)
     # Guard against the discovery silently finding nothing.
-    assert {"framepack_core.cli", "framepack_core.engine", "framepack_core.model_store",
-            "framepack_core.model_loading", "framepack_core.tiny_models", "framepack_core.video_io",
-            "framepack_core.teacache", "framepack_core.devices"} <= _imported(result)
+    assert {"framepack_core.cli.main", "framepack_core.pipeline.engine", "framepack_core.models.store",
+            "framepack_core.models.loading", "framepack_core.models.tiny", "framepack_core.media.video_io",
+            "framepack_core.sampling.teacache", "framepack_core.models.devices"} <= _imported(result)
 
 
 def test_importing_every_module_and_building_the_cli_parser_never_touches_cuda():
@@ -63,22 +63,22 @@ def _forbidden(name):
 for name in ("is_available", "current_device", "device_count", "mem_get_info", "init", "_lazy_init"):
     setattr(torch.cuda, name, _forbidden(name))
 """ + IMPORT_ALL + """
-from framepack_core.cli import build_parser
-from framepack_core.devices import resolve_device_config
+from framepack_core.cli.main import build_parser
+from framepack_core.models.devices import resolve_device_config
 
 args = build_parser().parse_args(["generate", "--image", "x.png", "--device", "cpu"])
 assert args.device == "cpu" and args.command == "generate"
 assert resolve_device_config("cpu").device.type == "cpu"  # an explicit CPU asks nothing of CUDA either
 assert not calls, f"CUDA was touched: {calls}"
 """)
-    assert "framepack_core.engine" in _imported(result)
+    assert "framepack_core.pipeline.engine" in _imported(result)
 
 
 def test_the_cli_module_imports_no_heavy_library_so_help_is_instant():
     result = _run_python("""
 import sys
-import framepack_core.cli
-from framepack_core.cli import build_parser
+import framepack_core.cli.main
+from framepack_core.cli.main import build_parser
 build_parser()
 heavy = sorted({name.split(".")[0] for name in sys.modules} & {"torch", "numpy", "PIL", "av", "transformers",
                                                               "diffusers", "gradio", "huggingface_hub"})

@@ -15,11 +15,11 @@ import pytest
 from filelock import FileLock
 from PIL import Image
 
-from framepack_core import cli
-from framepack_core.job_queue import JobQueue, QueueError, QueueState
-from framepack_core.job_spec import JobSpec, file_sha256
+from framepack_core.cli import main as cli
+from framepack_core.jobs.queue import JobQueue, QueueError, QueueState
+from framepack_core.jobs.spec import JobSpec, file_sha256
+from framepack_core.media.video_io import probe_video
 from framepack_core.request import GenerationRequest
-from framepack_core.video_io import probe_video
 
 REPO_ROOT = Path(__file__).parents[1]
 TINY = ["--seconds", "0.8", "--window", "3", "--steps", "3", "--resolution", "64", "--no-teacache"]

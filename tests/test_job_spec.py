@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from framepack_core.errors import InvalidInputError
-from framepack_core.job_spec import SETTINGS_FIELDS, SPEC_VERSION, JobSpec, file_sha256
+from framepack_core.jobs.spec import SETTINGS_FIELDS, SPEC_VERSION, JobSpec, file_sha256
 from framepack_core.request import GenerationRequest
 
 SHA = "ab" * 32

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from bench import load_rss
-from framepack_core.model_loaders import (
+from framepack_core.models.loaders import (
     lean_from_pretrained,
     load_image_encoder,
     load_text_encoders,
     load_transformer,
     load_vae,
 )
-from framepack_core.model_loading import ModelSource
+from framepack_core.models.loading import ModelSource
 
 SIZE_GB = 0.15
 

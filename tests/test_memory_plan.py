@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from framepack_core.hardware import GIB, fake_hardware
-from framepack_core.memory_plan import (
+from framepack_core.memory.hardware import GIB, fake_hardware
+from framepack_core.memory.plan import (
     DEVICE_ALLOWANCE_BYTES,
     FP8_STORAGE,
     RAM_BASELINE_BYTES,
@@ -18,9 +18,9 @@ from framepack_core.memory_plan import (
     Workload,
     automatic_preserve_bytes,
 )
-from framepack_core.memory_planner import plan_memory
-from framepack_core.memory_report import describe, next_plan_advice
-from framepack_core.model_sizes import builtin_sizes
+from framepack_core.memory.planner import plan_memory
+from framepack_core.memory.report import describe, next_plan_advice
+from framepack_core.models.sizes import builtin_sizes
 
 C = PlannedComponent
 WORKLOAD = Workload(608, 640, 9)

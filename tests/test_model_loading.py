@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from framepack_core.errors import InvalidInputError, MissingWeightsError
-from framepack_core.model_loaders import (
+from framepack_core.models.loaders import (
     load_image_encoder,
     load_text_encoders,
     load_transformer,
     load_vae,
 )
-from framepack_core.model_loading import (
+from framepack_core.models.loading import (
     BASE_REPO,
     REDUX_REPO,
     TRANSFORMER_REPOS,
@@ -26,7 +26,7 @@ from framepack_core.model_loading import (
     resolve_component,
     safetensors_problem,
 )
-from framepack_core.packing import ModelVariant
+from framepack_core.sampling.packing import ModelVariant
 
 SNAPSHOT = "0" * 40
 

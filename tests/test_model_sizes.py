@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from framepack_core.memory_plan import PlannedComponent
-from framepack_core.model_loaders import load_image_encoder, load_text_encoders, load_transformer, load_vae
-from framepack_core.model_loading import ModelSource
-from framepack_core.model_sizes import (
+from framepack_core.memory.plan import PlannedComponent
+from framepack_core.models.loaders import load_image_encoder, load_text_encoders, load_transformer, load_vae
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.sizes import (
     COMPONENT_ORDER,
     builtin_config,
     builtin_sizes,

@@ -15,20 +15,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from framepack_core.devices import resolve_device_config
-from framepack_core.engine import FramePackEngine
 from framepack_core.events import JobFailed, JobFinished, Notice, SectionFinished
-from framepack_core.hardware import FakeHardwareProbe, fake_hardware
-from framepack_core.job_planning import JobPlanner
-from framepack_core.memory_plan import GIB, MemoryPlan, Placement, PlannedComponent, Workload
-from framepack_core.memory_planner import plan_memory
-from framepack_core.model_loading import ModelSource
-from framepack_core.model_sizes import find_sizes
-from framepack_core.model_store import ModelStore
-from framepack_core.offload import apply_component_plan, component_blocks, uniform_plan
-from framepack_core.packing import ModelVariant
+from framepack_core.media.video_io import probe_video, read_video_frames
+from framepack_core.memory.hardware import FakeHardwareProbe, fake_hardware
+from framepack_core.memory.job_planning import JobPlanner
+from framepack_core.memory.offload import apply_component_plan, component_blocks, uniform_plan
+from framepack_core.memory.plan import GIB, MemoryPlan, Placement, PlannedComponent, Workload
+from framepack_core.memory.planner import plan_memory
+from framepack_core.models.devices import resolve_device_config
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.sizes import find_sizes
+from framepack_core.models.store import ModelStore
+from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
-from framepack_core.video_io import probe_video, read_video_frames
+from framepack_core.sampling.packing import ModelVariant
 
 C = PlannedComponent
 FAST = dict(latent_window_size=3, steps=3, resolution=64, seconds=0.8, use_teacache=False)
@@ -285,7 +285,7 @@ def test_remove_takes_the_diffusers_hooks_off(source, cpu_plan):
     try:  # the names offload.py imports to find the hooks again; a diffusers upgrade that moves them fails here
         from diffusers.hooks.group_offloading import _GROUP_OFFLOADING, _LAZY_PREFETCH_GROUP_OFFLOADING
     except ImportError as error:
-        pytest.fail(f"diffusers moved its group offloading hook names; update framepack_core/offload.py: {error}")
+        pytest.fail(f"diffusers moved its group offloading hook names; update framepack_core/memory/offload.py: {error}")
     transformer = ModelStore(source, resolve_device_config("cpu")).transformer(ModelVariant.ORIGINAL)
     plan = _component_plan(cpu_plan, C.TRANSFORMER, placement=Placement.BLOCKS, resident_blocks=1)
     applied = apply_component_plan(transformer, plan, "cpu")

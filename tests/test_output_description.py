@@ -19,24 +19,24 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from framepack_core import cli
-from framepack_core.devices import resolve_device_config
-from framepack_core.engine import FramePackEngine
+from framepack_core.cli import main as cli
 from framepack_core.errors import InvalidInputError
 from framepack_core.events import CancelToken, JobCancelled, SectionFinished
-from framepack_core.fingerprint import environment_fingerprint, fingerprint_differences, package_versions
-from framepack_core.job_spec import file_sha256
-from framepack_core.model_loading import ModelSource
-from framepack_core.model_store import ModelStore
-from framepack_core.output_description import (
+from framepack_core.jobs.fingerprint import environment_fingerprint, fingerprint_differences, package_versions
+from framepack_core.jobs.output_description import (
     METADATA_TAG,
     OutputDescription,
     container_metadata,
     read_output_description,
     sidecar_path,
 )
+from framepack_core.jobs.spec import file_sha256
+from framepack_core.media.video_io import encode_segment, join_segments, read_video_frames
+from framepack_core.models.devices import resolve_device_config
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.store import ModelStore
+from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
-from framepack_core.video_io import encode_segment, join_segments, read_video_frames
 
 FAST = ["--seconds", "0.8", "--window", "3", "--steps", "3", "--resolution", "64", "--no-teacache", "--quiet"]
 
@@ -162,7 +162,7 @@ def test_the_fingerprint_without_a_plan_or_gradio_is_still_complete(tiny_models_
 def test_on_cuda_the_fingerprint_names_the_gpu_and_the_enabled_sdpa_kernels(monkeypatch):
     # No GPU here: the two driver calls are stood in for, to check what a CUDA run records and that the CPU path
     # above never made them.
-    from framepack_core.fingerprint import attention_info, device_name
+    from framepack_core.jobs.fingerprint import attention_info, device_name
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"NVIDIA H200 #{index}")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
@@ -344,7 +344,7 @@ def test_from_notes_when_this_machine_differs_from_the_one_that_made_the_video(m
 
 
 def test_the_ui_loads_a_video_s_settings_into_the_form_and_refuses_other_files_readably(made, tmp_path):
-    from app.ui import JOB_FIELDS, settings_to_inputs, video_settings
+    from app.ui.page import JOB_FIELDS, settings_to_inputs, video_settings
 
     defaults = {"fp8": None}
     values, note = video_settings(made["video"], defaults)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from framepack_core.packing import LatentHistory, ModelVariant, plan_sections
+from framepack_core.sampling.packing import LatentHistory, ModelVariant, plan_sections
 
 
 def _lists(plan):

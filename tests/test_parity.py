@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from framepack_core.devices import resolve_device_config
-from framepack_core.engine import FramePackEngine
 from framepack_core.events import JobFinished
-from framepack_core.model_loading import ModelSource
-from framepack_core.model_store import ModelStore
+from framepack_core.models.devices import resolve_device_config
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.store import ModelStore
+from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
 
 FIXTURES = Path(__file__).parent / "data" / "parity"
@@ -62,7 +62,7 @@ def test_bf16_transformer_matches_the_official_app_bit_for_bit(tiny_models_dir, 
     """
     import torch
 
-    from framepack_core.devices import DeviceConfig
+    from framepack_core.models.devices import DeviceConfig
 
     config = DeviceConfig(torch.device("cpu"), torch.bfloat16, torch.float32, torch.float32, torch.float32)
     engine = FramePackEngine(ModelStore(ModelSource(models_dir=tiny_models_dir), config))

@@ -15,19 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from framepack_core import cli
-from framepack_core.devices import resolve_device_config
-from framepack_core.engine import FramePackEngine
+from framepack_core.cli import main as cli
 from framepack_core.errors import DiskFullError
 from framepack_core.events import SectionFinished
-from framepack_core.job_queue import JobQueue, QueueBusyError, QueueError, QueueLimitError, QueueState
-from framepack_core.job_spec import JobSpec, file_sha256
-from framepack_core.model_loading import ModelSource
-from framepack_core.model_store import ModelStore
-from framepack_core.queue_database import ClosingConnection, connect
-from framepack_core.queue_runner import QueueRunner
+from framepack_core.jobs.queue import JobQueue, QueueBusyError, QueueError, QueueLimitError, QueueState
+from framepack_core.jobs.queue_database import ClosingConnection, connect
+from framepack_core.jobs.runner import QueueRunner
+from framepack_core.jobs.spec import JobSpec, file_sha256
+from framepack_core.media.video_io import probe_video
+from framepack_core.models.devices import resolve_device_config
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.store import ModelStore
+from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
-from framepack_core.video_io import probe_video
 
 REPO_ROOT = Path(__file__).parents[1]
 
@@ -254,7 +254,7 @@ def test_a_full_disk_while_storing_the_image_leaves_no_half_written_copy(image, 
         Path(target).write_bytes(Path(source).read_bytes()[:100])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("framepack_core.job_queue.shutil.copyfile", copy_until_full)
+    monkeypatch.setattr("framepack_core.jobs.queue.shutil.copyfile", copy_until_full)
     with pytest.raises(DiskFullError, match="could not write the input image") as error:
         queue.submit(_spec(image), image)
     assert "Free some disk space" in error.value.hint
@@ -265,7 +265,7 @@ def test_a_full_disk_while_storing_the_image_leaves_no_half_written_copy(image, 
 
 HOLD_THE_QUEUE = """
 import sys, time
-from framepack_core.job_queue import JobQueue
+from framepack_core.jobs.queue import JobQueue
 ownership = JobQueue.for_output_dir(sys.argv[1]).take_ownership()
 print("owned" if ownership else "refused", flush=True)
 time.sleep(120)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-import framepack_core.video_io as video_io
-from framepack_core.devices import resolve_device_config
-from framepack_core.engine import FramePackEngine
+import framepack_core.media.video_io as video_io
 from framepack_core.events import CancelToken, JobCancelled, JobFailed, JobFinished, SectionFinished, StepProgress
-from framepack_core.model_loading import ModelSource
-from framepack_core.model_store import ModelStore
+from framepack_core.media.video_io import probe_video, read_video_frames
+from framepack_core.models.devices import resolve_device_config
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.store import ModelStore
+from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
-from framepack_core.video_io import probe_video, read_video_frames
 
 STEPS, SECTIONS = 3, 4
 JOB = dict(latent_window_size=3, steps=STEPS, resolution=64, seconds=1.6, use_teacache=False)

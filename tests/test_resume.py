@@ -14,16 +14,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from framepack_core import cli
-from framepack_core.checkpoint import JobDirectory
-from framepack_core.devices import resolve_device_config
-from framepack_core.engine import FramePackEngine
+from framepack_core.cli import main as cli
 from framepack_core.events import CancelToken, JobCancelled, JobFailed, JobFinished, Notice, SectionFinished
-from framepack_core.job_spec import JobSpec, file_sha256
-from framepack_core.model_loading import ModelSource
-from framepack_core.model_store import ModelStore
+from framepack_core.jobs.checkpoint import JobDirectory
+from framepack_core.jobs.spec import JobSpec, file_sha256
+from framepack_core.media.video_io import probe_video, read_video_frames
+from framepack_core.models.devices import resolve_device_config
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.store import ModelStore
+from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
-from framepack_core.video_io import probe_video, read_video_frames
 
 REPO_ROOT = Path(__file__).parents[1]
 # 4 sections of 4 steps: long enough to kill inside the third section.

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from framepack_core.sampler import (
+from framepack_core.sampling.sampler import (
     FlowMatchUniPC,
     GuidanceConfig,
     combine_guidance,

@@ -2,7 +2,12 @@
 
 import pytest
 
-from framepack_core.schedule import original_latent_paddings, overlap_pixel_frames, total_latent_sections, video_length
+from framepack_core.sampling.schedule import (
+    original_latent_paddings,
+    overlap_pixel_frames,
+    total_latent_sections,
+    video_length,
+)
 
 
 @pytest.mark.parametrize(

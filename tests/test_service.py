@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.service import GenerationService, JobState
-from framepack_core.devices import resolve_device_config
-from framepack_core.engine import FramePackEngine
+from app.service.generation import GenerationService, JobState
 from framepack_core.errors import InvalidInputError
-from framepack_core.model_loading import ModelSource
-from framepack_core.model_store import ModelStore
+from framepack_core.media.video_io import probe_video
+from framepack_core.models.devices import resolve_device_config
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.store import ModelStore
+from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
-from framepack_core.video_io import probe_video
 
 FAST = dict(latent_window_size=3, steps=3, resolution=64, seconds=0.8, use_teacache=False)
 
@@ -226,9 +226,9 @@ def test_models_are_released_after_the_idle_timeout(tiny_models_dir, image, tmp_
 
 
 def test_the_gallery_lists_videos_by_their_sidecars_partial_ones_marked_and_old_settings_files_too(image, tmp_path):
-    from framepack_core.job_spec import JobSpec, file_sha256
-    from framepack_core.output_description import OutputDescription, write_sidecar
-    from framepack_core.video_io import encode_segment
+    from framepack_core.jobs.output_description import OutputDescription, write_sidecar
+    from framepack_core.jobs.spec import JobSpec, file_sha256
+    from framepack_core.media.video_io import encode_segment
 
     def video(name: str) -> Path:
         path = tmp_path / name

@@ -9,15 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
+from test_service import _wait_done as wait_done
 
 from app.access import Viewer
-from app.service import GenerationService, JobState
-from test_service import _wait_done as wait_done
-from framepack_core.devices import resolve_device_config
-from framepack_core.engine import FramePackEngine
-from framepack_core.job_queue import JobQueue, QueueState
-from framepack_core.model_loading import ModelSource
-from framepack_core.model_store import ModelStore
+from app.service.generation import GenerationService, JobState
+from framepack_core.jobs.queue import JobQueue, QueueState
+from framepack_core.models.devices import resolve_device_config
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.store import ModelStore
+from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
 
 FAST = dict(latent_window_size=3, steps=3, resolution=64, seconds=0.8, use_teacache=False)
@@ -155,7 +155,7 @@ def test_a_viewer_reaches_only_their_own_jobs_in_the_service(tiny_models_dir, im
 
 
 def test_a_user_over_the_pending_limit_is_refused_and_others_are_not(tiny_models_dir, image, tmp_path):
-    from framepack_core.job_queue import QueueLimitError
+    from framepack_core.jobs.queue import QueueLimitError
 
     service = make_service(tiny_models_dir, tmp_path)
     for seed in range(2):

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.service import GenerationService, JobState
-from framepack_core.devices import resolve_device_config
-from framepack_core.engine import FramePackEngine
+from app.service.generation import GenerationService, JobState
 from framepack_core.events import SectionFinished
-from framepack_core.job_queue import JobQueue, QueueState
-from framepack_core.job_spec import JobSpec, file_sha256
-from framepack_core.model_loading import ModelSource
-from framepack_core.model_store import ModelStore
+from framepack_core.jobs.queue import JobQueue, QueueState
+from framepack_core.jobs.spec import JobSpec, file_sha256
+from framepack_core.media.video_io import probe_video
+from framepack_core.models.devices import resolve_device_config
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.store import ModelStore
+from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
-from framepack_core.video_io import probe_video
 
 FAST = dict(latent_window_size=3, steps=3, resolution=64, seconds=0.8, use_teacache=False)
 

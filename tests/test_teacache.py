@@ -4,9 +4,9 @@ import pytest
 import torch
 from diffusers.hooks import HookRegistry
 
-from framepack_core.model_loaders import load_transformer
-from framepack_core.model_loading import ModelSource
-from framepack_core.teacache import TeaCacheConfig, apply_teacache
+from framepack_core.models.loaders import load_transformer
+from framepack_core.models.loading import ModelSource
+from framepack_core.sampling.teacache import TeaCacheConfig, apply_teacache
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_zero_threshold_computes_every_step_and_matches_no_cache(transformer):
 
 @torch.no_grad()
 def test_bf16_transformer_gets_an_fp32_output_projection_that_comes_off_again(tiny_models_dir):
-    from framepack_core.precision import apply_fp32_output_projection, remove_fp32_output_projection
+    from framepack_core.models.precision import apply_fp32_output_projection, remove_fp32_output_projection
 
     model = load_transformer(ModelSource(models_dir=tiny_models_dir), "f1", torch.device("cpu"), torch.bfloat16)
     inputs = {k: (v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from framepack_core import tiny_models
-from framepack_core.text_encoding import PROMPT_TEMPLATE, TEMPLATE_CROP_START
-from framepack_core.tiny_models import build_tiny_models
+from framepack_core.models import tiny as tiny_models
+from framepack_core.models.text_encoding import PROMPT_TEMPLATE, TEMPLATE_CROP_START
+from framepack_core.models.tiny import build_tiny_models
 
 BASE = Path("hunyuanvideo-community/HunyuanVideo")
 REDUX = Path("lllyasviel/flux_redux_bfl")
@@ -40,7 +40,7 @@ def _json(path: Path) -> dict:
 def same_seed_elsewhere(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Seed 0 built again in a fresh process with another hash seed, so set and dict orders differ."""
     root = tmp_path_factory.mktemp("rebuilt") / "seed0"
-    code = "import sys; from framepack_core.tiny_models import build_tiny_models; build_tiny_models(sys.argv[1], 0)"
+    code = "import sys; from framepack_core.models.tiny import build_tiny_models; build_tiny_models(sys.argv[1], 0)"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", code, str(root)], check=True, cwd=REPO_ROOT, env=env, capture_output=True)
     return root

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from framepack_core import video_io
 from framepack_core.errors import OutputWriteError
-from framepack_core.video_io import (
+from framepack_core.media import video_io
+from framepack_core.media.video_io import (
     SectionVideoWriter,
     frames_to_uint8,
     probe_video,

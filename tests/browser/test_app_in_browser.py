@@ -26,9 +26,9 @@ from bench.ui_latency import (
     start_job,
     wait_for_state,
 )
-from framepack_core.output_description import read_output_description
-from framepack_core.schedule import video_length
-from framepack_core.video_io import probe_video, read_video_frames
+from framepack_core.jobs.output_description import read_output_description
+from framepack_core.media.video_io import probe_video, read_video_frames
+from framepack_core.sampling.schedule import video_length
 
 pytestmark = pytest.mark.browser
 

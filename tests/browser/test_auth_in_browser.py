@@ -61,7 +61,7 @@ def test_the_readme_api_script_needs_the_login_and_then_makes_the_video(auth_ser
     import subprocess
     import sys
 
-    from framepack_core.video_io import probe_video
+    from framepack_core.media.video_io import probe_video
 
     repo = Path(__file__).parents[2]
     command = [sys.executable, str(repo / "examples" / "api_client.py"), str(repo / "assets" / "chelsea_landscape.jpg"),

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import launch
-from app.service import JobSnapshot, JobState
+from app.service.generation import JobSnapshot, JobState
+from app.service.outputs import ServedFiles
 from app.settings import DEMO_JOB_DEFAULTS, Settings, read_auth_file
-from app.outputs import ServedFiles
-from app.ui import build_request, render_progress, settings_to_inputs, status_dict
+from app.ui.page import build_request, render_progress, settings_to_inputs, status_dict
 from framepack_core.errors import InvalidInputError
 from framepack_core.request import GenerationRequest
 
@@ -166,7 +166,7 @@ def test_keep_intermediates_reaches_the_service(monkeypatch, tmp_path):
 
 
 def test_build_app_exposes_the_named_api_endpoints(tmp_path, tiny_models_dir):
-    from app.ui import build_app
+    from app.ui.page import build_app
 
     settings = Settings(output_dir=tmp_path, models_dir=tiny_models_dir, demo=True, device="cpu")
     service = launch.build_service(settings, launch.resolve_device(settings))

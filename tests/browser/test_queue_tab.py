@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from bench.ui_latency import IMAGE
-from framepack_core.job_queue import JobQueue, QueueState
-from framepack_core.job_spec import JobSpec, file_sha256
+from framepack_core.jobs.queue import JobQueue, QueueState
+from framepack_core.jobs.spec import JobSpec, file_sha256
 from framepack_core.request import GenerationRequest
 
 pytestmark = pytest.mark.browser

@@ -1,0 +1,1 @@
+"""The REST API: routes, the one status schema, request limits and error handlers."""

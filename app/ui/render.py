@@ -1,0 +1,228 @@
+"""The page's pure pieces: its inputs to a request and back, and a job's snapshot as HTML, JSON and table rows.
+
+Nothing here touches Gradio's components or the service: the page (``app.ui.page``) and its tests call these.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.service.generation import JobSnapshot, JobState, WorkerHealth
+from app.service.outputs import OutputRecord
+from framepack_core.errors import InvalidInputError
+from framepack_core.jobs.output_description import read_output_description
+from framepack_core.jobs.queue import DamagedJob, QueuedJob, QueueState
+from framepack_core.request import GenerationRequest
+
+FP8_CHOICES = [("Automatic (only when bf16 cannot fit)", "auto"), ("Always", "on"), ("Never", "off")]
+FP8_VALUES = {"auto": None, "on": True, "off": False}
+FP8_CHOICE_OF = {value: choice for choice, value in FP8_VALUES.items()}
+
+# The job inputs after the image, in the order every handler and the /generate endpoint take them. The names
+# are GenerationRequest fields, so saved settings load back by name.
+JOB_FIELDS = ("prompt", "model", "seconds", "seed", "steps", "distilled_guidance", "latent_window_size", "cfg",
+              "cfg_rescale", "negative_prompt", "use_teacache", "teacache_threshold", "crf", "resolution",
+              "gpu_memory_preservation", "fp8")
+
+# Turning inputs into a request ---------------------------------------------------------------------------------
+
+def build_request(image: str | None, values: dict[str, Any]) -> GenerationRequest:
+    """The request for the page's (or the API's) inputs; ``InvalidInputError`` when there is no image."""
+    if not image:
+        raise InvalidInputError("image", "no start image was given", "Upload a start image first.")
+    values = {**values, "fp8": FP8_VALUES.get(values.get("fp8"), values.get("fp8"))}
+    known = {name: values[name] for name in JOB_FIELDS if values.get(name) is not None}
+    # Number components send floats (2.0); the request validates whole numbers itself.
+    return GenerationRequest(image=Path(image), **known)
+
+
+def upload_path(value: Any) -> str | None:
+    """The file behind an image input that Gradio did not preprocess: a FileData dict, or already a path.
+
+    The Start and /generate handlers skip Gradio's preprocessing because it opens the upload with PIL first and
+    turns a file that is not an image into a bare "Error"; unopened, the file reaches the service, whose image
+    check refuses it with a message that says what is wrong and how to fix it. Gradio has still checked that the
+    file is one of its uploads before the handler runs.
+    """
+    if isinstance(value, dict):
+        return value.get("path")
+    return str(value) if value else None
+
+
+def settings_to_inputs(settings: dict[str, Any], defaults: dict[str, Any]) -> list[Any]:
+    """Saved settings (a settings JSON) -> values for the JOB_FIELDS components; missing keys keep defaults."""
+    values = []
+    for name in JOB_FIELDS:
+        value = settings.get(name, defaults.get(name))
+        if name == "fp8":
+            value = FP8_CHOICE_OF.get(value, "auto")
+        values.append(getattr(value, "value", value))  # the model enum -> "original" / "f1"
+    return values
+
+
+def video_settings(video: Path, defaults: dict[str, Any]) -> tuple[list[Any], str]:
+    """Values for the JOB_FIELDS components from a video's description, and a note for the page.
+
+    Raises ``InvalidInputError`` (field "video") for a file that is not a video or carries no valid description.
+    """
+    description = read_output_description(video, field="video")
+    values = settings_to_inputs(dict(description.spec.settings), defaults)
+    note = (f"Loaded the settings of `{video.name}`. To make the same video, use its start image (SHA-256 "
+            f"`{description.spec.image_sha256[:12]}…`), then press Start.")
+    return values, note
+
+
+# Rendering a snapshot ------------------------------------------------------------------------------------------
+
+_STATE_LABELS = {JobState.QUEUED: "Queued", JobState.RUNNING: "Running", JobState.FINISHED: "Finished",
+                 JobState.CANCELLED: "Stopped", JobState.FAILED: "Failed"}
+
+
+QUEUE_COLUMNS = ("#", "id", "state", "progress", "prompt", "seconds", "seed", "submitted", "error")
+QUEUE_REFRESH_S = 2.0
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def queue_table_rows(jobs: list[QueuedJob], damaged: list[DamagedJob] = (),
+                     places: dict[str, int] | None = None) -> list[list[Any]]:
+    """The Queue tab's rows: running, pending with their place, then ended jobs, then damaged ones (stored rows
+    that cannot be read: they can only be deleted). ``places``: each pending job's place in the whole queue (a
+    user sharing the app sees only their rows, but their place counts everyone's waiting jobs, as the progress
+    panel's does); without it, the places of the rows listed."""
+    rows = []
+    place = 0
+    for job in jobs:
+        if job.state == QueueState.PENDING:
+            place = places.get(job.id, place + 1) if places is not None else place + 1
+        settings = job.spec.settings
+        progress = f"{job.sections_done}/{job.total_sections} sections" if job.total_sections else ""
+        prompt = str(settings.get("prompt", ""))
+        rows.append([place if job.state == QueueState.PENDING else "", job.id,
+                     job.state.value + (" (stopping)" if job.cancel_requested else ""), progress,
+                     prompt if len(prompt) <= 60 else prompt[:57] + "...", settings.get("seconds"),
+                     settings.get("seed"), time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at)),
+                     job.error or ""])
+    for row in damaged:
+        rows.append(["", row.id, "damaged", "", "", None, None, "", f"{row.reason} (delete it)"])
+    return rows
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def render_message(text: str, *, hint: str = "", error: bool = False, state: str = "idle") -> str:
+    """A one-message progress box (idle text, a refused request)."""
+    css = "fp-error" if error else "fp-muted"
+    body = f'<div class="{css}">{"<b>Error:</b> " if error else ""}{html.escape(text)}</div>'
+    if hint:
+        body += f'<div class="{css}">How to fix: {html.escape(hint)}</div>'
+    return f'<div class="fp-progress" data-state="{state}">{body}</div>'
+
+
+def render_progress(snapshot: JobSnapshot, *, own: bool = True) -> str:
+    """Stage, section i/n, step j/k, elapsed, ETA and a bar; errors with their fix; notices.
+
+    The outer element carries ``data-state`` (and section/step) so tests and scripts can read the state.
+    """
+    s = snapshot
+    if s.queue_position:
+        stage = (f"Place in the queue: <b>{s.queue_position}</b> (one job runs at a time; this one starts when "
+                 "the jobs before it end)")
+    else:
+        stage = html.escape(s.stage_message)
+    lines = [f"<b>{_STATE_LABELS[s.state]}</b> &middot; {stage}"]
+    if not own:
+        lines.append('<span class="fp-muted">This job was started from another tab or by an API client.</span>')
+    counters = []
+    if s.total_sections:
+        counters.append(f"section {s.section or 0}/{s.total_sections}")
+    if s.total_steps:
+        counters.append(f"step {s.step or 0}/{s.total_steps}")
+    if s.state != JobState.QUEUED:
+        counters.append(f"elapsed {format_duration(s.elapsed_s)}")
+    if s.state == JobState.RUNNING:
+        counters.append(f"ETA {format_duration(s.eta_s)}")
+    if counters:
+        lines.append(" &middot; ".join(counters))
+    bar = ""
+    if s.total_sections and s.total_steps and s.section:
+        done = (s.section - 1) * s.total_steps + (s.step or 0)
+        total = s.total_sections * s.total_steps
+        if s.state == JobState.FINISHED:
+            done = total
+        bar = f'<progress value="{done}" max="{total}"></progress>'
+    if s.error:
+        lines.append(f'<span class="fp-error"><b>Error:</b> {html.escape(s.error)}</span>')
+        if s.error_hint:
+            lines.append(f'<span class="fp-error">How to fix: {html.escape(s.error_hint)}</span>')
+    if s.video_frames and s.state == JobState.RUNNING:
+        lines.append(f'<span class="fp-muted">The finished video will have {s.video_frames} frames '
+                     f'({s.video_frames / 30:.1f} s at 30 fps).</span>')
+    if s.output_video is not None and s.state.done:
+        lines.append(f"Saved as <code>{html.escape(s.output_video.name)}</code> in the output folder.")
+    for notice in s.notices:
+        lines.append(f'<span class="fp-muted">Note: {html.escape(notice)}</span>')
+    attributes = (f'data-state="{s.state.value}" data-job="{html.escape(s.job_id)}" '
+                  f'data-section="{s.section or 0}" data-step="{s.step or 0}"')
+    return f'<div class="fp-progress" {attributes}>{"<br>".join(lines)}{bar}</div>'
+
+
+def status_dict(snapshot: JobSnapshot) -> dict[str, Any]:
+    """The snapshot as JSON for API clients (no arrays, no server paths beyond file names)."""
+    s = snapshot
+    return {"job_id": s.job_id, "state": s.state.value, "queue_position": s.queue_position,
+            "stage": s.stage_message, "section": s.section, "total_sections": s.total_sections, "step": s.step,
+            "total_steps": s.total_steps, "elapsed_s": round(s.elapsed_s, 3),
+            "eta_s": None if s.eta_s is None else round(s.eta_s, 3), "video_frames": s.video_frames,
+            "video": s.output_video.name if s.output_video else None, "error": s.error, "error_hint": s.error_hint,
+            "notices": list(s.notices)}
+
+
+def gallery_items(records: list[OutputRecord], serve: Callable[[Path], str | None] = str
+                  ) -> list[tuple[str, str]]:
+    """(thumbnail, caption) per past generation: the cropped input image, else the video itself. ``serve`` turns
+    an output file into a path Gradio may hand to the browser (``ServedFiles.serve``)."""
+    items = []
+    for record in records:
+        settings = record.settings
+        prompt = str(settings.get("prompt") or "(no prompt)")
+        prompt = prompt if len(prompt) <= 48 else prompt[:47] + "…"
+        state = "" if settings.get("complete", True) else " · partial"
+        caption = (f"{settings.get('model', '?')} · {settings.get('seconds', '?')} s · seed {settings.get('seed', '?')}"
+                   f"{state} · {prompt}")
+        thumbnail = serve(record.input_image or record.video)
+        if thumbnail is not None:
+            items.append((thumbnail, caption))
+    return items
+
+
+def readable_error(error: Exception, image: str | None) -> tuple[str, str]:
+    """(message, hint) of a refused request, naming an upload by its file name rather than its server path."""
+    message, hint = getattr(error, "message", str(error)), getattr(error, "hint", "")
+    if image:
+        message = message.replace(str(image), Path(image).name)
+    return message, hint
+
+
+def health_markdown(health: WorkerHealth) -> str:
+    """A warning line at the top of the page when jobs cannot run (empty when all is well)."""
+    problem = health.problem
+    lines = [f"⚠️ **{problem}**"] if problem else []
+    if health.queue_note:
+        lines.append(f"⚠️ {health.queue_note}")
+    return "\n\n".join(lines)

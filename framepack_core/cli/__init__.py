@@ -1,0 +1,1 @@
+"""The command line: dispatch, shared options, generate (and --from), jobs and plan."""

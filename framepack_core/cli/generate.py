@@ -1,0 +1,134 @@
+"""``python -m framepack_core generate``: one job from the command line, with progress and Ctrl-C to stop."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+from framepack_core.cli.options import (
+    EXIT_BAD_INPUT,
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    engine_from_args,
+    library_progress_bars_off,
+    request_from_args,
+    with_option_name,
+)
+from framepack_core.errors import FramePackError, InvalidInputError
+
+
+def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """``argv``: the command line ``args`` came from (``sys.argv[1:]`` when None), for ``--from``."""
+    from tqdm import tqdm
+
+    from framepack_core.events import (
+        CancelToken,
+        JobCancelled,
+        JobFailed,
+        JobFinished,
+        Notice,
+        SectionFinished,
+        StageChanged,
+        StepProgress,
+    )
+    description, notes = None, []
+    if args.from_video is not None:
+        from framepack_core.cli.from_output import environment_notes, request_from_video
+
+        try:
+            request, description, notes = request_from_video(args, sys.argv[1:] if argv is None else argv)
+        except InvalidInputError as error:
+            print(f"error: {with_option_name(error)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    else:
+        request = request_from_args(args, Path(args.image), args.output, args.save_latents)
+    engine = engine_from_args(args)
+    if engine is None:
+        return EXIT_BAD_INPUT
+    if description is not None:
+        notes += environment_notes(description, engine.models, request, Path(args.from_video))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    cancel = CancelToken()
+
+    def on_interrupt(signum, frame):  # noqa: ANN001
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        print("\nStopping after the current step (Ctrl-C again to abort at once) ...", file=sys.stderr)
+        cancel.cancel()
+
+    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+    bar = None
+    quiet_libraries = contextlib.ExitStack()
+    libraries_silenced = False
+    segments_dir: Path | None = None
+    try:
+        events = engine.generate(request, cancel=cancel, job_dir=args.job_dir)
+        for event in events:
+            if args.quiet and not libraries_silenced:
+                # From the first event on: the request passed validation (a refused one imports nothing more).
+                quiet_libraries.enter_context(library_progress_bars_off())
+                libraries_silenced = True
+            if isinstance(event, Notice):
+                (bar.write if bar is not None else print)(f"note: {event.message}", file=sys.stderr)
+            elif isinstance(event, StageChanged):
+                if bar is None and not args.quiet:
+                    print(event.message, file=sys.stderr)
+            elif isinstance(event, StepProgress):
+                if bar is None and not args.quiet:
+                    bar = tqdm(total=event.total_sections * event.total_steps, unit="step", file=sys.stderr,
+                               desc=f"{engine.models.config.device}")
+                if bar is not None:
+                    bar.set_postfix_str(f"section {event.section}/{event.total_sections}")
+                    bar.update(1)
+            elif isinstance(event, SectionFinished):
+                if event.segment_path is not None:
+                    segments_dir = Path(event.segment_path).parent
+                if bar is not None:
+                    bar.write(f"section {event.section}/{event.total_sections} done: {event.video_frames} frames "
+                              f"({event.video_seconds:.2f} s)", file=sys.stderr)
+            elif isinstance(event, JobFinished):
+                if bar is not None:
+                    bar.close()
+                print(f"Wrote {event.output_path} ({event.video_frames} frames, {event.width}x{event.height}, "
+                      f"{event.elapsed_s:.1f} s)")
+                if event.latents_path:
+                    print(f"Wrote {event.latents_path}")
+                return EXIT_OK
+            elif isinstance(event, JobCancelled):
+                if bar is not None:
+                    bar.close()
+                where = f"partial video: {event.partial_path}" if event.partial_path else "no section had finished"
+                print(f"Cancelled after {event.sections_done} section(s); {where}", file=sys.stderr)
+                return EXIT_CANCELLED
+            elif isinstance(event, JobFailed):
+                if bar is not None:
+                    bar.close()
+                print(f"error: {event.message}", file=sys.stderr)
+                if event.hint:
+                    print(f"  How to fix: {event.hint}", file=sys.stderr)
+                if event.partial_path:
+                    print(f"  The finished sections were kept in {event.partial_path}", file=sys.stderr)
+                return EXIT_FAILED
+    except InvalidInputError as error:
+        print(f"error: {with_option_name(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # the second Ctrl-C: stop at once, without a traceback
+        if bar is not None:
+            bar.close()
+        kept = ""
+        if segments_dir is not None and any(segments_dir.glob("*.mp4")):
+            kept = f"; the finished sections' video segments are in {segments_dir}"
+        print(f"\nAborted{kept}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except FramePackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        quiet_libraries.close()
+        signal.signal(signal.SIGINT, previous_handler)
+    return EXIT_FAILED

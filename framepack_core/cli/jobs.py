@@ -1,0 +1,197 @@
+"""``python -m framepack_core jobs ...``: the persistent job queue from the command line.
+
+The queue lives under the output folder (``--output-dir``, default ``outputs/`` beside the code), the same one the app uses, so a
+job submitted here runs in the app when it starts (or with ``jobs run``), and jobs queued in the app show up in
+``jobs list``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from framepack_core.cli.options import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    add_runtime_options,
+    add_setting_options,
+    engine_from_args,
+    library_progress_bars_off,
+    request_from_args,
+    with_option_name,
+)
+from framepack_core.errors import FramePackError, InvalidInputError
+from framepack_core.jobs.output_naming import DEFAULT_OUTPUT_DIR
+
+
+def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
+
+    jobs = sub.add_parser("jobs", help="The persistent job queue: list, submit, cancel, retry, run.")
+    jobs.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
+                      help="The output folder whose queue to use (default: outputs/ beside the code, as the app's).")
+    verbs = jobs.add_subparsers(dest="verb", required=True)
+
+    listing = verbs.add_parser("list", help="Running, pending (in queue order) and ended jobs.")
+    listing.add_argument("--json", action="store_true", help="One JSON object per job, with its spec.")
+
+    submit = verbs.add_parser("submit", help="Add a job at the end of the queue.")
+    submit.add_argument("--image", required=True, help="Input image (a copy is kept in the queue).")
+    submit.add_argument("--spec", type=Path, default=None,
+                        help="A job spec JSON file; its settings replace the options below.")
+    submit.add_argument("--output", type=Path, default=None, help="Output .mp4 (default: in the output folder).")
+    add_setting_options(submit)
+
+    for verb, text in (("cancel", "Cancel a pending job, or ask a running one to stop."),
+                       ("retry", "Queue a failed or cancelled job again; it resumes from its last section."),
+                       ("delete", "Remove an ended or pending job and its checkpoints (not its video).")):
+        verbs.add_parser(verb, help=text).add_argument("job_id")
+    edit = verbs.add_parser("edit", help="Change settings of a pending job.")
+    edit.add_argument("job_id")
+    edit.add_argument("settings", help='The settings to change, as JSON, e.g. \'{"seed": 7, "seconds": 10}\'.')
+    move = verbs.add_parser("move", help="Put a pending job at another place in the queue.")
+    move.add_argument("job_id")
+    move.add_argument("place", type=int, help="1 = next to run.")
+
+    run = verbs.add_parser("run", help="Run the pending jobs (interrupted ones first) until the queue is empty.")
+    add_runtime_options(run)
+    run.add_argument("--quiet", action="store_true", help="Only the result of each job.")
+
+
+def run_jobs(args: argparse.Namespace) -> int:
+    from framepack_core.jobs.queue import JobQueue
+
+    try:
+        queue = JobQueue.for_output_dir(args.output_dir)
+        if queue.recovery_note:
+            print(f"note: {queue.recovery_note}", file=sys.stderr)
+        if args.verb == "list":
+            return _list(queue, args.json)
+        if args.verb == "submit":
+            return _submit(queue, args)
+        if args.verb == "run":
+            return _run(queue, args)
+        if args.verb == "move":
+            job = queue.move(args.job_id, args.place)
+            print(f"{job.id} is now number {queue.pending_position(job.id)} in the queue")
+            return EXIT_OK
+        if args.verb == "edit":
+            return _edit(queue, args.job_id, args.settings)
+        if args.verb == "delete":
+            queue.delete(args.job_id)
+            print(f"Deleted {args.job_id}")
+            return EXIT_OK
+        job = queue.cancel(args.job_id) if args.verb == "cancel" else queue.retry(args.job_id)
+        if args.verb == "cancel":
+            said = "asked to stop after the current step" if job.cancel_requested else "cancelled"
+        else:
+            said = f"queued again (number {queue.pending_position(job.id)}); it resumes from its last finished section"
+            if job.partial is not None:
+                said += f"; the earlier attempt's partial video is kept as {job.partial}"
+        print(f"{job.id} {said}")
+        return EXIT_OK
+    except InvalidInputError as error:
+
+        print(f"error: {with_option_name(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except FramePackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _list(queue, as_json: bool) -> int:  # noqa: ANN001
+    jobs, damaged = queue.list(), queue.damaged()
+    if as_json:
+        for job in jobs:
+            print(json.dumps(job.summary()))
+        for row in damaged:  # "state": "damaged" keeps one shape for readers that look at the state
+            print(json.dumps({**row.summary(), "state": "damaged"}))
+        return EXIT_OK
+    for row in damaged:
+        print(f"note: job {row.id} is damaged ({row.reason}); delete it with `jobs delete {row.id}`", file=sys.stderr)
+    if not jobs:
+        print("The queue is empty.")
+        return EXIT_OK
+    print(f"{'id':<12}  {'state':<9}  {'progress':<8}  {'created':<16}  prompt")
+    for job in jobs:
+        progress = f"{job.sections_done}/{job.total_sections}" if job.total_sections else "-"
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at))
+        prompt = str(job.spec.settings.get("prompt", ""))
+        prompt = prompt if len(prompt) <= 50 else prompt[:47] + "..."
+        print(f"{job.id:<12}  {job.state.value:<9}  {progress:<8}  {created:<16}  {prompt}")
+        if job.error:
+            print(f"{'':<12}  error: {job.error}")
+    return EXIT_OK
+
+
+def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
+    from framepack_core.jobs.spec import JobSpec, file_sha256
+    from framepack_core.media.image_input import load_input_image
+
+    image = Path(args.image)
+    load_input_image(image)  # refuse a broken image now, not when the job runs
+    if args.spec is not None:
+        try:
+            text = args.spec.read_text(encoding="utf-8")
+        except OSError as error:
+            raise InvalidInputError("spec", f"cannot read {args.spec}: {error.strerror or error}") from None
+        spec = JobSpec.from_json(text)
+        spec.check_image(image)
+    else:
+        spec = JobSpec.from_request(request_from_args(args, image), file_sha256(image))
+    if args.output is not None:
+        spec.request(image, output=args.output)  # validates the name
+    job = queue.submit(spec, image, output=args.output)
+    print(f"{job.id} queued (number {queue.pending_position(job.id)})")
+    return EXIT_OK
+
+
+def _edit(queue, job_id: str, text: str) -> int:  # noqa: ANN001
+    try:
+        changes = json.loads(text)
+    except ValueError as error:
+        raise InvalidInputError("settings", f"is not valid JSON ({error})") from None
+    queue.edit(job_id, queue.get(job_id).spec.with_changes(changes))
+    print(f"{job_id} edited: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
+    return EXIT_OK
+
+
+def _run(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
+    with queue.require_ownership():  # refused (naming the owner) before any model loads
+        return _run_owned(queue, args)
+
+
+def _run_owned(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
+    from framepack_core.events import JobFailed, Notice, SectionFinished
+    from framepack_core.jobs.queue import QueueState
+    from framepack_core.jobs.runner import QueueRunner
+
+    engine = engine_from_args(args)
+    if engine is None:
+        return EXIT_BAD_INPUT
+
+    def show(job, event) -> None:  # noqa: ANN001
+        if args.quiet:
+            return
+        if isinstance(event, Notice):
+            print(f"{job.id}: note: {event.message}", file=sys.stderr)
+        elif isinstance(event, SectionFinished):
+            print(f"{job.id}: section {event.section}/{event.total_sections} done", file=sys.stderr)
+        elif isinstance(event, JobFailed):
+            print(f"{job.id}: error: {event.message}", file=sys.stderr)
+
+    with contextlib.ExitStack() as quiet:
+        if args.quiet:
+            quiet.enter_context(library_progress_bars_off())
+        done = QueueRunner(queue, engine, args.output_dir).run_pending(show)
+    for job in done:
+        video = job.output if job.state == QueueState.FINISHED else job.partial  # a stopped job's output is unmade
+        where = f": {video}" if video else ""
+        print(f"{job.id} {job.state.value}{where}")
+    if not done:
+        print("No pending jobs.")
+    return EXIT_OK if all(job.state == QueueState.FINISHED for job in done) else EXIT_FAILED

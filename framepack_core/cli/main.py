@@ -1,0 +1,52 @@
+"""Command line: ``python -m framepack_core generate ...``, ``tiny-models DIR``, ``plan ...`` and ``jobs ...``.
+This module only dispatches; each command lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from framepack_core.cli.generate import run_generate
+from framepack_core.cli.jobs import add_jobs_parser, run_jobs
+from framepack_core.cli.options import (  # noqa: F401  (the exit codes are part of this module's contract)
+    EXIT_BAD_INPUT,
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    add_generate_parser,
+)
+from framepack_core.cli.plan import add_plan_parser, run_plan
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m framepack_core", description="FramePack image-to-video.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_generate_parser(sub)
+    tiny = sub.add_parser("tiny-models", help="Build the tiny random-weight model set (offline, a few MB).")
+    tiny.add_argument("directory", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    add_plan_parser(sub)
+    add_jobs_parser(sub)
+    return parser
+
+
+def run_tiny_models(args: argparse.Namespace) -> int:
+    from framepack_core.models.tiny import build_tiny_models
+
+    root = build_tiny_models(args.directory, seed=args.seed)
+    print(f"Tiny model set ready in {root}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "generate":
+        return run_generate(args, argv)
+    if args.command == "plan":
+        return run_plan(args)
+    if args.command == "jobs":
+
+        return run_jobs(args)
+    return run_tiny_models(args)

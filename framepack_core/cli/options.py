@@ -1,0 +1,152 @@
+"""The command line's shared pieces: the options of ``generate``, ``jobs submit`` and ``jobs run``, and how their
+values become a request or an engine, and how an error names the option the user typed.
+
+``main`` dispatches; ``generate``, ``from_output`` (``generate --from``), ``plan`` and ``jobs`` build on these, so
+none of them imports another. Heavy modules (torch) are imported inside the functions that need them, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from framepack_core.errors import InvalidInputError
+
+# The exit status of every command.
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+
+if TYPE_CHECKING:
+    from framepack_core.pipeline.engine import FramePackEngine
+    from framepack_core.request import GenerationRequest
+
+
+def add_setting_options(p: argparse.ArgumentParser) -> None:
+    """The generation settings (a job spec's ``settings``), shared by ``generate`` and ``jobs submit``."""
+    p.add_argument("--prompt", default="", help="Motion prompt (may be empty).")
+    p.add_argument("--negative-prompt", default="", help="Used only when --cfg > 1.")
+    p.add_argument("--model", choices=["original", "f1"], default="original",
+                   help="original: FramePackI2V_HY (generates the end first); f1: FramePack-F1 (forward).")
+    p.add_argument("--seconds", type=float, default=5.0, help="Video length in seconds, up to 120 (default 5).")
+    p.add_argument("--seed", type=int, default=31337)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--window", type=int, default=9, help="Latent window size (9 is the trained value).")
+    p.add_argument("--gs", type=float, default=10.0, help="Distilled guidance scale.")
+    p.add_argument("--cfg", type=float, default=1.0, help="Real CFG scale; 1 turns it off.")
+    p.add_argument("--rs", type=float, default=0.0, help="CFG rescale.")
+    p.add_argument("--teacache", action=argparse.BooleanOptionalAction, default=True,
+                   help="TeaCache: faster, slightly different results (default on, as the official app).")
+    p.add_argument("--teacache-threshold", type=float, default=0.15)
+    p.add_argument("--sampler-variant", choices=["bh1", "bh2"], default="bh1")
+    p.add_argument("--crf", type=int, default=16, help="MP4 quality, 0-51, lower is better (default 16).")
+    p.add_argument("--resolution", type=int, default=640, help="Base resolution of the buckets (default 640).")
+    p.add_argument("--preserve-gb", type=float, default=None,
+                   help="GPU memory (GB) to leave for other programs; the memory plan offloads more the higher it "
+                        "is (default: automatic, max(0.5, 5%% of the card)).")
+    p.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
+                   help="Store the transformer in fp8 (half the memory, slightly different results); default: "
+                        "only when the plan needs it. See `python -m framepack_core plan`.")
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """Where the models come from and what runs them, shared by ``generate`` and ``jobs run``."""
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="Folder with the models in org/name/subfolder layout (default: Hugging Face cache).")
+    p.add_argument("--offline", action="store_true", help="Never download; use the local cache only.")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16.")
+
+
+def engine_from_args(args: argparse.Namespace) -> FramePackEngine | None:
+    """The engine ``add_runtime_options``' values describe, or None after printing why the device is refused."""
+    from framepack_core.models.devices import resolve_device_config
+    from framepack_core.models.loading import ModelSource
+    from framepack_core.pipeline.engine import create_engine
+
+    try:
+        config = resolve_device_config(args.device, args.dtype)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+    return create_engine(ModelSource(models_dir=args.models_dir, offline=args.offline), config)
+
+
+def request_from_args(args: argparse.Namespace, image: Path, output: Path | None = None,
+                      save_latents: Path | None = None) -> GenerationRequest:
+    """The request that ``add_setting_options``' values describe (not yet validated)."""
+    from framepack_core.request import GenerationRequest
+
+    return GenerationRequest(
+        image=Path(image), prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model,
+        seconds=args.seconds, seed=args.seed, steps=args.steps, latent_window_size=args.window,
+        distilled_guidance=args.gs, cfg=args.cfg, cfg_rescale=args.rs, use_teacache=args.teacache,
+        teacache_threshold=args.teacache_threshold, crf=args.crf, resolution=args.resolution,
+        sampler_variant=args.sampler_variant, output=output, save_latents=save_latents,
+        gpu_memory_preservation=args.preserve_gb, fp8=args.fp8,
+    )
+
+
+def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("generate", help="Generate a video from one image and a prompt.")
+    p.add_argument("--image", required=True, help="Input image (PNG, JPEG, WebP, ...).")
+    p.add_argument("--from", dest="from_video", type=Path, default=None, metavar="VIDEO.mp4",
+                   help="Take the settings from a video this app made (its mp4 metadata or .json sidecar); setting "
+                        "options given as well override them. --image must be the video's own input image.")
+    add_setting_options(p)
+    add_runtime_options(p)
+    p.add_argument("--output", type=Path, default=None, help="Output .mp4 (default <time>_<model>_seed<N>.mp4 in outputs/ beside the code, as the app's).")
+    p.add_argument("--save-latents", type=Path, default=None, help="Also write the final latents (.safetensors).")
+    p.add_argument("--job-dir", type=Path, default=None,
+                   help="Keep the job's checkpoints in this folder: run the same command again after a crash or "
+                        "Ctrl-C and it resumes from the last finished section (bit-identical result).")
+    p.add_argument("--quiet", action="store_true", help="No progress bar.")
+    return p
+
+
+# Request fields whose command-line option is not simply "--" + the field name with dashes.
+OPTION_FOR_FIELD = {"latent_window_size": "--window", "distilled_guidance": "--gs", "cfg_rescale": "--rs",
+                     "gpu_memory_preservation": "--preserve-gb",
+                     "use_teacache": "--teacache"}
+
+
+def with_option_name(error: InvalidInputError) -> str:
+    """The error as text, naming the option the user typed (``--window``) rather than the request field."""
+    if not error.field.replace("_", "").isalnum():  # "settings.steps": a field of a spec, not an option
+        return str(error)
+    option = OPTION_FOR_FIELD.get(error.field, "--" + error.field.replace("_", "-"))
+    text = str(error)
+    prefix = f"{error.field}: "
+    return option + ": " + text[len(prefix):] if text.startswith(prefix) else text
+
+
+@contextlib.contextmanager
+def library_progress_bars_off():
+    """For --quiet: also hide the download and weight-loading bars of huggingface_hub, transformers and diffusers.
+
+    Their state is global, so it is put back on exit (the CLI can be called in-process, e.g. by tests).
+    """
+    restore = []
+    # Import them all before changing anything: transformers copies huggingface_hub's setting when first imported.
+    modules = []
+    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
+        with contextlib.suppress(ImportError):
+            modules.append(importlib.import_module(name))
+    with contextlib.suppress(ImportError, AttributeError):
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        if not are_progress_bars_disabled():
+            disable_progress_bars()
+            restore.append(enable_progress_bars)
+    for module in modules:
+        with contextlib.suppress(AttributeError):
+            if module.is_progress_bar_enabled():
+                module.disable_progress_bar()
+                restore.append(module.enable_progress_bar)
+    try:
+        yield
+    finally:
+        for undo in reversed(restore):
+            undo()

@@ -1,0 +1,35 @@
+"""The one naming rule for a job's files, and the one default output folder.
+
+A job's files share a base, ``<time>_<job id>_seed<seed>`` (``<time>_<model>_seed<seed>`` for a one-off
+``generate`` that has no job id): the video ``<base>.mp4``, the partial video of a stopped attempt
+``<base>.partial.mp4`` (kept as ``<base>.attempt<N>.partial.mp4`` when the job is retried), their ``.json``
+sidecars and the cropped input image ``<base>.png``. Light on imports: the queue and the CLI use it without torch.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+# Beside the code, not the current folder: the app, ``generate`` and ``jobs`` use the same folder wherever they
+# are started from (each takes --output-dir to choose another).
+DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parents[2] / "outputs"  # the repository's outputs/
+PARTIAL_SUFFIX = ".partial.mp4"
+
+
+def output_path(folder: Path, *, seed: int, job_id: str | None = None, model: str | None = None,
+                when: float | None = None) -> Path:
+    """Where a job's video goes: ``<time>_<job id or model>_seed<seed>.mp4`` in ``folder``."""
+    stamp = time.strftime("%Y%m%d_%H%M%S", time.localtime(when))
+    return Path(folder) / f"{stamp}_{job_id or model}_seed{seed}.mp4"
+
+
+def partial_output_path(output: Path) -> Path:
+    """The playable video of the sections an unfinished attempt wrote: ``<base>.partial.mp4``."""
+    return output.with_name(output.stem + PARTIAL_SUFFIX)
+
+
+def output_base(video: Path | str) -> str:
+    """What every file of one job shares: its name up to the first dot (``<time>_<id>_seed<n>`` for the ``.mp4``,
+    ``.partial.mp4``, ``.attempt1.partial.mp4``, the ``.json`` sidecars and the input ``.png``)."""
+    return Path(video).name.split(".", 1)[0]

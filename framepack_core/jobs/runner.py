@@ -1,0 +1,98 @@
+"""Runs queued jobs through the engine, one at a time, keeping the queue's rows in step with each job.
+
+Each job runs in its own job folder (``JobQueue.job_dir``), so a job interrupted by a crash or a restart resumes
+from its last finished section the next time it is claimed. A cancel requested through the queue (from another
+process: the CLI, the API) is seen at the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from framepack_core.errors import FramePackError
+from framepack_core.events import (
+    CancelToken,
+    EngineEvent,
+    JobCancelled,
+    JobFailed,
+    JobFinished,
+    SectionFinished,
+    StepProgress,
+)
+from framepack_core.jobs.output_naming import output_path
+from framepack_core.jobs.queue import JobQueue, QueuedJob, QueueState
+from framepack_core.pipeline.engine import FramePackEngine
+
+logger = logging.getLogger(__name__)
+
+EventCallback = Callable[[QueuedJob, EngineEvent], None]
+
+
+class QueueRunner:
+    def __init__(self, queue: JobQueue, engine: FramePackEngine, output_dir: Path) -> None:
+        self.queue = queue
+        self.engine = engine
+        self.output_dir = Path(output_dir)
+
+    def run_job(self, job: QueuedJob, on_event: EventCallback | None = None,
+                cancel: CancelToken | None = None) -> QueuedJob:
+        """Run one claimed (running) job to its end; returns its final row."""
+        cancel = cancel or CancelToken()
+        try:
+            request = job.spec.request(job.image, output=job.output)
+            if request.output is None:
+                request = job.spec.request(job.image, output=output_path(self.output_dir, seed=request.seed, job_id=job.id))
+                self.queue.set_output(job.id, request.output)
+        except FramePackError as error:
+            return self.queue.end(job.id, QueueState.FAILED, error=error.message, hint=error.hint)
+        last: EngineEvent | None = None
+        for event in self.engine.generate(request, cancel=cancel, job_id=job.id, job_dir=self.queue.job_dir(job.id)):
+            last = event
+            record_event(self.queue, job.id, event, cancel)
+            if on_event is not None:
+                on_event(job, event)
+        if not isinstance(last, (JobFinished, JobCancelled, JobFailed)):
+            return self.queue.end(job.id, QueueState.FAILED, error="The job ended without a result.",
+                                  hint="This is a bug; please report it with the log.")
+        return self.queue.get(job.id)
+
+    def run_pending(self, on_event: EventCallback | None = None, should_stop: Callable[[], bool] = lambda: False
+                    ) -> list[QueuedJob]:
+        """Requeue interrupted jobs, then run pending jobs in queue order until none is left (or ``should_stop``).
+        The runner owns the queue meanwhile; ``QueueBusyError`` (naming it) when another process does."""
+        with self.queue.require_ownership():
+            for job_id in self.queue.requeue_interrupted():
+                logger.info("Job %s was interrupted; it resumes from its last finished section", job_id)
+            done = []
+            while not should_stop():
+                job = self.queue.claim_next()
+                if job is None:
+                    break
+                done.append(self.run_job(job, on_event))
+            return done
+
+
+def record_event(queue: JobQueue, job_id: str, event: EngineEvent, cancel: CancelToken, *,
+                 requeue_if_cancelled: bool = False) -> None:
+    """Keep a running job's stored row in step with one of its events: progress after each section, its end;
+    a cancel asked for through the queue (another process) cancels ``cancel``. ``requeue_if_cancelled``: a job
+    stopped because its worker shuts down goes back to the front of the queue instead of ending. The partial
+    video of a job that did not finish is stored as its ``partial``: the row's output keeps the job's final name,
+    which a retry writes to."""
+    if isinstance(event, SectionFinished):
+        if queue.record_progress(job_id, event.section, event.total_sections):
+            cancel.cancel()
+    elif isinstance(event, StepProgress):
+        if not cancel.cancelled and queue.cancel_requested(job_id):
+            cancel.cancel()
+    elif isinstance(event, JobFinished):
+        queue.end(job_id, QueueState.FINISHED, output=event.output_path)
+    elif isinstance(event, JobCancelled):
+        if requeue_if_cancelled:
+            queue.requeue(job_id)
+        else:
+            queue.end(job_id, QueueState.CANCELLED, partial=event.partial_path)
+    elif isinstance(event, JobFailed):
+        queue.end(job_id, QueueState.FAILED, partial=event.partial_path, error=event.message, hint=event.hint)

@@ -1,0 +1,86 @@
+"""Planning each job's memory from its request and the machine as it is when the job starts.
+
+The engine asks a ``JobPlanner`` for a plan at the start of every job: the workload comes from the request (the
+input image's bucket, the window, the model, real CFG), the budgets from the device now, and the user's controls
+(``gpu_memory_preservation``, ``fp8``) from the request. Weights the store already holds count as free: they are
+ours, and the plan decides where they go next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from framepack_core.memory.hardware import HardwareInfo, HardwareProbe, TorchHardwareProbe
+from framepack_core.memory.plan import GIB, CostModel, MemoryPlan, Placement, Workload
+from framepack_core.memory.planner import plan_memory
+from framepack_core.models.sizes import ModelSizes, find_sizes
+
+if TYPE_CHECKING:
+    import torch
+
+    from framepack_core.models.loading import ModelSource
+    from framepack_core.request import GenerationRequest
+
+
+class JobPlanner:
+    """Makes a ``MemoryPlan`` per job for one device. ``probe`` defaults to the real machine (through torch)."""
+
+    def __init__(self, source: ModelSource, device: torch.device | str, *, probe: HardwareProbe | None = None,
+                 cost: CostModel = CostModel()) -> None:
+        self.source = source
+        self.device = str(device)
+        self.probe = probe or TorchHardwareProbe()
+        self.cost = cost
+        self._sizes: dict[str, tuple[ModelSizes, tuple[str, ...]]] = {}
+
+    def sizes(self, variant: str) -> tuple[ModelSizes, tuple[str, ...]]:
+        """The components' sizes for ``variant`` (read once: from the local files' headers, else the configs)."""
+        if variant not in self._sizes:
+            self._sizes[variant] = find_sizes(variant, models_dir=self.source.models_dir,
+                                              cache_dir=self.source.cache_dir)
+        return self._sizes[variant]
+
+    def plan(self, request: GenerationRequest, image_size: tuple[int, int], *, held_device_bytes: int = 0,
+             held_host_bytes: int = 0) -> MemoryPlan:
+        """The plan for ``request`` with an input image of ``image_size`` (height, width) pixels.
+
+        ``held_*_bytes``: weights the model store has loaded now, on the device and in host RAM; they are added
+        back to the free figures so that a second job plans as the first did instead of around its own models.
+        """
+        variant = request.model.value
+        sizes, _ = self.sizes(variant)
+        workload = Workload.from_resolution(request.resolution, image_size=image_size,
+                                            latent_window_size=request.latent_window_size, variant=variant,
+                                            real_cfg=request.cfg != 1.0)
+        hardware = _with_held_memory(self.probe.probe(self.device), held_device_bytes, held_host_bytes)
+        preserve = None if request.gpu_memory_preservation is None else int(request.gpu_memory_preservation * GIB)
+        return plan_memory(sizes, hardware, workload, preserve_bytes=preserve, fp8=request.fp8, cost=self.cost)
+
+
+def _with_held_memory(hardware: HardwareInfo, device_bytes: int, host_bytes: int) -> HardwareInfo:
+    return replace(hardware,
+                   vram_free_bytes=min(hardware.vram_total_bytes, hardware.vram_free_bytes + device_bytes),
+                   ram_available_bytes=min(hardware.ram_total_bytes, hardware.ram_available_bytes + host_bytes))
+
+
+def plan_summary(plan: MemoryPlan) -> str:
+    """One line for the job's log: where each component goes and the estimated peaks against the budgets."""
+    if plan.device_type == "cpu":
+        fp8 = [c.component.value for c in plan.components if c.fp8]
+        where = "everything on the CPU" + (f" ({', '.join(fp8)} stored in fp8)" if fp8 else "")
+        peaks = f"peak RAM {plan.peak_ram_gb:.1f} of {plan.ram_budget_bytes / GIB:.1f} GiB"
+    else:
+        parts = []
+        for component in plan.components:
+            text = component.placement.value
+            if component.placement in (Placement.BLOCKS, Placement.DISK) and component.total_blocks:
+                text += f" {component.resident_blocks or 0}/{component.total_blocks} resident"
+            extras = [x for x, on in (("fp8", component.fp8), ("tiled", component.vae_tiling)) if on]
+            parts.append(f"{component.component.value} {text}" + (f" ({', '.join(extras)})" if extras else ""))
+        where = ", ".join(parts)
+        peaks = (f"peak VRAM {plan.peak_vram_gb:.1f} of {plan.vram_budget_bytes / GIB:.1f} GiB, peak RAM "
+                 f"{plan.peak_ram_gb:.1f} of {plan.ram_budget_bytes / GIB:.1f} GiB, modelled step time "
+                 f"x{plan.overhead_ratio:.2f} of all-resident")
+    released = "; text encoders released after encoding" if plan.release_text_encoders else ""
+    return f"Memory plan on {plan.device_name}: {where}; {peaks}{released}."
