@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve_device(settings)
     except ValueError as error:
-        print(f"error: {error}")
+        from framepack_core.cli.options import with_option_name  # --device and --dtype are the CLI's flags too
+
+        print(f"error: {with_option_name(error)}")
         return 2
     print(f"Device: {describe_device(config, settings.demo)}")
     if settings.demo:

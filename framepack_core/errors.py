@@ -2,9 +2,44 @@
 
 Every error carries a message that says what is wrong and a hint that says how to fix it, so the CLI, the UI
 and the HTTP API can show both without knowing where the error came from.
+
+A text that points at a setting names its field in braces (``"give another folder as {job_dir}"``), never a
+command-line flag: a web user cannot pass ``--job-dir``. The texts travel with the markers (in events and in the
+job queue) and each edge renders them when it shows them, with its own names: the CLI its flags, the page its
+labels, the HTTP API the JSON field names. Texts stored before markers existed have none and render as written.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+# The settings an error's text may point at. A closed set, so that braces in a path or in quoted input are never
+# taken for a marker; every edge has a name for each (tests pin that).
+MARKED_FIELDS = frozenset({
+    "image", "output", "save_latents", "job_dir", "seconds", "resolution", "latent_window_size", "use_teacache",
+    "gpu_memory_preservation", "fp8", "models_dir", "offline", "device", "dtype",
+})
+
+# What an edge calls a field, or None when it has no name for it (the marker is then shown as it is).
+FieldNamer = Callable[[str], "str | None"]
+
+_FIELD_MARKER = re.compile("\\{(" + "|".join(sorted(MARKED_FIELDS)) + ")\\}")
+
+
+def field_name(field: str) -> str:
+    """The plain namer: the field as the request and the HTTP API spell it (``job_dir``)."""
+    return field
+
+
+def render_fields(text: str, name_field: FieldNamer = field_name) -> str:
+    """``text`` with each ``{field}`` marker replaced by ``name_field(field)``."""
+
+    def name(match: re.Match[str]) -> str:
+        named = name_field(match.group(1))
+        return match.group(0) if named is None else named
+
+    return _FIELD_MARKER.sub(name, text)
 
 
 class FramePackError(Exception):
@@ -15,8 +50,13 @@ class FramePackError(Exception):
         self.message = message
         self.hint = hint
 
+    def render(self, name_field: FieldNamer = field_name) -> str:
+        """The message and its fix as one text, each setting named by ``name_field``."""
+        message, hint = render_fields(self.message, name_field), render_fields(self.hint, name_field)
+        return f"{message}\n  How to fix: {hint}" if hint else message
+
     def __str__(self) -> str:
-        return f"{self.message}\n  How to fix: {self.hint}" if self.hint else self.message
+        return self.render()
 
 
 class InvalidInputError(FramePackError, ValueError):

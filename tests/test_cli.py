@@ -227,7 +227,7 @@ BAD_INPUTS = [
     ("output is a folder", "rgb.png", ["--output", "{tmp}"], "--output", "Give a file name"),
     ("output not mp4", "rgb.png", ["--output", "{tmp}/x.avi"], "--output", "*.mp4"),
     ("unknown dtype", "rgb.png", ["--dtype", "int8"], "--dtype", "use auto, float32, bfloat16 or float16"),
-    ("cuda without a gpu", "rgb.png", ["--device", "cuda"], "--device", "use --device cpu"),
+    ("cuda without a gpu", "rgb.png", ["--device", "cuda"], "--device", "set --device to cpu"),
     ("negative memory to preserve", "rgb.png", ["--preserve-gb", "-3"], "--preserve-gb", "empty for automatic"),
 ]
 _NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

@@ -115,7 +115,7 @@ def test_a_repo_missing_from_an_offline_cache_says_how_to_download_it(tmp_path: 
     error = caught.value
     assert error.component == "tokenizer"
     assert "models--hunyuanvideo-community--HunyuanVideo" in str(error)
-    assert "--offline" in error.hint and "hf download hunyuanvideo-community/HunyuanVideo" in error.hint
+    assert "{offline}" in error.hint and "hf download hunyuanvideo-community/HunyuanVideo" in error.hint
     assert "transformer:original" in str(error)  # the other broken components are named too
 
 

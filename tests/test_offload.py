@@ -345,7 +345,7 @@ def test_out_of_memory_stops_the_job_with_the_next_plan_keeps_sections_and_the_n
     failed = events[-1]
     assert isinstance(failed, JobFailed), failed
     assert failed.message.startswith("The device ran out of memory")
-    assert "GPU memory to preserve to" in failed.hint and "--fp8" in failed.hint
+    assert "GPU memory to preserve to" in failed.hint and "{fp8}" in failed.hint
     finished = [e for e in events if isinstance(e, SectionFinished)]
     assert failed.sections_done == 1 and failed.partial_path is not None
     assert probe_video(failed.partial_path).frame_count == finished[0].video_frames

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from framepack_core.cli.options import OPTION_FOR_FIELD, add_generate_parser, request_from_args
+from framepack_core.cli.options import add_generate_parser, option_for_field, request_from_args
 from framepack_core.errors import FramePackError, InvalidInputError
 from framepack_core.jobs.output_description import OutputDescription, read_output_description
 from framepack_core.jobs.spec import SETTINGS_FIELDS, file_sha256
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 def setting_options() -> dict[str, str]:
     """Each setting's argparse dest -> its request field (``window`` -> ``latent_window_size``)."""
 
-    return {OPTION_FOR_FIELD.get(name, "--" + name.replace("_", "-"))[2:].replace("-", "_"): name
+    return {option_for_field(name)[2:].replace("-", "_"): name
             for name in SETTINGS_FIELDS}
 
 

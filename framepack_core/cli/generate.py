@@ -15,6 +15,7 @@ from framepack_core.cli.options import (
     EXIT_OK,
     engine_from_args,
     library_progress_bars_off,
+    option_text,
     request_from_args,
     with_option_name,
 )
@@ -108,9 +109,9 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
             elif isinstance(event, JobFailed):
                 if bar is not None:
                     bar.close()
-                print(f"error: {event.message}", file=sys.stderr)
+                print(f"error: {option_text(event.message)}", file=sys.stderr)
                 if event.hint:
-                    print(f"  How to fix: {event.hint}", file=sys.stderr)
+                    print(f"  How to fix: {option_text(event.hint)}", file=sys.stderr)
                 if event.partial_path:
                     print(f"  The finished sections were kept in {event.partial_path}", file=sys.stderr)
                 return EXIT_FAILED
@@ -126,7 +127,7 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
         print(f"\nAborted{kept}", file=sys.stderr)
         return EXIT_CANCELLED
     except FramePackError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {with_option_name(error)}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         quiet_libraries.close()

@@ -22,6 +22,7 @@ from framepack_core.cli.options import (
     add_setting_options,
     engine_from_args,
     library_progress_bars_off,
+    option_text,
     request_from_args,
     with_option_name,
 )
@@ -99,7 +100,7 @@ def run_jobs(args: argparse.Namespace) -> int:
         print(f"error: {with_option_name(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FramePackError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {with_option_name(error)}", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -124,7 +125,7 @@ def _list(queue, as_json: bool) -> int:  # noqa: ANN001
         prompt = prompt if len(prompt) <= 50 else prompt[:47] + "..."
         print(f"{job.id:<12}  {job.state.value:<9}  {progress:<8}  {created:<16}  {prompt}")
         if job.error:
-            print(f"{'':<12}  error: {job.error}")
+            print(f"{'':<12}  error: {option_text(job.error)}")
     return EXIT_OK
 
 
@@ -182,7 +183,7 @@ def _run_owned(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
         elif isinstance(event, SectionFinished):
             print(f"{job.id}: section {event.section}/{event.total_sections} done", file=sys.stderr)
         elif isinstance(event, JobFailed):
-            print(f"{job.id}: error: {event.message}", file=sys.stderr)
+            print(f"{job.id}: error: {option_text(event.message)}", file=sys.stderr)
 
     with contextlib.ExitStack() as quiet:
         if args.quiet:

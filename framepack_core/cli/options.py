@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from framepack_core.errors import InvalidInputError
+from framepack_core.errors import FramePackError, InvalidInputError, render_fields
 
 # The exit status of every command.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
@@ -69,7 +69,7 @@ def engine_from_args(args: argparse.Namespace) -> FramePackEngine | None:
     try:
         config = resolve_device_config(args.device, args.dtype)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {with_option_name(error)}", file=sys.stderr)
         return None
     return create_engine(ModelSource(models_dir=args.models_dir, offline=args.offline), config)
 
@@ -112,14 +112,25 @@ OPTION_FOR_FIELD = {"latent_window_size": "--window", "distilled_guidance": "--g
                      "use_teacache": "--teacache"}
 
 
-def with_option_name(error: InvalidInputError) -> str:
-    """The error as text, naming the option the user typed (``--window``) rather than the request field."""
-    if not error.field.replace("_", "").isalnum():  # "settings.steps": a field of a spec, not an option
+def option_for_field(field: str) -> str:
+    """The option that sets ``field`` (``latent_window_size`` -> ``--window``, ``job_dir`` -> ``--job-dir``)."""
+    return OPTION_FOR_FIELD.get(field, "--" + field.replace("_", "-"))
+
+
+def option_text(text: str) -> str:
+    """An engine text (an event's message or hint) with each setting it points at named by its option."""
+    return render_fields(text, option_for_field)
+
+
+def with_option_name(error: Exception) -> str:
+    """The error as text, naming the options the user typed (``--window``) rather than the request fields."""
+    if not isinstance(error, FramePackError):
         return str(error)
-    option = OPTION_FOR_FIELD.get(error.field, "--" + error.field.replace("_", "-"))
-    text = str(error)
+    text = error.render(option_for_field)
+    if not isinstance(error, InvalidInputError) or not error.field.replace("_", "").isalnum():
+        return text  # "settings.steps": a field of a spec, not an option
     prefix = f"{error.field}: "
-    return option + ": " + text[len(prefix):] if text.startswith(prefix) else text
+    return option_for_field(error.field) + ": " + text[len(prefix):] if text.startswith(prefix) else text
 
 
 @contextlib.contextmanager

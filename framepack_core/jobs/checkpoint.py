@@ -87,7 +87,7 @@ class JobDirectory:
             lock.acquire()
         except Timeout:
             raise InvalidInputError("job_dir", f"{self.path} is in use by another running job",
-                                    "Wait for it to end, or give another --job-dir.") from None
+                                    "Wait for it to end, or give another {job_dir}.") from None
         self._lock = lock
         try:
             return self._claim(spec, output, default_output)
@@ -107,13 +107,13 @@ class JobDirectory:
             recorded = JobSpec.from_dict(record["spec"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise InvalidInputError("job_dir", f"{self._job_file} is unreadable ({error})",
-                                    "Delete the folder to start the job over, or give another --job-dir.") from None
+                                    "Delete the folder to start the job over, or give another {job_dir}.") from None
         differences = recorded.differences(spec)
         if differences:
             shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
             raise InvalidInputError("job_dir", f"{self.path} holds a different job ({shown})",
                                     "Run the same settings, image and models again to resume it, give another "
-                                    "--job-dir, or delete the folder to start over.")
+                                    "{job_dir}, or delete the folder to start over.")
         recorded_output = record.get("output")
         output = output or (Path(recorded_output) if recorded_output else default_output)
         return output, self.load(spec.digest)
@@ -166,7 +166,7 @@ class JobDirectory:
             raise OutputWriteError(f"Could not write the checkpoint to {self._checkpoint_file}: "
                                    f"{error.strerror or error}",
                                    "Free some disk space; the job resumes from its last checkpoint when run again "
-                                   "with the same --job-dir.") from error
+                                   "with the same {job_dir}.") from error
 
     def close(self) -> None:
         if self._lock is not None:

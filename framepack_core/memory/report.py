@@ -58,8 +58,8 @@ def next_plan_advice(plan: MemoryPlan) -> str:
     more memory alone (the planner then offloads more), to halve the transformer with fp8, or to shrink the job.
     """
     if plan.device_type == "cpu":
-        return ("The CPU ran out of RAM: close other programs, use a lower --resolution or a smaller --window, "
-                "or run on a GPU.")
+        return ("The CPU ran out of RAM: close other programs, use a lower {resolution} or a smaller "
+                "{latent_window_size}, or run on a GPU.")
     advice: list[str] = []
     dit = plan.component(DIT)
     vae = plan.component(VAE)
@@ -69,14 +69,15 @@ def next_plan_advice(plan: MemoryPlan) -> str:
         raise_by = max(GIB, int(0.15 * plan.vram_budget_bytes))
         suggested = math.ceil((plan.preserve_bytes + raise_by) / (GIB / 2)) / 2
         advice.append(f"Raise the GPU memory to preserve to {suggested:.1f} GB (now {plan.preserve_bytes / GIB:.1f}; "
-                      "--preserve-gb, or the 'GPU memory to preserve' setting) so that more of the transformer is "
-                      "offloaded and the VAE decodes in tiles.")
+                      "{gpu_memory_preservation}) so that more of the transformer is offloaded and the VAE decodes "
+                      "in tiles.")
     if not dit.fp8:
-        advice.append(f"Store the transformer in fp8 (--fp8): its weights drop from {dit.weight_bytes / GIB:.1f} GiB "
-                      f"to about half, with slightly different results.")
+        advice.append("Store the transformer in fp8 ({fp8}): its weights drop from "
+                      f"{dit.weight_bytes / GIB:.1f} GiB to about half, with slightly different results.")
     workload = plan.workload
     where = f" (this job packs {workload.sequence_tokens:,} tokens per call)" if workload is not None else ""
-    advice.append(f"Or make the job smaller{where}: a lower --resolution (e.g. 512) or a smaller --window.")
+    advice.append(f"Or make the job smaller{where}: a lower {{resolution}} (e.g. 512) or a smaller "
+                  "{latent_window_size}.")
     if plan.release_text_encoders is False and plan.component(TE).host_bytes:
         advice.append("Closing other programs also frees RAM for the offloaded weights.")
     return " ".join(advice)

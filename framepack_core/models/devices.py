@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from framepack_core.errors import InvalidInputError
+
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -40,11 +42,11 @@ _DTYPE_CHOICES = "use auto, float32, bfloat16 or float16"
 
 
 def parse_dtype(dtype: str) -> torch.dtype | None:
-    """``None`` for "auto", else the torch dtype named by ``dtype``; ``ValueError`` for an unknown name."""
+    """``None`` for "auto", else the torch dtype named by ``dtype``; ``InvalidInputError`` for an unknown name."""
     if dtype == "auto":
         return None
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype: unknown dtype {dtype!r} ({_DTYPE_CHOICES})")
+        raise InvalidInputError("dtype", f"unknown dtype {dtype!r} ({_DTYPE_CHOICES})")
     return DTYPES[dtype]
 
 
@@ -66,7 +68,8 @@ def default_config(device: torch.device | str, dtype: str = "auto") -> DeviceCon
 def resolve_device_config(device: str = "auto", dtype: str = "auto") -> DeviceConfig:
     """``device``: auto, cpu, cuda, cuda:N or mps. ``dtype``: auto, or one dtype for every component.
 
-    Raises ``ValueError`` (message starting with the option name) for an unknown or unavailable device or dtype.
+    Raises ``InvalidInputError`` (a ``ValueError``; field ``device`` or ``dtype``) for an unknown or unavailable
+    device or dtype.
     """
     if device == "auto":
         chosen = detect_device()
@@ -74,17 +77,17 @@ def resolve_device_config(device: str = "auto", dtype: str = "auto") -> DeviceCo
         try:
             chosen = torch.device(device)
         except (RuntimeError, TypeError) as error:
-            raise ValueError(f"--device: unknown device {device!r} ({_DEVICE_CHOICES})") from error
+            raise InvalidInputError("device", f"unknown device {device!r} ({_DEVICE_CHOICES})") from error
         if chosen.type not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"--device: unsupported device type {chosen.type!r} ({_DEVICE_CHOICES})")
+            raise InvalidInputError("device", f"unsupported device type {chosen.type!r} ({_DEVICE_CHOICES})")
         if chosen.type == "cuda":
             if not torch.cuda.is_available():
-                raise ValueError(f"--device {device}: this torch build sees no CUDA GPU. Install a CUDA build of torch, "
-                                 "or use --device cpu")
+                raise InvalidInputError("device", f"{device!r}: this torch build sees no CUDA GPU",
+                                        "Install a CUDA build of torch, or set {device} to cpu.")
             count = torch.cuda.device_count()
             if chosen.index is not None and chosen.index >= count:
-                raise ValueError(f"--device {device}: there is no such GPU; this machine has {count} "
-                                 f"(cuda:0 to cuda:{count - 1})")
+                raise InvalidInputError("device", f"{device!r}: there is no such GPU; this machine has {count} "
+                                        f"(cuda:0 to cuda:{count - 1})")
         if chosen.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError("--device mps: MPS is not available on this machine; use --device cpu")
+            raise InvalidInputError("device", "'mps': MPS is not available on this machine", "Set {device} to cpu.")
     return default_config(chosen, dtype)

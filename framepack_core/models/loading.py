@@ -217,15 +217,15 @@ def _resolve(source: ModelSource, component: Component) -> Path | _Problem:
         if offline:
             detail = f"it is not in the Hugging Face cache and offline mode is on ({type(error).__name__})"
             hint = (
-                "Run once without --offline (and with HF_HUB_OFFLINE unset) so it downloads, or download it with "
+                "Run once without {offline} (and with HF_HUB_OFFLINE unset) so it downloads, or download it with "
                 f"`{_download_command(spec, source)}`, or use the tiny test set: `{TINY_MODELS_COMMAND} DIR` "
-                "and pass --models-dir DIR"
+                "and give DIR as {models_dir}"
             )
         else:
             detail = f"downloading {spec.repo} failed: {type(error).__name__}: {error}"
             hint = (
                 "Check the network connection and retry, or download it yourself with "
-                f"`{_download_command(spec, source)}`, or pass --models-dir with a local copy"
+                f"`{_download_command(spec, source)}`, or give a folder with a local copy as {{models_dir}}"
             )
         return _Problem(component, str(_cache_repo_dir(source, spec.repo)), detail, hint)
     folder = Path(snapshot)
@@ -364,14 +364,14 @@ def fix_hint(source: ModelSource, spec: _Spec, folder: Path, exists: bool) -> st
             return f"Download it again over the damaged copy: `{_download_command(spec, source, force=True)}`"
         return (
             f"Download it with `{_download_command(spec, source)}`; to try the app without the real weights, build "
-            f"the tiny test set with `{TINY_MODELS_COMMAND} DIR` and pass --models-dir DIR"
+            f"the tiny test set with `{TINY_MODELS_COMMAND} DIR` and give DIR as {{models_dir}}"
         )
     if exists:
         return (
             f"The cached copy in {folder} is incomplete or damaged: delete that folder and re-run without "
-            f"--offline, or re-download it with `{_download_command(spec, source, force=True)}`"
+            f"{{offline}}, or re-download it with `{_download_command(spec, source, force=True)}`"
         )
-    return f"Re-run without --offline so it downloads, or download it with `{_download_command(spec, source)}`"
+    return f"Re-run without {{offline}} so it downloads, or download it with `{_download_command(spec, source)}`"
 
 
 def _component_problem(source: ModelSource, component: Component) -> Path | _Problem:

@@ -473,7 +473,7 @@ def save_latents(path: Path, history_latents: torch.Tensor, start_latent: torch.
             save_file(tensors, str(temporary), metadata=metadata)
     except OSError as error:
         raise OutputWriteError(f"Could not write the latents to {path}: {error.strerror or error}",
-                               "Free some disk space or choose another --save-latents path.") from error
+                               "Free some disk space or choose another {save_latents} path.") from error
     return path
 
 
@@ -501,5 +501,5 @@ def _describe_failure(error: Exception, plan: MemoryPlan | None = None) -> tuple
                     f"{plan.peak_vram_gb:.1f} GiB of VRAM and {plan.peak_ram_gb:.1f} GiB of RAM).",
                     next_plan_advice(plan))
         return ("The device ran out of memory.",
-                "Lower --resolution or the video length, turn on TeaCache, or close other GPU programs.")
+                "Lower {resolution} or {seconds}, turn on {use_teacache}, or close other GPU programs.")
     return f"{type(error).__name__}: {error}", "This is a bug; please report it with the log above."
