@@ -17,8 +17,8 @@ from collections.abc import Callable
 # The settings an error's text may point at. A closed set, so that braces in a path or in quoted input are never
 # taken for a marker; every edge has a name for each (tests pin that).
 MARKED_FIELDS = frozenset({
-    "image", "output", "save_latents", "job_dir", "seconds", "resolution", "latent_window_size", "use_teacache",
-    "gpu_memory_preservation", "fp8", "models_dir", "offline", "device", "dtype",
+    "seconds", "resolution", "latent_window_size", "use_teacache", "gpu_memory_preservation", "fp8",
+    "save_latents", "job_dir", "models_dir", "offline", "device", "dtype",
 })
 
 # What an edge calls a field, or None when it has no name for it (the marker is then shown as it is).

@@ -1,6 +1,7 @@
 """How the job API answers errors: one JSON shape, ``{"error", "hint", "field"?}``, never a server path.
 
-Every expected error says what is wrong (``error``) and how to fix it (``hint``). Paths inside the app's folders
+Every expected error says what is wrong (``error``) and how to fix it (``hint``), naming settings by their field
+names, never by a command-line flag (``framepack_core.errors.render_fields``). Paths inside the app's folders
 (the output folder, the queue, the temp folder) are cut to their file names, and a route can name server paths
 that must read as something else (``show_as``: the upload's temporary file as the client's file name).
 """
@@ -18,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from framepack_core.errors import DiskFullError, FramePackError, InvalidInputError
+from framepack_core.errors import DiskFullError, FramePackError, InvalidInputError, render_fields
 from framepack_core.jobs.queue import QueueError, QueueLimitError
 
 # Characters that end a path inside a message: whitespace, quotes and the punctuation our messages put after one.
@@ -54,13 +55,19 @@ class PathHider:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def api_text(text: str) -> str:
+    """An engine text as the API shows it: each setting it points at by its JSON field name (``job_dir``)."""
+    return render_fields(text)
+
+
 def install_error_handlers(api: FastAPI, hide_paths: PathHider) -> None:
     """Answer every expected error of ``api`` in the API's shape."""
 
     def answer(request: Request, status: int, error: str, hint: str = "", field: str | None = None,
                headers: Mapping[str, str] | None = None) -> JSONResponse:
         show_as = getattr(request.state, "show_as", None)
-        body: dict[str, str] = {"error": hide_paths(error, show_as), "hint": hide_paths(hint, show_as)}
+        body: dict[str, str] = {"error": hide_paths(api_text(error), show_as),
+                                "hint": hide_paths(api_text(hint), show_as)}
         if field is not None:
             body["field"] = hide_paths(field)
         return JSONResponse(body, status_code=status, headers=dict(headers or {}))

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.requests import HTTPConnection
 
 from app.access import Viewer
-from app.api.errors import ApiRefusal, PathHider, default_hidden_folders, install_error_handlers
+from app.api.errors import ApiRefusal, PathHider, api_text, default_hidden_folders, install_error_handlers
 from app.api.limits import LOGIN_SCOPE_KEY, ApiDoor
 from app.logins import LoginGuard
 from app.service.generation import GenerationService, JobSnapshot, JobState
@@ -187,8 +187,8 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
         shown = _stored_status(job, output_dir) if snapshot is None else _live_status(snapshot, job, output_dir)
         return shown.model_copy(update={
             "stage": None if shown.stage is None else hide_paths(shown.stage),
-            "error": None if shown.error is None else hide_paths(shown.error),
-            "hint": None if shown.hint is None else hide_paths(shown.hint),
+            "error": None if shown.error is None else hide_paths(api_text(shown.error)),
+            "hint": None if shown.hint is None else hide_paths(api_text(shown.hint)),
             "notices": [hide_paths(notice) for notice in shown.notices]})
 
     @api.post("/jobs", status_code=201, response_model=JobStatus,

@@ -33,6 +33,7 @@ from app.ui.render import (  # noqa: F401
     JOB_ID_PATTERN,
     QUEUE_COLUMNS,
     QUEUE_REFRESH_S,
+    api_text,
     build_request,
     gallery_items,
     health_markdown,
@@ -455,7 +456,7 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
                     yield None, status_dict(snapshot)
             if snapshot.state == JobState.FAILED:
                 hint = f" How to fix: {snapshot.error_hint}" if snapshot.error_hint else ""
-                raise gr.Error(f"{snapshot.error}{hint}")
+                raise gr.Error(api_text(f"{snapshot.error}{hint}"))
             yield served.serve(snapshot.output_video), status_dict(snapshot)
 
         api_trigger.click(generate, inputs=job_inputs, outputs=[api_video, api_status], api_name="generate",

@@ -14,7 +14,7 @@ from typing import Any
 
 from app.service.generation import JobSnapshot, JobState, WorkerHealth
 from app.service.outputs import OutputRecord
-from framepack_core.errors import InvalidInputError
+from framepack_core.errors import InvalidInputError, render_fields
 from framepack_core.jobs.output_description import read_output_description
 from framepack_core.jobs.queue import DamagedJob, QueuedJob, QueueState
 from framepack_core.request import GenerationRequest
@@ -28,6 +28,26 @@ FP8_CHOICE_OF = {value: choice for choice, value in FP8_VALUES.items()}
 JOB_FIELDS = ("prompt", "model", "seconds", "seed", "steps", "distilled_guidance", "latent_window_size", "cfg",
               "cfg_rescale", "negative_prompt", "use_teacache", "teacache_threshold", "crf", "resolution",
               "gpu_memory_preservation", "fp8")
+
+# What the page calls a setting that an error points at: the label of its control, or, for what is set when the
+# app starts (no control on the page), words that say so. Never a command-line flag.
+FIELD_LABELS = {"seconds": "Video length (seconds)", "resolution": "Base resolution",
+                "latent_window_size": "Latent window size", "use_teacache": "Use TeaCache",
+                "gpu_memory_preservation": "GPU memory to preserve (GB)", "fp8": "fp8 weight storage (transformer)"}
+APP_SETTING_WORDS = {"save_latents": "latents file", "job_dir": "job folder",
+                     "models_dir": "the app's models folder (a start-up setting)", "offline": "the app's offline mode",
+                     "device": "the app's device setting", "dtype": "the app's dtype setting"}
+
+
+def page_field_name(field: str) -> str | None:
+    """How the page names ``field`` inside an error's text (a control's label in quotes)."""
+    return f"'{FIELD_LABELS[field]}'" if field in FIELD_LABELS else APP_SETTING_WORDS.get(field)
+
+
+def page_text(text: str) -> str:
+    """An error's message or hint as the page shows it: each setting named by its label."""
+    return render_fields(text, page_field_name)
+
 
 # Turning inputs into a request ---------------------------------------------------------------------------------
 
@@ -106,7 +126,7 @@ def queue_table_rows(jobs: list[QueuedJob], damaged: list[DamagedJob] = (),
                      job.state.value + (" (stopping)" if job.cancel_requested else ""), progress,
                      prompt if len(prompt) <= 60 else prompt[:57] + "...", settings.get("seconds"),
                      settings.get("seed"), time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at)),
-                     job.error or ""])
+                     page_text(job.error or "")])
     for row in damaged:
         rows.append(["", row.id, "damaged", "", "", None, None, "", f"{row.reason} (delete it)"])
     return rows
@@ -128,9 +148,9 @@ def format_duration(seconds: float | None) -> str:
 def render_message(text: str, *, hint: str = "", error: bool = False, state: str = "idle") -> str:
     """A one-message progress box (idle text, a refused request)."""
     css = "fp-error" if error else "fp-muted"
-    body = f'<div class="{css}">{"<b>Error:</b> " if error else ""}{html.escape(text)}</div>'
+    body = f'<div class="{css}">{"<b>Error:</b> " if error else ""}{html.escape(page_text(text))}</div>'
     if hint:
-        body += f'<div class="{css}">How to fix: {html.escape(hint)}</div>'
+        body += f'<div class="{css}">How to fix: {html.escape(page_text(hint))}</div>'
     return f'<div class="fp-progress" data-state="{state}">{body}</div>'
 
 
@@ -167,9 +187,9 @@ def render_progress(snapshot: JobSnapshot, *, own: bool = True) -> str:
             done = total
         bar = f'<progress value="{done}" max="{total}"></progress>'
     if s.error:
-        lines.append(f'<span class="fp-error"><b>Error:</b> {html.escape(s.error)}</span>')
+        lines.append(f'<span class="fp-error"><b>Error:</b> {html.escape(page_text(s.error))}</span>')
         if s.error_hint:
-            lines.append(f'<span class="fp-error">How to fix: {html.escape(s.error_hint)}</span>')
+            lines.append(f'<span class="fp-error">How to fix: {html.escape(page_text(s.error_hint))}</span>')
     if s.video_frames and s.state == JobState.RUNNING:
         lines.append(f'<span class="fp-muted">The finished video will have {s.video_frames} frames '
                      f'({s.video_frames / 30:.1f} s at 30 fps).</span>')
@@ -189,7 +209,8 @@ def status_dict(snapshot: JobSnapshot) -> dict[str, Any]:
             "stage": s.stage_message, "section": s.section, "total_sections": s.total_sections, "step": s.step,
             "total_steps": s.total_steps, "elapsed_s": round(s.elapsed_s, 3),
             "eta_s": None if s.eta_s is None else round(s.eta_s, 3), "video_frames": s.video_frames,
-            "video": s.output_video.name if s.output_video else None, "error": s.error, "error_hint": s.error_hint,
+            "video": s.output_video.name if s.output_video else None, "error": api_text(s.error),
+            "error_hint": api_text(s.error_hint),
             "notices": list(s.notices)}
 
 
@@ -213,10 +234,15 @@ def gallery_items(records: list[OutputRecord], serve: Callable[[Path], str | Non
 
 def readable_error(error: Exception, image: str | None) -> tuple[str, str]:
     """(message, hint) of a refused request, naming an upload by its file name rather than its server path."""
-    message, hint = getattr(error, "message", str(error)), getattr(error, "hint", "")
+    message, hint = page_text(getattr(error, "message", str(error))), page_text(getattr(error, "hint", ""))
     if image:
         message = message.replace(str(image), Path(image).name)
     return message, hint
+
+
+def api_text(text: str | None) -> str | None:
+    """An error's text for the Gradio API's clients: settings by their field names, as the endpoints take them."""
+    return None if text is None else render_fields(text)
 
 
 def health_markdown(health: WorkerHealth) -> str:
