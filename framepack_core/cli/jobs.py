@@ -26,7 +26,7 @@ from framepack_core.cli.options import (
     request_from_args,
     with_option_name,
 )
-from framepack_core.errors import FramePackError, InvalidInputError
+from framepack_core.errors import FramePackError, InvalidInputError, render_fields
 from framepack_core.jobs.output_naming import DEFAULT_OUTPUT_DIR
 
 
@@ -108,7 +108,11 @@ def _list(queue, as_json: bool) -> int:  # noqa: ANN001
     jobs, damaged = queue.list(), queue.damaged()
     if as_json:
         for job in jobs:
-            print(json.dumps(job.summary()))
+            summary = job.summary()
+            for key in ("error", "hint"):  # JSON readers get the field names, as from the REST API
+                if summary.get(key):
+                    summary[key] = render_fields(summary[key], str)
+            print(json.dumps(summary))
         for row in damaged:  # "state": "damaged" keeps one shape for readers that look at the state
             print(json.dumps({**row.summary(), "state": "damaged"}))
         return EXIT_OK
