@@ -1,6 +1,7 @@
-"""The page's pure pieces: its inputs to a request and back, and a job's snapshot as HTML, JSON and table rows.
+"""The page's pure pieces: its inputs to a request and back, and a job's snapshot as HTML and table rows.
 
-Nothing here touches Gradio's components or the service: the page (``app.ui.page``) and its tests call these.
+Nothing here touches Gradio's components or the service: the page's parts (``app.ui``) and their tests call
+these. A job's status as JSON is the REST API's ``JobStatus`` (``app.api.status``).
 """
 
 from __future__ import annotations
@@ -180,17 +181,6 @@ def render_progress(snapshot: JobSnapshot, *, own: bool = True) -> str:
     attributes = (f'data-state="{s.state.value}" data-job="{html.escape(s.job_id)}" '
                   f'data-section="{s.section or 0}" data-step="{s.step or 0}"')
     return f'<div class="fp-progress" {attributes}>{"<br>".join(lines)}{bar}</div>'
-
-
-def status_dict(snapshot: JobSnapshot) -> dict[str, Any]:
-    """The snapshot as JSON for API clients (no arrays, no server paths beyond file names)."""
-    s = snapshot
-    return {"job_id": s.job_id, "state": s.state.value, "queue_position": s.queue_position,
-            "stage": s.stage_message, "section": s.section, "total_sections": s.total_sections, "step": s.step,
-            "total_steps": s.total_steps, "elapsed_s": round(s.elapsed_s, 3),
-            "eta_s": None if s.eta_s is None else round(s.eta_s, 3), "video_frames": s.video_frames,
-            "video": s.output_video.name if s.output_video else None, "error": s.error, "error_hint": s.error_hint,
-            "notices": list(s.notices)}
 
 
 def gallery_items(records: list[OutputRecord], serve: Callable[[Path], str | None] = str
