@@ -27,9 +27,9 @@ class JobStatus(BaseModel):
     queue_position: int | None = Field(None, description="1-based place among the waiting jobs, while queued.")
     stage: str | None = Field(None, description="What the job is doing now, in words.")
     section: int | None = Field(None, description="The section being made (1-based), or the sections done.")
-    total_sections: int | None = None
+    total_sections: int | None = Field(None, description="The sections the video is made of.")
     step: int | None = Field(None, description="The sampling step within the section.")
-    total_steps: int | None = None
+    total_steps: int | None = Field(None, description="Sampling steps per section.")
     elapsed_s: float | None = Field(None, description="Seconds since the job started running.")
     eta_s: float | None = Field(None, description="Estimated seconds until the job ends, while it runs.")
     video_frames: int | None = Field(None, description="Frames of the finished video, once the job knows them.")

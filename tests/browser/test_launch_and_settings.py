@@ -5,6 +5,7 @@ These live beside the browser tests because they pin the same entry point; they 
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from app.api.status import JobStatuses
 from app.service.generation import GenerationService, JobSnapshot, JobState
 from app.service.outputs import ServedFiles
 from app.settings import DEMO_JOB_DEFAULTS, Settings, read_auth_file
-from app.ui.page import build_request, render_progress, settings_to_inputs
+from app.ui.page import JOB_FIELDS, build_request, render_progress, settings_to_inputs
 from framepack_core.errors import InvalidInputError
 from framepack_core.request import GenerationRequest
 
@@ -178,3 +179,5 @@ def test_build_app_exposes_the_named_api_endpoints(tmp_path, tiny_models_dir):
     assert public == {"generate", "status", "stop", "free_memory"}
     generate = next(fn for fn in demo.fns.values() if fn.api_name == "generate")
     assert [c.label for c in generate.inputs][:2] == ["Start image", "Prompt"]
+    # gradio_client passes the settings by these names, and the page's form sends them in this order.
+    assert list(inspect.signature(generate.fn).parameters) == ["image", *JOB_FIELDS, "request"]
