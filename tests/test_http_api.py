@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.api.routes import build_api
+from app.api.status import JobStatus
 from app.service.generation import GenerationService
 from app.settings import Settings
 from framepack_core.jobs.queue import JobQueue
@@ -201,6 +202,16 @@ def test_the_openapi_description_lists_every_operation(api):
                           ("/jobs/{job_id}", "delete"), ("/jobs/{job_id}", "patch"), ("/jobs/{job_id}/cancel", "post"),
                           ("/jobs/{job_id}/retry", "post"), ("/jobs/{job_id}/video", "get"),
                           ("/jobs/{job_id}/events", "get"), ("/health", "get")}
+
+
+def test_the_openapi_description_documents_each_field_of_the_one_job_status(api):
+    schema = api.get("/openapi.json").json()
+    status = schema["components"]["schemas"]["JobStatus"]
+    assert set(status["properties"]) == set(JobStatus.model_fields)
+    assert all(field.get("description") for field in status["properties"].values()), status
+    assert "Gradio" in status["description"]  # the named endpoints' status is this one
+    answer = schema["paths"]["/jobs/{job_id}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/JobStatus"}
 
 
 def test_eight_concurrent_clients_all_finish_in_queue_order_and_read_only_their_own_files(tiny_models_dir,

@@ -87,7 +87,7 @@ def alices_work(server: DemoServer, image_bytes: bytes, tmp_path_factory: pytest
     client = Client(server.url, auth=ALICE, verbose=False)
     video, status = client.predict(handle_file(str(image_file)), f"{SECRET} via generate", "original", 0.8, 2, 3,
                                    10.0, 3, 1.0, 0.0, "", False, 0.15, 16, 64, None, "auto", api_name="/generate")
-    generated = status["job_id"]
+    generated = status["id"]
     assert status["state"] == "finished" and Path(video).is_file()
 
     running = submit(alice, image_bytes, prompt=f"{SECRET} running", seed=3, seconds=40.0)["id"]

@@ -12,6 +12,9 @@
     GET    /api/v1/jobs/{id}/video      the finished video (else the partial one of a stopped attempt)
     GET    /api/v1/health               whether the worker is alive and what it last failed on
 
+The job routes answer a ``JobStatus`` (``app.api.status``), the same object that Gradio's ``/generate`` and
+``/status`` endpoints return.
+
 Authentication is the UI's: with ``--auth`` every request needs HTTP Basic credentials of one of its users, and a
 user sees only the jobs submitted with that login (an ``--admin`` sees all). The login and the size of the
 request are checked before its body is read (``app.api.limits``), and failed logins back off (``app.logins``).
@@ -37,13 +40,14 @@ from pydantic import BaseModel, ConfigDict
 from starlette.requests import HTTPConnection
 
 from app.access import Viewer
-from app.api.errors import ApiRefusal, PathHider, api_text, default_hidden_folders, install_error_handlers
+from app.api.errors import ApiRefusal, PathHider, default_hidden_folders, install_error_handlers
 from app.api.limits import LOGIN_SCOPE_KEY, ApiDoor
+from app.api.status import JobStatus, JobStatuses, served_video
 from app.logins import LoginGuard
-from app.service.generation import GenerationService, JobSnapshot, JobState
+from app.service.generation import GenerationService
 from app.settings import Settings
 from framepack_core.errors import DiskFullError, InvalidInputError
-from framepack_core.jobs.queue import DamagedJob, QueuedJob, QueueError, QueueState
+from framepack_core.jobs.queue import DamagedJob, QueuedJob, QueueError
 from framepack_core.jobs.spec import SETTINGS_FIELDS, JobSpec
 from framepack_core.request import GenerationRequest
 
@@ -64,24 +68,6 @@ OPEN_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json")
 NO_SUCH_JOB_HINT = "Check the id: GET /jobs lists your jobs."
 
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="The job's id, as returned on submit.")]
-
-
-class JobStatus(BaseModel):
-    id: str
-    state: str  # queued, running, finished, failed, cancelled
-    queue_position: int | None = None
-    stage: str | None = None
-    section: int | None = None
-    total_sections: int | None = None
-    step: int | None = None
-    total_steps: int | None = None
-    elapsed_s: float | None = None
-    eta_s: float | None = None
-    video: str | None = None  # file name; download it from /jobs/{id}/video
-    error: str | None = None
-    hint: str | None = None
-    notices: list[str] = []
-    spec: dict[str, Any] | None = None
 
 
 class DamagedJobRow(BaseModel):
@@ -119,8 +105,6 @@ class ApiError(BaseModel):
 
 _ERRORS = {401: {"model": ApiError}, 404: {"model": ApiError}, 409: {"model": ApiError}, 422: {"model": ApiError},
            429: {"model": ApiError}}
-_STORE_STATES = {QueueState.PENDING: "queued", QueueState.RUNNING: "running", QueueState.FINISHED: "finished",
-                 QueueState.FAILED: "failed", QueueState.CANCELLED: "cancelled"}
 
 
 class _LoginInTheDocs(HTTPBasic):
@@ -149,6 +133,7 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     output_dir = Path(settings.output_dir).resolve()
     hide_paths = PathHider(default_hidden_folders(output_dir, store.root))
     install_error_handlers(api, hide_paths)
+    status = JobStatuses(service, output_dir, hide_paths).of
     limit_text = f"{settings.max_file_size_mb:g} MB"
     api.add_middleware(ApiDoor, guard=guard, max_body_bytes=settings.max_file_size_bytes + BODY_ALLOWANCE_BYTES,
                        limit_text=limit_text, open_paths=OPEN_PATHS, open_prefixes=(DOCS_ASSETS + "/",))
@@ -176,20 +161,6 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
             # Not 403: whether an id is someone else's is not revealed.
             raise ApiRefusal(404, f"There is no job {job_id}.", NO_SUCH_JOB_HINT)
         return job
-
-    def status(job: QueuedJob, snapshot: JobSnapshot | None = None) -> JobStatus:
-        """The job as the API shows it: live from this process's memory, else as stored; no server paths."""
-        if snapshot is None:
-            try:
-                snapshot = service.snapshot(job.id)
-            except KeyError:
-                pass
-        shown = _stored_status(job, output_dir) if snapshot is None else _live_status(snapshot, job, output_dir)
-        return shown.model_copy(update={
-            "stage": None if shown.stage is None else hide_paths(shown.stage),
-            "error": None if shown.error is None else hide_paths(api_text(shown.error)),
-            "hint": None if shown.hint is None else hide_paths(api_text(shown.hint)),
-            "notices": [hide_paths(notice) for notice in shown.notices]})
 
     @api.post("/jobs", status_code=201, response_model=JobStatus,
               responses={**_ERRORS, 413: {"model": ApiError}, 507: {"model": ApiError}}, summary="Submit a job")
@@ -259,9 +230,9 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
              summary="Download the job's video (the finished one, else the partial one of an earlier attempt)")
     def video(job_id: JobId, who: Who) -> FileResponse:
         job = own_job(job_id, who)
-        path = _served_video(job, output_dir)
+        path = served_video(job, output_dir)
         if path is None:
-            raise ApiRefusal(404, f"Job {job_id} has no video yet ({_STORE_STATES[job.state]}).",
+            raise ApiRefusal(404, f"Job {job_id} has no video yet ({status(job).state}).",
                              "Wait until it has finished (GET /jobs/{id} says when), or retry it if it failed.")
         return FileResponse(path, media_type="video/mp4", filename=path.name)
 
@@ -351,36 +322,6 @@ def _request(image: Path, settings_json: str | None, spec_json: str | None) -> G
         return GenerationRequest(image=image, **values).validated()
     except TypeError as error:
         raise InvalidInputError("settings", str(error)) from None
-
-
-def _served_video(job: QueuedJob, output_dir: Path) -> Path | None:
-    """The video ``/jobs/{id}/video`` serves: the finished one, else the partial one kept from a stop or a failure
-    (of this attempt or an earlier one). Only ever a file inside the output folder."""
-    for candidate in (job.output, job.partial):
-        if candidate is not None:
-            path = Path(candidate).resolve()
-            if path.is_file() and path.is_relative_to(output_dir):
-                return path
-    return None
-
-
-def _live_status(snapshot: JobSnapshot, job: QueuedJob, output_dir: Path) -> JobStatus:
-    state = "queued" if snapshot.state == JobState.QUEUED else snapshot.state.value
-    video = _served_video(job, output_dir) if snapshot.state.done else None
-    return JobStatus(id=job.id, state=state, queue_position=snapshot.queue_position, stage=snapshot.stage_message,
-                     section=snapshot.section, total_sections=snapshot.total_sections, step=snapshot.step,
-                     total_steps=snapshot.total_steps, elapsed_s=round(snapshot.elapsed_s, 3),
-                     eta_s=None if snapshot.eta_s is None else round(snapshot.eta_s, 3),
-                     video=None if video is None else video.name,
-                     error=snapshot.error, hint=snapshot.error_hint, notices=list(snapshot.notices),
-                     spec=job.spec.to_dict())
-
-
-def _stored_status(job: QueuedJob, output_dir: Path) -> JobStatus:
-    video = _served_video(job, output_dir) if job.state.ended else None
-    return JobStatus(id=job.id, state=_STORE_STATES[job.state], section=job.sections_done or None,
-                     total_sections=job.total_sections, error=job.error, hint=job.hint,
-                     video=None if video is None else video.name, spec=job.spec.to_dict())
 
 
 def _raise_if_disk_full(error: OSError, what: str) -> None:

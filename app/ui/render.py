@@ -1,6 +1,7 @@
-"""The page's pure pieces: its inputs to a request and back, and a job's snapshot as HTML, JSON and table rows.
+"""The page's pure pieces: its inputs to a request and back, and a job's snapshot as HTML and table rows.
 
-Nothing here touches Gradio's components or the service: the page (``app.ui.page``) and its tests call these.
+Nothing here touches Gradio's components or the service: the page's parts (``app.ui``) and their tests call
+these. A job's status as JSON is the REST API's ``JobStatus`` (``app.api.status``).
 """
 
 from __future__ import annotations
@@ -202,18 +203,6 @@ def render_progress(snapshot: JobSnapshot, *, own: bool = True) -> str:
     return f'<div class="fp-progress" {attributes}>{"<br>".join(lines)}{bar}</div>'
 
 
-def status_dict(snapshot: JobSnapshot) -> dict[str, Any]:
-    """The snapshot as JSON for API clients (no arrays, no server paths beyond file names)."""
-    s = snapshot
-    return {"job_id": s.job_id, "state": s.state.value, "queue_position": s.queue_position,
-            "stage": s.stage_message, "section": s.section, "total_sections": s.total_sections, "step": s.step,
-            "total_steps": s.total_steps, "elapsed_s": round(s.elapsed_s, 3),
-            "eta_s": None if s.eta_s is None else round(s.eta_s, 3), "video_frames": s.video_frames,
-            "video": s.output_video.name if s.output_video else None, "error": api_text(s.error),
-            "error_hint": api_text(s.error_hint),
-            "notices": list(s.notices)}
-
-
 def gallery_items(records: list[OutputRecord], serve: Callable[[Path], str | None] = str
                   ) -> list[tuple[str, str]]:
     """(thumbnail, caption) per past generation: the cropped input image, else the video itself. ``serve`` turns
@@ -238,11 +227,6 @@ def readable_error(error: Exception, image: str | None) -> tuple[str, str]:
     if image:
         message = message.replace(str(image), Path(image).name)
     return message, hint
-
-
-def api_text(text: str | None) -> str | None:
-    """An error's text for the Gradio API's clients: settings by their field names, as the endpoints take them."""
-    return None if text is None else render_fields(text)
 
 
 def health_markdown(health: WorkerHealth) -> str:

@@ -1,5 +1,5 @@
 """Following a job on the page: which snapshots to draw, which stream a browser session follows, and the
-frames (one value per stream output) each snapshot becomes."""
+frames (a value, by name, for each output the stream draws) each snapshot becomes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Generic, TypeVar
 
 import gradio as gr
 
@@ -15,6 +16,8 @@ from app.access import Viewer
 from app.service.generation import GenerationService, JobSnapshot
 from app.service.outputs import ServedFiles
 from app.ui.render import render_message, render_progress
+
+T = TypeVar("T")
 
 
 def snapshots_to_show(service: GenerationService, job_id: str, min_interval_s: float,
@@ -75,15 +78,33 @@ class LatestStreams:
                 del self._latest[session]
 
 
-# Frames: one value (or gr.skip()) per stream output, in the order of build_app's stream_outputs ------------------
-# 0 job_state, 1 browser_job, 2 preview, 3 progress, 4 video, 5 final_file, 6 start, 7 stop, 8 gallery, 9 records
+@dataclass
+class StreamFrame(Generic[T]):
+    """One update of the outputs a job's stream draws, by name; ``gr.skip()`` leaves an output as it is.
+
+    The page builds one whose fields are the output components (its ``values()`` are the handlers' ``outputs``), and
+    each frame a stream yields holds the same fields' new values, so both lists come out in the one field order.
+    """
+
+    shown_job: T = field(default_factory=gr.skip)  # the job this tab shows, which its Stop stops
+    browser_job: T = field(default_factory=gr.skip)  # this browser's own last job, to reconnect to after a reload
+    preview: T = field(default_factory=gr.skip)
+    progress: T = field(default_factory=gr.skip)
+    video: T = field(default_factory=gr.skip)
+    final_file: T = field(default_factory=gr.skip)
+    start: T = field(default_factory=gr.skip)
+    stop: T = field(default_factory=gr.skip)
+    gallery: T = field(default_factory=gr.skip)
+    gallery_records: T = field(default_factory=gr.skip)  # the gallery's records, to map a click to its settings
+
+    def values(self) -> list[T]:
+        return [getattr(self, item.name) for item in fields(self)]
+
 
 def idle_frame(message: str = "Upload an image, write a prompt and press Start.", *, hint: str = "",
-                error: bool = False) -> list[Any]:
-    frame = [gr.skip()] * 10
-    frame[3] = render_message(message, hint=hint, error=error, state="refused" if error else "idle")
-    frame[6], frame[7] = gr.update(interactive=True), gr.update(interactive=False)
-    return frame
+               error: bool = False) -> StreamFrame[Any]:
+    return StreamFrame(progress=render_message(message, hint=hint, error=error, state="refused" if error else "idle"),
+                       start=gr.update(interactive=True), stop=gr.update(interactive=False))
 
 
 def _buttons(snapshot: JobSnapshot, own: bool) -> tuple[Any, Any]:
@@ -101,34 +122,29 @@ def _shown_video(snapshot: JobSnapshot, served: ServedFiles) -> str | None:
     return served.serve(snapshot.partial_video)
 
 
-def first_frame(snapshot: JobSnapshot, own: bool, served: ServedFiles) -> list[Any]:
-    frame = [gr.skip()] * 10
-    frame[0] = snapshot.job_id
-    if own:
-        frame[1] = snapshot.job_id
-    frame[2] = gr.update(value=snapshot.preview, visible=snapshot.preview is not None and not snapshot.state.done)
-    frame[3] = render_progress(snapshot, own=own)
+def first_frame(snapshot: JobSnapshot, own: bool, served: ServedFiles) -> StreamFrame[Any]:
     shown = _shown_video(snapshot, served)
-    frame[4] = gr.update(value=shown, loop=snapshot.state.done)
-    frame[5] = shown if snapshot.state.done else None
-    frame[6], frame[7] = _buttons(snapshot, own)
-    return frame
+    start, stop = _buttons(snapshot, own)
+    return StreamFrame(
+        shown_job=snapshot.job_id, browser_job=snapshot.job_id if own else gr.skip(),
+        preview=gr.update(value=snapshot.preview, visible=snapshot.preview is not None and not snapshot.state.done),
+        progress=render_progress(snapshot, own=own), video=gr.update(value=shown, loop=snapshot.state.done),
+        final_file=shown if snapshot.state.done else None, start=start, stop=stop)
 
 
-def next_frame(previous: JobSnapshot, snapshot: JobSnapshot, own: bool, served: ServedFiles) -> list[Any]:
-    frame = [gr.skip()] * 10
-    frame[0] = snapshot.job_id  # cheap, and puts the tab's Stop back on its own job should anything change it
+def next_frame(previous: JobSnapshot, snapshot: JobSnapshot, own: bool, served: ServedFiles) -> StreamFrame[Any]:
+    # shown_job every time: cheap, and puts the tab's Stop back on its own job should anything change it.
+    frame = StreamFrame[Any](shown_job=snapshot.job_id, progress=render_progress(snapshot, own=own))
     if snapshot.state.done:
-        frame[2] = gr.update(visible=False)
+        frame.preview = gr.update(visible=False)
     elif snapshot.preview is not None and snapshot.preview is not previous.preview:
-        frame[2] = gr.update(value=snapshot.preview, visible=True)
-    frame[3] = render_progress(snapshot, own=own)
+        frame.preview = gr.update(value=snapshot.preview, visible=True)
     if snapshot.state.done or snapshot.partial_video != previous.partial_video:
         shown = _shown_video(snapshot, served)
         if shown is not None or snapshot.state.done:
-            frame[4] = gr.update(value=shown, loop=snapshot.state.done)
+            frame.video = gr.update(value=shown, loop=snapshot.state.done)
         if snapshot.state.done:
-            frame[5] = shown
+            frame.final_file = shown
     if snapshot.state.done != previous.state.done or snapshot is previous:  # a change, or a redraw
-        frame[6], frame[7] = _buttons(snapshot, own)
+        frame.start, frame.stop = _buttons(snapshot, own)
     return frame

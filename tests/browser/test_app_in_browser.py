@@ -279,7 +279,8 @@ def test_no_folder_of_ours_is_served_by_path_not_even_the_output_folder(demo_ser
         assert status(private) in (403, 404), private
 
 
-def test_the_generate_api_endpoint_returns_the_final_video_to_gradio_client(demo_server):
+def test_the_generate_api_endpoint_returns_the_final_video_and_the_rest_apis_status_to_gradio_client(demo_server):
+    """/generate, /status and /stop for gradio_client; a status is the object GET /api/v1/jobs/{id} returns."""
     from gradio_client import Client, handle_file
 
     client = Client(demo_server.url, verbose=False)
@@ -290,5 +291,8 @@ def test_the_generate_api_endpoint_returns_the_final_video_to_gradio_client(demo
                                    api_name="/generate")
     assert status["state"] == "finished" and status["video_frames"] == video_length(1, 3).pixel_frames
     assert probe_video(Path(video)).frame_count == status["video_frames"]
-    assert client.predict(status["job_id"], api_name="/status")["state"] == "finished"
-    assert client.predict(status["job_id"], api_name="/stop") is False  # already done
+    with urllib.request.urlopen(f"{demo_server.url}api/v1/jobs/{status['id']}", timeout=30) as response:
+        rest_status = json.loads(response.read())
+    assert rest_status["state"] == "finished" and status.keys() == rest_status.keys()
+    assert client.predict(status["id"], api_name="/status") == rest_status
+    assert client.predict(status["id"], api_name="/stop") is False  # already done

@@ -5,6 +5,7 @@ These live beside the browser tests because they pin the same entry point; they 
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from pathlib import Path
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 
 import launch
-from app.service.generation import JobSnapshot, JobState
+from app.api.status import JobStatuses
+from app.service.generation import GenerationService, JobSnapshot, JobState
 from app.service.outputs import ServedFiles
 from app.settings import DEMO_JOB_DEFAULTS, Settings, read_auth_file
-from app.ui.page import build_request, render_progress, settings_to_inputs, status_dict
+from app.ui.page import JOB_FIELDS, build_request, render_progress, settings_to_inputs
 from framepack_core.errors import InvalidInputError
 from framepack_core.request import GenerationRequest
 
@@ -132,7 +134,9 @@ def test_progress_shows_stage_section_step_times_and_escapes_messages(tmp_path):
     failed = JobSnapshot(job_id="j2", state=JobState.FAILED, request=snapshot.request, error="Out of memory",
                          error_hint="Lower the resolution.")
     assert "Out of memory" in render_progress(failed) and "How to fix: Lower the resolution." in render_progress(failed)
-    assert status_dict(failed)["error_hint"] == "Lower the resolution." and "preview" not in status_dict(snapshot)
+    statuses = JobStatuses(GenerationService(lambda: None, tmp_path), tmp_path)  # never started
+    assert statuses.of_snapshot(failed).hint == "Lower the resolution." and statuses.of_snapshot(failed).id == "j2"
+    assert "preview" not in statuses.of_snapshot(snapshot).model_dump(mode="json")
 
 
 def test_a_served_section_video_outlives_the_service_deleting_its_original(tmp_path):
@@ -175,3 +179,5 @@ def test_build_app_exposes_the_named_api_endpoints(tmp_path, tiny_models_dir):
     assert public == {"generate", "status", "stop", "free_memory"}
     generate = next(fn for fn in demo.fns.values() if fn.api_name == "generate")
     assert [c.label for c in generate.inputs][:2] == ["Start image", "Prompt"]
+    # gradio_client passes the settings by these names, and the page's form sends them in this order.
+    assert list(inspect.signature(generate.fn).parameters) == ["image", *JOB_FIELDS, "request"]

@@ -1,0 +1,123 @@
+"""The one status shape of a job, for every edge that reports one.
+
+``GET /api/v1/jobs/{id}`` (and the other job routes, and each ``status`` server-sent event) answer a ``JobStatus``;
+Gradio's named endpoints ``/generate`` and ``/status`` return the same object as JSON, so a script reads the same
+keys whichever door it used. ``JobStatuses`` builds it: live from this process's snapshot of the job when there
+is one, else as the queue stored it, with server paths cut to file names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from app.api.errors import PathHider, api_text, default_hidden_folders
+from app.service.generation import GenerationService, JobSnapshot, JobState
+from framepack_core.jobs.queue import QueuedJob, QueueError, QueueState
+
+
+class JobStatus(BaseModel):
+    """A job's state and progress: the answer of ``GET /jobs/{id}``, and what Gradio's ``/generate`` and ``/status``
+    endpoints return (as a JSON object with these keys)."""
+
+    id: str = Field(description="The job's id, as returned on submit.")
+    state: str = Field(description="queued, running, finished, failed or cancelled.")
+    queue_position: int | None = Field(None, description="1-based place among the waiting jobs, while queued.")
+    stage: str | None = Field(None, description="What the job is doing now, in words.")
+    section: int | None = Field(None, description="The section being made (1-based), or the sections done.")
+    total_sections: int | None = Field(None, description="The sections the video is made of.")
+    step: int | None = Field(None, description="The sampling step within the section.")
+    total_steps: int | None = Field(None, description="Sampling steps per section.")
+    elapsed_s: float | None = Field(None, description="Seconds since the job started running.")
+    eta_s: float | None = Field(None, description="Estimated seconds until the job ends, while it runs.")
+    video_frames: int | None = Field(None, description="Frames of the finished video, once the job knows them.")
+    video: str | None = Field(None, description="The video's file name; download it from GET /jobs/{id}/video.")
+    error: str | None = Field(None, description="What went wrong, when the job failed.")
+    hint: str | None = Field(None, description="How to fix the error.")
+    notices: list[str] = Field([], description="Things worth knowing about the run (e.g. the memory plan).")
+    spec: dict[str, Any] | None = Field(None, description="The job's spec: its settings and input image hash.")
+
+
+_STORE_STATES = {QueueState.PENDING: "queued", QueueState.RUNNING: "running", QueueState.FINISHED: "finished",
+                 QueueState.FAILED: "failed", QueueState.CANCELLED: "cancelled"}
+
+
+class JobStatuses:
+    """The ``JobStatus`` of jobs run by ``service``; videos are named only if they lie in ``output_dir``.
+
+    ``hide_paths``: what cuts server paths out of messages (default: the output folder, the queue's folder and the
+    temp folder, as the REST API's error answers do).
+    """
+
+    def __init__(self, service: GenerationService, output_dir: Path, hide_paths: PathHider | None = None) -> None:
+        self._service = service
+        self._output_dir = Path(output_dir).resolve()
+        store_root = [service.store.root] if service.store is not None else []
+        self._hide_paths = hide_paths or PathHider(default_hidden_folders(self._output_dir, *store_root))
+
+    def of(self, job: QueuedJob, snapshot: JobSnapshot | None = None) -> JobStatus:
+        """The stored ``job`` as reported: live from ``snapshot`` (else this process's own, if it has one)."""
+        if snapshot is None:
+            try:
+                snapshot = self._service.snapshot(job.id)
+            except KeyError:
+                pass
+        if snapshot is None:
+            return self._hidden(_stored_status(job, self._output_dir))
+        return self._hidden(_live_status(snapshot, job, self._output_dir))
+
+    def of_snapshot(self, snapshot: JobSnapshot) -> JobStatus:
+        """The job of ``snapshot`` (one the caller may see), with its stored row when the service has a queue."""
+        store = self._service.store
+        if store is not None:
+            try:
+                return self.of(store.get(snapshot.job_id), snapshot)
+            except QueueError:  # deleted or damaged since the snapshot was taken: report the snapshot alone
+                pass
+        return self._hidden(_live_status(snapshot, None, self._output_dir))
+
+    def _hidden(self, shown: JobStatus) -> JobStatus:
+        hide_paths = self._hide_paths
+        return shown.model_copy(update={
+            "stage": None if shown.stage is None else hide_paths(shown.stage),
+            "error": None if shown.error is None else hide_paths(api_text(shown.error)),
+            "hint": None if shown.hint is None else hide_paths(api_text(shown.hint)),
+            "notices": [hide_paths(notice) for notice in shown.notices]})
+
+
+def served_video(job: QueuedJob, output_dir: Path) -> Path | None:
+    """The video ``/jobs/{id}/video`` serves: the finished one, else the partial one kept from a stop or a failure
+    (of this attempt or an earlier one). Only ever a file inside the output folder."""
+    return _inside(output_dir, job.output, job.partial)
+
+
+def _inside(output_dir: Path, *candidates: Path | str | None) -> Path | None:
+    for candidate in candidates:
+        if candidate is not None:
+            path = Path(candidate).resolve()
+            if path.is_file() and path.is_relative_to(output_dir):
+                return path
+    return None
+
+
+def _live_status(snapshot: JobSnapshot, job: QueuedJob | None, output_dir: Path) -> JobStatus:
+    state = "queued" if snapshot.state == JobState.QUEUED else snapshot.state.value
+    video = None
+    if snapshot.state.done:
+        video = served_video(job, output_dir) if job is not None else _inside(output_dir, snapshot.output_video)
+    return JobStatus(id=snapshot.job_id, state=state, queue_position=snapshot.queue_position,
+                     stage=snapshot.stage_message, section=snapshot.section, total_sections=snapshot.total_sections,
+                     step=snapshot.step, total_steps=snapshot.total_steps, elapsed_s=round(snapshot.elapsed_s, 3),
+                     eta_s=None if snapshot.eta_s is None else round(snapshot.eta_s, 3),
+                     video_frames=snapshot.video_frames, video=None if video is None else video.name,
+                     error=snapshot.error, hint=snapshot.error_hint, notices=list(snapshot.notices),
+                     spec=None if job is None else job.spec.to_dict())
+
+
+def _stored_status(job: QueuedJob, output_dir: Path) -> JobStatus:
+    video = served_video(job, output_dir) if job.state.ended else None
+    return JobStatus(id=job.id, state=_STORE_STATES[job.state], section=job.sections_done or None,
+                     total_sections=job.total_sections, error=job.error, hint=job.hint,
+                     video=None if video is None else video.name, spec=job.spec.to_dict())

@@ -1,0 +1,298 @@
+"""The generate area at the top of the page: the job form with Start, Stop and Free memory, and the job's live
+progress, latent preview and video.
+
+Progress is streamed by generator handlers that block in ``service.wait_for_change`` (no busy polling) and yield
+only what changed, so a page never blocks another and a job outlives the tab that started it: reloading the page
+reconnects to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from gradio.components import Component
+
+from app.access import Viewer
+from app.settings import REPO_ROOT
+from app.ui.context import PageContext
+from app.ui.render import FP8_CHOICE_OF, FP8_CHOICES, JOB_FIELDS, readable_error, render_message, upload_path
+from app.ui.streams import StreamFrame, first_frame, idle_frame, next_frame, snapshots_to_show
+from framepack_core.errors import FramePackError
+from framepack_core.request import MAX_RESOLUTION, MAX_SECONDS, MAX_WINDOW, MIN_RESOLUTION
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE_PROMPTS = (
+    "The girl dances gracefully, with clear movements, full of charm.",
+    "A character doing some simple body movements.",
+)
+EXAMPLE_IMAGES = tuple(REPO_ROOT / "assets" / name
+                       for name in ("chelsea_landscape.jpg", "astronaut_portrait.jpg", "coffee_landscape.jpg"))
+ORIGINAL_NOTE = ("**The original model generates the end of the clip first**: each new section lies *before* the "
+                 "previous one, so the video below grows towards the start image. F1 generates forward.")
+MEMORY_INFO = ("VRAM left free for other programs. Empty: chosen for you. More preserved means more of the model "
+               "is offloaded to RAM: slower, never different.")
+# Seeds are drawn below 2**32 so they survive the browser's float64 numbers exactly.
+RANDOM_SEED_LIMIT = 2**32
+# Progress and previews are redrawn at most this often (sections, state changes and the end go out at once).
+PAGE_UPDATE_INTERVAL_S = 0.2
+# A stream that has nothing new redraws its job this often anyway, so a page that something else drew over (a
+# frame of the stream it replaced, still in flight) shows its own job again within this time.
+PAGE_REDRAW_INTERVAL_S = 2.0
+
+
+@dataclass
+class JobForm:
+    """The inputs of a job: the start image, then one component per ``JOB_FIELDS`` name."""
+
+    image: gr.Image
+    prompt: gr.Textbox
+    model: gr.Radio
+    seconds: gr.Slider
+    seed: gr.Number
+    steps: gr.Slider
+    distilled_guidance: gr.Slider
+    latent_window_size: gr.Slider
+    cfg: gr.Slider
+    cfg_rescale: gr.Slider
+    negative_prompt: gr.Textbox
+    use_teacache: gr.Checkbox
+    teacache_threshold: gr.Slider
+    crf: gr.Slider
+    resolution: gr.Slider
+    gpu_memory_preservation: gr.Number
+    fp8: gr.Dropdown
+
+    def inputs(self) -> list[Component]:
+        """The image, then the settings in ``JOB_FIELDS`` order: how every job handler takes them."""
+        return [self.image, *(getattr(self, name) for name in JOB_FIELDS)]
+
+    def settings(self) -> list[Component]:
+        """The settings in ``JOB_FIELDS`` order, without the image (what loading saved settings fills in)."""
+        return self.inputs()[1:]
+
+
+@dataclass
+class GenerateTab:
+    form: JobForm
+    quick_prompts: gr.Dataset
+    model_note: gr.Markdown
+    start: gr.Button
+    stop: gr.Button
+    free_memory: gr.Button
+    random_seed: gr.Button
+    preview: gr.Image
+    video: gr.Video
+    progress: gr.HTML
+    final_file: gr.File
+
+
+def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
+    """The form (left) and the job's progress and video (right), laid out in the current Blocks."""
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(label="Start image", type="filepath", image_mode=None,
+                             sources=["upload", "clipboard"], height=320, elem_id="start-image")
+            gr.Examples([[str(p)] for p in EXAMPLE_IMAGES if p.is_file()], inputs=[image],
+                        label="Example images", api_visibility="private")
+            prompt = gr.Textbox(label="Prompt", value=defaults["prompt"], lines=2, elem_id="prompt",
+                                placeholder="Describe the motion: the subject, then what it does.")
+            quick = gr.Dataset(label="Quick prompts", samples=[[p] for p in EXAMPLE_PROMPTS],
+                               components=[prompt], elem_id="quick-prompts")
+            model = gr.Radio([("Original (inverted anti-drifting)", "original"), ("F1 (forward)", "f1")],
+                             value=defaults["model"].value, label="Model", elem_id="model")
+            model_note = gr.Markdown(ORIGINAL_NOTE, visible=defaults["model"].value == "original",
+                                     elem_id="model-note")
+            with gr.Row():
+                start_btn = gr.Button("Start", variant="primary", elem_id="start")
+                stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+                # Unloads the models from RAM and VRAM; the next job loads them again.
+                free_btn = gr.Button("Free memory", elem_id="free-memory")
+            seconds = gr.Slider(1, MAX_SECONDS, value=defaults["seconds"], step=0.1,
+                                label="Video length (seconds)", elem_id="seconds")
+            with gr.Row(equal_height=True):
+                seed = gr.Number(value=defaults["seed"], precision=0, label="Seed", minimum=0, scale=3,
+                                 elem_id="seed")
+                random_seed_btn = gr.Button("Random seed", size="sm", scale=1, min_width=100, elem_id="random-seed")
+            steps = gr.Slider(1, 100, value=defaults["steps"], step=1, label="Steps",
+                              info="25 is the official default; changing it is not recommended.",
+                              elem_id="steps")
+            distilled_guidance = gr.Slider(1, 32, value=defaults["distilled_guidance"], step=0.01,
+                                           label="Distilled CFG scale",
+                                           info="10 is the official default; changing it is not recommended.",
+                                           elem_id="distilled-guidance")
+            with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                latent_window_size = gr.Slider(1, MAX_WINDOW, value=defaults["latent_window_size"], step=1,
+                                               label="Latent window size",
+                                               info="9 is what the models were trained with.",
+                                               elem_id="window")
+                cfg = gr.Slider(1, 32, value=defaults["cfg"], step=0.01, label="Real CFG scale",
+                                info="1 turns it off. Above 1 the model runs twice per step and the "
+                                     "negative prompt is used.", elem_id="cfg")
+                cfg_rescale = gr.Slider(0, 1, value=defaults["cfg_rescale"], step=0.01, label="CFG rescale",
+                                        elem_id="cfg-rescale")
+                negative_prompt = gr.Textbox(label="Negative prompt", value=defaults["negative_prompt"],
+                                             info="Used only when the real CFG scale is above 1.",
+                                             elem_id="negative-prompt")
+                use_teacache = gr.Checkbox(value=defaults["use_teacache"], label="Use TeaCache",
+                                           info="Faster, but often makes hands and fingers slightly worse. "
+                                                "Turn it off for the final quality.", elem_id="teacache")
+                teacache_threshold = gr.Slider(0.01, 1.0, value=defaults["teacache_threshold"], step=0.01,
+                                               label="TeaCache threshold",
+                                               info="0.15 is the usual value; lower is closer to no cache.",
+                                               elem_id="teacache-threshold")
+                crf = gr.Slider(0, 51, value=defaults["crf"], step=1, label="MP4 compression (CRF)",
+                                info="Lower means better quality; 0 is lossless but some players show it "
+                                     "black. 16 is the default.", elem_id="crf")
+                resolution = gr.Slider(MIN_RESOLUTION, MAX_RESOLUTION, value=defaults["resolution"], step=16,
+                                       label="Base resolution",
+                                       info="640 is the official size; smaller is faster.",
+                                       elem_id="resolution")
+                gpu_memory_preservation = gr.Number(value=defaults.get("gpu_memory_preservation"),
+                                                    minimum=0, maximum=1024, step=0.5,
+                                                    label="GPU memory to preserve (GB)", info=MEMORY_INFO,
+                                                    elem_id="preserved-memory")
+                fp8 = gr.Dropdown(FP8_CHOICES, value=FP8_CHOICE_OF[defaults.get("fp8")],
+                                  label="fp8 weight storage (transformer)",
+                                  info="Halves the transformer's memory; results differ slightly from bf16.",
+                                  elem_id="fp8")
+
+        with gr.Column(scale=1):
+            preview = gr.Image(label="Latest latents (preview, every step)", interactive=False, visible=False,
+                               height=200, format="png", elem_id="preview")
+            video = gr.Video(label="Video so far (a new section appears as soon as it is written)",
+                             autoplay=True, loop=False, height=512, interactive=False, buttons=["download"],
+                             elem_id="video")
+            progress = gr.HTML(render_message("Upload an image, write a prompt and press Start."),
+                               elem_id="progress")
+            final_file = gr.File(label="Final video", interactive=False, elem_id="final-file")
+
+    form = JobForm(image=image, prompt=prompt, model=model, seconds=seconds, seed=seed, steps=steps,
+                   distilled_guidance=distilled_guidance, latent_window_size=latent_window_size, cfg=cfg,
+                   cfg_rescale=cfg_rescale, negative_prompt=negative_prompt, use_teacache=use_teacache,
+                   teacache_threshold=teacache_threshold, crf=crf, resolution=resolution,
+                   gpu_memory_preservation=gpu_memory_preservation, fp8=fp8)
+    return GenerateTab(form=form, quick_prompts=quick, model_note=model_note, start=start_btn, stop=stop_btn,
+                       free_memory=free_btn, random_seed=random_seed_btn, preview=preview, video=video,
+                       progress=progress, final_file=final_file)
+
+
+def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Component],
+                      context: PageContext) -> None:
+    """Start, Stop, Free memory, the page-load reconnection, and the small input helpers. ``outputs``: what a job's
+    stream draws (``outputs.shown_job`` is the job this tab's Stop stops, ``outputs.browser_job`` the browser's
+    own last job)."""
+    service = context.service
+
+    def on_start(request: gr.Request, image: dict[str, Any] | None, *settings: Any) -> Iterator[list[Any]]:
+        # The request comes first: Gradio passes it only to a parameter before the *settings.
+        session = request.session_hash or ""
+        viewer = context.viewer_of(request)
+        token = context.streams.begin(session)  # from here on, the page-load stream draws nothing more
+        path = upload_path(image)
+        try:
+            job_id = context.submit(path, dict(zip(JOB_FIELDS, settings, strict=True)), viewer)
+        except (FramePackError, RuntimeError) as error:
+            # A refused request is the user's to fix: say what and how, in the page, and stay ready.
+            message, hint = readable_error(error, path)
+            gr.Warning(f"{message} How to fix: {hint}" if hint else message)
+            yield idle_frame(message, hint=hint, error=True).values()
+            context.streams.end(session, token)
+            return
+        logger.info("Job %s submitted from the page", job_id)
+        yield from _stream(context, job_id, session, token, viewer, own=True)
+
+    def on_load(own_job: str | None, request: gr.Request) -> Iterator[list[Any]]:
+        """On page load: follow this browser's unfinished job, else the running one, else show the last."""
+        session = request.session_hash or ""
+        viewer = context.viewer_of(request)
+        token = context.streams.begin(session)
+        # The browser's stored job id is only a hint: a job the viewer may not see is as good as unknown.
+        own_alive = own_job is not None and _is_alive(context, own_job, viewer)
+        job_id = own_job if own_alive else service.active_job_id(viewer)
+        if job_id is None and own_job is not None and _is_known(context, own_job, viewer):
+            job_id = own_job  # finished while the page was away: show its result
+        if job_id is None:
+            frame = idle_frame()
+            frame.gallery, frame.gallery_records = context.past_generations(viewer)
+            if context.streams.is_current(session, token):
+                yield frame.values()
+            context.streams.end(session, token)
+            return
+        yield from _stream(context, job_id, session, token, viewer, own=job_id == own_job, with_gallery=True)
+
+    def on_stop(job_id: str | None, request: gr.Request) -> None:
+        if job_id is not None and service.cancel(job_id, context.viewer_of(request)):
+            logger.info("Stop requested for job %s", job_id)
+
+    def on_free_memory() -> None:
+        gr.Info(service.free_memory())
+
+    stream_outputs = outputs.values()
+    load_event = demo.load(on_load, inputs=[outputs.browser_job], outputs=stream_outputs, show_progress="hidden",
+                           api_visibility="private", concurrency_id="stream")
+    # preprocess=False: the handlers get the upload as Gradio stored it, unopened (see upload_path).
+    tab.start.click(on_start, inputs=tab.form.inputs(), outputs=stream_outputs, show_progress="hidden",
+                    api_visibility="private", concurrency_id="stream", cancels=[load_event], preprocess=False)
+    tab.stop.click(on_stop, inputs=[outputs.shown_job], outputs=None, api_visibility="private",
+                   concurrency_limit=None, show_progress="hidden")
+    tab.free_memory.click(on_free_memory, outputs=None, api_visibility="private", concurrency_limit=None,
+                          show_progress="hidden")
+
+    # Small input helpers
+    tab.quick_prompts.click(lambda sample: sample[0], inputs=[tab.quick_prompts], outputs=[tab.form.prompt],
+                            api_visibility="private", show_progress="hidden", concurrency_limit=None)
+    tab.form.model.change(lambda choice: gr.update(visible=choice == "original"), inputs=[tab.form.model],
+                          outputs=[tab.model_note], api_visibility="private", show_progress="hidden",
+                          concurrency_limit=None)
+    tab.random_seed.click(lambda: random.randrange(RANDOM_SEED_LIMIT), outputs=[tab.form.seed],
+                          api_visibility="private", show_progress="hidden", concurrency_limit=None)
+
+
+def _stream(context: PageContext, job_id: str, session: str, token: int, viewer: Viewer, *, own: bool,
+            with_gallery: bool = False) -> Iterator[list[Any]]:
+    """Yield page updates for ``job_id`` until it ends, or until the session follows a newer stream; each output
+    only when it changed."""
+    streams, served = context.streams, context.served
+    try:
+        updates = snapshots_to_show(context.service, job_id, PAGE_UPDATE_INTERVAL_S, PAGE_REDRAW_INTERVAL_S, viewer)
+        snapshot = next(updates)
+        frame = first_frame(snapshot, own, served)
+        if with_gallery:
+            frame.gallery, frame.gallery_records = context.past_generations(viewer)
+        if not streams.is_current(session, token):
+            return
+        yield frame.values()
+        for previous, latest in itertools.pairwise(itertools.chain([snapshot], updates)):
+            frame = next_frame(previous, latest, own, served)
+            if latest.state.done:
+                frame.gallery, frame.gallery_records = context.past_generations(viewer)
+            if not streams.is_current(session, token):
+                return
+            yield frame.values()
+    except KeyError:  # a long-finished job the service has forgotten
+        if streams.is_current(session, token):
+            yield idle_frame("That job is no longer known to the app; see the outputs gallery.").values()
+    finally:
+        streams.end(session, token)
+
+
+def _is_alive(context: PageContext, job_id: str, viewer: Viewer) -> bool:
+    try:
+        return not context.service.snapshot(job_id, viewer).state.done
+    except KeyError:
+        return False
+
+
+def _is_known(context: PageContext, job_id: str, viewer: Viewer) -> bool:
+    try:
+        context.service.snapshot(job_id, viewer)
+        return True
+    except KeyError:
+        return False

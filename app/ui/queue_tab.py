@@ -1,0 +1,109 @@
+"""The Queue tab: the jobs the viewer may see (the persistent queue's rows, kept across restarts), and moving,
+cancelling, retrying and deleting them. Also keeps the worker's health note at the top of the page current."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from app.access import Viewer
+from app.ui.context import PageContext
+from app.ui.render import JOB_ID_PATTERN, QUEUE_COLUMNS, QUEUE_REFRESH_S, health_markdown, queue_table_rows
+from framepack_core.errors import FramePackError
+
+
+@dataclass
+class QueueTab:
+    table: gr.Dataframe
+    job: gr.Textbox
+    place: gr.Number
+    move: gr.Button
+    cancel: gr.Button
+    retry: gr.Button
+    delete: gr.Button
+    note: gr.Markdown
+    timer: gr.Timer
+
+
+def build_queue_tab(logins_on: bool) -> QueueTab:
+    """The tab, laid out in the current Blocks. With logins on, a place counts among the viewer's own jobs."""
+    with gr.Tab("Queue", elem_id="queue-tab"):
+        # Empty in the page's config; filled for the viewer once the page has opened (see refresh_queue).
+        table = gr.Dataframe(headers=list(QUEUE_COLUMNS), value=[],
+                             interactive=False, wrap=True, elem_id="queue-table",
+                             label="Jobs: running, then waiting in order, then ended (kept across "
+                                   "restarts; click a row to pick it)")
+        with gr.Row(equal_height=True):
+            job = gr.Textbox(label="Job id", placeholder="click a row", scale=2, elem_id="queue-job")
+            place = gr.Number(value=1, precision=0, minimum=1, scale=1,
+                              label="Place among your waiting jobs" if logins_on else "Place",
+                              elem_id="queue-place")
+            move_btn = gr.Button("Move to place", size="sm", elem_id="queue-move")
+            cancel_btn = gr.Button("Cancel", size="sm", variant="stop", elem_id="queue-cancel")
+            retry_btn = gr.Button("Retry", size="sm", elem_id="queue-retry")
+            delete_btn = gr.Button("Delete", size="sm", elem_id="queue-delete")
+        note = gr.Markdown("", elem_id="queue-note")
+        timer = gr.Timer(QUEUE_REFRESH_S)
+    return QueueTab(table=table, job=job, place=place, move=move_btn, cancel=cancel_btn, retry=retry_btn,
+                    delete=delete_btn, note=note, timer=timer)
+
+
+def wire_queue_tab(demo: gr.Blocks, tab: QueueTab, health_note: gr.Markdown, context: PageContext) -> None:
+    """The table's refresh (every QUEUE_REFRESH_S and at page load, with ``health_note``), picking a row, and the
+    four actions."""
+    service = context.service
+
+    def queue_rows_for(viewer: Viewer) -> list[list[Any]]:
+        places = {job_id: place for place, job_id in enumerate(service.queued_job_ids(), start=1)}
+        return queue_table_rows(*service.queue_listing(viewer), places)
+
+    def refresh_queue(request: gr.Request) -> tuple[list[list[Any]], str]:
+        """The viewer's queue rows and the worker's health, every QUEUE_REFRESH_S and once at page load."""
+        return queue_rows_for(context.viewer_of(request)), health_markdown(service.health())
+
+    def pick_queued_job(rows: Any, event: gr.SelectData) -> str:
+        row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        values = rows.values.tolist() if hasattr(rows, "values") else rows
+        return str(values[row][1]) if 0 <= row < len(values) else ""
+
+    def queue_action(action: str) -> Callable[..., tuple[list[list[Any]], str]]:
+        def act(job_id: str, place: float | None, request: gr.Request) -> tuple[list[list[Any]], str]:
+            viewer = context.viewer_of(request)
+            job_id = str(job_id or "").strip()
+            if not job_id:
+                return queue_rows_for(viewer), "Pick a job first: click its row."
+            if not JOB_ID_PATTERN.fullmatch(job_id):  # typed text is never passed to the queue as it is
+                return queue_rows_for(viewer), "There is no such job: click a row to pick one."
+            try:
+                if action == "move":
+                    service.move(job_id, int(place or 1), viewer)
+                    note = f"Moved {job_id} to place {int(place or 1)}" + (
+                        "." if viewer.sees_everything else " among your waiting jobs (others' keep theirs).")
+                elif action == "cancel":
+                    note = f"Cancelled {job_id}." if service.cancel(job_id, viewer) else \
+                        f"{job_id} is not waiting or running."
+                elif action == "retry":
+                    service.retry(job_id, viewer)
+                    note = f"{job_id} is queued again; it resumes from its last finished section."
+                else:
+                    service.delete(job_id, viewer)
+                    note = f"Deleted {job_id} (its video, if any, stays in the output folder)."
+            except (FramePackError, ValueError, OverflowError) as error:
+                note = (f"**{error.message}** {error.hint}".strip() if isinstance(error, FramePackError)
+                        else f"**Place must be a whole number:** {error}")
+            return queue_rows_for(viewer), note
+        return act
+
+    tab.timer.tick(refresh_queue, outputs=[tab.table, health_note], api_visibility="private", queue=False,
+                   show_progress="hidden")
+    demo.load(refresh_queue, outputs=[tab.table, health_note], api_visibility="private", queue=False,
+              show_progress="hidden")
+    tab.table.select(pick_queued_job, inputs=[tab.table], outputs=[tab.job], api_visibility="private",
+                     queue=False, show_progress="hidden")
+    for button, action in ((tab.move, "move"), (tab.cancel, "cancel"), (tab.retry, "retry"),
+                           (tab.delete, "delete")):
+        button.click(queue_action(action), inputs=[tab.job, tab.place], outputs=[tab.table, tab.note],
+                     api_visibility="private", queue=False, show_progress="hidden")
