@@ -40,10 +40,10 @@ from app.access import Viewer
 from app.api.errors import ApiRefusal, PathHider, default_hidden_folders, install_error_handlers
 from app.api.limits import LOGIN_SCOPE_KEY, ApiDoor
 from app.logins import LoginGuard
-from app.service.generation import GenerationService, JobSnapshot, JobState
+from app.service.generation import GenerationService, JobSnapshot
 from app.settings import Settings
 from framepack_core.errors import DiskFullError, InvalidInputError
-from framepack_core.jobs.queue import DamagedJob, QueuedJob, QueueError, QueueState
+from framepack_core.jobs.queue import DamagedJob, QueuedJob, QueueError
 from framepack_core.jobs.spec import SETTINGS_FIELDS, JobSpec
 from framepack_core.request import GenerationRequest
 
@@ -119,8 +119,6 @@ class ApiError(BaseModel):
 
 _ERRORS = {401: {"model": ApiError}, 404: {"model": ApiError}, 409: {"model": ApiError}, 422: {"model": ApiError},
            429: {"model": ApiError}}
-_STORE_STATES = {QueueState.PENDING: "queued", QueueState.RUNNING: "running", QueueState.FINISHED: "finished",
-                 QueueState.FAILED: "failed", QueueState.CANCELLED: "cancelled"}
 
 
 class _LoginInTheDocs(HTTPBasic):
@@ -261,7 +259,7 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
         job = own_job(job_id, who)
         path = _served_video(job, output_dir)
         if path is None:
-            raise ApiRefusal(404, f"Job {job_id} has no video yet ({_STORE_STATES[job.state]}).",
+            raise ApiRefusal(404, f"Job {job_id} has no video yet ({job.state.value}).",
                              "Wait until it has finished (GET /jobs/{id} says when), or retry it if it failed.")
         return FileResponse(path, media_type="video/mp4", filename=path.name)
 
@@ -365,7 +363,7 @@ def _served_video(job: QueuedJob, output_dir: Path) -> Path | None:
 
 
 def _live_status(snapshot: JobSnapshot, job: QueuedJob, output_dir: Path) -> JobStatus:
-    state = "queued" if snapshot.state == JobState.QUEUED else snapshot.state.value
+    state = snapshot.state.value
     video = _served_video(job, output_dir) if snapshot.state.done else None
     return JobStatus(id=job.id, state=state, queue_position=snapshot.queue_position, stage=snapshot.stage_message,
                      section=snapshot.section, total_sections=snapshot.total_sections, step=snapshot.step,
@@ -377,8 +375,8 @@ def _live_status(snapshot: JobSnapshot, job: QueuedJob, output_dir: Path) -> Job
 
 
 def _stored_status(job: QueuedJob, output_dir: Path) -> JobStatus:
-    video = _served_video(job, output_dir) if job.state.ended else None
-    return JobStatus(id=job.id, state=_STORE_STATES[job.state], section=job.sections_done or None,
+    video = _served_video(job, output_dir) if job.state.done else None
+    return JobStatus(id=job.id, state=job.state.value, section=job.sections_done or None,
                      total_sections=job.total_sections, error=job.error, hint=job.hint,
                      video=None if video is None else video.name, spec=job.spec.to_dict())
 

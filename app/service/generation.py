@@ -43,7 +43,7 @@ from framepack_core.events import (
     Notice,
 )
 from framepack_core.jobs.output_naming import output_path
-from framepack_core.jobs.queue import JobQueue, QueueError, QueueOwnership, QueueState
+from framepack_core.jobs.queue import JobQueue, QueueError, QueueOwnership
 from framepack_core.jobs.runner import record_event
 from framepack_core.jobs.spec import JobSpec, file_sha256
 from framepack_core.pipeline.engine import FramePackEngine
@@ -406,7 +406,7 @@ class GenerationService(QueueManagementMixin):
     def _sync_pending(self) -> None:
         """Make the in-memory queue the store's pending jobs, in the store's order; caller holds the lock."""
         assert self.store is not None
-        pending = self.store.list(states=(QueueState.PENDING,))
+        pending = self.store.list(states=(JobState.QUEUED,))
         for stored in pending:
             if stored.id not in self._jobs:
                 try:

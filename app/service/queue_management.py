@@ -14,7 +14,7 @@ from typing import Any
 
 from app.access import Viewer
 from app.service.job_status import LiveJob
-from framepack_core.jobs.queue import DamagedJob, JobQueue, QueuedJob, QueueError, QueueState
+from framepack_core.jobs.queue import DamagedJob, JobQueue, JobState, QueuedJob, QueueError
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +115,8 @@ def fail_crashed_job(store: JobQueue | None, job_id: str, error: BaseException) 
     if store is None:
         return
     try:
-        if store.get(job_id).state == QueueState.RUNNING:
-            store.end(job_id, QueueState.FAILED, error=describe_error(error),
+        if store.get(job_id).state == JobState.RUNNING:
+            store.end(job_id, JobState.FAILED, error=describe_error(error),
                       hint="This is a bug; please report it with the log. Retry resumes the job.")
     except Exception:  # noqa: BLE001 - the database may be what failed; the restart requeues the job
         logger.exception("Could not mark job %s failed in the queue", job_id)

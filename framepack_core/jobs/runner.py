@@ -22,7 +22,7 @@ from framepack_core.events import (
     StepProgress,
 )
 from framepack_core.jobs.output_naming import output_path
-from framepack_core.jobs.queue import JobQueue, QueuedJob, QueueState
+from framepack_core.jobs.queue import JobQueue, JobState, QueuedJob
 from framepack_core.pipeline.engine import FramePackEngine
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class QueueRunner:
                 request = job.spec.request(job.image, output=output_path(self.output_dir, seed=request.seed, job_id=job.id))
                 self.queue.set_output(job.id, request.output)
         except FramePackError as error:
-            return self.queue.end(job.id, QueueState.FAILED, error=error.message, hint=error.hint)
+            return self.queue.end(job.id, JobState.FAILED, error=error.message, hint=error.hint)
         last: EngineEvent | None = None
         for event in self.engine.generate(request, cancel=cancel, job_id=job.id, job_dir=self.queue.job_dir(job.id)):
             last = event
@@ -54,7 +54,7 @@ class QueueRunner:
             if on_event is not None:
                 on_event(job, event)
         if not isinstance(last, (JobFinished, JobCancelled, JobFailed)):
-            return self.queue.end(job.id, QueueState.FAILED, error="The job ended without a result.",
+            return self.queue.end(job.id, JobState.FAILED, error="The job ended without a result.",
                                   hint="This is a bug; please report it with the log.")
         return self.queue.get(job.id)
 
@@ -88,11 +88,11 @@ def record_event(queue: JobQueue, job_id: str, event: EngineEvent, cancel: Cance
         if not cancel.cancelled and queue.cancel_requested(job_id):
             cancel.cancel()
     elif isinstance(event, JobFinished):
-        queue.end(job_id, QueueState.FINISHED, output=event.output_path)
+        queue.end(job_id, JobState.FINISHED, output=event.output_path)
     elif isinstance(event, JobCancelled):
         if requeue_if_cancelled:
             queue.requeue(job_id)
         else:
-            queue.end(job_id, QueueState.CANCELLED, partial=event.partial_path)
+            queue.end(job_id, JobState.CANCELLED, partial=event.partial_path)
     elif isinstance(event, JobFailed):
-        queue.end(job_id, QueueState.FAILED, partial=event.partial_path, error=event.message, hint=event.hint)
+        queue.end(job_id, JobState.FAILED, partial=event.partial_path, error=event.message, hint=event.hint)
