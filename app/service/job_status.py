@@ -121,8 +121,9 @@ def event_changes(event: object, elapsed_s: float) -> dict[str, Any]:
     return changes
 
 
-def stored_changes(snapshot: JobSnapshot, stored: QueuedJob) -> dict[str, Any]:
-    """The snapshot fields to change so that it tells what the queue's row says (empty: nothing new)."""
+def stored_changes(snapshot: JobSnapshot, stored: QueuedJob, *, run_here: bool = False) -> dict[str, Any]:
+    """The snapshot fields to change so that it tells what the queue's row says (empty: nothing new).
+    ``run_here``: the row of a job this process ran, which its runner ended without an event."""
     if stored.state == JobState.RUNNING:
         message = (f"Running in another process: section {stored.sections_done + 1}"
                    + (f"/{stored.total_sections}" if stored.total_sections else ""))
@@ -138,7 +139,7 @@ def stored_changes(snapshot: JobSnapshot, stored: QueuedJob) -> dict[str, Any]:
     return {"state": state, "queue_position": None, "output_video": video, "partial_video": video,
             "settings_file": sidecar_of(video), "error": stored.error, "error_hint": stored.hint,
             "section": stored.sections_done or None, "total_sections": stored.total_sections,
-            "stage_message": f"{state.value.capitalize()} (run by another process)"}
+            "stage_message": state.value.capitalize() + ("" if run_here else " (run by another process)")}
 
 
 def sidecar_of(video: Path | None) -> Path | None:
