@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     except FramePackError as error:  # e.g. an output folder that cannot hold the queue
         print(f"error: {error}")
         return 1
-    if service.store is not None and service.store.recovery_note:
+    if service.store.recovery_note:
         _banner(service.store.recovery_note)
     service.start()
     health = service.health()

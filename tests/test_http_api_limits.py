@@ -24,7 +24,7 @@ from app.logins import LoginGuard
 from app.service.generation import GenerationService
 from app.settings import Settings
 from framepack_core.errors import DiskFullError
-from framepack_core.jobs.queue import JobQueue, QueueState
+from framepack_core.jobs.queue import JobQueue, JobState
 from framepack_core.jobs.spec import JobSpec, file_sha256
 from framepack_core.request import GenerationRequest
 
@@ -359,7 +359,7 @@ def test_a_jobs_stored_error_shows_file_names_not_server_paths(tmp_path):
     client, service = make_client(out)
     job_id = store_jobs(service.store, tmp_path, 1)[0]
     service.store.claim_next()
-    service.store.end(job_id, QueueState.FAILED, error=f"Could not write {out / 'clip.mp4'}: disk I/O error",
+    service.store.end(job_id, JobState.FAILED, error=f"Could not write {out / 'clip.mp4'}: disk I/O error",
                       hint=f"Check {service.store.root / 'jobs' / job_id}.")
     shown = client.get(f"/jobs/{job_id}").json()
     assert shown["error"] == "Could not write clip.mp4: disk I/O error" and shown["hint"] == f"Check {job_id}."
@@ -445,7 +445,7 @@ def test_the_video_is_the_finished_one_else_the_partial_one_kept_from_an_earlier
     store.claim_next()
     store.set_output(job_id, final)
     partial.write_bytes(b"two sections")
-    store.end(job_id, QueueState.CANCELLED, partial=partial)
+    store.end(job_id, JobState.CANCELLED, partial=partial)
     assert client.get(f"/jobs/{job_id}/video").content == b"two sections"
     assert client.get(f"/jobs/{job_id}").json()["video"] == partial.name
     assert client.post(f"/jobs/{job_id}/retry").json()["state"] == "queued"
@@ -453,5 +453,5 @@ def test_the_video_is_the_finished_one_else_the_partial_one_kept_from_an_earlier
     assert kept.status_code == 200 and kept.content == b"two sections", "the retry keeps the earlier partial"
     store.claim_next()
     final.write_bytes(b"all sections")
-    store.end(job_id, QueueState.FINISHED)
+    store.end(job_id, JobState.FINISHED)
     assert client.get(f"/jobs/{job_id}/video").content == b"all sections"

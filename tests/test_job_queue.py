@@ -16,7 +16,7 @@ from filelock import FileLock
 from PIL import Image
 
 from framepack_core.cli import main as cli
-from framepack_core.jobs.queue import JobQueue, QueueError, QueueState
+from framepack_core.jobs.queue import JobQueue, JobState, QueueError
 from framepack_core.jobs.spec import JobSpec, file_sha256
 from framepack_core.media.video_io import probe_video
 from framepack_core.request import GenerationRequest
@@ -42,9 +42,9 @@ def test_jobs_keep_their_order_and_can_be_moved_cancelled_retried_and_deleted(im
     assert [j.id for j in queue.list()] == [a, b, c]
     queue.move(c, 1)
     assert [j.id for j in queue.list()] == [c, a, b] and queue.pending_position(b) == 3
-    assert queue.cancel(a).state == QueueState.CANCELLED
-    assert [j.id for j in queue.list(states=(QueueState.PENDING,))] == [c, b]
-    assert queue.retry(a).state == QueueState.PENDING and queue.pending_position(a) == 3
+    assert queue.cancel(a).state == JobState.CANCELLED
+    assert [j.id for j in queue.list(states=(JobState.QUEUED,))] == [c, b]
+    assert queue.retry(a).state == JobState.QUEUED and queue.pending_position(a) == 3
     edited = queue.edit(b, _spec(image, seed=22, prompt="edited"))
     assert edited.spec.settings["seed"] == 22 and edited.spec.settings["prompt"] == "edited"
     queue.delete(c)
@@ -57,7 +57,7 @@ def test_ended_and_running_jobs_refuse_what_does_not_apply(image, tmp_path):
     queue = JobQueue(tmp_path / "q")
     job = queue.submit(_spec(image), image)
     running = queue.claim_next()
-    assert running.id == job.id and running.state == QueueState.RUNNING and running.attempts == 1
+    assert running.id == job.id and running.state == JobState.RUNNING and running.attempts == 1
     with pytest.raises(QueueError, match="a running job cannot be deleted"):
         queue.delete(job.id)
     with pytest.raises(QueueError, match="only a pending job can be edited"):
@@ -65,7 +65,7 @@ def test_ended_and_running_jobs_refuse_what_does_not_apply(image, tmp_path):
     with pytest.raises(QueueError, match="only failed or cancelled jobs can be retried"):
         queue.retry(job.id)
     assert queue.cancel(job.id).cancel_requested, "a running job is asked to stop, not ended under its worker"
-    assert queue.end(job.id, QueueState.CANCELLED).state == QueueState.CANCELLED
+    assert queue.end(job.id, JobState.CANCELLED).state == JobState.CANCELLED
     with pytest.raises(QueueError, match="has already ended"):
         queue.cancel(job.id)
 
@@ -103,8 +103,8 @@ def test_pending_jobs_survive_a_restart_and_interrupted_ones_go_first(image, tmp
         assert reopened.requeue_interrupted() == [first]
     finally:
         alive.release()
-    assert [j.id for j in reopened.list(states=(QueueState.PENDING,))] == [first, third]
-    assert reopened.get(second).state == QueueState.RUNNING
+    assert [j.id for j in reopened.list(states=(JobState.QUEUED,))] == [first, third]
+    assert reopened.get(second).state == JobState.RUNNING
 
 
 def test_the_queue_keeps_its_own_copy_of_the_image_and_checks_its_hash(image, tmp_path):
@@ -139,7 +139,7 @@ def test_cli_submits_lists_and_runs_jobs_in_queue_order(tiny_models_dir, image, 
     code, out, err = _jobs(capsys, outputs, "submit", "--image", image, "--window", "0")
     assert code == cli.EXIT_BAD_INPUT and err.startswith("error: --window:"), err
     code, out, _ = _jobs(capsys, outputs, "list")
-    assert out.splitlines()[1].startswith(ids[1]) and "pending" in out
+    assert out.splitlines()[1].startswith(ids[1]) and "queued" in out
     code, out, err = _jobs(capsys, outputs, "edit", ids[0], '{"prompt": "edited", "seed": 8}')
     assert code == cli.EXIT_OK and "edited: prompt='edited', seed=8" in out, err
     code, out, err = _jobs(capsys, outputs, "edit", ids[0], '{"steps": 0}')
@@ -174,11 +174,11 @@ def test_a_queue_worker_killed_mid_job_resumes_the_job_on_the_next_run(tiny_mode
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, seen.decode(errors="replace")
-    assert JobQueue.for_output_dir(outputs).get(job_id).state == QueueState.RUNNING
+    assert JobQueue.for_output_dir(outputs).get(job_id).state == JobState.RUNNING
 
     code, out, err = _jobs(capsys, outputs, "run", "--models-dir", tiny_models_dir)
     assert code == cli.EXIT_OK, err
     assert f"{job_id}: note: Resuming from section 3 of 4" in err or f"{job_id}: note: Resuming from section 4 of 4" in err
     job = JobQueue.for_output_dir(outputs).get(job_id)
-    assert job.state == QueueState.FINISHED and job.attempts == 2
+    assert job.state == JobState.FINISHED and job.attempts == 2
     assert probe_video(job.output).frame_count == 49

@@ -18,7 +18,7 @@ import pytest
 from framepack_core.cli import main as cli
 from framepack_core.errors import DiskFullError
 from framepack_core.events import SectionFinished
-from framepack_core.jobs.queue import JobQueue, QueueBusyError, QueueError, QueueLimitError, QueueState
+from framepack_core.jobs.queue import JobQueue, JobState, QueueBusyError, QueueError, QueueLimitError
 from framepack_core.jobs.queue_database import ClosingConnection, connect
 from framepack_core.jobs.runner import QueueRunner
 from framepack_core.jobs.spec import JobSpec, file_sha256
@@ -64,8 +64,8 @@ def test_a_user_at_the_pending_limit_is_refused_while_others_still_submit(image,
     assert refused.value.hint and isinstance(refused.value, QueueError)
     assert queue.submit(_spec(image, seed=4), image, owner="bob", max_pending=2).owner == "bob"
     queue.cancel(first.id)  # an ended job no longer counts
-    assert queue.submit(_spec(image, seed=5), image, owner="alice", max_pending=2).state == QueueState.PENDING
-    assert queue.count(owner="alice", states=(QueueState.PENDING,)) == 2
+    assert queue.submit(_spec(image, seed=5), image, owner="alice", max_pending=2).state == JobState.QUEUED
+    assert queue.count(owner="alice", states=(JobState.QUEUED,)) == 2
 
 
 def test_concurrent_submits_never_pass_the_pending_limit(image, tmp_path):
@@ -130,7 +130,7 @@ def test_damaged_rows_are_left_out_of_listings_reported_and_can_be_deleted(image
     assert code == cli.EXIT_OK and good in out and f"job {bad_json} is damaged" in err, err
     code, out, err = _jobs(capsys, tmp_path, "list", "--json")
     states = {json.loads(line)["id"]: json.loads(line)["state"] for line in out.splitlines()}
-    assert code == cli.EXIT_OK and states[good] == "pending" and states[bad_bytes] == "damaged", err
+    assert code == cli.EXIT_OK and states[good] == "queued" and states[bad_bytes] == "damaged", err
 
     assert queue.claim_next().id == good, "a worker passes damaged rows over"
     for job_id in reasons:
@@ -155,7 +155,7 @@ def test_a_damaged_database_file_is_moved_aside_and_a_fresh_queue_starts(image, 
     assert len(moved) == 1 and moved[0].read_bytes() == damaged_bytes, "moved aside whole, nothing deleted"
     assert reopened.recovery_note and moved[0].name in reopened.recovery_note and ".recover" in reopened.recovery_note
     assert any(moved[0].name in record.getMessage() for record in caplog.records if record.levelname == "WARNING")
-    assert reopened.list() == [] and reopened.submit(_spec(image), image).state == QueueState.PENDING
+    assert reopened.list() == [] and reopened.submit(_spec(image), image).state == JobState.QUEUED
 
     code, out, err = _jobs(capsys, tmp_path, "list")
     assert code == cli.EXIT_OK and "Traceback" not in err
@@ -175,8 +175,22 @@ def test_a_database_from_before_the_partial_column_gains_it_when_opened(image, t
                            "('old', 'running', 1, ?, ?, 0)", (spec.to_json(None), str(image)))
     queue = JobQueue(folder)
     assert queue.get("old").partial is None
-    ended = queue.end("old", QueueState.CANCELLED, partial=tmp_path / "v.partial.mp4")
+    ended = queue.end("old", JobState.CANCELLED, partial=tmp_path / "v.partial.mp4")
     assert ended.partial == tmp_path / "v.partial.mp4" and ended.summary()["partial"] == "v.partial.mp4"
+
+
+def test_jobs_stored_as_pending_by_an_older_version_read_as_queued_and_run_in_their_order(image, tmp_path):
+    older = JobQueue(tmp_path / "q")
+    first, second = (older.submit(_spec(image, seed=seed), image).id for seed in (1, 2))
+    older.move(second, 1)
+    _sql(older, "UPDATE jobs SET state = 'pending' WHERE state = 'queued'")  # what versions before 'queued' stored
+
+    queue = JobQueue(tmp_path / "q")
+    assert [(job.id, job.state) for job in queue.list()] == [(second, JobState.QUEUED), (first, JobState.QUEUED)]
+    assert queue.damaged() == [] and queue.pending_position(first) == 2
+    with ClosingConnection(connect(queue.database)) as connection:
+        assert {row[0] for row in connection.execute("SELECT state FROM jobs")} == {"queued"}, "migrated in place"
+    assert queue.claim_next().id == second
 
 
 # A full disk ---------------------------------------------------------------------------------------------------
@@ -217,7 +231,7 @@ def test_a_full_disk_while_the_queue_writes_is_a_disk_full_error_and_changes_not
 
     for attempt in (lambda: queue.submit(_spec(image, seed=3), image), lambda: queue.cancel(pending),
                     lambda: queue.claim_next(), lambda: queue.record_progress(running, 1, 2),
-                    lambda: queue.end(running, QueueState.FINISHED, output=tmp_path / "v.mp4"),
+                    lambda: queue.end(running, JobState.FINISHED, output=tmp_path / "v.mp4"),
                     lambda: queue.move(pending, 1), lambda: queue.delete(pending)):
         with pytest.raises(DiskFullError, match="The disk is full: could not write the job queue") as error:
             attempt()
@@ -225,7 +239,7 @@ def test_a_full_disk_while_the_queue_writes_is_a_disk_full_error_and_changes_not
     assert {job.id: job for job in queue.list()} == before, "every failed write left the rows as they were"
 
     monkeypatch.setattr(_FullDisk, "full", False)  # the disk has room again: the same queue carries on
-    assert queue.end(running, QueueState.FINISHED, output=tmp_path / "v.mp4").state == QueueState.FINISHED
+    assert queue.end(running, JobState.FINISHED, output=tmp_path / "v.mp4").state == JobState.FINISHED
     assert queue.claim_next().id == pending
 
 
@@ -325,7 +339,7 @@ def test_a_retried_job_keeps_its_earlier_partial_and_finishes_under_its_normal_n
 
     stopped = runner.run_pending(stop_after_the_first_section)[0]
     final = stopped.output
-    assert stopped.state == QueueState.CANCELLED and final.suffixes == [".mp4"] and not final.exists()
+    assert stopped.state == JobState.CANCELLED and final.suffixes == [".mp4"] and not final.exists()
     assert stopped.partial == final.with_name(final.stem + ".partial.mp4") and stopped.partial.is_file()
     first_attempt = stopped.partial.read_bytes()
     assert probe_video(stopped.partial).frame_count < 49
@@ -337,7 +351,7 @@ def test_a_retried_job_keeps_its_earlier_partial_and_finishes_under_its_normal_n
     assert not stopped.partial.exists() and not stopped.partial.with_suffix(".json").exists()
 
     finished = runner.run_pending()[0]
-    assert finished.state == QueueState.FINISHED and finished.output == final and finished.attempts == 2
+    assert finished.state == JobState.FINISHED and finished.output == final and finished.attempts == 2
     assert probe_video(final).frame_count == 49 and final.with_suffix(".json").is_file()
     assert kept.read_bytes() == first_attempt, "the new attempt did not overwrite the earlier partial"
     assert not final.with_name(final.stem + ".partial.mp4").exists()
@@ -354,7 +368,7 @@ def test_retrying_a_row_from_the_old_version_moves_its_partial_out_of_the_output
     partial.write_bytes(b"attempt one")
     partial.with_suffix(".json").write_text("{}")
     (tmp_path / "clip.attempt1.partial.mp4").write_bytes(b"already there")
-    queue.end(job.id, QueueState.CANCELLED, output=partial)  # what the old version stored on cancel
+    queue.end(job.id, JobState.CANCELLED, output=partial)  # what the old version stored on cancel
 
     retried = queue.retry(job.id)
     assert retried.output == tmp_path / "clip.mp4"

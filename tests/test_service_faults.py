@@ -12,8 +12,8 @@ import pytest
 from test_service import _wait_done as wait_done
 
 from app.access import Viewer
-from app.service.generation import GenerationService, JobState
-from framepack_core.jobs.queue import JobQueue, QueueState
+from app.service.generation import GenerationService
+from framepack_core.jobs.queue import JobQueue, JobState
 from framepack_core.models.devices import resolve_device_config
 from framepack_core.models.loading import ModelSource
 from framepack_core.models.store import ModelStore
@@ -82,7 +82,7 @@ def test_a_job_that_crashes_the_worker_is_failed_in_the_queue_and_the_next_job_r
         first = service.submit(GenerationRequest(image=image, **FAST))
         second = service.submit(GenerationRequest(image=image, seed=2, **FAST))
         assert wait_done(service, first).state == JobState.FAILED
-        assert service.store.get(first).state == QueueState.FAILED, "not left 'running' until a restart"
+        assert service.store.get(first).state == JobState.FAILED, "not left 'running' until a restart"
         assert wait_done(service, second).state == JobState.FINISHED
     finally:
         service.stop()
@@ -99,7 +99,7 @@ def test_a_second_process_on_the_same_folder_runs_nothing_and_reports_the_stored
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
-        while app.store.get(job_id).state == QueueState.PENDING:
+        while app.store.get(job_id).state == JobState.QUEUED:
             assert time.monotonic() < deadline and runner.poll() is None, runner.stdout.read() if runner.poll() else ""
             time.sleep(0.05)
         app.start()
@@ -151,7 +151,7 @@ def test_a_viewer_reaches_only_their_own_jobs_in_the_service(tiny_models_dir, im
                    lambda: service.move(mine, 1, bob), lambda: service.edit(mine, {"seed": 2}, bob)):
         with pytest.raises(Exception, match="There is no job"):
             action()
-    assert service.store.get(mine).state == QueueState.PENDING
+    assert service.store.get(mine).state == JobState.QUEUED
 
 
 def test_a_user_over_the_pending_limit_is_refused_and_others_are_not(tiny_models_dir, image, tmp_path):
@@ -163,7 +163,7 @@ def test_a_user_over_the_pending_limit_is_refused_and_others_are_not(tiny_models
     with pytest.raises(QueueLimitError):
         service.submit(GenerationRequest(image=image, seed=9, **FAST), owner="alice", max_pending=2)
     service.submit(GenerationRequest(image=image, seed=9, **FAST), owner="bob", max_pending=2)
-    assert len(service.store.list(states=(QueueState.PENDING,))) == 3
+    assert len(service.store.list(states=(JobState.QUEUED,))) == 3
 
 
 def test_a_user_reorders_only_their_own_jobs_and_cannot_jump_ahead_of_another(tiny_models_dir, image, tmp_path):

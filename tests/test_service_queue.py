@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.service.generation import GenerationService, JobState
+from app.service.generation import GenerationService
 from framepack_core.events import SectionFinished
-from framepack_core.jobs.queue import JobQueue, QueueState
+from framepack_core.jobs.queue import JobQueue, JobState
 from framepack_core.jobs.spec import JobSpec, file_sha256
 from framepack_core.media.video_io import probe_video
 from framepack_core.models.devices import resolve_device_config
@@ -71,7 +71,7 @@ def test_a_job_is_stored_run_and_marked_finished(tiny_models_dir, image, tmp_pat
         snapshot = _wait(service, job_id)
         assert snapshot.state == JobState.FINISHED, snapshot.error
         row = service.store.get(job_id)
-        assert row.state == QueueState.FINISHED and row.owner == "alice" and row.output == snapshot.output_video
+        assert row.state == JobState.FINISHED and row.owner == "alice" and row.output == snapshot.output_video
         assert probe_video(row.output).frame_count == 25
         assert [r.id for r in service.queue_rows(owner="alice")] == [job_id] and service.queue_rows(owner="bob") == []
     finally:
@@ -82,7 +82,7 @@ def test_pending_jobs_survive_a_restart_and_run_when_the_app_starts_again(tiny_m
     service = _service(tiny_models_dir, tmp_path, start=False)
     ids = [service.submit(GenerationRequest(image=image, seed=n, **FAST)) for n in (1, 2)]
     service.stop()
-    assert [r.state for r in JobQueue.for_output_dir(tmp_path).list()] == [QueueState.PENDING] * 2
+    assert [r.state for r in JobQueue.for_output_dir(tmp_path).list()] == [JobState.QUEUED] * 2
 
     restarted = _service(tiny_models_dir, tmp_path)
     try:
@@ -101,7 +101,7 @@ def test_a_job_stopped_by_shutdown_resumes_from_its_last_section_after_a_restart
         time.sleep(0.05)
     service.stop()
     row = JobQueue.for_output_dir(tmp_path).get(job_id)
-    assert row.state == QueueState.PENDING and row.sections_done >= 1, row
+    assert row.state == JobState.QUEUED and row.sections_done >= 1, row
 
     restarted = _service(tiny_models_dir, tmp_path)
     try:
@@ -120,7 +120,7 @@ def test_a_job_queued_by_another_process_runs_in_the_app(tiny_models_dir, image,
         spec = JobSpec.from_request(GenerationRequest(image=image, prompt="from the CLI", **FAST), file_sha256(image))
         job_id = other.submit(spec, image).id
         deadline = time.monotonic() + 30
-        while other.get(job_id).state != QueueState.FINISHED:
+        while other.get(job_id).state != JobState.FINISHED:
             assert time.monotonic() < deadline, other.get(job_id)
             time.sleep(0.2)
         assert service.snapshot(job_id).state == JobState.FINISHED
@@ -136,7 +136,7 @@ def test_a_cancel_through_the_store_stops_the_running_job(tiny_models_dir, image
         JobQueue.for_output_dir(tmp_path).cancel(job_id)  # another process asks
         snapshot = _wait(service, job_id)
         assert snapshot.state == JobState.CANCELLED
-        assert service.store.get(job_id).state == QueueState.CANCELLED
+        assert service.store.get(job_id).state == JobState.CANCELLED
         service.retry(job_id)
         snapshot = _wait(service, job_id)
         assert snapshot.state == JobState.FINISHED and service.store.get(job_id).attempts == 2

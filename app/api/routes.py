@@ -119,11 +119,9 @@ LOGIN_IN_THE_DOCS = _LoginInTheDocs(scheme_name="login", description="One of the
 
 
 def build_api(service: GenerationService, settings: Settings, guard: LoginGuard | None = None) -> FastAPI:
-    """The API over ``service`` (which must have a persistent queue), with the app's ``settings``' logins,
+    """The API over ``service`` and its queue, with the app's ``settings``' logins,
     upload limit and output folder. ``guard``: the app's login checker, shared with the page so that failed
     logins back off across both (default: one for ``settings.auth``)."""
-    if service.store is None:
-        raise ValueError("the HTTP API needs a service with a persistent queue")
     store = service.store
     # No ReDoc page: its bundle fetches a logo from the internet; Swagger UI's loads nothing from outside.
     api = FastAPIOffline(title="FramePack job API", version="1", static_url=DOCS_ASSETS, redoc_url=None,
@@ -232,7 +230,7 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
         job = own_job(job_id, who)
         path = served_video(job, output_dir)
         if path is None:
-            raise ApiRefusal(404, f"Job {job_id} has no video yet ({status(job).state}).",
+            raise ApiRefusal(404, f"Job {job_id} has no video yet ({job.state.value}).",
                              "Wait until it has finished (GET /jobs/{id} says when), or retry it if it failed.")
         return FileResponse(path, media_type="video/mp4", filename=path.name)
 

@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from app.api.errors import PathHider, api_text, default_hidden_folders
-from app.service.generation import GenerationService, JobSnapshot, JobState
-from framepack_core.jobs.queue import QueuedJob, QueueError, QueueState
+from app.service.generation import GenerationService, JobSnapshot
+from framepack_core.jobs.queue import QueuedJob, QueueError
 
 
 class JobStatus(BaseModel):
@@ -40,8 +40,6 @@ class JobStatus(BaseModel):
     spec: dict[str, Any] | None = Field(None, description="The job's spec: its settings and input image hash.")
 
 
-_STORE_STATES = {QueueState.PENDING: "queued", QueueState.RUNNING: "running", QueueState.FINISHED: "finished",
-                 QueueState.FAILED: "failed", QueueState.CANCELLED: "cancelled"}
 
 
 class JobStatuses:
@@ -54,8 +52,7 @@ class JobStatuses:
     def __init__(self, service: GenerationService, output_dir: Path, hide_paths: PathHider | None = None) -> None:
         self._service = service
         self._output_dir = Path(output_dir).resolve()
-        store_root = [service.store.root] if service.store is not None else []
-        self._hide_paths = hide_paths or PathHider(default_hidden_folders(self._output_dir, *store_root))
+        self._hide_paths = hide_paths or PathHider(default_hidden_folders(self._output_dir, service.store.root))
 
     def of(self, job: QueuedJob, snapshot: JobSnapshot | None = None) -> JobStatus:
         """The stored ``job`` as reported: live from ``snapshot`` (else this process's own, if it has one)."""
@@ -69,13 +66,11 @@ class JobStatuses:
         return self._hidden(_live_status(snapshot, job, self._output_dir))
 
     def of_snapshot(self, snapshot: JobSnapshot) -> JobStatus:
-        """The job of ``snapshot`` (one the caller may see), with its stored row when the service has a queue."""
-        store = self._service.store
-        if store is not None:
-            try:
-                return self.of(store.get(snapshot.job_id), snapshot)
-            except QueueError:  # deleted or damaged since the snapshot was taken: report the snapshot alone
-                pass
+        """The job of ``snapshot`` (one the caller may see), with its stored row."""
+        try:
+            return self.of(self._service.store.get(snapshot.job_id), snapshot)
+        except QueueError:  # deleted or damaged since the snapshot was taken: report the snapshot alone
+            pass
         return self._hidden(_live_status(snapshot, None, self._output_dir))
 
     def _hidden(self, shown: JobStatus) -> JobStatus:
@@ -103,11 +98,10 @@ def _inside(output_dir: Path, *candidates: Path | str | None) -> Path | None:
 
 
 def _live_status(snapshot: JobSnapshot, job: QueuedJob | None, output_dir: Path) -> JobStatus:
-    state = "queued" if snapshot.state == JobState.QUEUED else snapshot.state.value
     video = None
     if snapshot.state.done:
         video = served_video(job, output_dir) if job is not None else _inside(output_dir, snapshot.output_video)
-    return JobStatus(id=snapshot.job_id, state=state, queue_position=snapshot.queue_position,
+    return JobStatus(id=snapshot.job_id, state=snapshot.state.value, queue_position=snapshot.queue_position,
                      stage=snapshot.stage_message, section=snapshot.section, total_sections=snapshot.total_sections,
                      step=snapshot.step, total_steps=snapshot.total_steps, elapsed_s=round(snapshot.elapsed_s, 3),
                      eta_s=None if snapshot.eta_s is None else round(snapshot.eta_s, 3),
@@ -117,7 +111,7 @@ def _live_status(snapshot: JobSnapshot, job: QueuedJob | None, output_dir: Path)
 
 
 def _stored_status(job: QueuedJob, output_dir: Path) -> JobStatus:
-    video = served_video(job, output_dir) if job.state.ended else None
-    return JobStatus(id=job.id, state=_STORE_STATES[job.state], section=job.sections_done or None,
+    video = served_video(job, output_dir) if job.state.done else None
+    return JobStatus(id=job.id, state=job.state.value, section=job.sections_done or None,
                      total_sections=job.total_sections, error=job.error, hint=job.hint,
                      video=None if video is None else video.name, spec=job.spec.to_dict())

@@ -1,8 +1,13 @@
-"""One generation at a time per device, with a FIFO queue that browser tabs and API clients share.
+"""One generation at a time per device, from the job queue that browser tabs, API clients and the CLI share.
 
 The UI never talks to the engine directly: it submits a ``GenerationRequest`` here, then polls
 ``snapshot(job_id)`` (or blocks in ``wait_for_change``) to render progress. Jobs outlive the browser tab that
 started them, so a refreshed page reconnects with ``active_job_id()``.
+
+Jobs are stored in the SQLite queue (``framepack_core.jobs.queue``) and run by its one runner
+(``framepack_core.jobs.runner.QueueRunner``), the same as ``python -m framepack_core jobs run``: the queue's order
+and places are read from the database, and the snapshots are this process's view of them, kept in step by the
+runner's events (jobs run here) and by the stored rows (jobs run or changed by another process).
 
 Per job the output folder gets the final mp4, the cropped input image and the video's sidecar JSON (see
 ``app.service.outputs``). Per-section snapshots for the live player go to a hidden folder removed when the job ends,
@@ -13,10 +18,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import threading
 import time
-import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +32,6 @@ from app.service.outputs import (
     INPUT_SUFFIX,
     OutputRecord,
     list_outputs,
-    output_base,
     snapshot_dir,
     sweep_snapshot_dirs,
     write_png_atomically,
@@ -36,15 +39,16 @@ from app.service.outputs import (
 from app.service.queue_management import QueueManagementMixin, describe_error, fail_crashed_job, sees
 from framepack_core.errors import FramePackError
 from framepack_core.events import (
+    EngineEvent,
     InputPrepared,
     JobCancelled,
     JobFailed,
     JobFinished,
     Notice,
 )
-from framepack_core.jobs.output_naming import output_path
-from framepack_core.jobs.queue import JobQueue, QueueError, QueueOwnership, QueueState
-from framepack_core.jobs.runner import record_event
+from framepack_core.jobs.output_naming import output_base
+from framepack_core.jobs.queue import JobQueue, QueuedJob, QueueError, QueueOwnership
+from framepack_core.jobs.runner import QueueRunner
 from framepack_core.jobs.spec import JobSpec, file_sha256
 from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
@@ -77,30 +81,32 @@ class GenerationService(QueueManagementMixin):
     ) -> None:
         """``idle_release_s``: release the models' memory after this many seconds without a job (None: never).
 
-        ``queue``: the persistent queue (``framepack_core.jobs.queue``). With it, jobs are stored in SQLite under the
-        output folder and run in their job folders: pending jobs survive a restart, an interrupted job resumes
+        ``queue``: the persistent queue (``framepack_core.jobs.queue``), normally the output folder's. Jobs are
+        stored in it and run in their job folders: pending jobs survive a restart, an interrupted job resumes
         from its last finished section, and jobs submitted by other processes (the CLI) run here too. One process
         at a time owns a queue and runs its jobs; while another one does, this service only submits and reports
-        the stored state, and takes over when the other one stops. Without a queue the jobs live in memory only.
+        the stored state, and takes over when the other one stops. Without a queue the service keeps one of its
+        own in a temporary folder, removed with the service: the same runner, but no job outlives the process.
         """
+        if queue is None:
+            self._temporary_queue_dir = tempfile.TemporaryDirectory(prefix="framepack-queue-")
+            queue = JobQueue(Path(self._temporary_queue_dir.name))
         self.store = queue
-        self._shutting_down = False
         self._engine_factory = engine_factory
+        self._runner: QueueRunner | None = None  # made with the engine, by the first job
         self._idle_release_s = idle_release_s
         self._release_requested = False
         self._models_loaded = False
-        self._engine: FramePackEngine | None = None
         self.output_dir = Path(output_dir)
         self.keep_intermediates = keep_intermediates
         self._max_finished = max_finished_jobs
         self._jobs: dict[str, LiveJob] = {}
-        self._queue: deque[str] = deque()
         self._running: str | None = None
         self._condition = threading.Condition()
         self._stopping = False
         self._worker: threading.Thread | None = None
         self._ownership: QueueOwnership | None = None
-        self._health = WorkerHealth(queue_note=None if queue is None else queue.recovery_note)
+        self._health = WorkerHealth(queue_note=queue.recovery_note)
 
     # Lifecycle -------------------------------------------------------------------------------------------------
 
@@ -109,25 +115,21 @@ class GenerationService(QueueManagementMixin):
             if self._worker is not None:
                 return
             self._stopping = False
-            self._shutting_down = False
-            if self.store is not None:
-                self._take_ownership()
-                self._sync_pending()
-            else:
-                self._health.running_here = True
+            self._take_ownership()
+            self._refresh_from_store()
             self._worker = threading.Thread(target=self._work, name="framepack-worker", daemon=True)
             self._worker.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel the running job, drop the queue and wait for the worker."""
+        """Stop the running job (it goes back to the front of the queue) and wait for the worker; queued jobs stay
+        queued, to run at the next start."""
         with self._condition:
             self._stopping = True
-            self._shutting_down = True
-            for job_id in list(self._queue):
-                message = ("The app is shutting down; the job stays queued and runs when it starts again."
-                           if self.store is not None else "The app is shutting down.")
-                self._finish_unstarted(job_id, message)
-            self._queue.clear()
+            for job in self._jobs.values():
+                if job.snapshot.state == JobState.QUEUED:
+                    self._update(job, state=JobState.CANCELLED, queue_position=None,
+                                 stage_message="The app is shutting down; the job stays queued and runs when it "
+                                               "starts again.")
             if self._running:
                 self._jobs[self._running].cancel.cancel()
             self._condition.notify_all()
@@ -143,7 +145,6 @@ class GenerationService(QueueManagementMixin):
 
     def _take_ownership(self) -> bool:
         """Become the process that runs this queue's jobs, if no other live process is; caller holds the lock."""
-        assert self.store is not None
         if self._ownership is None:
             # Taking the lock may wait a moment for another process's probe: let pages read snapshots meanwhile.
             self._condition.release()
@@ -178,7 +179,7 @@ class GenerationService(QueueManagementMixin):
         Models are loaded again by the next job (prompt embeddings stay cached). Returns what happened, in words.
         """
         with self._condition:
-            if self._running is not None or self._queue:
+            if self._running is not None or self.store.count(states=(JobState.QUEUED,)):
                 self._release_requested = True
                 self._condition.notify_all()
                 return "Memory will be freed when the queued jobs are done."
@@ -189,8 +190,8 @@ class GenerationService(QueueManagementMixin):
 
     def _release_models(self) -> None:
         """Caller holds ``self._condition`` and no job is running, so the worker cannot use the models meanwhile."""
-        if self._engine is not None:
-            self._engine.models.release_all()
+        if self._runner is not None:
+            self._runner.engine.models.release_all()
         self._models_loaded = False
         self._release_requested = False
         logger.info("Released the models' memory")
@@ -208,19 +209,13 @@ class GenerationService(QueueManagementMixin):
         with self._condition:
             if self._stopping:
                 raise RuntimeError("The service is shutting down")
-            if self.store is not None:
-                spec = JobSpec.from_request(request, file_sha256(Path(request.image)))
-                stored = self.store.submit(spec, Path(request.image), owner=owner,
-                                           max_pending=max_pending if owner is not None else None)
-                job_id = stored.id
-                request = replace(request, image=stored.image)
-            else:
-                job_id = uuid.uuid4().hex[:12]  # as the queue's ids
-            self._jobs[job_id] = LiveJob(job_id, request, owner)
-            self._queue.append(job_id)
-            self._renumber_queue()
+            spec = JobSpec.from_request(request, file_sha256(Path(request.image)))
+            stored = self.store.submit(spec, Path(request.image), output=request.output, owner=owner,
+                                       max_pending=max_pending if owner is not None else None)
+            self._track(stored)
+            self._refresh_from_store()
             self._condition.notify_all()
-        return job_id
+        return stored.id
 
     def cancel(self, job_id: str, viewer: Viewer | None = None) -> bool:
         """Stop a running job within one denoising step, or drop a queued one. False if unknown, hidden from
@@ -229,19 +224,17 @@ class GenerationService(QueueManagementMixin):
             job = self._jobs.get(job_id)
             if job is None or job.snapshot.state.done or not sees(viewer, job.snapshot.owner):
                 return False
-            if self.store is not None:
-                try:
-                    self.store.cancel(job_id)
-                except QueueError:
-                    return False
-            if job_id in self._queue:
-                self._queue.remove(job_id)
-                self._finish_unstarted(job_id, "Stopped before it started.")
-                self._renumber_queue()
-            elif job_id == self._running:
-                job.cancel.cancel()
-                self._update(job, stage_message="Stopping after the current step ...")
-            else:  # run by another process: it sees the stored request at its next step
+            try:
+                stored = self.store.cancel(job_id)
+            except QueueError:
+                return False
+            if stored.state == JobState.CANCELLED:  # it was waiting: it ends at once, the jobs behind move up
+                self._update(job, state=JobState.CANCELLED, queue_position=None,
+                             stage_message="Stopped before it started.")
+                self._refresh_from_store()
+            else:  # run here, or by another process, which sees the stored request at its next step
+                if job_id == self._running:
+                    job.cancel.cancel()
                 self._update(job, stage_message="Stopping after the current step ...")
             self._condition.notify_all()
             return True
@@ -264,18 +257,19 @@ class GenerationService(QueueManagementMixin):
                 self._condition.wait(remaining)
 
     def active_job_id(self, viewer: Viewer | None = None) -> str | None:
-        """What a refreshed page reconnects to: the running job, else the oldest queued one, among those
+        """What a refreshed page reconnects to: the running job, else the first queued one, among those
         ``viewer`` may see."""
         with self._condition:
-            candidates = ([self._running] if self._running else []) + list(self._queue)
+            queued = [job_id for job_id in self.queued_job_ids()  # not those stop() has shown as stopped
+                      if job_id in self._jobs and self._jobs[job_id].snapshot.state == JobState.QUEUED]
+            candidates = ([self._running] if self._running else []) + queued
             candidates += [job_id for job_id, job in self._jobs.items()  # run by another process
                            if job.snapshot.state == JobState.RUNNING and job_id != self._running]
-            return next((job_id for job_id in candidates if sees(viewer, self._jobs[job_id].snapshot.owner)),
-                        None)
+            return next((job_id for job_id in candidates if sees(viewer, self._jobs[job_id].snapshot.owner)), None)
 
     def queued_job_ids(self) -> list[str]:
-        with self._condition:
-            return list(self._queue)
+        """The queued jobs' ids in the queue's order (the next to run first)."""
+        return [stored.id for stored in self.store.list(states=(JobState.QUEUED,))]
 
     def _visible_job(self, job_id: str, viewer: Viewer | None) -> LiveJob:
         job = self._jobs.get(job_id)
@@ -291,19 +285,13 @@ class GenerationService(QueueManagementMixin):
 
     def list_outputs(self, limit: int = 100, viewer: Viewer | None = None) -> list[OutputRecord]:
         """Finished videos that have a settings file and that ``viewer`` may see (None: all), newest first."""
-        owners = {} if self.store is None else self.store.output_owners()
-        return list_outputs(self.output_dir, owners, viewer, limit)
+        return list_outputs(self.output_dir, self.store.output_owners(), viewer, limit)
 
     def health(self) -> WorkerHealth:
         with self._condition:
             return replace(self._health, alive=self._worker is not None and self._worker.is_alive())
 
-    # Worker ----------------------------------------------------------------------------------------------------
-
-    def _renumber_queue(self) -> None:
-        for position, job_id in enumerate(self._queue, start=1):
-            self._update(self._jobs[job_id], queue_position=position,
-                         stage_message=f"Waiting in the queue: position {position}")
+    # Snapshots from the queue ----------------------------------------------------------------------------------
 
     def _update(self, job: LiveJob, **changes: Any) -> None:
         """Apply changes under the lock and wake every waiter."""
@@ -312,121 +300,39 @@ class GenerationService(QueueManagementMixin):
         job.snapshot.version += 1
         self._condition.notify_all()
 
-    def _finish_unstarted(self, job_id: str, message: str) -> None:
-        self._update(self._jobs[job_id], state=JobState.CANCELLED, queue_position=None, stage_message=message)
+    def _track(self, stored: QueuedJob) -> LiveJob:
+        """This process's live job for a stored one, made for a job it has not seen (queued by another process or
+        before a restart) or has seen end before it was queued again; caller holds the lock. ``FramePackError``
+        when the stored settings no longer make a request."""
+        known = self._jobs.get(stored.id)
+        if known is not None and not known.snapshot.state.done:
+            return known
+        job = LiveJob(stored.id, stored.spec.request(stored.image, output=stored.output), stored.owner)
+        if known is not None:
+            job.snapshot.version = known.snapshot.version + 1  # a page waiting on the ended attempt sees the change
+        self._jobs[stored.id] = job
+        return job
 
-    def _work(self) -> None:
-        """Run jobs until stopped. An error in the loop itself (the queue's database, the disk) is logged, shown
-        in ``health()`` and retried with back-off: the worker never dies while the app runs."""
-        failures = 0
-        while True:
+    def _refresh_from_store(self) -> None:
+        """Make the snapshots tell what the queue says; caller holds the lock. Queued jobs get their place in the
+        queue's order; jobs that left the queue elsewhere (run, ended or deleted by another process) their stored
+        state, so every process reports the truth."""
+        queued = self.store.list(states=(JobState.QUEUED,))
+        place = 0
+        for stored in queued:
             try:
-                job = self._wait_for_job()
-            except Exception as error:  # noqa: BLE001 - see the docstring
-                failures += 1
-                delay = min(WORKER_RETRY_MAX_S, WORKER_RETRY_FIRST_S * 2 ** (failures - 1))
-                logger.exception("The job worker hit an error; retrying in %.1f s", delay)
-                with self._condition:
-                    self._health.last_error = describe_error(error)
-                    self._health.last_error_at = time.time()
-                    self._condition.wait(delay)  # stop() wakes it
-                    if self._stopping:
-                        return
+                job = self._track(stored)
+            except FramePackError as error:  # e.g. its stored image was deleted
+                logger.warning("Queued job %s cannot run: %s", stored.id, error)
+                self.store.reject(stored.id, error.message, error.hint)
                 continue
-            if job is None:
-                return
-            if failures:
-                failures = 0
-                with self._condition:
-                    self._health.last_error = None
-                    logger.info("The job worker recovered")
-            try:
-                self._run(job)
-            except Exception as error:  # noqa: BLE001 - the worker must survive any job
-                logger.exception("Job %s crashed the worker", job.snapshot.job_id)
-                fail_crashed_job(self.store, job.snapshot.job_id, error)  # first: a watcher that sees "failed" may act
-                with self._condition:
-                    self._update(job, state=JobState.FAILED, error=f"{type(error).__name__}: {error}",
-                                 error_hint="This is a bug; please report it with the log.")
-            finally:
-                with self._condition:
-                    self._running = None
-                    self._forget_old_jobs()
-                    self._condition.notify_all()
-                self._remove_work_dir(job)  # after a crash; normally already gone
-
-    def _wait_for_job(self) -> LiveJob | None:
-        """Block until there is a job to run (marked running, returned) or the service stops (None)."""
-        with self._condition:
-            idle_since = time.monotonic()
-            while not self._stopping:
-                job_id = self._next_job()
-                if job_id is not None:
-                    break
-                if self._models_loaded and self._release_requested:
-                    self._release_models()
-                timeout = None
-                if self._models_loaded and self._idle_release_s is not None:
-                    timeout = idle_since + self._idle_release_s - time.monotonic()
-                    if timeout <= 0:
-                        self._release_models()
-                        continue
-                if self.store is not None:  # jobs may arrive from (or be run by) other processes
-                    timeout = STORE_POLL_S if timeout is None else min(timeout, STORE_POLL_S)
-                self._condition.wait(timeout)
-            if self._stopping:
-                return None
-            self._running = job_id
-            job = self._jobs[job_id]
-            self._update(job, state=JobState.RUNNING, queue_position=None, started_at=time.time(),
-                         stage_message="Starting ...")
-            self._renumber_queue()
-            return job
-
-    def _next_job(self) -> str | None:
-        """The job to run next, taken off the queue (claimed in the store when there is one); caller holds the
-        lock."""
-        if self.store is None:
-            return self._queue.popleft() if self._queue else None
-        if not self._take_ownership():
-            self._sync_pending()
-            self._sync_from_store()
-            return None
-        claimed = self.store.claim_next()
-        if claimed is None:
-            self._sync_pending()
-            self._sync_from_store()
-            return None
-        if claimed.id not in self._jobs:  # submitted by another process, or before a restart
-            self._jobs[claimed.id] = LiveJob(claimed.id, claimed.spec.request(claimed.image, output=claimed.output),
-                                          claimed.owner)
-        self._sync_pending()  # the claimed job is no longer pending: this takes it off the in-memory queue
-        return claimed.id
-
-    def _sync_pending(self) -> None:
-        """Make the in-memory queue the store's pending jobs, in the store's order; caller holds the lock."""
-        assert self.store is not None
-        pending = self.store.list(states=(QueueState.PENDING,))
-        for stored in pending:
-            if stored.id not in self._jobs:
-                try:
-                    request = stored.spec.request(stored.image, output=stored.output)
-                except FramePackError as error:  # e.g. its stored image was deleted
-                    logger.warning("Queued job %s cannot run: %s", stored.id, error)
-                    self.store.reject(stored.id, error.message, error.hint)
-                    continue
-                self._jobs[stored.id] = LiveJob(stored.id, request, stored.owner)
-        ids = [stored.id for stored in pending if stored.id in self._jobs]
-        if ids != list(self._queue):
-            self._queue = deque(ids)
-            self._renumber_queue()
-
-    def _sync_from_store(self) -> None:
-        """Jobs this process knows but does not run (another process runs them, or ran them): their snapshots
-        follow the stored state, so every process reports the truth. Caller holds the lock."""
-        assert self.store is not None
+            place += 1
+            if (job.snapshot.state, job.snapshot.queue_position) != (JobState.QUEUED, place):
+                self._update(job, state=JobState.QUEUED, queue_position=place,
+                             stage_message=f"Waiting in the queue: position {place}")
+        waiting = {stored.id for stored in queued}
         for job_id, job in list(self._jobs.items()):
-            if job.snapshot.state.done or job_id == self._running or job_id in self._queue:
+            if job.snapshot.state.done or job_id == self._running or job_id in waiting:
                 continue
             try:
                 stored = self.store.get(job_id)
@@ -443,38 +349,118 @@ class GenerationService(QueueManagementMixin):
         for job_id in finished[: max(0, len(finished) - self._max_finished)]:
             del self._jobs[job_id]
 
-    def _run(self, job: LiveJob) -> None:
-        request = job.snapshot.request
-        job_id = job.snapshot.job_id
+    # Worker ----------------------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        """Run jobs until stopped. An error in the loop itself (the queue's database, the disk) is logged, shown
+        in ``health()`` and retried with back-off: the worker never dies while the app runs."""
+        failures = 0
+        while True:
+            try:
+                claimed = self._wait_for_job()
+            except Exception as error:  # noqa: BLE001 - see the docstring
+                failures += 1
+                delay = min(WORKER_RETRY_MAX_S, WORKER_RETRY_FIRST_S * 2 ** (failures - 1))
+                logger.exception("The job worker hit an error; retrying in %.1f s", delay)
+                with self._condition:
+                    self._health.last_error = describe_error(error)
+                    self._health.last_error_at = time.time()
+                    self._condition.wait(delay)  # stop() wakes it
+                    if self._stopping:
+                        return
+                continue
+            if claimed is None:
+                return
+            if failures:
+                failures = 0
+                with self._condition:
+                    self._health.last_error = None
+                    logger.info("The job worker recovered")
+            job = self._jobs[claimed.id]
+            try:
+                self._run(claimed)
+            except Exception as error:  # noqa: BLE001 - the worker must survive any job
+                logger.exception("Job %s crashed the worker", claimed.id)
+                fail_crashed_job(self.store, claimed.id, error)  # first: a watcher that sees "failed" may act
+                with self._condition:
+                    self._update(job, state=JobState.FAILED, error=f"{type(error).__name__}: {error}",
+                                 error_hint="This is a bug; please report it with the log.")
+            finally:
+                with self._condition:
+                    self._running = None
+                    self._forget_old_jobs()
+                    self._condition.notify_all()
+                self._remove_work_dir(job)  # after a crash; normally already gone
+
+    def _wait_for_job(self) -> QueuedJob | None:
+        """Block until a job is claimed from the queue (marked running, returned) or the service stops (None)."""
+        with self._condition:
+            idle_since = time.monotonic()
+            while not self._stopping:
+                claimed = self._claim_next()
+                if claimed is not None:
+                    return claimed
+                if self._models_loaded and self._release_requested:
+                    self._release_models()
+                timeout = STORE_POLL_S  # jobs may arrive from (or be run by) other processes
+                if self._models_loaded and self._idle_release_s is not None:
+                    left = idle_since + self._idle_release_s - time.monotonic()
+                    if left <= 0:
+                        self._release_models()
+                        continue
+                    timeout = min(timeout, left)
+                self._condition.wait(timeout)
+            return None
+
+    def _claim_next(self) -> QueuedJob | None:
+        """Claim the queue's next job to run here, when this process owns the queue; caller holds the lock."""
+        if not self._take_ownership():
+            self._refresh_from_store()
+            return None
+        claimed = self.store.claim_next()
+        if claimed is None:
+            self._refresh_from_store()
+            return None
+        try:
+            job = self._track(claimed)
+        except FramePackError as error:
+            logger.warning("Queued job %s cannot run: %s", claimed.id, error)
+            self.store.end(claimed.id, JobState.FAILED, error=error.message, hint=error.hint)
+            return None
+        self._running = claimed.id
+        self._update(job, state=JobState.RUNNING, queue_position=None, started_at=time.time(),
+                     stage_message="Starting ...")
+        self._refresh_from_store()
+        return claimed
+
+    def _run(self, claimed: QueuedJob) -> None:
+        job = self._jobs[claimed.id]
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if request.output is not None:  # a stored job that already has its name (it is being resumed)
-            output = Path(request.output)
-            base = output_base(output)
-        else:
-            output = output_path(self.output_dir, seed=request.seed, job_id=job_id)
-            base = output_base(output)
-            if self.store is not None:
-                self.store.set_output(job_id, output)
-        job.work_dir = snapshot_dir(self.output_dir, base)
-        request = replace(request, output=output)
-        job_dir = None if self.store is None else self.store.job_dir(job_id)
-        if self._engine is None:
+        if self._runner is None:
             with self._condition:
                 self._update(job, stage_message="Loading models (first job only) ...")
-            self._engine = self._engine_factory()
+            self._runner = QueueRunner(self.store, self._engine_factory(), self.output_dir)
         self._models_loaded = True
         started = time.perf_counter()
-        for event in self._engine.generate(request, cancel=job.cancel, job_id=job_id, snapshot_dir=job.work_dir,
-                                           job_dir=job_dir):
-            if self.store is not None:
-                # A job stopped because the app shuts down goes back to the queue, to resume at the next start.
-                record_event(self.store, job_id, event, job.cancel, requeue_if_cancelled=self._shutting_down)
+
+        def open_snapshot_dir(video: Path) -> Path:
+            job.work_dir = snapshot_dir(self.output_dir, output_base(video))
+            return job.work_dir
+
+        def on_event(named: QueuedJob, event: EngineEvent) -> None:
             if isinstance(event, (JobFinished, JobCancelled, JobFailed)):
                 # Clean up before the job is seen as done: its terminal videos live in the output folder, and a
                 # watcher that sees "finished" must also see a tidy folder.
                 self._remove_work_dir(job)
             with self._condition:
-                self._apply(job, event, base, started)
+                self._apply(job, event, output_base(named.output), started)
+
+        # A job stopped because the app shuts down goes back to the queue, to resume at the next start.
+        ended = self._runner.run_job(claimed, on_event, job.cancel, snapshot_dir=open_snapshot_dir,
+                                     requeue_if_cancelled=lambda: self._stopping)
+        if ended.state.done and not job.snapshot.state.done:  # the runner ended it without an event
+            with self._condition:
+                self._update(job, **stored_changes(job.snapshot, ended, run_here=True))
 
     def _remove_work_dir(self, job: LiveJob) -> None:
         if job.work_dir is not None and not self.keep_intermediates:

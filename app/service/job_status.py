@@ -7,7 +7,6 @@ A ``JobSnapshot`` is changed only through ``event_changes`` (an engine event of 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,8 @@ from framepack_core.events import (
     StepProgress,
 )
 from framepack_core.jobs.output_description import sidecar_path
-from framepack_core.jobs.queue import QueuedJob, QueueState
+from framepack_core.jobs.queue import JobState, QueuedJob
 from framepack_core.request import GenerationRequest
-
-
-class JobState(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    FINISHED = "finished"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-
-    @property
-    def done(self) -> bool:
-        return self in (JobState.FINISHED, JobState.CANCELLED, JobState.FAILED)
 
 
 @dataclass
@@ -134,28 +121,25 @@ def event_changes(event: object, elapsed_s: float) -> dict[str, Any]:
     return changes
 
 
-_ENDED = {QueueState.FINISHED: JobState.FINISHED, QueueState.FAILED: JobState.FAILED,
-          QueueState.CANCELLED: JobState.CANCELLED}
-
-
-def stored_changes(snapshot: JobSnapshot, stored: QueuedJob) -> dict[str, Any]:
-    """The snapshot fields to change so that it tells what the queue's row says (empty: nothing new)."""
-    if stored.state == QueueState.RUNNING:
+def stored_changes(snapshot: JobSnapshot, stored: QueuedJob, *, run_here: bool = False) -> dict[str, Any]:
+    """The snapshot fields to change so that it tells what the queue's row says (empty: nothing new).
+    ``run_here``: the row of a job this process ran, which its runner ended without an event."""
+    if stored.state == JobState.RUNNING:
         message = (f"Running in another process: section {stored.sections_done + 1}"
                    + (f"/{stored.total_sections}" if stored.total_sections else ""))
         if (snapshot.state, snapshot.stage_message) == (JobState.RUNNING, message):
             return {}
         return {"state": JobState.RUNNING, "queue_position": None, "stage_message": message,
                 "section": stored.sections_done or None, "total_sections": stored.total_sections}
-    if not stored.state.ended:
+    if not stored.state.done:
         return {}
-    state = _ENDED[stored.state]
+    state = stored.state
     video = stored.output if state == JobState.FINISHED else stored.partial
     video = video if video is not None and video.is_file() else None
     return {"state": state, "queue_position": None, "output_video": video, "partial_video": video,
             "settings_file": sidecar_of(video), "error": stored.error, "error_hint": stored.hint,
             "section": stored.sections_done or None, "total_sections": stored.total_sections,
-            "stage_message": f"{state.value.capitalize()} (run by another process)"}
+            "stage_message": state.value.capitalize() + ("" if run_here else " (run by another process)")}
 
 
 def sidecar_of(video: Path | None) -> Path | None:

@@ -17,7 +17,7 @@ from app.service.generation import JobSnapshot, JobState, WorkerHealth
 from app.service.outputs import OutputRecord
 from framepack_core.errors import InvalidInputError, render_fields
 from framepack_core.jobs.output_description import read_output_description
-from framepack_core.jobs.queue import DamagedJob, QueuedJob, QueueState
+from framepack_core.jobs.queue import DamagedJob, QueuedJob
 from framepack_core.request import GenerationRequest
 
 FP8_CHOICES = [("Automatic (only when bf16 cannot fit)", "auto"), ("Always", "on"), ("Never", "off")]
@@ -118,12 +118,12 @@ def queue_table_rows(jobs: list[QueuedJob], damaged: list[DamagedJob] = (),
     rows = []
     place = 0
     for job in jobs:
-        if job.state == QueueState.PENDING:
+        if job.state == JobState.QUEUED:
             place = places.get(job.id, place + 1) if places is not None else place + 1
         settings = job.spec.settings
         progress = f"{job.sections_done}/{job.total_sections} sections" if job.total_sections else ""
         prompt = str(settings.get("prompt", ""))
-        rows.append([place if job.state == QueueState.PENDING else "", job.id,
+        rows.append([place if job.state == JobState.QUEUED else "", job.id,
                      job.state.value + (" (stopping)" if job.cancel_requested else ""), progress,
                      prompt if len(prompt) <= 60 else prompt[:57] + "...", settings.get("seconds"),
                      settings.get("seed"), time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at)),

@@ -172,7 +172,7 @@ def _run(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
 
 def _run_owned(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
     from framepack_core.events import JobFailed, Notice, SectionFinished
-    from framepack_core.jobs.queue import QueueState
+    from framepack_core.jobs.queue import JobState
     from framepack_core.jobs.runner import QueueRunner
 
     engine = engine_from_args(args)
@@ -194,9 +194,9 @@ def _run_owned(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
             quiet.enter_context(library_progress_bars_off())
         done = QueueRunner(queue, engine, args.output_dir).run_pending(show)
     for job in done:
-        video = job.output if job.state == QueueState.FINISHED else job.partial  # a stopped job's output is unmade
+        video = job.output if job.state == JobState.FINISHED else job.partial  # a stopped job's output is unmade
         where = f": {video}" if video else ""
         print(f"{job.id} {job.state.value}{where}")
     if not done:
         print("No pending jobs.")
-    return EXIT_OK if all(job.state == QueueState.FINISHED for job in done) else EXIT_FAILED
+    return EXIT_OK if all(job.state == JobState.FINISHED for job in done) else EXIT_FAILED

@@ -49,16 +49,16 @@ from framepack_core.jobs.queue_rows import (
     PARTIAL_SUFFIX,
     DamagedJob,
     DamagedRow,
+    JobState,
     QueuedJob,
-    QueueState,
     final_and_partial,
     keep_partial,
     read_job,
 )
 from framepack_core.jobs.spec import JobSpec, file_sha256
 
-__all__ = ["DamagedJob", "JobQueue", "QueueBusyError", "QueueError", "QueueLimitError", "QueueOwnership",
-           "QueueState", "QueuedJob", "QUEUE_FOLDER"]
+__all__ = ["QUEUE_FOLDER", "DamagedJob", "JobQueue", "JobState", "QueueBusyError", "QueueError", "QueueLimitError",
+           "QueueOwnership", "QueuedJob"]
 
 QUEUE_FOLDER = ".queue"
 
@@ -115,7 +115,7 @@ class JobQueue:
             raise QueueError(f"There is no job {job_id!r} in the queue.", "List the jobs to see their ids.")
         return _job_or_error(row)
 
-    def list(self, *, owner: str | None = None, states: tuple[QueueState, ...] | None = None,
+    def list(self, *, owner: str | None = None, states: tuple[JobState, ...] | None = None,
              limit: int | None = None, offset: int = 0) -> list[QueuedJob]:
         """Running first, then pending in queue order, then ended jobs, newest first; damaged rows left out (see
         ``damaged``). ``offset`` and ``limit`` page through that list."""
@@ -124,7 +124,7 @@ class JobQueue:
         readable = (job for job in self._rows(owner, states) if isinstance(job, QueuedJob))
         return list(itertools.islice(readable, offset, None if limit is None else offset + limit))
 
-    def count(self, *, owner: str | None = None, states: tuple[QueueState, ...] | None = None) -> int:
+    def count(self, *, owner: str | None = None, states: tuple[JobState, ...] | None = None) -> int:
         """How many jobs ``list`` would return without a limit."""
         return sum(1 for job in self._rows(owner, states) if isinstance(job, QueuedJob))
 
@@ -138,7 +138,7 @@ class JobQueue:
 
     def pending_position(self, job_id: str) -> int | None:
         """1-based place among the pending jobs, or None when the job is not pending."""
-        ids = [job.id for job in self.list(states=(QueueState.PENDING,))]
+        ids = [job.id for job in self.list(states=(JobState.QUEUED,))]
         return ids.index(job_id) + 1 if job_id in ids else None
 
     def take_ownership(self) -> QueueOwnership | None:
@@ -176,10 +176,10 @@ class JobQueue:
         with self._transaction() as connection:
             if limited:
                 _refuse_over_limit(connection, owner, max_pending)
-            last = connection.execute("SELECT MAX(position) FROM jobs WHERE state = 'pending'").fetchone()[0]
+            last = connection.execute("SELECT MAX(position) FROM jobs WHERE state = 'queued'").fetchone()[0]
             connection.execute(
                 "INSERT INTO jobs (id, state, position, spec, image, output, owner, created_at) "
-                "VALUES (?, 'pending', ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
                 (job_id, (last or 0.0) + 1.0, spec.to_json(None), str(stored),
                  None if output is None else str(output), owner, time.time()))
         return self.get(job_id)
@@ -190,7 +190,7 @@ class JobQueue:
         if spec.image_sha256 != job.spec.image_sha256:
             raise InvalidInputError("image_sha256", "an edit keeps the job's input image",
                                     "Submit a new job for another image.")
-        self._change(job_id, "UPDATE jobs SET spec = ? WHERE id = ? AND state = 'pending'",
+        self._change(job_id, "UPDATE jobs SET spec = ? WHERE id = ? AND state = 'queued'",
                      (spec.to_json(None), job_id), "edit", "only a pending job can be edited")
         return self.get(job_id)
 
@@ -202,7 +202,7 @@ class JobQueue:
         """
         with self._transaction() as connection:
             rows = connection.execute(
-                "SELECT id, owner FROM jobs WHERE state = 'pending' ORDER BY position").fetchall()
+                "SELECT id, owner FROM jobs WHERE state = 'queued' ORDER BY position").fetchall()
             ids = [row["id"] for row in rows]
             if job_id not in ids:
                 raise QueueError(f"Job {job_id} is not pending, so it has no place in the queue to change.",
@@ -226,10 +226,10 @@ class JobQueue:
             row = connection.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise QueueError(f"There is no job {job_id!r} in the queue.", "List the jobs to see their ids.")
-            if row["state"] == QueueState.PENDING.value:
+            if row["state"] == JobState.QUEUED.value:
                 connection.execute("UPDATE jobs SET state = 'cancelled', ended_at = ? WHERE id = ?",
                                    (time.time(), job_id))
-            elif row["state"] == QueueState.RUNNING.value:
+            elif row["state"] == JobState.RUNNING.value:
                 connection.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
             else:
                 raise QueueError(f"Job {job_id} has already ended ({row['state']}).", "Nothing to cancel.")
@@ -246,15 +246,15 @@ class JobQueue:
                 if row is None:
                     raise QueueError(f"There is no job {job_id!r} in the queue.", "List the jobs to see their ids.")
                 job = _job_or_error(row)
-                if job.state not in (QueueState.FAILED, QueueState.CANCELLED):
+                if job.state not in (JobState.FAILED, JobState.CANCELLED):
                     raise QueueError(f"Job {job_id} is {job.state.value}; only failed or cancelled jobs can be "
                                      "retried.", "Submit it again to make another video with the same settings.")
                 output, partial = final_and_partial(job)
                 if partial is not None and output is not None and partial.name == output.stem + PARTIAL_SUFFIX:
                     partial, renamed = keep_partial(partial, max(job.attempts, 1))
-                last = connection.execute("SELECT MAX(position) FROM jobs WHERE state = 'pending'").fetchone()[0]
+                last = connection.execute("SELECT MAX(position) FROM jobs WHERE state = 'queued'").fetchone()[0]
                 connection.execute(
-                    "UPDATE jobs SET state = 'pending', position = ?, cancel_requested = 0, error = NULL, "
+                    "UPDATE jobs SET state = 'queued', position = ?, cancel_requested = 0, error = NULL, "
                     "hint = NULL, ended_at = NULL, output = ?, partial = ? WHERE id = ?",
                     ((last or 0.0) + 1.0, None if output is None else str(output),
                      None if partial is None else str(partial), job_id))
@@ -272,7 +272,7 @@ class JobQueue:
             if row is None:
                 raise QueueError(f"There is no job {job_id!r} in the queue.", "List the jobs to see their ids.")
             try:
-                running = read_job(row).state == QueueState.RUNNING
+                running = read_job(row).state == JobState.RUNNING
             except DamagedRow:
                 running = False  # no worker can run a row it cannot read
             if running:
@@ -292,13 +292,13 @@ class JobQueue:
         """Take the first pending job and mark it running, atomically; None when nothing is pending. Damaged
         rows are passed over: they stay in ``damaged`` until deleted."""
         with self._transaction() as connection:
-            rows = connection.execute("SELECT * FROM jobs WHERE state = 'pending' ORDER BY position").fetchall()
+            rows = connection.execute("SELECT * FROM jobs WHERE state = 'queued' ORDER BY position").fetchall()
             job_id = next((row["id"] for row in rows if _readable(row)), None)
             if job_id is None:
                 return None
             connection.execute(
                 "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1 "
-                "WHERE id = ? AND state = 'pending'", (time.time(), job_id))
+                "WHERE id = ? AND state = 'queued'", (time.time(), job_id))
         return self.get(job_id)
 
     def record_progress(self, job_id: str, sections_done: int, total_sections: int | None) -> bool:
@@ -327,11 +327,11 @@ class JobQueue:
         with self._transaction() as connection:
             connection.execute("UPDATE jobs SET output = ? WHERE id = ?", (str(output), job_id))
 
-    def end(self, job_id: str, state: QueueState, *, output: Path | None = None, partial: Path | None = None,
+    def end(self, job_id: str, state: JobState, *, output: Path | None = None, partial: Path | None = None,
             error: str | None = None, hint: str | None = None) -> QueuedJob:
         """Mark a running job finished, failed or cancelled. ``output`` is the finished video; the playable part
         of a job that did not finish is its ``partial`` (the row's output keeps the job's normal name)."""
-        if not state.ended:
+        if not state.done:
             raise ValueError(f"{state} is not an end state")
         self._change(job_id, "UPDATE jobs SET state = ?, ended_at = ?, output = COALESCE(?, output), "
                              "partial = COALESCE(?, partial), error = ?, hint = ?, cancel_requested = 0 "
@@ -344,15 +344,15 @@ class JobQueue:
     def requeue(self, job_id: str) -> QueuedJob:
         """Put a running job back at the front of the queue (its worker is shutting down; it resumes later)."""
         with self._transaction() as connection:
-            first = connection.execute("SELECT MIN(position) FROM jobs WHERE state = 'pending'").fetchone()[0]
-            connection.execute("UPDATE jobs SET state = 'pending', position = ?, cancel_requested = 0 "
+            first = connection.execute("SELECT MIN(position) FROM jobs WHERE state = 'queued'").fetchone()[0]
+            connection.execute("UPDATE jobs SET state = 'queued', position = ?, cancel_requested = 0 "
                                "WHERE id = ? AND state = 'running'", ((first or 1.0) - 1.0, job_id))
         return self.get(job_id)
 
     def reject(self, job_id: str, error: str, hint: str = "") -> QueuedJob:
         """End a pending job that cannot run (its stored image is gone, its spec no longer valid)."""
         self._change(job_id, "UPDATE jobs SET state = 'failed', ended_at = ?, error = ?, hint = ? "
-                             "WHERE id = ? AND state = 'pending'", (time.time(), error, hint, job_id),
+                             "WHERE id = ? AND state = 'queued'", (time.time(), error, hint, job_id),
                      "reject", "it is not pending")
         return self.get(job_id)
 
@@ -361,7 +361,7 @@ class JobQueue:
         from filelock import FileLock, Timeout
 
         requeued = []
-        for job in self.list(states=(QueueState.RUNNING,)):
+        for job in self.list(states=(JobState.RUNNING,)):
             job_dir = self.job_dir(job.id)
             job_dir.mkdir(parents=True, exist_ok=True)
             lock = FileLock(str(job_dir / ".lock"), timeout=0)
@@ -371,9 +371,9 @@ class JobQueue:
                 continue  # its worker is alive
             try:
                 with self._transaction() as connection:
-                    first = connection.execute("SELECT MIN(position) FROM jobs WHERE state = 'pending'").fetchone()[0]
+                    first = connection.execute("SELECT MIN(position) FROM jobs WHERE state = 'queued'").fetchone()[0]
                     changed = connection.execute(
-                        "UPDATE jobs SET state = 'pending', position = ? WHERE id = ? AND state = 'running'",
+                        "UPDATE jobs SET state = 'queued', position = ? WHERE id = ? AND state = 'running'",
                         ((first or 1.0) - 1.0, job.id)).rowcount
                 if changed:
                     requeued.append(job.id)
@@ -398,7 +398,7 @@ class JobQueue:
                 raise
             connection.execute("COMMIT")
 
-    def _rows(self, owner: str | None, states: tuple[QueueState, ...] | None) -> Iterator[QueuedJob | DamagedJob]:
+    def _rows(self, owner: str | None, states: tuple[JobState, ...] | None) -> Iterator[QueuedJob | DamagedJob]:
         """Every row matching, in listing order, read back as a job or as a damaged row."""
         query, arguments, conditions = "SELECT * FROM jobs", [], []
         if owner is not None:
@@ -409,8 +409,8 @@ class JobQueue:
             arguments += [s.value for s in states]
         if conditions:
             query += " WHERE " + " AND ".join(conditions)
-        query += (" ORDER BY CASE state WHEN 'running' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END,"
-                  " CASE WHEN state = 'pending' THEN position ELSE -COALESCE(ended_at, created_at) END")
+        query += (" ORDER BY CASE state WHEN 'running' THEN 0 WHEN 'queued' THEN 1 ELSE 2 END,"
+                  " CASE WHEN state = 'queued' THEN position ELSE -COALESCE(ended_at, created_at) END")
         with self._connect() as connection:
             rows = connection.execute(query, arguments).fetchall()
         for row in rows:
@@ -445,7 +445,7 @@ class JobQueue:
 
 
 def _refuse_over_limit(connection: sqlite3.Connection, owner: str, max_pending: int) -> None:
-    pending = connection.execute("SELECT COUNT(*) FROM jobs WHERE owner = ? AND state = 'pending'",
+    pending = connection.execute("SELECT COUNT(*) FROM jobs WHERE owner = ? AND state = 'queued'",
                                  (owner,)).fetchone()[0]
     if pending >= max_pending:
         raise QueueLimitError(f"You already have {pending} jobs waiting in the queue; each user may have at most "

@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS output_owners (
 """
 # Columns added after the first release: (name, declaration), added to older databases when they are opened.
 ADDED_COLUMNS = (("partial", "TEXT"),)
+# States renamed after the first release: (old, new). Older versions stored a waiting job as "pending"; the one
+# job-state vocabulary (``queue_rows.JobState``) says "queued", as the REST API always did.
+RENAMED_STATES = (("pending", "queued"),)
 # SQLite's result codes (named in Python's sqlite3 only from 3.11, which also adds ``sqlite_errorcode``; before it
 # only the message tells them apart).
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
@@ -138,7 +141,7 @@ def open_database(database: Path) -> str | None:
         with ClosingConnection(connect(database)) as connection, disk_full_as_error("the job queue", database):
             connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(SCHEMA)
-            _add_missing_columns(connection)
+            _migrate(connection)
         return note
 
 
@@ -175,13 +178,16 @@ def _move_aside(database: Path) -> Path:
     return moved
 
 
-def _add_missing_columns(connection: sqlite3.Connection) -> None:
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Bring a database written by an older version to the current schema and state names, in place."""
     connection.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
     try:
         present = {str(row["name"]) for row in connection.execute("PRAGMA table_info(jobs)")}
         for name, declaration in ADDED_COLUMNS:
             if name not in present:
                 connection.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
+        connection.executemany("UPDATE jobs SET state = ? WHERE state = ?",
+                               [(new, old) for old, new in RENAMED_STATES])
     except BaseException:
         connection.execute("ROLLBACK")
         raise

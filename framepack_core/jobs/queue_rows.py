@@ -21,22 +21,24 @@ from framepack_core.jobs.queue_database import UndecodableText
 from framepack_core.jobs.spec import JobSpec
 
 
-class QueueState(str, Enum):
-    PENDING = "pending"
+class JobState(str, Enum):
+    """Where a job is: stored in the queue's rows, shown by the app, the CLI and the REST API as these values."""
+
+    QUEUED = "queued"
     RUNNING = "running"
     FINISHED = "finished"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
     @property
-    def ended(self) -> bool:
-        return self in (QueueState.FINISHED, QueueState.FAILED, QueueState.CANCELLED)
+    def done(self) -> bool:
+        return self in (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass(frozen=True)
 class QueuedJob:
     id: str
-    state: QueueState
+    state: JobState
     position: float
     spec: JobSpec
     image: Path
@@ -123,7 +125,7 @@ def read_job(row: sqlite3.Row) -> QueuedJob:
         if not (isinstance(value, (int, float)) or (nullable and value is None)):
             raise DamagedRow(f"its {name} ({value!r}) is not a number")
     try:
-        state = QueueState(row["state"])
+        state = JobState(row["state"])
     except ValueError:
         raise DamagedRow(f"its state {row['state']!r} is unknown") from None
     try:

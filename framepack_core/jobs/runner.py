@@ -1,5 +1,8 @@
 """Runs queued jobs through the engine, one at a time, keeping the queue's rows in step with each job.
 
+The one runner: ``python -m framepack_core jobs run`` and the app's service (``app.service.generation``) both run
+jobs here, so a job is named, recorded, cancelled and resumed the same way wherever it runs.
+
 Each job runs in its own job folder (``JobQueue.job_dir``), so a job interrupted by a crash or a restart resumes
 from its last finished section the next time it is claimed. A cancel requested through the queue (from another
 process: the CLI, the API) is seen at the next step.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from framepack_core.errors import FramePackError
@@ -22,7 +26,7 @@ from framepack_core.events import (
     StepProgress,
 )
 from framepack_core.jobs.output_naming import output_path
-from framepack_core.jobs.queue import JobQueue, QueuedJob, QueueState
+from framepack_core.jobs.queue import JobQueue, JobState, QueuedJob
 from framepack_core.pipeline.engine import FramePackEngine
 
 logger = logging.getLogger(__name__)
@@ -31,30 +35,42 @@ EventCallback = Callable[[QueuedJob, EngineEvent], None]
 
 
 class QueueRunner:
+    """Runs the queue's claimed jobs through one engine: the one runner of ``jobs run`` and of the app's service."""
+
     def __init__(self, queue: JobQueue, engine: FramePackEngine, output_dir: Path) -> None:
         self.queue = queue
         self.engine = engine
         self.output_dir = Path(output_dir)
 
-    def run_job(self, job: QueuedJob, on_event: EventCallback | None = None,
-                cancel: CancelToken | None = None) -> QueuedJob:
-        """Run one claimed (running) job to its end; returns its final row."""
+    def run_job(self, job: QueuedJob, on_event: EventCallback | None = None, cancel: CancelToken | None = None, *,
+                snapshot_dir: Callable[[Path], Path] | None = None,
+                requeue_if_cancelled: Callable[[], bool] = lambda: False) -> QueuedJob:
+        """Run one claimed (running) job to its end; returns its final row.
+
+        ``on_event`` gets each event after the row is updated, with the job as named (its ``output`` set).
+        ``snapshot_dir``: given the job's video, the folder for a playable mp4 after each section (a UI's player).
+        ``requeue_if_cancelled``: asked when the job stops on a cancel; True (its worker shuts down) puts it back
+        at the front of the queue instead of ending it, to resume at the next start."""
         cancel = cancel or CancelToken()
         try:
             request = job.spec.request(job.image, output=job.output)
             if request.output is None:
-                request = job.spec.request(job.image, output=output_path(self.output_dir, seed=request.seed, job_id=job.id))
+                request = job.spec.request(job.image, output=output_path(self.output_dir, seed=request.seed,
+                                                                         job_id=job.id))
                 self.queue.set_output(job.id, request.output)
         except FramePackError as error:
-            return self.queue.end(job.id, QueueState.FAILED, error=error.message, hint=error.hint)
+            return self.queue.end(job.id, JobState.FAILED, error=error.message, hint=error.hint)
+        job = replace(job, output=request.output)
         last: EngineEvent | None = None
-        for event in self.engine.generate(request, cancel=cancel, job_id=job.id, job_dir=self.queue.job_dir(job.id)):
+        for event in self.engine.generate(request, cancel=cancel, job_id=job.id, job_dir=self.queue.job_dir(job.id),
+                                          snapshot_dir=None if snapshot_dir is None else snapshot_dir(request.output)):
             last = event
-            record_event(self.queue, job.id, event, cancel)
+            record_event(self.queue, job.id, event, cancel,
+                         requeue_if_cancelled=isinstance(event, JobCancelled) and requeue_if_cancelled())
             if on_event is not None:
                 on_event(job, event)
         if not isinstance(last, (JobFinished, JobCancelled, JobFailed)):
-            return self.queue.end(job.id, QueueState.FAILED, error="The job ended without a result.",
+            return self.queue.end(job.id, JobState.FAILED, error="The job ended without a result.",
                                   hint="This is a bug; please report it with the log.")
         return self.queue.get(job.id)
 
@@ -88,11 +104,11 @@ def record_event(queue: JobQueue, job_id: str, event: EngineEvent, cancel: Cance
         if not cancel.cancelled and queue.cancel_requested(job_id):
             cancel.cancel()
     elif isinstance(event, JobFinished):
-        queue.end(job_id, QueueState.FINISHED, output=event.output_path)
+        queue.end(job_id, JobState.FINISHED, output=event.output_path)
     elif isinstance(event, JobCancelled):
         if requeue_if_cancelled:
             queue.requeue(job_id)
         else:
-            queue.end(job_id, QueueState.CANCELLED, partial=event.partial_path)
+            queue.end(job_id, JobState.CANCELLED, partial=event.partial_path)
     elif isinstance(event, JobFailed):
-        queue.end(job_id, QueueState.FAILED, partial=event.partial_path, error=event.message, hint=event.hint)
+        queue.end(job_id, JobState.FAILED, partial=event.partial_path, error=event.message, hint=event.hint)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bench.ui_latency import IMAGE
-from framepack_core.jobs.queue import JobQueue, QueueState
+from framepack_core.jobs.queue import JobQueue, JobState
 from framepack_core.jobs.spec import JobSpec, file_sha256
 from framepack_core.request import GenerationRequest
 
@@ -51,11 +51,11 @@ def test_the_queue_tab_shows_jobs_from_the_cli_and_cancels_retries_and_deletes_t
         _wait_for(page, lambda: page.locator("#queue-job textarea, #queue-job input").first.input_value() == waiting)
         page.click("#queue-cancel")
         _wait_for(page, lambda: f"Cancelled {waiting}" in page.locator("#queue-note").inner_text())
-        assert queue.get(waiting).state == QueueState.CANCELLED
+        assert queue.get(waiting).state == JobState.CANCELLED
 
         page.click("#queue-retry")
         _wait_for(page, lambda: "queued again" in page.locator("#queue-note").inner_text())
-        assert queue.get(waiting).state == QueueState.PENDING
+        assert queue.get(waiting).state == JobState.QUEUED
 
         page.click("#queue-delete")
         _wait_for(page, lambda: f"Deleted {waiting}" in page.locator("#queue-note").inner_text())
@@ -67,5 +67,5 @@ def test_the_queue_tab_shows_jobs_from_the_cli_and_cancels_retries_and_deletes_t
             except Exception:  # noqa: BLE001 - already ended or deleted
                 pass
         deadline = time.monotonic() + 30
-        while queue.list(states=(QueueState.RUNNING, QueueState.PENDING)) and time.monotonic() < deadline:
+        while queue.list(states=(JobState.RUNNING, JobState.QUEUED)) and time.monotonic() < deadline:
             time.sleep(0.2)
