@@ -99,10 +99,11 @@ class SectionLoop:
             write_started = time.perf_counter()
             written = self.files.add_section(pixels, history, generator, total)
             write_s = time.perf_counter() - write_started
+            snapshot = self.files.snapshot(section)
             yield SectionFinished(self.job_id, section=section, total_sections=total,
                                   segment_path=written.segment_path, video_frames=written.total_frames,
                                   latent_frames=history.total_generated_latent_frames, dit_s=dit_s,
-                                  decode_s=decode_s, write_s=write_s, snapshot_path=self.files.snapshot(section))
+                                  decode_s=decode_s, write_s=write_s, snapshot_path=snapshot)
 
     def _sample(self, plan: SectionPlan, history: LatentHistory, generator: torch.Generator,
                 total: int) -> Generator[StepProgress, None, torch.Tensor]:
