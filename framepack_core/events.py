@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from framepack_core.errors import Cancelled
 from framepack_core.sampling.schedule import FPS
 
 
@@ -129,3 +130,8 @@ class CancelToken:
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``Cancelled`` once the token is set: the engine calls it between its stages and steps."""
+        if self._event.is_set():
+            raise Cancelled()

@@ -12,7 +12,7 @@ Layout of a job folder::
 Every file is written to a temporary name, flushed to disk and renamed over the old one, so a kill -9, a crash or
 a power cut leaves either the previous checkpoint or the new one, never half of one. Segment files are written
 before the checkpoint that lists them; a segment the checkpoint does not list is from a section that never
-finished, and ``SectionVideoWriter.resume`` deletes it.
+finished, and ``SectionVideoWriter.open(..., resume=...)`` deletes it.
 """
 
 from __future__ import annotations

@@ -303,7 +303,7 @@ class SectionVideoWriter:
         return self._final_frames + self.pending_frames
 
     def state(self) -> WriterState:
-        """A copy of the writer's progress, for a section checkpoint (see ``resume``)."""
+        """A copy of the writer's progress, for a section checkpoint (see ``open``)."""
         if self._state != "open":
             raise RuntimeError(f"state() called on a writer that is already {self._state}")
         return WriterState(segments=tuple((s.path.name, s.frames) for s in self._segments),
@@ -311,24 +311,35 @@ class SectionVideoWriter:
                            sections=self._sections, final_frames=self._final_frames)
 
     @classmethod
-    def resume(cls, state: WriterState, output_path: Path, order: Order, overlap_frames: int, work_dir: Path,
-               **options) -> SectionVideoWriter:  # noqa: ANN003 - the constructor's fps, crf, preset
-        """A writer that continues from ``state``, whose segments are in ``work_dir``. Segment files there that
-        ``state`` does not list (from a section that was being written when the process died) are deleted."""
+    def open(cls, output_path: Path, order: Order, overlap_frames: int, *, work_dir: Path | None = None,
+             resume: WriterState | None = None, **options) -> SectionVideoWriter:
+        """A writer for a new video, or with ``resume`` one that continues from that state.
+
+        New: its segments go to ``work_dir`` (a job folder's) or, without one, to a hidden temporary folder next
+        to the output. Resumed: the state's segments must be in ``work_dir``; segment files there that the state
+        does not list (from a section that was being written when the process died) are deleted.
+        """
+        if resume is not None and work_dir is None:
+            raise ValueError("resuming a writer needs the work_dir that holds its segments")
         writer = cls(output_path, order, overlap_frames, work_dir=work_dir, **options)
-        missing = [name for name, _ in state.segments if not (work_dir / name).is_file()]
+        if resume is not None:
+            writer._restore(resume)
+        return writer
+
+    def _restore(self, state: WriterState) -> None:
+        missing = [name for name, _ in state.segments if not (self.work_dir / name).is_file()]
         if missing:
-            raise FileNotFoundError(f"the checkpoint's video segments {', '.join(missing)} are missing from {work_dir}")
+            raise FileNotFoundError(f"the checkpoint's video segments {', '.join(missing)} are missing from "
+                                    f"{self.work_dir}")
         listed = {name for name, _ in state.segments}
-        for leftover in work_dir.glob("seg_*.mp4"):
+        for leftover in self.work_dir.glob("seg_*.mp4"):
             if leftover.name not in listed:
                 leftover.unlink()
-        writer._segments = [_Segment(work_dir / name, frames) for name, frames in state.segments]
-        writer._pending = None if state.pending is None else state.pending.clone()
-        writer._size = None if state.size is None else (int(state.size[0]), int(state.size[1]))
-        writer._sections = state.sections
-        writer._final_frames = state.final_frames
-        return writer
+        self._segments = [_Segment(self.work_dir / name, frames) for name, frames in state.segments]
+        self._pending = None if state.pending is None else state.pending.clone()
+        self._size = None if state.size is None else (int(state.size[0]), int(state.size[1]))
+        self._sections = state.sections
+        self._final_frames = state.final_frames
 
     # -- writing ---------------------------------------------------------------------------------------
 
