@@ -43,8 +43,9 @@ from framepack_core.media.image_input import load_input_image
 from framepack_core.media.preview import latent_preview
 from framepack_core.media.video_io import SectionVideoWriter, probe_video
 from framepack_core.memory.job_planning import JobPlanner, plan_summary
-from framepack_core.memory.plan import MemoryPlan, PlannedComponent
+from framepack_core.memory.plan import MemoryPlan
 from framepack_core.memory.report import next_plan_advice
+from framepack_core.models.components import Component, ModelVariant
 from framepack_core.models.devices import DeviceConfig
 from framepack_core.models.identity import model_identities
 from framepack_core.models.loading import ModelSource
@@ -52,7 +53,7 @@ from framepack_core.models.store import ModelStore
 from framepack_core.models.text_encoding import PromptEmbeddings
 from framepack_core.request import GenerationRequest
 from framepack_core.sampling.denoiser import PackedDenoiser, SectionConditioning
-from framepack_core.sampling.packing import LatentHistory, ModelVariant, plan_sections
+from framepack_core.sampling.packing import LatentHistory, plan_sections
 from framepack_core.sampling.sampler import (
     FlowMatchUniPC,
     GuidanceConfig,
@@ -229,7 +230,7 @@ class _JobRun:
         self.models.check_weights(self.request.model)
         request = self.request  # every job has a spec: its outputs carry it (see framepack_core.jobs.output_description)
         self.spec = JobSpec.from_request(request, file_sha256(Path(request.image)),
-                                         model_identities(self.models.source, request.model.value))
+                                         model_identities(self.models.source, request.model))
         if self.job_dir is not None:
             yield from self._open_job_dir()
             if self.checkpoint is not None and self.checkpoint.finished_output is not None:
@@ -270,7 +271,7 @@ class _JobRun:
         vae = models.vae()
         image_tensor = torch.from_numpy(cropped).float() / 127.5 - 1
         image_tensor = image_tensor.permute(2, 0, 1)[None, :, None]
-        with torch.no_grad(), models.stage(PlannedComponent.VAE):
+        with torch.no_grad(), models.stage(Component.VAE):
             posterior = vae.encode(image_tensor.to(device=vae.device, dtype=vae.dtype)).latent_dist
             # The posterior mean, not a sample: the official app samples with the global RNG, which makes its
             # runs unrepeatable; the mean is what that sample scatters around.
@@ -279,7 +280,7 @@ class _JobRun:
 
         yield self._stage(Stage.IMAGE_ENCODING, "CLIP Vision encoding ...")
         feature_extractor, image_encoder = models.image_encoder()
-        with torch.no_grad(), models.stage(PlannedComponent.IMAGE_ENCODER):
+        with torch.no_grad(), models.stage(Component.IMAGE_ENCODER):
             inputs = feature_extractor.preprocess(images=cropped, return_tensors="pt")
             inputs = inputs.to(device=image_encoder.device, dtype=image_encoder.dtype)
             image_embeddings = image_encoder(**inputs).last_hidden_state
@@ -379,7 +380,7 @@ class _JobRun:
                                     device=generator.device).to(device=device, dtype=torch.float32)
                 dit_started = time.perf_counter()
                 generated = noise
-                with self.models.stage(PlannedComponent.TRANSFORMER):
+                with self.models.stage(Component.TRANSFORMER):
                     for step in sampler.steps(denoiser, noise, sigmas.to(device)):
                         generated = step.denoised
                         sampling_started = sampling_started or time.perf_counter()
@@ -393,7 +394,7 @@ class _JobRun:
                 yield self._stage(Stage.DECODING, f"Decoding section {section}/{num_sections} ...", section)
                 decode_started = time.perf_counter()
                 latents = history.latents_to_decode(plan.number, plan.is_last, window)
-                with torch.no_grad(), self.models.stage(PlannedComponent.VAE):
+                with torch.no_grad(), self.models.stage(Component.VAE):
                     pixels = vae.decode((latents / vae.config.scaling_factor).to(device=vae.device, dtype=vae.dtype))
                     pixels = pixels.sample.float().cpu()
                 decode_s = time.perf_counter() - decode_started
