@@ -42,7 +42,7 @@ def folder_digest(folder: Path) -> str:
 
 def component_identity(source: ModelSource, files: ComponentFiles) -> str:
     name = files.repo + (f"/{files.subfolder}" if files.subfolder else "")
-    folder = resolve_component(source, files.name)
+    folder = resolve_component(source, files.component, files.variant)
     snapshot = folder.parent if files.subfolder else folder
     if snapshot.parent.name == "snapshots" and snapshot.parent.parent.name.startswith("models--"):
         return f"{name}@{snapshot.name}"
