@@ -39,8 +39,9 @@ import torch
 from diffusers import HunyuanVideoFramepackTransformer3DModel
 
 from framepack_core.media.buckets import buckets_for_resolution
+from framepack_core.models.components import ModelVariant
 from framepack_core.models.text_encoding import MAX_PROMPT_TOKENS
-from framepack_core.sampling.packing import LatentHistory, ModelVariant, PackedContext, SectionPlan, plan_sections
+from framepack_core.sampling.packing import LatentHistory, PackedContext, SectionPlan, plan_sections
 from framepack_core.sampling.sampler import main_token_count
 from framepack_core.sampling.schedule import total_latent_sections
 

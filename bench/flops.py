@@ -67,8 +67,8 @@ from bench.context_tokens import (
     section_shapes,
 )
 from framepack_core.media.buckets import buckets_for_resolution
+from framepack_core.models.components import ModelVariant
 from framepack_core.models.text_encoding import MAX_PROMPT_TOKENS, PADDED_LENGTH
-from framepack_core.sampling.packing import ModelVariant
 from framepack_core.sampling.schedule import video_length
 
 DEFAULT_TEXT_TOKENS: tuple[int, ...] = (MAX_PROMPT_TOKENS, 20)  # the cap, and a short one-sentence prompt

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from framepack_core.memory.hardware import fake_hardware
-from framepack_core.memory.plan import MemoryPlan, Placement, PlannedComponent, Workload
+from framepack_core.memory.plan import MemoryPlan, Placement, Workload
 from framepack_core.memory.planner import plan_memory
+from framepack_core.models.components import Component
 from framepack_core.models.sizes import ModelSizes, builtin_sizes
 
 DEFAULT_VRAM_GB: tuple[float, ...] = (6, 8, 12, 16, 24, 80)
@@ -53,7 +54,7 @@ class PlanRow:
 
 
 def transformer_cell(plan: MemoryPlan) -> str:
-    dit = plan.component(PlannedComponent.TRANSFORMER)
+    dit = plan.component(Component.TRANSFORMER)
     dtype = "fp8" if dit.fp8 else dit.storage_dtype.replace("bfloat16", "bf16")
     if dit.placement in (Placement.BLOCKS, Placement.DISK):
         return f"{dit.placement.value} {dit.resident_blocks}/{dit.total_blocks}, {dtype}"
@@ -61,8 +62,8 @@ def transformer_cell(plan: MemoryPlan) -> str:
 
 
 def text_encoder_cell(plan: MemoryPlan) -> str:
-    llama = plan.component(PlannedComponent.TEXT_ENCODER).placement.value
-    clip = plan.component(PlannedComponent.TEXT_ENCODER_2).placement.value
+    llama = plan.component(Component.TEXT_ENCODER).placement.value
+    clip = plan.component(Component.TEXT_ENCODER_2).placement.value
     cell = llama if llama == clip else f"{llama} (CLIP {clip})"
     return cell + (", released" if plan.release_text_encoders else "")
 
@@ -75,7 +76,7 @@ def table(rows: Sequence[PlanRow]) -> str:
     ]
     for row in rows:
         p = row.plan
-        tiling = "yes" if p.component(PlannedComponent.VAE).vae_tiling else "no"
+        tiling = "yes" if p.component(Component.VAE).vae_tiling else "no"
         lines.append(
             f"| {row.vram_gb:g} | {row.ram_gb:g} | {transformer_cell(p)} | {text_encoder_cell(p)} | {tiling} | "
             f"{p.peak_vram_gb:.2f} ({p.vram_budget_bytes / 2**30:.2f}) | {p.peak_ram_gb:.2f} "

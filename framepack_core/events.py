@@ -20,6 +20,8 @@ from framepack_core.sampling.schedule import FPS
 
 
 class Stage(str, Enum):
+    """What a job is doing; the memory planner budgets the five stages that run a model (``memory.plan.STAGES``)."""
+
     VALIDATING = "validating"
     LOADING_MODELS = "loading_models"
     TEXT_ENCODING = "text_encoding"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from framepack_core.errors import InvalidInputError
-from framepack_core.sampling.packing import ModelVariant
+from framepack_core.models.components import ModelVariant
 
 MAX_SECONDS = 120.0
 MAX_STEPS = 200

@@ -7,7 +7,7 @@ the normal test run: one or two buckets, two video lengths, two prompt lengths.
 import pytest
 
 from bench import context_tokens, flops
-from framepack_core.sampling.packing import ModelVariant
+from framepack_core.models.components import ModelVariant
 
 BUCKET = (608, 640)
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from framepack_core.events import Stage
 from framepack_core.memory.hardware import GIB, fake_hardware
 from framepack_core.memory.plan import (
     DEVICE_ALLOWANCE_BYTES,
@@ -14,15 +15,15 @@ from framepack_core.memory.plan import (
     CostModel,
     MemoryPlan,
     Placement,
-    PlannedComponent,
     Workload,
     automatic_preserve_bytes,
 )
 from framepack_core.memory.planner import plan_memory
 from framepack_core.memory.report import describe, next_plan_advice
+from framepack_core.models.components import Component
 from framepack_core.models.sizes import builtin_sizes
 
-C = PlannedComponent
+C = Component
 WORKLOAD = Workload(608, 640, 9)
 
 
@@ -53,12 +54,12 @@ def test_everything_is_resident_on_an_80_gb_card(sizes):
 
 def test_peaks_are_the_largest_stage_and_include_the_allowance(sizes):
     plan = _plan(sizes, 80, 64)
-    assert [s.stage for s in plan.stages] == ["text encoding", "VAE encode", "image encoding", "sampling",
-                                              "VAE decode"]
+    assert [s.stage for s in plan.stages] == [Stage.TEXT_ENCODING, Stage.VAE_ENCODING, Stage.IMAGE_ENCODING,
+                                              Stage.SAMPLING, Stage.DECODING]
     assert plan.peak_vram_bytes == max(s.vram_bytes for s in plan.stages)
     assert plan.peak_ram_bytes == max(s.ram_bytes for s in plan.stages)
     weights = sum(c.weight_bytes for c in plan.components)
-    sampling = next(s for s in plan.stages if s.stage == "sampling")
+    sampling = next(s for s in plan.stages if s.stage == Stage.SAMPLING)
     assert sampling.vram_bytes == weights + DEVICE_ALLOWANCE_BYTES + 18_485 * 3072 * 2 * 20
 
 
@@ -230,13 +231,17 @@ def test_the_json_has_the_figures_and_each_component(sizes):
     dit = next(c for c in data["components"] if c["component"] == "transformer")
     assert dit["placement"] == plan.component(C.TRANSFORMER).placement.value
     assert {"storage_dtype", "resident_blocks", "total_blocks", "vae_tiling"} <= set(dit)
+    assert [s["stage"] for s in data["stages"]] == ["text encoding", "VAE encode", "image encoding", "sampling",
+                                                    "VAE decode"]
+    assert data["workload"]["variant"] == "original"
 
 
 def test_describe_tells_a_person_the_table_and_the_figures(sizes):
     text = describe(_plan(sizes, 8, 32))
     assert "| transformer | streamed |" in text
     assert "Peak VRAM" in text and "Modelled step time" in text and "Budgets: VRAM 7.50 GiB" in text
-    assert "608x640, window 9" in text
+    assert "608x640, window 9, original," in text
+    assert "| text encoding |" in text and "| VAE decode |" in text
 
 
 def test_advice_after_running_out_of_memory(sizes):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from framepack_core.errors import InvalidInputError, MissingWeightsError
+from framepack_core.models.components import Component, ModelVariant
 from framepack_core.models.loaders import (
     load_image_encoder,
     load_text_encoders,
@@ -20,13 +21,11 @@ from framepack_core.models.loading import (
     BASE_REPO,
     REDUX_REPO,
     TRANSFORMER_REPOS,
-    Component,
     ModelSource,
     check_weights,
     resolve_component,
     safetensors_problem,
 )
-from framepack_core.sampling.packing import ModelVariant
 
 SNAPSHOT = "0" * 40
 

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from framepack_core.memory.plan import PlannedComponent
+from framepack_core.models.components import WEIGHT_COMPONENTS, Component
 from framepack_core.models.loaders import load_image_encoder, load_text_encoders, load_transformer, load_vae
 from framepack_core.models.loading import ModelSource
 from framepack_core.models.sizes import (
-    COMPONENT_ORDER,
     builtin_config,
     builtin_sizes,
     find_sizes,
@@ -24,7 +23,7 @@ from framepack_core.models.sizes import (
     weight_files,
 )
 
-C = PlannedComponent
+C = Component
 
 
 def _numel(module: torch.nn.Module) -> int:
@@ -36,7 +35,7 @@ def _block_numels(module: torch.nn.Module, path: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def tiny_modules(tiny_models_dir: Path) -> dict[PlannedComponent, torch.nn.Module]:
+def tiny_modules(tiny_models_dir: Path) -> dict[Component, torch.nn.Module]:
     source = ModelSource(models_dir=tiny_models_dir)
     text = load_text_encoders(source, "cpu", torch.float32)
     return {
@@ -139,7 +138,7 @@ def test_a_broken_local_copy_falls_back_to_the_builtin_config(tmp_path, tiny_mod
 
 def test_the_real_configs_have_the_real_sizes():
     sizes = builtin_sizes()
-    assert [s.component for s in sizes.components] == list(COMPONENT_ORDER)
+    assert [s.component for s in sizes.components] == list(WEIGHT_COMPONENTS)
     assert all(s.source == "config" for s in sizes.components) and sizes.all_builtin
     dit = sizes[C.TRANSFORMER]
     assert dit.parameters == pytest.approx(12.87e9, abs=0.01e9)

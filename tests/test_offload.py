@@ -20,17 +20,17 @@ from framepack_core.media.video_io import probe_video, read_video_frames
 from framepack_core.memory.hardware import FakeHardwareProbe, fake_hardware
 from framepack_core.memory.job_planning import JobPlanner
 from framepack_core.memory.offload import apply_component_plan, component_blocks, uniform_plan
-from framepack_core.memory.plan import GIB, MemoryPlan, Placement, PlannedComponent, Workload
+from framepack_core.memory.plan import GIB, MemoryPlan, Placement, Workload
 from framepack_core.memory.planner import plan_memory
+from framepack_core.models.components import Component, ModelVariant
 from framepack_core.models.devices import resolve_device_config
 from framepack_core.models.loading import ModelSource
 from framepack_core.models.sizes import find_sizes
 from framepack_core.models.store import ModelStore
 from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
-from framepack_core.sampling.packing import ModelVariant
 
-C = PlannedComponent
+C = Component
 FAST = dict(latent_window_size=3, steps=3, resolution=64, seconds=0.8, use_teacache=False)
 # fp8 (e4m3, 3 mantissa bits) storage of the tiny transformer, computed in fp32: measured max |delta| of the final
 # latents 0.0047 (values up to 4.5); the bound leaves a 10x margin.

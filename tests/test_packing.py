@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from framepack_core.sampling.packing import LatentHistory, ModelVariant, plan_sections
+from framepack_core.models.components import ModelVariant
+from framepack_core.sampling.packing import LatentHistory, plan_sections
 
 
 def _lists(plan):

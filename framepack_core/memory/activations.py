@@ -25,6 +25,8 @@ constants so that a measurement on a GPU can replace them in one place.
 
 from __future__ import annotations
 
+from framepack_core.models.components import ModelVariant
+
 GIB = 1024**3
 
 TRANSFORMER_ACTIVATION_FACTOR = 20
@@ -75,11 +77,11 @@ def vae_encode_activation_bytes(height: int, width: int, tiled: bool, dtype_byte
     return _area(height, width, tiled) * VAE_TOP_CHANNELS * dtype_bytes * VAE_ACTIVATION_FACTOR
 
 
-def decoded_latent_frames(latent_window_size: int, variant: str = "original") -> int:
+def decoded_latent_frames(latent_window_size: int, variant: ModelVariant | str = ModelVariant.ORIGINAL) -> int:
     """The most latent frames one section decodes: the new window plus one window of context, plus the start
     latent in the original model's last section (``LatentHistory.latents_to_decode``); a one-section original
     video decodes window + 1."""
-    if str(getattr(variant, "value", variant)) == "original":
+    if ModelVariant(variant) == ModelVariant.ORIGINAL:
         return max(2 * latent_window_size + 1, latent_window_size + 1)
     return 2 * latent_window_size
 

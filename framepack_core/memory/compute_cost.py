@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from framepack_core.models.components import ModelVariant
+
 VAE_SPATIAL_COMPRESSION = 8  # HunyuanVideo VAE: 8x in height and width
 PATCH_SIZE = 2  # the transformer's 1x2x2 patchify
 CLEAN_1X_FRAMES = 2  # the start latent plus CONTEXT_1X (1) history frame, for both models
@@ -51,13 +53,16 @@ class SectionTokens:
         return self.main + self.clean_1x + self.clean_2x + self.clean_4x
 
 
-def section_tokens(height: int, width: int, latent_window_size: int, variant: str = "original") -> SectionTokens:
+def section_tokens(height: int, width: int, latent_window_size: int,
+                   variant: ModelVariant | str = ModelVariant.ORIGINAL) -> SectionTokens:
     """Packed tokens of a section at bucket ``height`` x ``width`` pixels (multiples of 16).
 
     ``variant`` ("original" or "f1") is accepted for clarity; both pack the same frame counts.
     """
-    if str(getattr(variant, "value", variant)) not in ("original", "f1"):
-        raise ValueError(f"unknown model variant {variant!r}")
+    try:
+        ModelVariant(variant)
+    except ValueError:
+        raise ValueError(f"unknown model variant {variant!r}") from None
     step = VAE_SPATIAL_COMPRESSION * PATCH_SIZE
     if height <= 0 or width <= 0 or height % step or width % step:
         raise ValueError(f"bucket sides must be positive multiples of {step}, got {height}x{width}")

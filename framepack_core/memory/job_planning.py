@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from framepack_core.memory.hardware import HardwareInfo, HardwareProbe, TorchHardwareProbe
 from framepack_core.memory.plan import GIB, CostModel, MemoryPlan, Placement, Workload
 from framepack_core.memory.planner import plan_memory
+from framepack_core.models.components import ModelVariant
 from framepack_core.models.sizes import ModelSizes, find_sizes
 
 if TYPE_CHECKING:
@@ -32,10 +33,11 @@ class JobPlanner:
         self.device = str(device)
         self.probe = probe or TorchHardwareProbe()
         self.cost = cost
-        self._sizes: dict[str, tuple[ModelSizes, tuple[str, ...]]] = {}
+        self._sizes: dict[ModelVariant, tuple[ModelSizes, tuple[str, ...]]] = {}
 
-    def sizes(self, variant: str) -> tuple[ModelSizes, tuple[str, ...]]:
+    def sizes(self, variant: ModelVariant | str) -> tuple[ModelSizes, tuple[str, ...]]:
         """The components' sizes for ``variant`` (read once: from the local files' headers, else the configs)."""
+        variant = ModelVariant(variant)
         if variant not in self._sizes:
             self._sizes[variant] = find_sizes(variant, models_dir=self.source.models_dir,
                                               cache_dir=self.source.cache_dir)
@@ -48,7 +50,7 @@ class JobPlanner:
         ``held_*_bytes``: weights the model store has loaded now, on the device and in host RAM; they are added
         back to the free figures so that a second job plans as the first did instead of around its own models.
         """
-        variant = request.model.value
+        variant = ModelVariant(request.model)
         sizes, _ = self.sizes(variant)
         workload = Workload.from_resolution(request.resolution, image_size=image_size,
                                             latent_window_size=request.latent_window_size, variant=variant,

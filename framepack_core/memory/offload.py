@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from framepack_core.memory.plan import FP8_STORAGE, ComponentPlan, MemoryPlan, Placement, PlannedComponent
+from framepack_core.memory.plan import FP8_STORAGE, ComponentPlan, MemoryPlan, Placement
+from framepack_core.models.components import DIT, VAE, Component, weight_component
 from framepack_core.models.sizes import BLOCK_LISTS
 
 GroupOffloading = Callable[..., None]  # ``diffusers.hooks.apply_group_offloading``
@@ -54,7 +55,7 @@ class _OffloadedBlocks(torch.nn.Module):
 class AppliedPlacement:
     """A component placed by ``apply_component_plan``. Use ``on_device()`` around the component's stage."""
 
-    component: PlannedComponent
+    component: Component
     plan: ComponentPlan
     module: torch.nn.Module
     device: torch.device
@@ -137,7 +138,7 @@ def apply_component_plan(
 
     group_offloading = group_offloading or apply_group_offloading
     device, offload_device = torch.device(device), torch.device(offload_device)
-    component = PlannedComponent(plan.component)
+    component = weight_component(plan.component)
 
     if plan.fp8:
         _store_in_fp8(module, plan)
@@ -174,17 +175,17 @@ def uniform_plan(base: MemoryPlan, placement: Placement, *, resident_blocks: int
     components = []
     for plan in base.components:
         where = placement
-        if plan.component == PlannedComponent.VAE:
+        if plan.component == VAE:
             where = vae or (Placement.SWAP if placement in (Placement.BLOCKS, Placement.DISK) else placement)
         by_blocks = where in (Placement.BLOCKS, Placement.DISK)
-        resident = (resident_blocks if plan.component == PlannedComponent.TRANSFORMER else 0) if by_blocks else None
-        storage = FP8_STORAGE if fp8 and plan.component == PlannedComponent.TRANSFORMER else plan.storage_dtype
+        resident = (resident_blocks if plan.component == DIT else 0) if by_blocks else None
+        storage = FP8_STORAGE if fp8 and plan.component == DIT else plan.storage_dtype
         components.append(replace(plan, placement=where, resident_blocks=resident, blocks_per_group=blocks_per_group,
                                   storage_dtype=storage))
     return replace(base, components=tuple(components), **plan_fields)
 
 
-def component_blocks(module: torch.nn.Module, component: PlannedComponent) -> list[torch.nn.Module]:
+def component_blocks(module: torch.nn.Module, component: Component) -> list[torch.nn.Module]:
     """The component's repeated blocks in forward order (``model_sizes.BLOCK_LISTS``; the lists may sit under a
     prefix such as ``text_model.`` in CLIP)."""
     blocks: list[torch.nn.Module] = []
@@ -207,7 +208,7 @@ def _offload_blocks(applied: AppliedPlacement, group_offloading: GroupOffloading
     offloaded = blocks[resident:]
     applied.offloaded_blocks = tuple(offloaded)
     # The transformer runs every step, so its non-offloaded part stays on the device; an encoder runs once per job.
-    applied.moves_rest_per_stage = applied.component != PlannedComponent.TRANSFORMER
+    applied.moves_rest_per_stage = applied.component != DIT
     module.to(applied.offload_device)
     if not applied.moves_rest_per_stage:
         applied._move_rest(applied.device)

@@ -75,8 +75,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from framepack_core.events import Stage
 from framepack_core.memory.activations import (
     decoded_latent_frames,
 )
@@ -87,10 +88,7 @@ from framepack_core.memory.compute_cost import (
     call_flops,
     section_tokens,
 )
-from framepack_core.models.components import PlannedComponent
-
-if TYPE_CHECKING:
-    pass
+from framepack_core.models.components import DIT, IMAGE, TE, TE2, VAE, Component, ModelVariant, weight_component
 
 GIB = 1024**3
 
@@ -114,7 +112,7 @@ class Placement(str, Enum):
 class ComponentPlan:
     """How one component is stored and placed."""
 
-    component: PlannedComponent
+    component: Component
     placement: Placement
     storage_dtype: str  # torch dtype name without "torch.": "bfloat16", "float16", "float32", "float8_e4m3fn"
     compute_dtype: str  # the dtype its layers compute in (differs from storage_dtype for fp8 storage)
@@ -154,13 +152,13 @@ class Workload:
     height: int = 608  # bucket, pixels (multiple of 16)
     width: int = 640
     latent_window_size: int = 9
-    variant: str = "original"  # "original" or "f1": same architecture, same shapes
+    variant: ModelVariant = ModelVariant.ORIGINAL  # same architecture, same shapes
     real_cfg: bool = False  # cfg != 1: a second (negative) transformer call per step
     text_tokens: int = MAX_TEXT_TOKENS  # real prompt tokens, at most 256 (the transformer drops padding)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "variant", str(getattr(self.variant, "value", self.variant)))
-        section_tokens(self.height, self.width, self.latent_window_size, self.variant)  # validates all three
+        section_tokens(self.height, self.width, self.latent_window_size, self.variant)  # validates all four
+        object.__setattr__(self, "variant", ModelVariant(self.variant))
         if not 0 <= self.text_tokens <= MAX_TEXT_TOKENS:
             raise ValueError(f"text_tokens must be in 0..{MAX_TEXT_TOKENS}, got {self.text_tokens}")
 
@@ -171,7 +169,7 @@ class Workload:
         *,
         image_size: tuple[int, int] | None = None,
         latent_window_size: int = 9,
-        variant: str = "original",
+        variant: ModelVariant | str = ModelVariant.ORIGINAL,
         real_cfg: bool = False,
         text_tokens: int = MAX_TEXT_TOKENS,
     ) -> Workload:
@@ -211,7 +209,7 @@ class Workload:
 
     def describe(self) -> str:
         cfg = "real CFG on (2 calls per step)" if self.real_cfg else "CFG off (1 call per step)"
-        return (f"{self.height}x{self.width}, window {self.latent_window_size}, {self.variant}, {cfg}, "
+        return (f"{self.height}x{self.width}, window {self.latent_window_size}, {self.variant.value}, {cfg}, "
                 f"{self.sequence_tokens:,} tokens per call ({self.tokens.latent:,} latent + {SIGLIP_TOKENS} image "
                 f"+ {self.text_tokens} text), {self.flops_per_call / 1e12:.1f} TFLOP per call")
 
@@ -220,9 +218,14 @@ class Workload:
 class StagePeak:
     """One stage of a job and the memory the plan uses during it."""
 
-    stage: str  # "text encoding", "VAE encode", "image encoding", "sampling", "VAE decode"
+    stage: Stage
     vram_bytes: int  # device: weights there + the stage's activations + the allowance
     ram_bytes: int  # host: weights held in RAM + host buffers (the process baseline not included)
+
+    @property
+    def label(self) -> str:
+        """The stage as the report and ``--json`` name it: "text encoding", "VAE encode", ..., "VAE decode"."""
+        return STAGE_LABELS[self.stage]
 
 
 @dataclass(frozen=True)
@@ -254,8 +257,8 @@ class MemoryPlan:
     sizes_source: str = ""  # where the component sizes came from
     unified_memory: bool = False  # MPS: device and host memory are one pool; fits is judged on their sum
 
-    def component(self, component: PlannedComponent | str) -> ComponentPlan:
-        wanted = PlannedComponent(component)
+    def component(self, component: Component | str) -> ComponentPlan:
+        wanted = weight_component(component)
         for plan in self.components:
             if plan.component == wanted:
                 return plan
@@ -291,32 +294,33 @@ RAM_BASELINE_BYTES = 2 * GIB
 TRANSFORMER_INNER_DIM = 3072
 STREAM_BLOCKS_ON_DEVICE = 2  # the block computing and the one being prefetched
 
-TE, TE2, IMAGE, VAE, DIT = (PlannedComponent.TEXT_ENCODER, PlannedComponent.TEXT_ENCODER_2,
-                            PlannedComponent.IMAGE_ENCODER, PlannedComponent.VAE, PlannedComponent.TRANSFORMER)
-ENCODERS = (TE, TE2, IMAGE)
-
-# The stages of a job in engine order, and the component each one runs.
-STAGES: tuple[tuple[str, frozenset[PlannedComponent]], ...] = (
-    ("text encoding", frozenset({TE, TE2})),
-    ("VAE encode", frozenset({VAE})),
-    ("image encoding", frozenset({IMAGE})),
-    ("sampling", frozenset({DIT})),
-    ("VAE decode", frozenset({VAE})),
+# The stages of a job that hold weights, in engine order, and the components each one runs.
+STAGES: tuple[tuple[Stage, frozenset[Component]], ...] = (
+    (Stage.TEXT_ENCODING, frozenset({TE, TE2})),
+    (Stage.VAE_ENCODING, frozenset({VAE})),
+    (Stage.IMAGE_ENCODING, frozenset({IMAGE})),
+    (Stage.SAMPLING, frozenset({DIT})),
+    (Stage.DECODING, frozenset({VAE})),
 )
-LOOP_STAGES = frozenset({"sampling", "VAE decode"})  # repeated for every section
+LOOP_STAGES = frozenset({Stage.SAMPLING, Stage.DECODING})  # repeated for every section
+# How the plan's table and JSON name the stages (the memory each stage's model needs, in the report's words).
+STAGE_LABELS = MappingProxyType({
+    Stage.TEXT_ENCODING: "text encoding",
+    Stage.VAE_ENCODING: "VAE encode",
+    Stage.IMAGE_ENCODING: "image encoding",
+    Stage.SAMPLING: "sampling",
+    Stage.DECODING: "VAE decode",
+})
 
 
-def runtime_dtypes(device_type: str) -> Mapping[PlannedComponent, str]:
+def runtime_dtypes(device_type: str) -> Mapping[Component, str]:
     """The dtype each component is held and computed in: ``framepack_core.models.devices.default_config``'s table (the
     official app's on a GPU, float32 on the CPU), by component."""
     from framepack_core.models.devices import default_config  # imports torch: only when a plan is made
 
     config = default_config(device_type)
-    by_component = {PlannedComponent.TEXT_ENCODER: config.text_encoder_dtype,
-                    PlannedComponent.TEXT_ENCODER_2: config.text_encoder_dtype,
-                    PlannedComponent.IMAGE_ENCODER: config.image_encoder_dtype,
-                    PlannedComponent.VAE: config.vae_dtype,
-                    PlannedComponent.TRANSFORMER: config.transformer_dtype}
+    by_component = {TE: config.text_encoder_dtype, TE2: config.text_encoder_dtype, IMAGE: config.image_encoder_dtype,
+                    VAE: config.vae_dtype, DIT: config.transformer_dtype}
     return MappingProxyType({c: str(dtype).removeprefix("torch.") for c, dtype in by_component.items()})
 
 
@@ -376,10 +380,10 @@ def plan_to_dict(plan: MemoryPlan) -> dict[str, Any]:
         "unified_memory": plan.unified_memory,
         "workload": None if workload is None else {
             "height": workload.height, "width": workload.width, "latent_window_size": workload.latent_window_size,
-            "variant": workload.variant, "real_cfg": workload.real_cfg, "text_tokens": workload.text_tokens,
+            "variant": workload.variant.value, "real_cfg": workload.real_cfg, "text_tokens": workload.text_tokens,
             "latent_tokens": workload.tokens.latent, "sequence_tokens": workload.sequence_tokens,
         },
-        "stages": [{"stage": s.stage, "vram_gb": round(s.vram_bytes / GIB, 3), "ram_gb": round(s.ram_bytes / GIB, 3)}
+        "stages": [{"stage": s.label, "vram_gb": round(s.vram_bytes / GIB, 3), "ram_gb": round(s.ram_bytes / GIB, 3)}
                    for s in plan.stages],
         "components": [_component_dict(c) for c in plan.components],
         "cost_model": {"name": plan.cost_model.name, "host_to_device_gb_s": plan.cost_model.host_to_device_gb_s,

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from framepack_core.events import Stage
 from framepack_core.memory.activations import (
     IMAGE_ENCODING_BYTES,
     TEXT_ENCODING_BYTES,
@@ -19,19 +20,13 @@ from framepack_core.memory.activations import (
 )
 from framepack_core.memory.plan import (
     DEVICE_ALLOWANCE_BYTES,
-    DIT,
     DTYPE_BYTES,
-    ENCODERS,
     FP8_STORAGE,
-    IMAGE,
     LOOP_STAGES,
     RAM_BASELINE_BYTES,
     STAGES,
     STREAM_BLOCKS_ON_DEVICE,
-    TE,
-    TE2,
     TRANSFORMER_INNER_DIM,
-    VAE,
     ComponentPlan,
     CostModel,
     MemoryPlan,
@@ -43,7 +38,7 @@ from framepack_core.memory.plan import (
     placement_text,
     runtime_dtypes,
 )
-from framepack_core.models.components import PlannedComponent
+from framepack_core.models.components import DIT, ENCODERS, IMAGE, TE, TE2, VAE, WEIGHT_COMPONENTS, Component
 
 if TYPE_CHECKING:
     from framepack_core.memory.hardware import HardwareInfo
@@ -124,27 +119,28 @@ class _Planner:
             sizes, hardware, workload, budget, cost, fp8)
         self.dtypes = runtime_dtypes(hardware.device_type)
         self.compute_s = workload.flops_per_call / (cost.compute_tflops * 1e12)
-        self._encoder_memo: dict[tuple[int, int], dict[PlannedComponent, _Choice] | None] = {}
+        self._encoder_memo: dict[tuple[int, int], dict[Component, _Choice] | None] = {}
 
     # --- stage arithmetic -----------------------------------------------------------------------------------
 
-    def activation(self, stage: str, choices: Mapping[PlannedComponent, _Choice]) -> int:
+    def activation(self, stage: Stage, choices: Mapping[Component, _Choice]) -> int:
         w = self.workload
         tiled = choices[VAE].plan.vae_tiling
-        if stage == "text encoding":
+        if stage == Stage.TEXT_ENCODING:
             return TEXT_ENCODING_BYTES
-        if stage == "VAE encode":
+        if stage == Stage.VAE_ENCODING:
             return vae_encode_activation_bytes(w.height, w.width, tiled, DTYPE_BYTES[self.dtypes[VAE]])
-        if stage == "image encoding":
+        if stage == Stage.IMAGE_ENCODING:
             return IMAGE_ENCODING_BYTES
-        if stage == "sampling":
+        if stage == Stage.SAMPLING:
             return transformer_activation_bytes(w.sequence_tokens, TRANSFORMER_INNER_DIM,
                                                 DTYPE_BYTES[choices[DIT].plan.compute_dtype])
-        return vae_decode_activation_bytes(w.decoded_latent_frames, w.height, w.width, tiled,
-                                           DTYPE_BYTES[self.dtypes[VAE]])
+        if stage == Stage.DECODING:
+            return vae_decode_activation_bytes(w.decoded_latent_frames, w.height, w.width, tiled,
+                                               DTYPE_BYTES[self.dtypes[VAE]])
+        raise ValueError(f"the plan has no stage {stage.value!r}")
 
-    def stage_vram(self, stage: str, active: frozenset[PlannedComponent],
-                   choices: Mapping[PlannedComponent, _Choice]) -> int:
+    def stage_vram(self, stage: Stage, active: frozenset[Component], choices: Mapping[Component, _Choice]) -> int:
         """Device bytes during ``stage``: the allowance, the stage's activations, the active components' device
         part, every RESIDENT component whole, and the part of the others that never leaves the device (the
         transformer's non-block layers and resident blocks: the store keeps it loaded between jobs, so a later
@@ -161,24 +157,25 @@ class _Planner:
                 total += choice.persistent_bytes
         return total
 
-    def stage_ram(self, stage: str, choices: Mapping[PlannedComponent, _Choice], release: bool) -> int:
+    def stage_ram(self, stage: Stage, choices: Mapping[Component, _Choice], release: bool) -> int:
         """Host bytes during ``stage``: every component's RAM copy, except that released text encoders are not
         held in the section loop and (being released) were encoded before the transformer was loaded. On the
         CPU the stage's activations are in RAM too."""
-        held = set(PlannedComponent)
+        held = set(WEIGHT_COMPONENTS)
         if release:
             held -= {TE, TE2} if stage in LOOP_STAGES else {DIT}
         total = sum(choices[c].plan.host_bytes for c in held)
-        if stage == "VAE decode":
+        if stage == Stage.DECODING:
             w = self.workload
             total += host_decode_buffer_bytes(w.decoded_latent_frames, w.height, w.width)
         if self.hardware.device_type == "cpu":
             total += self.activation(stage, choices)
         return total
 
-    def stages(self, choices: Mapping[PlannedComponent, _Choice], release: bool) -> tuple[StagePeak, ...]:
-        return tuple(StagePeak(name, self.stage_vram(name, active, choices), self.stage_ram(name, choices, release))
-                     for name, active in STAGES)
+    def stages(self, choices: Mapping[Component, _Choice], release: bool) -> tuple[StagePeak, ...]:
+        return tuple(StagePeak(stage, self.stage_vram(stage, active, choices),
+                               self.stage_ram(stage, choices, release))
+                     for stage, active in STAGES)
 
     def stage_fits(self, peak: StagePeak) -> bool:
         if peak.vram_bytes > self.budget.vram:
@@ -186,13 +183,13 @@ class _Planner:
         used_ram = peak.ram_bytes + (peak.vram_bytes if self.budget.unified else 0)
         return used_ram <= self.budget.ram
 
-    def fits(self, choices: Mapping[PlannedComponent, _Choice], release: bool) -> bool:
+    def fits(self, choices: Mapping[Component, _Choice], release: bool) -> bool:
         return all(self.stage_fits(p) for p in self.stages(choices, release))
 
-    def fits_stages(self, names: frozenset[str], choices: Mapping[PlannedComponent, _Choice], release: bool) -> bool:
-        return all(self.stage_fits(StagePeak(name, self.stage_vram(name, active, choices),
-                                             self.stage_ram(name, choices, release)))
-                   for name, active in STAGES if name in names)
+    def fits_stages(self, stages: frozenset[Stage], choices: Mapping[Component, _Choice], release: bool) -> bool:
+        return all(self.stage_fits(StagePeak(stage, self.stage_vram(stage, active, choices),
+                                             self.stage_ram(stage, choices, release)))
+                   for stage, active in STAGES if stage in stages)
 
     # --- time -----------------------------------------------------------------------------------------------
 
@@ -211,7 +208,7 @@ class _Planner:
 
     # --- options --------------------------------------------------------------------------------------------
 
-    def option(self, component: PlannedComponent, placement: Placement, storage: str | None = None,
+    def option(self, component: Component, placement: Placement, storage: str | None = None,
                resident_blocks: int | None = None, vae_tiling: bool = False) -> _Choice:
         compute = self.dtypes[component]
         return _choice(self.sizes[component], placement, storage or compute, compute, resident_blocks, vae_tiling,
@@ -238,7 +235,7 @@ class _Planner:
         tiers.append([self.option(DIT, Placement.DISK, disk_storage, k) for k in range(blocks, -1, -1)])
         return tiers
 
-    def encoder_options(self, component: PlannedComponent) -> list[_Choice]:
+    def encoder_options(self, component: Component) -> list[_Choice]:
         """SWAP (moved whole around its stage), else BLOCKS (held in RAM, moved in one block at a time during
         its stage: one call, so keeping blocks resident would save nothing), else DISK (read from the files
         during its stage, for RAM too small to hold it)."""
@@ -248,7 +245,7 @@ class _Planner:
                         self.option(component, Placement.DISK, None, 0)]
         return options
 
-    def choose_encoders(self, dit: _Choice, vae: _Choice) -> dict[PlannedComponent, _Choice] | None:
+    def choose_encoders(self, dit: _Choice, vae: _Choice) -> dict[Component, _Choice] | None:
         """The encoders' placements that fit beside the transformer's and the VAE's device parts (memoised)."""
         key = (dit.plan.weight_bytes if dit.plan.placement == Placement.RESIDENT else dit.persistent_bytes,
                vae.plan.weight_bytes if vae.plan.placement == Placement.RESIDENT else 0)
@@ -256,10 +253,10 @@ class _Planner:
             self._encoder_memo[key] = self._search_encoders(dit, vae)
         return self._encoder_memo[key]
 
-    def _search_encoders(self, dit: _Choice, vae: _Choice) -> dict[PlannedComponent, _Choice] | None:
+    def _search_encoders(self, dit: _Choice, vae: _Choice) -> dict[Component, _Choice] | None:
         """First fit, the LLaMA's options innermost; RAM is checked as if released (the loosest case), the
         final check of the whole plan decides whether they must be released."""
-        stages = frozenset({"text encoding", "image encoding"})
+        stages = frozenset({Stage.TEXT_ENCODING, Stage.IMAGE_ENCODING})
         for clip in self.encoder_options(TE2):
             for siglip in self.encoder_options(IMAGE):
                 for llama in self.encoder_options(TE):
@@ -270,20 +267,20 @@ class _Planner:
 
     # --- search ---------------------------------------------------------------------------------------------
 
-    def all_resident(self) -> tuple[dict[PlannedComponent, _Choice], bool] | None:
+    def all_resident(self) -> tuple[dict[Component, _Choice], bool] | None:
         dit_storage = FP8_STORAGE if self.fp8 is True else None
         for tiling in (False, True):
             choices = {c: self.option(c, Placement.RESIDENT, dit_storage if c == DIT else None,
-                                      vae_tiling=tiling and c == VAE) for c in PlannedComponent}
+                                      vae_tiling=tiling and c == VAE) for c in WEIGHT_COMPONENTS}
             for release in (False, True):
                 if self.fits(choices, release):
                     return choices, release
         return None
 
-    def search(self) -> tuple[dict[PlannedComponent, _Choice], bool, list[str]] | None:
+    def search(self) -> tuple[dict[Component, _Choice], bool, list[str]] | None:
         """The fastest plan of the first transformer tier that has one; ties go to a resident VAE, no tiling."""
         for tier in self.transformer_tiers():
-            found: list[tuple[tuple[float, bool, bool, bool], dict[PlannedComponent, _Choice], bool]] = []
+            found: list[tuple[tuple[float, bool, bool, bool], dict[Component, _Choice], bool]] = []
             for dit in tier:
                 for vae_placement in (Placement.RESIDENT, Placement.SWAP):
                     for tiling in (False, True):
@@ -303,7 +300,7 @@ class _Planner:
                 return choices, release, self._comparison(found)
         return None
 
-    def _comparison(self, found: list[tuple[tuple[float, bool, bool, bool], dict[PlannedComponent, _Choice],
+    def _comparison(self, found: list[tuple[tuple[float, bool, bool, bool], dict[Component, _Choice],
                                             bool]]) -> list[str]:
         """The best modelled step time of each transformer placement that fitted, for the notes."""
         best: dict[Placement, tuple[float, _Choice]] = {}
@@ -318,7 +315,7 @@ class _Planner:
                  for seconds, dit in sorted(best.values(), key=lambda item: item[0])]
         return ["transformer placements that fit, fastest first: " + "; ".join(parts)]
 
-    def smallest(self) -> tuple[dict[PlannedComponent, _Choice], bool]:
+    def smallest(self) -> tuple[dict[Component, _Choice], bool]:
         """The plan with the least memory everywhere, for a machine on which nothing fits."""
         storage = self.dtypes[DIT] if self.fp8 is False else FP8_STORAGE
         choices = {
@@ -329,17 +326,17 @@ class _Planner:
             choices[component] = self.encoder_options(component)[-1]
         return choices, self._needs_release(choices)
 
-    def _needs_release(self, choices: Mapping[PlannedComponent, _Choice]) -> bool:
-        peak = max(self.stage_ram(name, choices, release=False) for name, _ in STAGES)
+    def _needs_release(self, choices: Mapping[Component, _Choice]) -> bool:
+        peak = max(self.stage_ram(stage, choices, release=False) for stage, _ in STAGES)
         return peak > self.budget.ram
 
-    def cpu_plan(self) -> tuple[dict[PlannedComponent, _Choice], bool]:
+    def cpu_plan(self) -> tuple[dict[Component, _Choice], bool]:
         """Everything in RAM; VAE tiling and releasing the text encoders only when RAM needs them. fp8 storage of
         the transformer only when asked for (``fp8=True``): it halves its RAM, but the CPU computes in fp32 anyway."""
         for tiling in (False, True):
             choices = {c: _choice(self.sizes[c], Placement.CPU,
                                   FP8_STORAGE if c == DIT and self.fp8 else self.dtypes[c], self.dtypes[c],
-                                  vae_tiling=tiling and c == VAE) for c in PlannedComponent}
+                                  vae_tiling=tiling and c == VAE) for c in WEIGHT_COMPONENTS}
             for release in (False, True):
                 if self.fits(choices, release):
                     return choices, release
@@ -395,7 +392,7 @@ def plan_memory(
     return _assemble(planner, choices, release, preserve, notes)
 
 
-def _assemble(planner: _Planner, choices: Mapping[PlannedComponent, _Choice], release: bool, preserve: int,
+def _assemble(planner: _Planner, choices: Mapping[Component, _Choice], release: bool, preserve: int,
               notes: list[str]) -> MemoryPlan:
     hardware, workload, budget = planner.hardware, planner.workload, planner.budget
     stages = planner.stages(choices, release)
@@ -406,7 +403,7 @@ def _assemble(planner: _Planner, choices: Mapping[PlannedComponent, _Choice], re
     resident_time = workload.calls_per_step * planner.compute_s
     step_time = planner.step_time(dit) if dit.plan.placement != Placement.CPU else resident_time
     notes = list(notes) + _notes(planner, choices, release, stages, fits)
-    ordered = tuple(choices[c].plan for c in (TE, TE2, VAE, IMAGE, DIT))
+    ordered = tuple(choices[c].plan for c in WEIGHT_COMPONENTS)
     return MemoryPlan(
         components=ordered,
         device_type=hardware.device_type,
@@ -443,7 +440,7 @@ def _sizes_source(sizes: ModelSizes) -> str:
     return f"safetensors headers for {', '.join(from_headers)}; built-in real configs for the rest"
 
 
-def _notes(planner: _Planner, choices: Mapping[PlannedComponent, _Choice], release: bool,
+def _notes(planner: _Planner, choices: Mapping[Component, _Choice], release: bool,
            stages: tuple[StagePeak, ...], fits: bool) -> list[str]:
     notes: list[str] = []
     dit, vae = choices[DIT].plan, choices[VAE].plan
@@ -469,12 +466,12 @@ def _notes(planner: _Planner, choices: Mapping[PlannedComponent, _Choice], relea
         worst_vram = max(stages, key=lambda s: s.vram_bytes)
         if worst_vram.vram_bytes > budget.vram:
             notes.append(f"does not fit: the smallest plan needs {gib_text(worst_vram.vram_bytes)} of VRAM "
-                         f"({worst_vram.stage}), {gib_text(worst_vram.vram_bytes - budget.vram)} more than the "
+                         f"({worst_vram.label}), {gib_text(worst_vram.vram_bytes - budget.vram)} more than the "
                          f"{gib_text(budget.vram)} budget")
         used = [(s.ram_bytes + (s.vram_bytes if budget.unified else 0), s) for s in stages]
         worst_ram, stage = max(used, key=lambda item: item[0])
         if worst_ram > budget.ram:
-            notes.append(f"does not fit: {gib_text(worst_ram)} of RAM needed ({stage.stage}), "
+            notes.append(f"does not fit: {gib_text(worst_ram)} of RAM needed ({stage.label}), "
                          f"{gib_text(worst_ram - budget.ram)} more than the {gib_text(budget.ram)} budget")
     return notes
 

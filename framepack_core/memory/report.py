@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 
-from framepack_core.memory.plan import DIT, GIB, TE, VAE, MemoryPlan, Placement, gib_text, placement_text
+from framepack_core.memory.plan import GIB, MemoryPlan, Placement, gib_text, placement_text
+from framepack_core.models.components import DIT, TE, VAE
 
 
 def describe(plan: MemoryPlan) -> str:
@@ -29,7 +30,7 @@ def describe(plan: MemoryPlan) -> str:
         lines.append(f"| {c.component.value} | {placement} | {c.storage_dtype} / {c.compute_dtype} | "
                      f"{c.weight_bytes / GIB:.2f} | {c.device_bytes / GIB:.2f} | {c.host_bytes / GIB:.2f} |")
     lines += ["", "| stage | VRAM GiB | RAM GiB |", "|---|---:|---:|"]
-    lines += [f"| {s.stage} | {s.vram_bytes / GIB:.2f} | {s.ram_bytes / GIB:.2f} |" for s in plan.stages]
+    lines += [f"| {s.label} | {s.vram_bytes / GIB:.2f} | {s.ram_bytes / GIB:.2f} |" for s in plan.stages]
     peaks = (f"Peak RAM {plan.peak_ram_gb:.2f} GiB of {gib_text(plan.ram_budget_bytes)}" if cpu else
              f"Peak VRAM {plan.peak_vram_gb:.2f} GiB of {gib_text(plan.vram_budget_bytes)} (including a "
              f"{gib_text(plan.device_allowance_bytes)} allowance); peak RAM {plan.peak_ram_gb:.2f} GiB of "

@@ -13,16 +13,11 @@ import hashlib
 import struct
 from pathlib import Path
 
-from framepack_core.models.loading import _SPECS, Component, ModelSource, resolve_component, transformer_component
+from framepack_core.models.components import ModelVariant
+from framepack_core.models.loading import ComponentFiles, ModelSource, job_files, resolve_component
 
 _HEADER_LENGTH_BYTES = 8
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-
-def job_components(variant: str) -> tuple[Component, ...]:
-    """The components a job with ``variant`` reads, in a fixed order."""
-    return (Component.TOKENIZER, Component.TEXT_ENCODER, Component.TOKENIZER_2, Component.TEXT_ENCODER_2,
-            Component.VAE, Component.FEATURE_EXTRACTOR, Component.IMAGE_ENCODER, transformer_component(variant))
 
 
 def folder_digest(folder: Path) -> str:
@@ -45,16 +40,16 @@ def folder_digest(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def component_identity(source: ModelSource, component: Component) -> str:
-    spec = _SPECS[component]
-    name = spec.repo + (f"/{spec.subfolder}" if spec.subfolder else "")
-    folder = resolve_component(source, component)
-    snapshot = folder.parent if spec.subfolder else folder
+def component_identity(source: ModelSource, files: ComponentFiles) -> str:
+    name = files.repo + (f"/{files.subfolder}" if files.subfolder else "")
+    folder = resolve_component(source, files.component, files.variant)
+    snapshot = folder.parent if files.subfolder else folder
     if snapshot.parent.name == "snapshots" and snapshot.parent.parent.name.startswith("models--"):
         return f"{name}@{snapshot.name}"
     return f"{name} sha256:{folder_digest(folder)}"
 
 
-def model_identities(source: ModelSource, variant: str) -> dict[str, str]:
-    """Each component's identity for a job with ``variant`` ("original" or "f1")."""
-    return {component.value: component_identity(source, component) for component in job_components(variant)}
+def model_identities(source: ModelSource, variant: ModelVariant | str) -> dict[str, str]:
+    """Each component's identity for a job with ``variant`` ("original" or "f1"), keyed by ``ComponentFiles.name``
+    ("vae", "transformer:f1"): the keys job metadata stores."""
+    return {files.name: component_identity(source, files) for files in job_files(variant)}

@@ -10,29 +10,29 @@ from typing import Any
 import torch
 
 from framepack_core.errors import MissingWeightsError
+from framepack_core.models.components import Component, ModelVariant
 from framepack_core.models.loading import (
-    _SPECS,
-    Component,
+    ComponentFiles,
     ImageEncoder,
     ModelSource,
     TextEncoders,
     checked_folder,
+    component_files,
     fix_hint,
-    transformer_component,
 )
 
 
-def _load(source: ModelSource, component: Component, load: Callable[[Path], Any]) -> Any:
+def _load(source: ModelSource, files: ComponentFiles, load: Callable[[Path], Any]) -> Any:
     """Check the folder, then run ``load(folder)``, turning any loading failure into a ``MissingWeightsError``."""
-    folder = checked_folder(source, component)
+    folder = checked_folder(source, files)
     try:
         return load(folder)
     except Exception as error:  # noqa: BLE001 - config/version mismatches and corrupt files all land here
         raise MissingWeightsError(
-            component.value,
+            files.name,
             [str(folder)],
             f"from_pretrained failed: {type(error).__name__}: {error}",
-            fix_hint(source, _SPECS[component], folder, exists=True),
+            fix_hint(source, files, folder, exists=True),
         ) from error
 
 
@@ -88,12 +88,13 @@ def load_text_encoders(source: ModelSource, device: torch.device | str, dtype: t
     def model(cls: Any) -> Callable[[Path], Any]:
         return lambda folder: lean_from_pretrained(cls, folder, dtype=dtype, device=device)
 
-    tokenizer = _load(source, Component.TOKENIZER, lambda f: AutoTokenizer.from_pretrained(f, local_files_only=True))
-    text_encoder = _load(source, Component.TEXT_ENCODER, model(LlamaModel))
-    tokenizer_2 = _load(
-        source, Component.TOKENIZER_2, lambda f: AutoTokenizer.from_pretrained(f, local_files_only=True)
-    )
-    text_encoder_2 = _load(source, Component.TEXT_ENCODER_2, model(CLIPTextModel))
+    def load_tokenizer(folder: Path) -> Any:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+    tokenizer = _load(source, component_files(Component.TOKENIZER), load_tokenizer)
+    text_encoder = _load(source, component_files(Component.TEXT_ENCODER), model(LlamaModel))
+    tokenizer_2 = _load(source, component_files(Component.TOKENIZER_2), load_tokenizer)
+    text_encoder_2 = _load(source, component_files(Component.TEXT_ENCODER_2), model(CLIPTextModel))
     return TextEncoders(
         tokenizer=tokenizer,
         text_encoder=_ready(text_encoder, device),
@@ -108,7 +109,7 @@ def load_vae(source: ModelSource, device: torch.device | str, dtype: torch.dtype
 
     vae = _load(
         source,
-        Component.VAE,
+        component_files(Component.VAE),
         lambda folder: lean_from_pretrained(AutoencoderKLHunyuanVideo, folder, dtype=dtype, device=device),
     )
     return _ready(vae, device)
@@ -120,18 +121,18 @@ def load_image_encoder(source: ModelSource, device: torch.device | str, dtype: t
 
     feature_extractor = _load(
         source,
-        Component.FEATURE_EXTRACTOR,
+        component_files(Component.FEATURE_EXTRACTOR),
         lambda folder: SiglipImageProcessor.from_pretrained(folder, local_files_only=True),
     )
     image_encoder = _load(
         source,
-        Component.IMAGE_ENCODER,
+        component_files(Component.IMAGE_ENCODER),
         lambda folder: lean_from_pretrained(SiglipVisionModel, folder, dtype=dtype, device=device),
     )
     return ImageEncoder(feature_extractor=feature_extractor, image_encoder=_ready(image_encoder, device))
 
 
-def load_transformer(source: ModelSource, variant: Any, device: torch.device | str, dtype: torch.dtype) -> Any:
+def load_transformer(source: ModelSource, variant: ModelVariant | str, device: torch.device | str, dtype: torch.dtype) -> Any:
     """The packed FramePack DiT for ``variant`` ("original" or "f1").
 
     lllyasviel's configs name the original code's class (``HunyuanVideoTransformer3DModelPacked``); diffusers'
@@ -139,10 +140,9 @@ def load_transformer(source: ModelSource, variant: Any, device: torch.device | s
     """
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
-    component = transformer_component(variant)
     transformer = _load(
         source,
-        component,
+        component_files(Component.TRANSFORMER, variant),
         lambda folder: lean_from_pretrained(
             HunyuanVideoFramepackTransformer3DModel, folder, dtype=dtype, device=device
         ),

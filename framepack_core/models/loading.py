@@ -24,15 +24,12 @@ import math
 import os
 import struct
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from framepack_core.errors import InvalidInputError, MissingWeightsError
-
-if TYPE_CHECKING:
-    pass
+from framepack_core.models.components import Component, ModelVariant
 
 logger = logging.getLogger(__name__)
 
@@ -47,26 +44,24 @@ TINY_MODELS_COMMAND = "python -m framepack_core tiny-models"
 TINY_MANIFEST_NAME = "tiny_models.json"
 
 
-class Component(str, Enum):
-    """One loadable part of the model set; the value is the name used in messages and by ``resolve_component``."""
-
-    TOKENIZER = "tokenizer"
-    TEXT_ENCODER = "text_encoder"
-    TOKENIZER_2 = "tokenizer_2"
-    TEXT_ENCODER_2 = "text_encoder_2"
-    VAE = "vae"
-    FEATURE_EXTRACTOR = "feature_extractor"
-    IMAGE_ENCODER = "image_encoder"
-    TRANSFORMER_ORIGINAL = "transformer:original"
-    TRANSFORMER_F1 = "transformer:f1"
-
-
 @dataclass(frozen=True)
-class _Spec:
+class ComponentFiles:
+    """Where one component's files are and what they hold.
+
+    ``name`` is what messages, ``resolve_component`` and job metadata call them: the component's value, and for
+    the transformer "transformer:original" or "transformer:f1" (two checkpoints of one component).
+    """
+
+    component: Component
+    variant: ModelVariant | None  # the transformer's checkpoint; None for the components every job shares
     repo: str
     subfolder: str | None  # None: the files sit at the repository root (the FramePack transformer repos)
     kind: str  # "weights", "tokenizer" or "processor": decides what check_weights looks for
     config_name: str
+
+    @property
+    def name(self) -> str:
+        return self.component.value if self.variant is None else f"{self.component.value}:{self.variant.value}"
 
     @property
     def allow_patterns(self) -> list[str]:
@@ -75,19 +70,29 @@ class _Spec:
         return ["config.json", "*.safetensors", "*.safetensors.index.json"]
 
 
-
-_SPECS = MappingProxyType(
+_SHARED_FILES = MappingProxyType(
     {
-        Component.TOKENIZER: _Spec(BASE_REPO, "tokenizer", "tokenizer", "tokenizer_config.json"),
-        Component.TEXT_ENCODER: _Spec(BASE_REPO, "text_encoder", "weights", "config.json"),
-        Component.TOKENIZER_2: _Spec(BASE_REPO, "tokenizer_2", "tokenizer", "tokenizer_config.json"),
-        Component.TEXT_ENCODER_2: _Spec(BASE_REPO, "text_encoder_2", "weights", "config.json"),
-        Component.VAE: _Spec(BASE_REPO, "vae", "weights", "config.json"),
-        Component.FEATURE_EXTRACTOR: _Spec(REDUX_REPO, "feature_extractor", "processor", "preprocessor_config.json"),
-        Component.IMAGE_ENCODER: _Spec(REDUX_REPO, "image_encoder", "weights", "config.json"),
-        Component.TRANSFORMER_ORIGINAL: _Spec(TRANSFORMER_REPOS["original"], None, "weights", "config.json"),
-        Component.TRANSFORMER_F1: _Spec(TRANSFORMER_REPOS["f1"], None, "weights", "config.json"),
+        component: ComponentFiles(component, None, repo, subfolder, kind, config_name)
+        for component, repo, subfolder, kind, config_name in (
+            (Component.TOKENIZER, BASE_REPO, "tokenizer", "tokenizer", "tokenizer_config.json"),
+            (Component.TEXT_ENCODER, BASE_REPO, "text_encoder", "weights", "config.json"),
+            (Component.TOKENIZER_2, BASE_REPO, "tokenizer_2", "tokenizer", "tokenizer_config.json"),
+            (Component.TEXT_ENCODER_2, BASE_REPO, "text_encoder_2", "weights", "config.json"),
+            (Component.VAE, BASE_REPO, "vae", "weights", "config.json"),
+            (Component.FEATURE_EXTRACTOR, REDUX_REPO, "feature_extractor", "processor", "preprocessor_config.json"),
+            (Component.IMAGE_ENCODER, REDUX_REPO, "image_encoder", "weights", "config.json"),
+        )
     }
+)
+_TRANSFORMER_FILES = MappingProxyType(
+    {
+        variant: ComponentFiles(Component.TRANSFORMER, variant, TRANSFORMER_REPOS[variant.value], None, "weights",
+                                "config.json")
+        for variant in ModelVariant
+    }
+)
+_FILES_BY_NAME = MappingProxyType(
+    {files.name: files for files in (*_SHARED_FILES.values(), *_TRANSFORMER_FILES.values())}
 )
 
 # The components every job needs besides its transformer, in the order the engine uses them.
@@ -134,24 +139,33 @@ class ImageEncoder:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _component(name: Component | str) -> Component:
+def _variant(variant: ModelVariant | str) -> ModelVariant:
     try:
-        return Component(name)
+        return ModelVariant(variant)
     except ValueError:
-        known = ", ".join(c.value for c in Component)
+        raise InvalidInputError("model", f"unknown model variant {variant!r}", "use 'original' or 'f1'") from None
+
+
+def component_files(component: Component, variant: ModelVariant | str | None = None) -> ComponentFiles:
+    """The files of ``component``; for the transformer, of the checkpoint ``variant`` ("original" or "f1")."""
+    if component == Component.TRANSFORMER:
+        if variant is None:
+            raise ValueError("the transformer's files depend on the model variant: pass one")
+        return _TRANSFORMER_FILES[_variant(variant)]
+    return _SHARED_FILES[Component(component)]
+
+
+def job_files(variant: ModelVariant | str) -> tuple[ComponentFiles, ...]:
+    """The files of every component a job with ``variant`` reads, in ``Component`` order."""
+    return tuple(component_files(component, variant) for component in Component)
+
+
+def _files_named(name: Component | str) -> ComponentFiles:
+    try:
+        return _FILES_BY_NAME[name]
+    except KeyError:
+        known = ", ".join(_FILES_BY_NAME)
         raise InvalidInputError("component", f"unknown model component {name!r}", f"use one of: {known}") from None
-
-
-def _variant_key(variant: Any) -> str:
-    """Accept "original"/"f1" or any str enum with that value (``packing.ModelVariant``)."""
-    key = str(getattr(variant, "value", variant))
-    if key not in TRANSFORMER_REPOS:
-        raise InvalidInputError("model", f"unknown model variant {key!r}", "use 'original' or 'f1'")
-    return key
-
-
-def transformer_component(variant: Any) -> Component:
-    return Component(f"transformer:{_variant_key(variant)}")
 
 
 def _offline(source: ModelSource) -> bool:
@@ -169,12 +183,12 @@ def _cache_repo_dir(source: ModelSource, repo: str) -> Path:
     return cache.expanduser() / ("models--" + repo.replace("/", "--"))
 
 
-def _download_command(spec: _Spec, source: ModelSource, force: bool = False) -> str:
-    command = f"hf download {spec.repo}"
-    if spec.subfolder:  # the transformer repos hold just the model (and a README): downloaded whole
-        command += f" --include '{spec.subfolder}/*'"
+def _download_command(files: ComponentFiles, source: ModelSource, force: bool = False) -> str:
+    command = f"hf download {files.repo}"
+    if files.subfolder:  # the transformer repos hold just the model (and a README): downloaded whole
+        command += f" --include '{files.subfolder}/*'"
     if source.models_dir is not None:
-        command += f" --local-dir {Path(source.models_dir).expanduser() / spec.repo}"
+        command += f" --local-dir {Path(source.models_dir).expanduser() / files.repo}"
     elif source.cache_dir is not None:
         command += f" --cache-dir {source.cache_dir}"
     return command + (" --force-download" if force else "")
@@ -184,62 +198,66 @@ def _download_command(spec: _Spec, source: ModelSource, force: bool = False) -> 
 class _Problem:
     """A component that is not usable, with everything a ``MissingWeightsError`` needs to say so."""
 
-    component: Component
+    files: ComponentFiles
     looked_in: str
     detail: str
     hint: str
 
-    def error(self, also_broken: tuple[Component, ...] = ()) -> MissingWeightsError:
+    def error(self, also_broken: tuple[ComponentFiles, ...] = ()) -> MissingWeightsError:
         detail = self.detail
         if also_broken:
-            detail += f" (also broken: {', '.join(c.value for c in also_broken)})"
-        return MissingWeightsError(self.component.value, [self.looked_in], detail, self.hint)
+            detail += f" (also broken: {', '.join(f.name for f in also_broken)})"
+        return MissingWeightsError(self.files.name, [self.looked_in], detail, self.hint)
 
 
-def _resolve(source: ModelSource, component: Component) -> Path | _Problem:
-    spec = _SPECS[component]
+def _resolve(source: ModelSource, files: ComponentFiles) -> Path | _Problem:
     if source.models_dir is not None:
-        folder = Path(source.models_dir).expanduser() / spec.repo
-        return folder / spec.subfolder if spec.subfolder else folder
+        folder = Path(source.models_dir).expanduser() / files.repo
+        return folder / files.subfolder if files.subfolder else folder
 
     from huggingface_hub import snapshot_download
 
     offline = _offline(source)
     try:
         snapshot = snapshot_download(
-            spec.repo,
-            allow_patterns=spec.allow_patterns,
+            files.repo,
+            allow_patterns=files.allow_patterns,
             cache_dir=source.cache_dir,
             local_files_only=offline,
         )
     except Exception as error:  # noqa: BLE001 - any failure here means the component is not available
-        logger.debug("snapshot_download(%s) failed", spec.repo, exc_info=True)
+        logger.debug("snapshot_download(%s) failed", files.repo, exc_info=True)
         if offline:
             detail = f"it is not in the Hugging Face cache and offline mode is on ({type(error).__name__})"
             hint = (
                 "Run once without {offline} (and with HF_HUB_OFFLINE unset) so it downloads, or download it with "
-                f"`{_download_command(spec, source)}`, or use the tiny test set: `{TINY_MODELS_COMMAND} DIR` "
+                f"`{_download_command(files, source)}`, or use the tiny test set: `{TINY_MODELS_COMMAND} DIR` "
                 "and give DIR as {models_dir}"
             )
         else:
-            detail = f"downloading {spec.repo} failed: {type(error).__name__}: {error}"
+            detail = f"downloading {files.repo} failed: {type(error).__name__}: {error}"
             hint = (
                 "Check the network connection and retry, or download it yourself with "
-                f"`{_download_command(spec, source)}`, or give a folder with a local copy as {{models_dir}}"
+                f"`{_download_command(files, source)}`, or give a folder with a local copy as {{models_dir}}"
             )
-        return _Problem(component, str(_cache_repo_dir(source, spec.repo)), detail, hint)
+        return _Problem(files, str(_cache_repo_dir(source, files.repo)), detail, hint)
     folder = Path(snapshot)
-    return folder / spec.subfolder if spec.subfolder else folder
+    return folder / files.subfolder if files.subfolder else folder
 
 
-def resolve_component(source: ModelSource, component_name: Component | str) -> Path:
+def resolve_component(source: ModelSource, component_name: Component | str,
+                      variant: ModelVariant | str | None = None) -> Path:
     """The local folder that holds ``component_name``'s files (downloading them first when allowed).
+
+    ``component_name`` is a ``ComponentFiles.name`` ("vae", "transformer:f1"), or a ``Component`` with the
+    transformer's ``variant``.
 
     With ``models_dir`` the path is returned whether or not it exists; ``check_weights`` says what is wrong.
     Through the hub, a failed download, or a component absent from the cache in offline mode, raises
     ``MissingWeightsError``.
     """
-    resolved = _resolve(source, _component(component_name))
+    files = _files_named(component_name) if variant is None else component_files(Component(component_name), variant)
+    resolved = _resolve(source, files)
     if isinstance(resolved, _Problem):
         raise resolved.error()
     return resolved
@@ -327,73 +345,72 @@ def _weights_problem(folder: Path) -> str | None:
     return None
 
 
-def _folder_problem(folder: Path, spec: _Spec) -> str | None:
+def _folder_problem(folder: Path, files: ComponentFiles) -> str | None:
     """What is missing or broken in a component's folder, or None. Reads configs and headers, never weights."""
     if not folder.exists():
         return "the folder does not exist"
     if not folder.is_dir():
         return "the path is not a folder"
-    config = folder / spec.config_name
+    config = folder / files.config_name
     if not config.is_file():
-        return f"{spec.config_name} is missing"
+        return f"{files.config_name} is missing"
     try:
         if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as error:
-        return f"{spec.config_name} is unreadable ({error})"
-    if spec.kind == "tokenizer":
+        return f"{files.config_name} is unreadable ({error})"
+    if files.kind == "tokenizer":
         has_fast = (folder / "tokenizer.json").is_file()
         has_bpe_files = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
         if not (has_fast or has_bpe_files):
             return "tokenizer.json (or vocab.json with merges.txt) is missing"
-    elif spec.kind == "weights":
+    elif files.kind == "weights":
         return _weights_problem(folder)
     return None
 
 
-def fix_hint(source: ModelSource, spec: _Spec, folder: Path, exists: bool) -> str:
+def fix_hint(source: ModelSource, files: ComponentFiles, folder: Path, exists: bool) -> str:
     """How to fix a missing (``exists`` False) or damaged component, for the way the source finds files."""
     if source.models_dir is not None:
         models_dir = Path(source.models_dir).expanduser()
         if (models_dir / TINY_MANIFEST_NAME).is_file():
             return (
                 f"This is a tiny test set: rebuild it with `{TINY_MODELS_COMMAND} {models_dir}` (a damaged build is "
-                f"replaced), or download the real files with `{_download_command(spec, source)}`"
+                f"replaced), or download the real files with `{_download_command(files, source)}`"
             )
         if exists:
-            return f"Download it again over the damaged copy: `{_download_command(spec, source, force=True)}`"
+            return f"Download it again over the damaged copy: `{_download_command(files, source, force=True)}`"
         return (
-            f"Download it with `{_download_command(spec, source)}`; to try the app without the real weights, build "
+            f"Download it with `{_download_command(files, source)}`; to try the app without the real weights, build "
             f"the tiny test set with `{TINY_MODELS_COMMAND} DIR` and give DIR as {{models_dir}}"
         )
     if exists:
         return (
             f"The cached copy in {folder} is incomplete or damaged: delete that folder and re-run without "
-            f"{{offline}}, or re-download it with `{_download_command(spec, source, force=True)}`"
+            f"{{offline}}, or re-download it with `{_download_command(files, source, force=True)}`"
         )
-    return f"Re-run without {{offline}} so it downloads, or download it with `{_download_command(spec, source)}`"
+    return f"Re-run without {{offline}} so it downloads, or download it with `{_download_command(files, source)}`"
 
 
-def _component_problem(source: ModelSource, component: Component) -> Path | _Problem:
+def _component_problem(source: ModelSource, files: ComponentFiles) -> Path | _Problem:
     """The component's checked folder, or what is wrong with it."""
-    resolved = _resolve(source, component)
+    resolved = _resolve(source, files)
     if isinstance(resolved, _Problem):
         return resolved
-    spec = _SPECS[component]
-    problem = _folder_problem(resolved, spec)
+    problem = _folder_problem(resolved, files)
     if problem:
-        return _Problem(component, str(resolved), problem, fix_hint(source, spec, resolved, resolved.exists()))
+        return _Problem(files, str(resolved), problem, fix_hint(source, files, resolved, resolved.exists()))
     return resolved
 
 
-def checked_folder(source: ModelSource, component: Component) -> Path:
-    checked = _component_problem(source, component)
+def checked_folder(source: ModelSource, files: ComponentFiles) -> Path:
+    checked = _component_problem(source, files)
     if isinstance(checked, _Problem):
         raise checked.error()
     return checked
 
 
-def check_weights(source: ModelSource, variant: Any) -> None:
+def check_weights(source: ModelSource, variant: ModelVariant | str) -> None:
     """Pre-flight check that every component a job with ``variant`` ("original" or "f1") needs is complete.
 
     Reads only configs, shard indexes and safetensors headers, so it takes milliseconds even for the real 30 GB
@@ -401,7 +418,7 @@ def check_weights(source: ModelSource, variant: Any) -> None:
     downloaded (with progress bars) unless offline. Raises ``MissingWeightsError`` for the first broken component,
     naming any others that are broken too, so that one run tells the user everything to fix.
     """
-    components = (*_SHARED_COMPONENTS, transformer_component(variant))
-    problems = [p for p in (_component_problem(source, c) for c in components) if isinstance(p, _Problem)]
+    needed = (*(_SHARED_FILES[c] for c in _SHARED_COMPONENTS), component_files(Component.TRANSFORMER, variant))
+    problems = [p for p in (_component_problem(source, f) for f in needed) if isinstance(p, _Problem)]
     if problems:
-        raise problems[0].error(also_broken=tuple(p.component for p in problems[1:]))
+        raise problems[0].error(also_broken=tuple(p.files for p in problems[1:]))

@@ -1,7 +1,7 @@
 """How big each model component is, and how it splits into repeated blocks, without loading a single weight.
 
-For each of the five :class:`~framepack_core.models.components.PlannedComponent` s: the parameter count, the repeated
-block lists that block-level offloading moves one block at a time (the transformer's 20 dual-stream
+For each component that holds weights (``framepack_core.models.components.WEIGHT_COMPONENTS``): the parameter
+count, the repeated block lists that block-level offloading moves one block at a time (the transformer's 20 dual-stream
 ``transformer_blocks`` and 40 ``single_transformer_blocks``, the LLaMA's ``layers``, CLIP's and SigLIP's
 ``encoder.layers``; the VAE has none and moves whole), the rest ("remainder": embeddings, refiners, heads), and
 the dtype the weights are stored in on disk. (transformers 4 nests CLIP and SigLIP one level deeper, as
@@ -35,7 +35,17 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from framepack_core.models.components import PlannedComponent
+from framepack_core.models.components import (
+    DIT,
+    IMAGE,
+    TE,
+    TE2,
+    VAE,
+    WEIGHT_COMPONENTS,
+    Component,
+    ModelVariant,
+    weight_component,
+)
 
 # safetensors dtype codes -> (torch dtype name, bytes per element)
 SAFETENSORS_DTYPES = MappingProxyType(
@@ -50,31 +60,22 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 # The repeated block lists of each component, in forward order (module paths inside the loaded model).
 BLOCK_LISTS = MappingProxyType(
     {
-        PlannedComponent.TRANSFORMER: ("transformer_blocks", "single_transformer_blocks"),
-        PlannedComponent.TEXT_ENCODER: ("layers",),
-        PlannedComponent.TEXT_ENCODER_2: ("encoder.layers",),
-        PlannedComponent.IMAGE_ENCODER: ("encoder.layers",),
-        PlannedComponent.VAE: (),
+        DIT: ("transformer_blocks", "single_transformer_blocks"),
+        TE: ("layers",),
+        TE2: ("encoder.layers",),
+        IMAGE: ("encoder.layers",),
+        VAE: (),
     }
 )
 
 ASSUMED_DISK_DTYPES = MappingProxyType(
     {
-        PlannedComponent.TRANSFORMER: "bfloat16",
-        PlannedComponent.TEXT_ENCODER: "float16",
-        PlannedComponent.TEXT_ENCODER_2: "float16",
-        PlannedComponent.IMAGE_ENCODER: "float16",
-        PlannedComponent.VAE: "float16",
+        DIT: "bfloat16",
+        TE: "float16",
+        TE2: "float16",
+        IMAGE: "float16",
+        VAE: "float16",
     }
-)
-
-# Planner order: the order the engine uses them in.
-COMPONENT_ORDER = (
-    PlannedComponent.TEXT_ENCODER,
-    PlannedComponent.TEXT_ENCODER_2,
-    PlannedComponent.VAE,
-    PlannedComponent.IMAGE_ENCODER,
-    PlannedComponent.TRANSFORMER,
 )
 
 
@@ -107,7 +108,7 @@ class BlockList:
 class ComponentSize:
     """One component's parameter count, split into its block lists and the rest, and where that came from."""
 
-    component: PlannedComponent
+    component: Component
     parameters: int
     blocks: tuple[BlockList, ...]
     disk_dtype: str  # torch dtype name, the one most of the bytes on disk have
@@ -140,13 +141,13 @@ class ComponentSize:
 
 @dataclass(frozen=True)
 class ModelSizes:
-    """The five components' sizes (the transformer is the one of ``variant``)."""
+    """The weight-holding components' sizes (the transformer is the one of ``variant``)."""
 
     components: tuple[ComponentSize, ...]
-    variant: str = "original"
+    variant: ModelVariant = ModelVariant.ORIGINAL
 
-    def __getitem__(self, component: PlannedComponent | str) -> ComponentSize:
-        wanted = PlannedComponent(component)
+    def __getitem__(self, component: Component | str) -> ComponentSize:
+        wanted = weight_component(component)
         for size in self.components:
             if size.component == wanted:
                 return size
@@ -230,12 +231,12 @@ def _split_blocks(
     return total, blocks
 
 
-def sizes_from_safetensors(folder: Path, component: PlannedComponent | str) -> ComponentSize:
+def sizes_from_safetensors(folder: Path, component: Component | str) -> ComponentSize:
     """A component's size from the headers of the safetensors files in ``folder`` (no tensor is read).
 
     Raises ``FileNotFoundError`` when the folder has no weights and ``ValueError`` for an unreadable header.
     """
-    component = PlannedComponent(component)
+    component = weight_component(component)
     files = weight_files(folder)
     if not files:
         raise FileNotFoundError(f"no .safetensors weights in {folder}")
@@ -260,38 +261,38 @@ def sizes_from_safetensors(folder: Path, component: PlannedComponent | str) -> C
 
 _CONFIG_FILES = MappingProxyType(
     {
-        PlannedComponent.TEXT_ENCODER: "text_encoder.json",
-        PlannedComponent.TEXT_ENCODER_2: "text_encoder_2.json",
-        PlannedComponent.IMAGE_ENCODER: "image_encoder.json",
-        PlannedComponent.VAE: "vae.json",
-        PlannedComponent.TRANSFORMER: "transformer.json",
+        TE: "text_encoder.json",
+        TE2: "text_encoder_2.json",
+        IMAGE: "image_encoder.json",
+        VAE: "vae.json",
+        DIT: "transformer.json",
     }
 )
 
 
-def builtin_config(component: PlannedComponent | str) -> dict[str, Any]:
+def builtin_config(component: Component | str) -> dict[str, Any]:
     """The real config of ``component`` as shipped in ``framepack_core/models/configs`` ("_" keys removed)."""
-    name = _CONFIG_FILES[PlannedComponent(component)]
+    name = _CONFIG_FILES[weight_component(component)]
     text = (resources.files("framepack_core.models") / "configs" / name).read_text(encoding="utf-8")
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
-def _build_module(component: PlannedComponent) -> Any:
+def _build_module(component: Component) -> Any:
     """The component's real class with its real config; call inside a meta-device context."""
     config = builtin_config(component)
-    if component == PlannedComponent.TRANSFORMER:
+    if component == DIT:
         from diffusers import HunyuanVideoFramepackTransformer3DModel
 
         return HunyuanVideoFramepackTransformer3DModel(**config)
-    if component == PlannedComponent.VAE:
+    if component == VAE:
         from diffusers import AutoencoderKLHunyuanVideo
 
         return AutoencoderKLHunyuanVideo(**config)
-    if component == PlannedComponent.TEXT_ENCODER:
+    if component == TE:
         from transformers import LlamaConfig, LlamaModel
 
         return LlamaModel(LlamaConfig(**config))
-    if component == PlannedComponent.TEXT_ENCODER_2:
+    if component == TE2:
         from transformers import CLIPTextConfig, CLIPTextModel
 
         return CLIPTextModel(CLIPTextConfig(**config))
@@ -300,31 +301,32 @@ def _build_module(component: PlannedComponent) -> Any:
     return SiglipVisionModel(SiglipVisionConfig(**config))
 
 
-def module_size(module: Any, component: PlannedComponent | str, source: str, location: str,
+def module_size(module: Any, component: Component | str, source: str, location: str,
                 disk_dtype: str) -> ComponentSize:
     """Count a built (meta or real) module's parameters, split by ``BLOCK_LISTS``."""
-    component = PlannedComponent(component)
+    component = weight_component(component)
     named = ((name, p.numel()) for name, p in module.named_parameters())
     total, blocks = _split_blocks(named, BLOCK_LISTS[component])
     return ComponentSize(component, total, blocks, disk_dtype, source, location)
 
 
 @cache
-def sizes_from_config(component: PlannedComponent | str) -> ComponentSize:
+def sizes_from_config(component: Component | str) -> ComponentSize:
     """A component's size from its built-in real config, built on the meta device (no memory, ~0.3 s for the
     13 B transformer once diffusers and transformers are imported). Pure, so cached."""
     import torch
 
-    component = PlannedComponent(component)
+    component = weight_component(component)
     with torch.device("meta"):
         module = _build_module(component)
     return module_size(module, component, "config", f"models/configs/{_CONFIG_FILES[component]}",
                        ASSUMED_DISK_DTYPES[component])
 
 
-def builtin_sizes(variant: str = "original") -> ModelSizes:
-    """All five components from the built-in real configs (both transformer variants share one architecture)."""
-    return ModelSizes(tuple(sizes_from_config(c) for c in COMPONENT_ORDER), variant=str(variant))
+def builtin_sizes(variant: ModelVariant | str = ModelVariant.ORIGINAL) -> ModelSizes:
+    """All weight-holding components from the built-in real configs (both transformer variants share one
+    architecture)."""
+    return ModelSizes(tuple(sizes_from_config(c) for c in WEIGHT_COMPONENTS), variant=ModelVariant(variant))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -332,12 +334,7 @@ def builtin_sizes(variant: str = "original") -> ModelSizes:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _loading_component(component: PlannedComponent, variant: str) -> str:
-    """The ``framepack_core.models.loading.Component`` value holding ``component``'s weights."""
-    return f"transformer:{variant}" if component == PlannedComponent.TRANSFORMER else component.value
-
-
-def local_component_folder(component: PlannedComponent | str, variant: str = "original",
+def local_component_folder(component: Component | str, variant: ModelVariant | str = ModelVariant.ORIGINAL,
                            models_dir: Path | None = None, cache_dir: Path | None = None) -> Path | None:
     """The local folder with ``component``'s files, from ``models_dir`` or the Hugging Face cache, or None.
 
@@ -348,22 +345,22 @@ def local_component_folder(component: PlannedComponent | str, variant: str = "or
 
     source = ModelSource(models_dir=models_dir, offline=True, cache_dir=cache_dir)
     try:
-        folder = resolve_component(source, _loading_component(PlannedComponent(component), variant))
+        folder = resolve_component(source, Component(component), variant)
     except FramePackError:
         return None
     return folder if folder.is_dir() else None
 
 
-def find_sizes(variant: str = "original", models_dir: Path | None = None, cache_dir: Path | None = None,
-               ) -> tuple[ModelSizes, tuple[str, ...]]:
+def find_sizes(variant: ModelVariant | str = ModelVariant.ORIGINAL, models_dir: Path | None = None,
+               cache_dir: Path | None = None) -> tuple[ModelSizes, tuple[str, ...]]:
     """Each component's size from a local copy's headers when there is one, else from the built-in config.
 
     Returns the sizes and notes on components whose local copy was there but unreadable (those fall back too).
     """
-    variant = str(getattr(variant, "value", variant))
+    variant = ModelVariant(variant)
     sizes: list[ComponentSize] = []
     notes: list[str] = []
-    for component in COMPONENT_ORDER:
+    for component in WEIGHT_COMPONENTS:
         folder = local_component_folder(component, variant, models_dir, cache_dir)
         if folder is not None:
             try:

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from framepack_core.memory.offload import AppliedPlacement, apply_component_plan
-from framepack_core.memory.plan import ComponentPlan, MemoryPlan, Placement, PlannedComponent
+from framepack_core.memory.plan import ComponentPlan, MemoryPlan, Placement
+from framepack_core.models.components import DIT, IMAGE, TE, TE2, VAE, Component, ModelVariant, weight_component
 from framepack_core.models.devices import DeviceConfig
 from framepack_core.models.loaders import (
     load_image_encoder,
@@ -37,15 +38,12 @@ from framepack_core.models.loading import (
 )
 from framepack_core.models.precision import apply_fp32_output_projection
 from framepack_core.models.text_encoding import PromptEmbeddings, encode_prompt
-from framepack_core.sampling.packing import ModelVariant
 
 logger = logging.getLogger(__name__)
 
 PROMPT_CACHE_SIZE = 16
 PIN_MEMORY_MIN_HEADROOM = 0.10  # pin STREAMED host copies only with this share of the RAM budget to spare
 
-TE, TE2, IMAGE, VAE, DIT = (PlannedComponent.TEXT_ENCODER, PlannedComponent.TEXT_ENCODER_2,
-                            PlannedComponent.IMAGE_ENCODER, PlannedComponent.VAE, PlannedComponent.TRANSFORMER)
 # The store holds the two text encoders as one unit (they encode together).
 _UNITS = {TE: (TE, TE2), TE2: (TE, TE2), IMAGE: (IMAGE,), VAE: (VAE,), DIT: (DIT,)}
 
@@ -61,7 +59,7 @@ class ModelStore:
         self._vae: Any = None
         self._image_encoder: Any = None
         self._transformers: dict[ModelVariant, torch.nn.Module] = {}
-        self._placed: dict[PlannedComponent, AppliedPlacement] = {}
+        self._placed: dict[Component, AppliedPlacement] = {}
         self._prompt_cache: OrderedDict[str, PromptEmbeddings] = OrderedDict()
         self._checked: set[ModelVariant] = set()
 
@@ -71,7 +69,7 @@ class ModelStore:
     def plan(self) -> MemoryPlan | None:
         return self._plan
 
-    def use_plan(self, plan: MemoryPlan | None) -> list[PlannedComponent]:
+    def use_plan(self, plan: MemoryPlan | None) -> list[Component]:
         """Switch to ``plan`` for the next stages. Returns the loaded components it changes: each is placed anew
         when only its placement changed, or dropped to be reloaded on next use (storage dtype changed, it was on
         disk, or it was loaded without a plan). Call between jobs or at the start of one, never during a stage."""
@@ -93,12 +91,12 @@ class ModelStore:
         return changed
 
     @contextmanager
-    def stage(self, *components: PlannedComponent | str) -> Iterator[None]:
+    def stage(self, *components: Component | str) -> Iterator[None]:
         """Run a stage: the components' placements ready on the device inside the block (SWAP moves them whole,
         encoders under BLOCKS move their non-block layers), back on the CPU after it, also on an error."""
         with ExitStack() as stack:
             for component in components:
-                placed = self._placed.get(PlannedComponent(component))
+                placed = self._placed.get(weight_component(component))
                 if placed is not None:
                     stack.enter_context(placed.on_device())
             yield
@@ -120,7 +118,7 @@ class ModelStore:
 
     def check_weights(self, variant: ModelVariant) -> None:
         if variant not in self._checked:
-            check_weights(self.source, variant.value)
+            check_weights(self.source, variant)
             self._checked.add(variant)
 
     def encode_prompt(self, prompt: str) -> PromptEmbeddings:
@@ -184,7 +182,7 @@ class ModelStore:
         if variant not in self._transformers:
             # One DiT at a time: both would not fit on a consumer GPU.
             self._drop((DIT,))
-            transformer = load_transformer(self.source, variant.value, self._load_device(DIT),
+            transformer = load_transformer(self.source, variant, self._load_device(DIT),
                                            self.config.transformer_dtype)
             apply_fp32_output_projection(transformer)  # as the official app, a no-op in fp32
             self._place(DIT, transformer)
@@ -199,10 +197,10 @@ class ModelStore:
     # Internals ------------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _component_plan(component: PlannedComponent, plan: MemoryPlan | None) -> ComponentPlan | None:
+    def _component_plan(component: Component, plan: MemoryPlan | None) -> ComponentPlan | None:
         return None if plan is None else plan.component(component)
 
-    def _load_device(self, component: PlannedComponent) -> torch.device:
+    def _load_device(self, component: Component) -> torch.device:
         """Resident components load straight onto the device (no CPU copy); the rest load on the CPU, as do
         fp8 ones (cast on the CPU first: the plan chose fp8 because the full-precision weights do not fit)."""
         plan = self._component_plan(component, self._plan)
@@ -210,11 +208,11 @@ class ModelStore:
             return self.config.device
         return torch.device("cpu")
 
-    def _place(self, component: PlannedComponent, module: torch.nn.Module) -> None:
+    def _place(self, component: Component, module: torch.nn.Module) -> None:
         if self._component_plan(component, self._plan) is not None:
             self._placed[component] = self._apply(component, module)
 
-    def _apply(self, component: PlannedComponent, module: torch.nn.Module) -> AppliedPlacement:
+    def _apply(self, component: Component, module: torch.nn.Module) -> AppliedPlacement:
         assert self._plan is not None
         plan = self._plan.component(component)
         disk_dir = self.disk_offload_dir or Path(tempfile.gettempdir()) / "framepack-offload"
@@ -223,7 +221,7 @@ class ModelStore:
         logger.info("Placing %s: %s", component.value, plan.placement.value)
         return apply_component_plan(module, plan, self.config.device, disk_dir=disk_dir, pin_memory=pin)
 
-    def _loaded_components(self) -> Iterator[PlannedComponent]:
+    def _loaded_components(self) -> Iterator[Component]:
         if self._text_encoders is not None:
             yield from (TE, TE2)
         if self._image_encoder is not None:
@@ -242,7 +240,7 @@ class ModelStore:
             yield self._vae
         yield from self._transformers.values()
 
-    def _drop(self, components: tuple[PlannedComponent, ...]) -> None:
+    def _drop(self, components: tuple[Component, ...]) -> None:
         for component in components:
             placed = self._placed.pop(component, None)
             if placed is not None:

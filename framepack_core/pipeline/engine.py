@@ -36,6 +36,7 @@ from framepack_core.media.image_input import load_input_image
 from framepack_core.media.video_io import probe_video
 from framepack_core.memory.job_planning import JobPlanner, plan_summary
 from framepack_core.memory.plan import MemoryPlan
+from framepack_core.models.components import ModelVariant
 from framepack_core.models.devices import DeviceConfig
 from framepack_core.models.identity import model_identities
 from framepack_core.models.loading import ModelSource
@@ -45,7 +46,7 @@ from framepack_core.pipeline.inputs import prepare_inputs
 from framepack_core.pipeline.job_files import JobFiles, save_latents
 from framepack_core.pipeline.sections import ProgressClock, SectionLoop, SectionSampling
 from framepack_core.request import GenerationRequest
-from framepack_core.sampling.packing import LatentHistory, ModelVariant, plan_sections
+from framepack_core.sampling.packing import LatentHistory, plan_sections
 from framepack_core.sampling.sampler import (
     FlowMatchUniPC,
     GuidanceConfig,

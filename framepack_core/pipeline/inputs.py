@@ -11,7 +11,7 @@ import torch
 
 from framepack_core.events import CancelToken, EngineEvent, InputPrepared, Notice, Stage, StageChanged
 from framepack_core.media.buckets import find_nearest_bucket, resize_and_center_crop
-from framepack_core.memory.plan import PlannedComponent
+from framepack_core.models.components import Component
 from framepack_core.models.store import ModelStore
 from framepack_core.models.text_encoding import PromptEmbeddings
 from framepack_core.request import GenerationRequest
@@ -58,7 +58,7 @@ def prepare_inputs(models: ModelStore, request: GenerationRequest, pixels: np.nd
     vae = models.vae()
     image_tensor = torch.from_numpy(cropped).float() / 127.5 - 1
     image_tensor = image_tensor.permute(2, 0, 1)[None, :, None]
-    with torch.no_grad(), models.stage(PlannedComponent.VAE):
+    with torch.no_grad(), models.stage(Component.VAE):
         posterior = vae.encode(image_tensor.to(device=vae.device, dtype=vae.dtype)).latent_dist
         # The posterior mean, not a sample: the official app samples with the global RNG, which makes its
         # runs unrepeatable; the mean is what that sample scatters around.
@@ -68,7 +68,7 @@ def prepare_inputs(models: ModelStore, request: GenerationRequest, pixels: np.nd
     # 4. Its SigLIP embeddings
     yield StageChanged(job_id, stage=Stage.IMAGE_ENCODING, message="CLIP Vision encoding ...")
     feature_extractor, image_encoder = models.image_encoder()
-    with torch.no_grad(), models.stage(PlannedComponent.IMAGE_ENCODER):
+    with torch.no_grad(), models.stage(Component.IMAGE_ENCODER):
         inputs = feature_extractor.preprocess(images=cropped, return_tensors="pt")
         inputs = inputs.to(device=image_encoder.device, dtype=image_encoder.dtype)
         image_embeddings = image_encoder(**inputs).last_hidden_state

@@ -18,7 +18,7 @@ from framepack_core.events import (
     StepProgress,
 )
 from framepack_core.media.preview import latent_preview
-from framepack_core.memory.plan import PlannedComponent
+from framepack_core.models.components import Component
 from framepack_core.models.store import ModelStore
 from framepack_core.pipeline.inputs import PreparedInputs
 from framepack_core.pipeline.job_files import JobFiles
@@ -121,7 +121,7 @@ class SectionLoop:
         noise = torch.randn(sampling.noise_shape, generator=generator, device=generator.device)
         noise = noise.to(device=device, dtype=torch.float32)
         generated = noise
-        with self.models.stage(PlannedComponent.TRANSFORMER):
+        with self.models.stage(Component.TRANSFORMER):
             for step in sampling.sampler.steps(denoiser, noise, sampling.sigmas):
                 generated = step.denoised
                 elapsed, eta = self.clock.tick(plan.number * self.steps + step.index + 1)
@@ -133,6 +133,6 @@ class SectionLoop:
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.vae
-        with torch.no_grad(), self.models.stage(PlannedComponent.VAE):
+        with torch.no_grad(), self.models.stage(Component.VAE):
             pixels = vae.decode((latents / vae.config.scaling_factor).to(device=vae.device, dtype=vae.dtype))
             return pixels.sample.float().cpu()

@@ -14,19 +14,14 @@ The names follow the official app (`history_latents`, `clean_latents_2x`, ...) s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 
+from framepack_core.models.components import ModelVariant
 from framepack_core.sampling.schedule import original_latent_paddings
 
 CONTEXT_1X, CONTEXT_2X, CONTEXT_4X = 1, 2, 16
 HISTORY_CONTEXT_FRAMES = CONTEXT_1X + CONTEXT_2X + CONTEXT_4X
-
-
-class ModelVariant(str, Enum):
-    ORIGINAL = "original"
-    F1 = "f1"
 
 
 @dataclass(frozen=True)
