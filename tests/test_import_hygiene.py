@@ -131,3 +131,19 @@ def test_the_core_never_imports_the_app_or_gradio_in_any_module():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for imported in names:
                 assert imported.split(".")[0] not in ("app", "gradio", "gradio_client"), (path, imported)
+
+
+def test_no_module_of_the_engine_or_the_app_is_over_500_lines():
+    too_long = {}
+    for package in ("framepack_core", "app"):
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            if lines > 500:
+                too_long[str(path.relative_to(REPO_ROOT))] = lines
+    assert not too_long, f"split these modules by what they do: {too_long}"
+
+
+def test_every_subpackage_says_in_one_line_what_it_is_for():
+    for init in sorted([*(REPO_ROOT / "framepack_core").glob("*/__init__.py"), *(REPO_ROOT / "app").glob("*/__init__.py")]):
+        docstring = init.read_text(encoding="utf-8").strip()
+        assert docstring.startswith('"""') and len(docstring) > 20, f"{init.relative_to(REPO_ROOT)} needs a docstring"

@@ -21,7 +21,15 @@ from gradio.components import Component
 from app.access import Viewer
 from app.settings import REPO_ROOT
 from app.ui.context import PageContext
-from app.ui.render import FP8_CHOICE_OF, FP8_CHOICES, JOB_FIELDS, readable_error, render_message, upload_path
+from app.ui.render import (
+    FIELD_LABELS,
+    FP8_CHOICE_OF,
+    FP8_CHOICES,
+    JOB_FIELDS,
+    readable_error,
+    render_message,
+    upload_path,
+)
 from app.ui.streams import StreamFrame, first_frame, idle_frame, next_frame, snapshots_to_show
 from framepack_core.errors import FramePackError
 from framepack_core.request import MAX_RESOLUTION, MAX_SECONDS, MAX_WINDOW, MIN_RESOLUTION
@@ -115,7 +123,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                 # Unloads the models from RAM and VRAM; the next job loads them again.
                 free_btn = gr.Button("Free memory", elem_id="free-memory")
             seconds = gr.Slider(1, MAX_SECONDS, value=defaults["seconds"], step=0.1,
-                                label="Video length (seconds)", elem_id="seconds")
+                                label=FIELD_LABELS["seconds"], elem_id="seconds")
             with gr.Row(equal_height=True):
                 seed = gr.Number(value=defaults["seed"], precision=0, label="Seed", minimum=0, scale=3,
                                  elem_id="seed")
@@ -129,7 +137,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                                            elem_id="distilled-guidance")
             with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                 latent_window_size = gr.Slider(1, MAX_WINDOW, value=defaults["latent_window_size"], step=1,
-                                               label="Latent window size",
+                                               label=FIELD_LABELS["latent_window_size"],
                                                info="9 is what the models were trained with.",
                                                elem_id="window")
                 cfg = gr.Slider(1, 32, value=defaults["cfg"], step=0.01, label="Real CFG scale",
@@ -140,7 +148,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                 negative_prompt = gr.Textbox(label="Negative prompt", value=defaults["negative_prompt"],
                                              info="Used only when the real CFG scale is above 1.",
                                              elem_id="negative-prompt")
-                use_teacache = gr.Checkbox(value=defaults["use_teacache"], label="Use TeaCache",
+                use_teacache = gr.Checkbox(value=defaults["use_teacache"], label=FIELD_LABELS["use_teacache"],
                                            info="Faster, but often makes hands and fingers slightly worse. "
                                                 "Turn it off for the final quality.", elem_id="teacache")
                 teacache_threshold = gr.Slider(0.01, 1.0, value=defaults["teacache_threshold"], step=0.01,
@@ -151,15 +159,15 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                                 info="Lower means better quality; 0 is lossless but some players show it "
                                      "black. 16 is the default.", elem_id="crf")
                 resolution = gr.Slider(MIN_RESOLUTION, MAX_RESOLUTION, value=defaults["resolution"], step=16,
-                                       label="Base resolution",
+                                       label=FIELD_LABELS["resolution"],
                                        info="640 is the official size; smaller is faster.",
                                        elem_id="resolution")
                 gpu_memory_preservation = gr.Number(value=defaults.get("gpu_memory_preservation"),
                                                     minimum=0, maximum=1024, step=0.5,
-                                                    label="GPU memory to preserve (GB)", info=MEMORY_INFO,
+                                                    label=FIELD_LABELS["gpu_memory_preservation"], info=MEMORY_INFO,
                                                     elem_id="preserved-memory")
                 fp8 = gr.Dropdown(FP8_CHOICES, value=FP8_CHOICE_OF[defaults.get("fp8")],
-                                  label="fp8 weight storage (transformer)",
+                                  label=FIELD_LABELS["fp8"],
                                   info="Halves the transformer's memory; results differ slightly from bf16.",
                                   elem_id="fp8")
 

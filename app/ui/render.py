@@ -30,8 +30,9 @@ JOB_FIELDS = ("prompt", "model", "seconds", "seed", "steps", "distilled_guidance
               "cfg_rescale", "negative_prompt", "use_teacache", "teacache_threshold", "crf", "resolution",
               "gpu_memory_preservation", "fp8")
 
-# What the page calls a setting that an error points at: the label of its control, or, for what is set when the
-# app starts (no control on the page), words that say so. Never a command-line flag.
+# What the page calls a setting that an error points at: the label of its control (the tab takes its labels from
+# here, so the two never differ), or, for what is set when the app starts (no control on the page), words that say
+# so. Never a command-line flag.
 FIELD_LABELS = {"seconds": "Video length (seconds)", "resolution": "Base resolution",
                 "latent_window_size": "Latent window size", "use_teacache": "Use TeaCache",
                 "gpu_memory_preservation": "GPU memory to preserve (GB)", "fp8": "fp8 weight storage (transformer)"}
