@@ -68,13 +68,20 @@ class InvalidInputError(FramePackError, ValueError):
 
 
 class MissingWeightsError(FramePackError):
-    """A model component could not be found or is incomplete or corrupt on disk."""
+    """A model component (``component``, the first of them) could not be found or is incomplete or corrupt on disk.
 
-    def __init__(self, component: str, looked_in: list[str], detail: str, hint: str) -> None:
+    When several are, ``summary`` is the message: one short paragraph that names them all, while ``details`` says,
+    one line each, where each was looked for and what is wrong; the edges show the details second.
+    """
+
+    def __init__(self, component: str, looked_in: list[str], detail: str, hint: str, *, summary: str = "",
+                 details: str = "") -> None:
         places = "; ".join(looked_in) if looked_in else "(nowhere)"
-        super().__init__(f"Model component '{component}' could not be loaded: {detail}. Looked in: {places}", hint)
+        super().__init__(summary or f"Model component '{component}' could not be loaded: {detail}. Looked in: {places}",
+                         hint)
         self.component = component
         self.looked_in = looked_in
+        self.details = details
 
 
 class OutputWriteError(FramePackError):

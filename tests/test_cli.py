@@ -267,9 +267,9 @@ def test_missing_weights_fail_with_exit_1_naming_the_component_the_folder_and_th
     code, out, err = _cli(capsys, "generate", "--image", images["rgb.png"], "--models-dir", empty_models_dir,
                           *FAST, "--output", tmp_path / "out.mp4", "--quiet")
     assert code == cli.EXIT_FAILED, err
-    assert "Model component 'tokenizer' could not be loaded" in err
-    assert str(empty_models_dir) in err
-    assert "How to fix:" in err and "tiny-models" in err and "--models-dir" in err
+    assert f"All 8 model components this job needs are missing or incomplete in {empty_models_dir}: tokenizer," in err
+    assert "How to fix: Get them all (" in err and " GB" in err  # the hub's sizes, or the estimate offline
+    assert f"`python -m framepack_core models download --model original --models-dir {empty_models_dir}`" in err
     assert out == ""
     assert _leftovers(tmp_path) == []
     assert not [record for record in caplog.records if record.exc_info], "an expected error logs no traceback"

@@ -30,7 +30,8 @@ from framepack_core.errors import (
 )
 from framepack_core.events import JobFailed
 from framepack_core.models.devices import resolve_device_config
-from framepack_core.models.loading import ModelSource, check_weights
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.missing_weights import check_weights
 from framepack_core.models.store import ModelStore
 from framepack_core.pipeline import engine as engine_module
 from framepack_core.pipeline.engine import FramePackEngine
@@ -39,6 +40,8 @@ from framepack_core.request import GenerationRequest
 CORE = Path(__file__).resolve().parent.parent / "framepack_core"
 _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 _MARKER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+_COMMAND_TO_COPY = re.compile(r"`[^`]*`")
+CLI_COMMAND = "python -m framepack_core "
 
 
 def _job_dir_in_use() -> InvalidInputError:
@@ -57,8 +60,13 @@ def _core_texts() -> list[tuple[Path, str]]:
                       if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
                       and node.body and isinstance(node.body[0], ast.Expr)
                       and isinstance(node.body[0].value, ast.Constant)}
+        # A command of this CLI to copy and paste (``models download --model original``) must spell its flags.
+        commands = {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) and node.values
+                    and isinstance(node.values[0], ast.Constant)
+                    and str(node.values[0].value).startswith(CLI_COMMAND) for part in ast.walk(node)}
         texts += [(path, node.value) for node in ast.walk(tree)
-                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and id(node) not in docstrings | commands]
     return texts
 
 
@@ -92,8 +100,9 @@ def test_missing_weights_name_the_offline_and_models_settings_per_edge(tmp_path)
     assert "without --offline" in cli_text and "as --models-dir" in cli_text
     _, hint = readable_error(error, None)
     assert "without the app's offline mode" in hint and "the app's models folder" in hint
-    # Flags of other tools (``hf download --include``) stay: they are part of a command to copy.
-    assert not set(_FLAG.findall(hint)) & _our_flags(), hint
+    # Flags inside a command to copy (``models download --model original``) stay; the prose names no flag.
+    assert "`python -m framepack_core models download --model original`" in hint
+    assert not set(_FLAG.findall(_COMMAND_TO_COPY.sub("", hint))) & _our_flags(), hint
 
 
 def test_out_of_memory_advice_on_the_page_names_the_controls_by_their_labels():

@@ -22,17 +22,19 @@ from framepack_core.models.loading import (
     REDUX_REPO,
     TRANSFORMER_REPOS,
     ModelSource,
-    check_weights,
     resolve_component,
     safetensors_problem,
 )
+from framepack_core.models.missing_weights import check_weights
 
 SNAPSHOT = "0" * 40
 
 
 @pytest.fixture
-def models_copy(tiny_models_dir: Path, tmp_path: Path) -> Path:
-    """A private copy of the tiny set (4 MB) that a test may damage."""
+def models_copy(tiny_models_dir: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of the tiny set (4 MB) that a test may damage. Offline: a missing-weights message then
+    estimates the download's size rather than asking the hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return Path(shutil.copytree(tiny_models_dir, tmp_path / "models"))
 
 
@@ -113,9 +115,11 @@ def test_a_repo_missing_from_an_offline_cache_says_how_to_download_it(tmp_path: 
         check_weights(source, "original")
     error = caught.value
     assert error.component == "tokenizer"
-    assert "models--hunyuanvideo-community--HunyuanVideo" in str(error)
-    assert "{offline}" in error.hint and "hf download hunyuanvideo-community/HunyuanVideo" in error.hint
-    assert "transformer:original" in str(error)  # the other broken components are named too
+    assert "Offline mode is on" in error.message and "transformer:original" in error.message  # all are named
+    assert "{offline}" in error.hint and "`python -m framepack_core models download --model original`" in error.hint
+    # Each component's folder and its own fix come second, in the details.
+    assert "models--hunyuanvideo-community--HunyuanVideo" in error.details
+    assert "hf download hunyuanvideo-community/HunyuanVideo" in error.details
 
 
 @torch.no_grad()
@@ -148,21 +152,22 @@ def _raises_for(source: ModelSource, component: str, folder: Path, *fragments: s
     with pytest.raises(MissingWeightsError) as caught:
         check_weights(source, "original")
     error = caught.value
-    message = str(error)
     assert error.component == component
-    assert f"'{component}'" in message and str(folder) in message
+    assert component in error.message and str(folder) not in error.message  # one short paragraph
+    line = next(line for line in error.details.splitlines() if line.startswith(f"{component}: "))
+    assert str(folder) in line
     for fragment in fragments:
-        assert fragment in message
-    assert error.hint
+        assert fragment in line
+    assert "models download --model original" in error.hint
     return error
 
 
 def test_missing_component_folder_is_reported_with_the_folder_and_a_fix(models_copy: Path) -> None:
     folder = models_copy / BASE_REPO / "vae"
     shutil.rmtree(folder)
-    error = _raises_for(ModelSource(models_dir=models_copy), "vae", folder, "does not exist")
-    assert "tiny-models" in error.hint and "hf download hunyuanvideo-community/HunyuanVideo --include 'vae/*'" in (
-        error.hint)
+    error = _raises_for(ModelSource(models_dir=models_copy), "vae", folder, "does not exist",
+                        "hf download hunyuanvideo-community/HunyuanVideo --include 'vae/*'")
+    assert "tiny-models" in error.hint and f"--models-dir {models_copy}" in error.hint
     with pytest.raises(MissingWeightsError, match="'vae'"):
         load_vae(ModelSource(models_dir=models_copy), "cpu", torch.float32)
 
@@ -208,8 +213,7 @@ def test_a_damaged_hf_cache_entry_suggests_a_forced_download(hf_cache: Path, tmp
     cache = Path(shutil.copytree(hf_cache, tmp_path / "hub"))
     folder = cache / "models--lllyasviel--flux_redux_bfl" / "snapshots" / SNAPSHOT / "image_encoder"
     (folder / "config.json").unlink()
-    error = _raises_for(ModelSource(cache_dir=cache), "image_encoder", folder, "config.json is missing")
-    assert "--force-download" in error.hint and str(folder) in error.hint
+    _raises_for(ModelSource(cache_dir=cache), "image_encoder", folder, "config.json is missing", "--force-download")
 
 
 def test_from_pretrained_failures_are_wrapped_with_the_component_name(models_copy: Path) -> None:

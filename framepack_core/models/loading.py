@@ -11,7 +11,7 @@ Two ways to find the files:
   standard HF cache (or ``cache_dir``), with huggingface_hub's own progress bars. ``offline=True`` or
   ``HF_HUB_OFFLINE=1`` uses the cache only.
 
-Either way a component resolves to a local folder, which ``check_weights`` inspects without loading anything
+Either way a component resolves to a local folder, which ``component_problem`` inspects without loading anything
 (config present, every shard present, every safetensors file's size matching its header), so that a truncated
 download is reported before a job starts rather than as a cryptic error halfway through it.
 """
@@ -56,7 +56,7 @@ class ComponentFiles:
     variant: ModelVariant | None  # the transformer's checkpoint; None for the components every job shares
     repo: str
     subfolder: str | None  # None: the files sit at the repository root (the FramePack transformer repos)
-    kind: str  # "weights", "tokenizer" or "processor": decides what check_weights looks for
+    kind: str  # "weights", "tokenizer" or "processor": decides what the check looks for
     config_name: str
 
     @property
@@ -168,7 +168,8 @@ def _files_named(name: Component | str) -> ComponentFiles:
         raise InvalidInputError("component", f"unknown model component {name!r}", f"use one of: {known}") from None
 
 
-def _offline(source: ModelSource) -> bool:
+def is_offline(source: ModelSource) -> bool:
+    """Whether nothing may be downloaded: the source says so, or the environment does (HF_HUB_OFFLINE)."""
     # Read the environment now: huggingface_hub reads HF_HUB_OFFLINE once, at import.
     from huggingface_hub import constants
 
@@ -176,7 +177,8 @@ def _offline(source: ModelSource) -> bool:
     return source.offline or constants.is_offline_mode() or env.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _cache_repo_dir(source: ModelSource, repo: str) -> Path:
+def cache_repo_dir(source: ModelSource, repo: str) -> Path:
+    """The Hugging Face cache's folder for ``repo`` (``models--org--name``), whether or not it exists."""
     from huggingface_hub import constants
 
     cache = Path(source.cache_dir) if source.cache_dir is not None else Path(constants.HF_HUB_CACHE)
@@ -195,29 +197,31 @@ def _download_command(files: ComponentFiles, source: ModelSource, force: bool = 
 
 
 @dataclass(frozen=True)
-class _Problem:
+class ComponentProblem:
     """A component that is not usable, with everything a ``MissingWeightsError`` needs to say so."""
 
     files: ComponentFiles
     looked_in: str
     detail: str
     hint: str
+    found: bool  # a folder was there (damaged or incomplete), as opposed to nothing at all
 
-    def error(self, also_broken: tuple[ComponentFiles, ...] = ()) -> MissingWeightsError:
-        detail = self.detail
-        if also_broken:
-            detail += f" (also broken: {', '.join(f.name for f in also_broken)})"
-        return MissingWeightsError(self.files.name, [self.looked_in], detail, self.hint)
+    def error(self) -> MissingWeightsError:
+        return MissingWeightsError(self.files.name, [self.looked_in], self.detail, self.hint)
+
+    def describe(self) -> str:
+        """One line: the component, what is wrong, where it was looked for and how to fix this one alone."""
+        return f"{self.files.name}: {self.detail} (looked in {self.looked_in}). {self.hint}"
 
 
-def _resolve(source: ModelSource, files: ComponentFiles) -> Path | _Problem:
+def _resolve(source: ModelSource, files: ComponentFiles) -> Path | ComponentProblem:
     if source.models_dir is not None:
         folder = Path(source.models_dir).expanduser() / files.repo
         return folder / files.subfolder if files.subfolder else folder
 
     from huggingface_hub import snapshot_download
 
-    offline = _offline(source)
+    offline = is_offline(source)
     try:
         snapshot = snapshot_download(
             files.repo,
@@ -240,7 +244,7 @@ def _resolve(source: ModelSource, files: ComponentFiles) -> Path | _Problem:
                 "Check the network connection and retry, or download it yourself with "
                 f"`{_download_command(files, source)}`, or give a folder with a local copy as {{models_dir}}"
             )
-        return _Problem(files, str(_cache_repo_dir(source, files.repo)), detail, hint)
+        return ComponentProblem(files, str(cache_repo_dir(source, files.repo)), detail, hint, found=False)
     folder = Path(snapshot)
     return folder / files.subfolder if files.subfolder else folder
 
@@ -252,13 +256,13 @@ def resolve_component(source: ModelSource, component_name: Component | str,
     ``component_name`` is a ``ComponentFiles.name`` ("vae", "transformer:f1"), or a ``Component`` with the
     transformer's ``variant``.
 
-    With ``models_dir`` the path is returned whether or not it exists; ``check_weights`` says what is wrong.
+    With ``models_dir`` the path is returned whether or not it exists; ``component_problem`` says what is wrong.
     Through the hub, a failed download, or a component absent from the cache in offline mode, raises
     ``MissingWeightsError``.
     """
     files = _files_named(component_name) if variant is None else component_files(Component(component_name), variant)
     resolved = _resolve(source, files)
-    if isinstance(resolved, _Problem):
+    if isinstance(resolved, ComponentProblem):
         raise resolved.error()
     return resolved
 
@@ -392,33 +396,37 @@ def fix_hint(source: ModelSource, files: ComponentFiles, folder: Path, exists: b
     return f"Re-run without {{offline}} so it downloads, or download it with `{_download_command(files, source)}`"
 
 
-def _component_problem(source: ModelSource, files: ComponentFiles) -> Path | _Problem:
-    """The component's checked folder, or what is wrong with it."""
+def component_problem(source: ModelSource, files: ComponentFiles) -> Path | ComponentProblem:
+    """The component's checked folder, or what is wrong with it (resolving through the hub as ``source`` allows)."""
     resolved = _resolve(source, files)
-    if isinstance(resolved, _Problem):
+    if isinstance(resolved, ComponentProblem):
         return resolved
     problem = _folder_problem(resolved, files)
     if problem:
-        return _Problem(files, str(resolved), problem, fix_hint(source, files, resolved, resolved.exists()))
+        exists = resolved.exists()
+        return ComponentProblem(files, str(resolved), problem, fix_hint(source, files, resolved, exists), exists)
     return resolved
 
 
 def checked_folder(source: ModelSource, files: ComponentFiles) -> Path:
-    checked = _component_problem(source, files)
-    if isinstance(checked, _Problem):
+    checked = component_problem(source, files)
+    if isinstance(checked, ComponentProblem):
         raise checked.error()
     return checked
 
 
-def check_weights(source: ModelSource, variant: ModelVariant | str) -> None:
-    """Pre-flight check that every component a job with ``variant`` ("original" or "f1") needs is complete.
+def needed_files(variant: ModelVariant | str) -> tuple[ComponentFiles, ...]:
+    """The files of every component a job with ``variant`` needs, in the order the engine uses them."""
+    return (*(_SHARED_FILES[c] for c in _SHARED_COMPONENTS), component_files(Component.TRANSFORMER, variant))
+
+
+def component_problems(source: ModelSource, variant: ModelVariant | str) -> tuple[ComponentProblem, ...]:
+    """What is wrong with each component a job with ``variant`` ("original" or "f1") needs; empty when all are whole.
 
     Reads only configs, shard indexes and safetensors headers, so it takes milliseconds even for the real 30 GB
     set. Without ``models_dir`` this resolves through huggingface_hub, so it is also where missing files get
-    downloaded (with progress bars) unless offline. Raises ``MissingWeightsError`` for the first broken component,
-    naming any others that are broken too, so that one run tells the user everything to fix.
+    downloaded (with progress bars) unless offline. ``framepack_core.models.missing_weights.check_weights`` turns
+    the problems into one error that tells the user everything to fix.
     """
-    needed = (*(_SHARED_FILES[c] for c in _SHARED_COMPONENTS), component_files(Component.TRANSFORMER, variant))
-    problems = [p for p in (_component_problem(source, f) for f in needed) if isinstance(p, _Problem)]
-    if problems:
-        raise problems[0].error(also_broken=tuple(p.files for p in problems[1:]))
+    checked = (component_problem(source, files) for files in needed_files(variant))
+    return tuple(problem for problem in checked if isinstance(problem, ComponentProblem))

@@ -32,10 +32,8 @@ from framepack_core.models.loaders import (
     load_transformer,
     load_vae,
 )
-from framepack_core.models.loading import (
-    ModelSource,
-    check_weights,
-)
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.missing_weights import check_weights
 from framepack_core.models.precision import apply_fp32_output_projection
 from framepack_core.models.text_encoding import PromptEmbeddings, encode_prompt
 
