@@ -9,6 +9,7 @@ from pathlib import Path
 
 from framepack_core.cli.generate import run_generate
 from framepack_core.cli.jobs import add_jobs_parser, run_jobs
+from framepack_core.cli.models import add_models_parser, run_models
 from framepack_core.cli.options import (  # noqa: F401  (the exit codes are part of this module's contract)
     EXIT_BAD_INPUT,
     EXIT_CANCELLED,
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     add_plan_parser(sub)
     add_jobs_parser(sub)
+    add_models_parser(sub)
     return parser
 
 
@@ -49,4 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "jobs":
 
         return run_jobs(args)
+    if args.command == "models":
+        return run_models(args)
     return run_tiny_models(args)
