@@ -21,6 +21,7 @@ from app.ui.context import PageContext
 from app.ui.endpoints import build_endpoint_outputs, wire_endpoints
 from app.ui.gallery_tab import build_gallery_tab, wire_gallery_tab
 from app.ui.generate_tab import build_generate_tab, wire_generate_tab
+from app.ui.models_tab import build_models_tab, wire_models_tab
 from app.ui.queue_tab import build_queue_tab, wire_queue_tab
 
 # The page's pure pieces, re-exported: tests and scripts import them from here.
@@ -79,6 +80,7 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
         generate = build_generate_tab(context.defaults)
         gallery = build_gallery_tab(gallery_records)
         queue = build_queue_tab(settings.logins_on)
+        models = build_models_tab()
         endpoint_outputs = build_endpoint_outputs()
 
         stream_outputs = StreamFrame(shown_job=shown_job, browser_job=browser_job, preview=generate.preview,
@@ -88,6 +90,7 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
         wire_generate_tab(demo, generate, stream_outputs, context)
         wire_gallery_tab(gallery, generate, context)
         wire_queue_tab(demo, queue, health_note, context)
+        wire_models_tab(demo, models, context)
         wire_endpoints(endpoint_outputs, generate.form, context)
 
     return demo
