@@ -34,7 +34,7 @@ class FakeHub:
                     for path in sorted(repo.rglob("*")) if path.is_file()]
         return SimpleNamespace(sha="1" * 40, siblings=siblings)
 
-    def hf_hub_download(self, repo_id: str, filename: str, *, revision: str, local_dir: Path,
+    def hf_hub_download(self, repo_id: str, filename: str, *, local_dir: Path, revision: str | None = None,
                         force_download: bool = False, tqdm_class: type | None = None, **_: object) -> str:
         data = (self.root / repo_id / filename).read_bytes()
         partial = Path(local_dir) / ".cache" / "huggingface" / "download" / f"{filename}.incomplete"

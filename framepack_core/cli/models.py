@@ -19,7 +19,8 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="Show which model components are on disk, or download the missing ones.")
     actions = p.add_subparsers(dest="models_command", required=True)
     status = actions.add_parser("status", help="Each component: where it was looked for, whether it is whole, its "
-                                               "size; and the free disk space. Downloads nothing.")
+                                               "size; and the free disk space. Downloads nothing; exits 1 when a "
+                                               "component is missing or damaged.")
     download = actions.add_parser("download", help="Download the missing or damaged components from the Hugging "
                                                    "Face hub (resumes an interrupted download).")
     for p in (status, download):
@@ -81,7 +82,8 @@ def _download(args: argparse.Namespace, inventory: ModelInventory) -> int:
         print(f"error: {with_option_name(error)}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as error:  # noqa: BLE001 - the hub could not be reached: say so in one line
-        print(f"error: could not ask the Hugging Face hub for the files' sizes ({type(error).__name__}: {error})",
+        print(f"error: could not ask the Hugging Face hub for the files' sizes ({type(error).__name__}: {error}). "
+              "Check the network connection (and that HF_HUB_OFFLINE is not set), then run it again.",
               file=sys.stderr)
         return EXIT_FAILED
     print(f"Downloading {format_gb(plan.needed_bytes)} ({len(plan.files)} files) for: {', '.join(plan.components)}"

@@ -124,8 +124,9 @@ def download(plan: DownloadPlan, progress: ByteProgress | None = None) -> None:
     for planned in plan.files:
         remote = planned.remote
         if plan.models_dir is not None:
-            place = {"local_dir": Path(plan.models_dir).expanduser() / remote.repo}
+            place = {"local_dir": Path(plan.models_dir).expanduser() / remote.repo, "revision": remote.revision}
         else:
+            # By branch, not by commit: only then does huggingface_hub point the cache's refs/main at the snapshot,
+            # which is how the engine finds it.
             place = {"cache_dir": plan.cache_dir}
-        hf_hub_download(remote.repo, remote.path, revision=remote.revision, force_download=planned.restart,
-                        tqdm_class=counter, **place)
+        hf_hub_download(remote.repo, remote.path, force_download=planned.restart, tqdm_class=counter, **place)
