@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_generate_parser(sub)
     tiny = sub.add_parser("tiny-models", help="Build the tiny random-weight model set (offline, a few MB).")
-    tiny.add_argument("directory", type=Path)
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("directory", type=Path, help="Folder to build the set in (a complete set there is reused).")
+    tiny.add_argument("--seed", type=int, default=0, help="Seed of the random weights (default 0).")
     add_plan_parser(sub)
     add_jobs_parser(sub)
     return parser
