@@ -144,8 +144,8 @@ def describe_device(config: DeviceConfig, demo: bool = False, models_dir: Path |
         properties = torch.cuda.get_device_properties(config.device)
         text += f", {properties.name}, {properties.total_memory / 2**30:.0f} GiB"
     elif config.device.type == "cpu" and not demo:
-        text += (f". No GPU in use: {real_models_on_cpu(models_dir)} (--demo shows the app in seconds with tiny "
-                 "random weights).")
+        text += (f". No GPU in use: {real_models_on_cpu(models_dir)}. --demo shows the app in seconds with tiny "
+                 "random weights.")
     return text
 
 
