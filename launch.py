@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from app.service.generation import GenerationService
     from app.service.outputs import ServedFiles
     from app.settings import Settings
+    from framepack_core.memory.hardware import HardwareInfo
     from framepack_core.models.devices import DeviceConfig
     from framepack_core.pipeline.engine import FramePackEngine
 
@@ -38,32 +39,44 @@ def build_parser() -> argparse.ArgumentParser:
     from app.settings import Settings
 
     about = Settings.describe()
+
+    def described(name: str, default: str | None = None) -> str:
+        """The setting's description and its default (``Settings``' own unless ``default`` words it)."""
+        if default is None:
+            value = next(f.default for f in fields(Settings) if f.name == name)
+            default = f"{value:g}" if isinstance(value, float) else str(value)
+        return f"{about[name]} Default: {default}."
+
     p = argparse.ArgumentParser(prog="launch.py", description="FramePack image-to-video app (Gradio).",
                                 epilog="Every option can also be set as an environment variable FRAMEPACK_<NAME>, "
                                        "e.g. FRAMEPACK_PORT=7861; flags win over the environment.")
     # Defaults are None so that "not given" falls through to the environment, then to Settings' defaults.
     p.add_argument("--server", dest="host", default=None, help=about["host"] + " Default 127.0.0.1.")
     p.add_argument("--port", type=int, default=None, help=about["port"])
-    p.add_argument("--share", action="store_true", default=None, help=about["share"])
+    p.add_argument("--share", action="store_true", default=None, help=described("share", "off"))
     p.add_argument("--auth", action="append", default=None, metavar="USER:PASS",
-                   help="Ask for this login (repeat for more users).")
-    p.add_argument("--auth-file", type=Path, default=None, metavar="FILE", help="A file of USER:PASS lines.")
+                   help="Ask for this login (repeat for more users). Default: no login.")
+    p.add_argument("--auth-file", type=Path, default=None, metavar="FILE",
+                   help="A file of USER:PASS lines. Default: none.")
     p.add_argument("--admin", action="append", default=None, metavar="USER", dest="admins",
-                   help=about["admins"] + " Repeat for more.")
-    p.add_argument("--max-pending-per-user", type=int, default=None, metavar="N", help=about["max_pending_per_user"])
-    p.add_argument("--inbrowser", action="store_true", default=None, help=about["inbrowser"])
+                   help=about["admins"] + " Repeat for more. Default: none.")
+    p.add_argument("--max-pending-per-user", type=int, default=None, metavar="N",
+                   help=described("max_pending_per_user"))
+    p.add_argument("--inbrowser", action="store_true", default=None, help=described("inbrowser", "off"))
     p.add_argument("--output-dir", type=Path, default=None, help=about["output_dir"] + " Default: outputs/ beside launch.py.")
-    p.add_argument("--models-dir", type=Path, default=None, help=about["models_dir"])
-    p.add_argument("--offline", action="store_true", default=None, help=about["offline"])
+    p.add_argument("--models-dir", type=Path, default=None, help=described("models_dir", "the Hugging Face cache"))
+    p.add_argument("--offline", action="store_true", default=None, help=described("offline", "off"))
     p.add_argument("--demo", action="store_true", default=None,
-                   help=about["demo"] + f" Builds them into {DEFAULT_TINY_MODELS.name}/ on first use.")
-    p.add_argument("--device", default=None, help=about["device"])
-    p.add_argument("--dtype", default=None, help=about["dtype"])
-    p.add_argument("--keep-intermediates", action="store_true", default=None, help=about["keep_intermediates"])
-    p.add_argument("--max-file-size-mb", type=float, default=None, help=about["max_file_size_mb"] + " Default 50.")
-    p.add_argument("--concurrency-limit", type=int, default=None, help=about["concurrency_limit"])
+                   help=about["demo"] + f" Builds them into {DEFAULT_TINY_MODELS.name}/ on first use. Default: off.")
+    p.add_argument("--device", default=None, help=described("device", "auto, the CUDA or MPS GPU if there is one"))
+    p.add_argument("--dtype", default=None,
+                   help=described("dtype", "auto: the official app's dtypes on a GPU, float32 on the CPU"))
+    p.add_argument("--keep-intermediates", action="store_true", default=None,
+                   help=described("keep_intermediates", "off"))
+    p.add_argument("--max-file-size-mb", type=float, default=None, help=described("max_file_size_mb"))
+    p.add_argument("--concurrency-limit", type=int, default=None, help=described("concurrency_limit"))
     p.add_argument("--idle-release-minutes", type=float, default=None, metavar="MIN",
-                   help=about["idle_release_minutes"])
+                   help=described("idle_release_minutes", "keep them loaded"))
     return p
 
 
@@ -123,7 +136,7 @@ def resolve_device(settings: Settings) -> DeviceConfig:
     return resolve_device_config(settings.device, settings.dtype)
 
 
-def describe_device(config: DeviceConfig, demo: bool = False) -> str:
+def describe_device(config: DeviceConfig, demo: bool = False, models_dir: Path | None = None) -> str:
     import torch
 
     text = config.describe()
@@ -131,9 +144,26 @@ def describe_device(config: DeviceConfig, demo: bool = False) -> str:
         properties = torch.cuda.get_device_properties(config.device)
         text += f", {properties.name}, {properties.total_memory / 2**30:.0f} GiB"
     elif config.device.type == "cpu" and not demo:
-        text += (". No GPU in use: the real models would take hours per video here (--demo shows the app in "
-                 "seconds with tiny random weights).")
+        text += (f". No GPU in use: {real_models_on_cpu(models_dir)}. --demo shows the app in seconds with tiny "
+                 "random weights.")
     return text
+
+
+def real_models_on_cpu(models_dir: Path | None, hardware: HardwareInfo | None = None) -> str:
+    """Whether the real models can run on this CPU (``hardware``: the probed machine by default), by the same plan
+    as ``python -m framepack_core plan --device cpu``, so the two never disagree."""
+    from framepack_core.memory.hardware import TorchHardwareProbe
+    from framepack_core.memory.plan import GIB, Workload
+    from framepack_core.memory.planner import plan_memory
+    from framepack_core.models.sizes import find_sizes
+
+    sizes, _ = find_sizes(models_dir=models_dir)  # the original model at the default settings, as `plan` has it
+    plan = plan_memory(sizes, hardware or TorchHardwareProbe().probe("cpu"), Workload.from_resolution())
+    if plan.fits:
+        return "the real models fit in RAM here, but would take hours per video"
+    return (f"the real models do not fit here: they need {plan.peak_ram_gb:.1f} GiB of RAM, "
+            f"{plan.ram_budget_bytes / GIB:.1f} GiB available (`python -m framepack_core plan --device cpu` "
+            "shows why)")
 
 
 # Composition ----------------------------------------------------------------------------------------------------
@@ -201,12 +231,24 @@ def _serve(settings: Settings, service: GenerationService, served: ServedFiles) 
         allowed_paths=[], blocked_paths=[str(settings.output_dir)], max_file_size=settings.max_file_size_bytes,
         # No run history: it would keep every prompt and output in the browser's storage.
         ssr_mode=False, mcp_server=False, footer_links=["api"], run_history=False, prevent_thread_lock=True,
+        # Gradio's own start-up lines tell the user to "set `share=True` in `launch()`", code they never see; the
+        # lines below say the same with our flags. (A share link and its failures are printed even when quiet.)
+        quiet=True,
         **page_style(),
     )
     # The job API on the same server (and share link), with the same logins; see app/api/routes.py.
     demo.app.mount(API_PREFIX, build_api(service, settings, guard=guard))
-    print(f"Job API: {demo.local_url.rstrip('/')}{API_PREFIX}/docs")
+    print(startup_lines(demo.local_url, f"{demo.local_url.rstrip('/')}{API_PREFIX}/docs", settings.share), flush=True)
     demo.block_thread()
+
+
+def startup_lines(local_url: str, api_docs_url: str, share: bool) -> str:
+    """Where the page and the job API are, and how to share them (with this launcher's flags, not Gradio's code)."""
+    lines = [f"* Running on local URL:  {local_url.rstrip('/')}", f"* Job API: {api_docs_url}"]
+    if not share:
+        lines.append("* To create a public link, restart with --share (add --auth USER:PASS so that it asks for a "
+                     "login).")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {with_option_name(error)}")
         return 2
-    print(f"Device: {describe_device(config, settings.demo)}")
+    print(f"Device: {describe_device(config, settings.demo, settings.models_dir)}")
     if settings.demo:
         print(f"Demo mode: tiny random-weight models in {settings.models_dir} (the video is noise).")
     settings.output_dir.mkdir(parents=True, exist_ok=True)

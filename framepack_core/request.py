@@ -90,6 +90,13 @@ class GenerationRequest:
                         latent_window_size=int(self.latent_window_size), crf=int(self.crf),
                         resolution=int(self.resolution), seconds=float(self.seconds))
 
+    def notes(self) -> tuple[str, ...]:
+        """What the user should know about these (valid) settings that is not an error; each edge shows them."""
+        if not self.prompt.strip():
+            # Allowed, as in the official app, but easy to do by accident: say what it means for the video.
+            return ("The prompt is empty: the video will follow only the image, with no motion described.",)
+        return ()
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["model"] = ModelVariant(self.model).value

@@ -106,13 +106,16 @@ def test_generate_in_a_subprocess_writes_the_video_and_latents_and_shows_progres
          str(output), "--save-latents", str(latents)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=180, env=_subprocess_env(), check=False)
     assert result.returncode == 0, result.stderr
-    assert f"Wrote {output} ({EXPECTED_FRAMES} frames, {EXPECTED_WIDTH}x{EXPECTED_HEIGHT}, " in result.stdout
+    # The video's length and the time the job took, apart, so the one is not read as the other.
+    assert re.search(f"^Wrote {re.escape(str(output))}: 0.83 s video, {EXPECTED_FRAMES} frames at 30 fps, "
+                     f"{EXPECTED_WIDTH}x{EXPECTED_HEIGHT}; took [0-9.]+ s$", result.stdout, re.MULTILINE), result.stdout
     assert f"Wrote {latents}" in result.stdout
     _assert_video(output)
     assert latents.is_file() and latents.stat().st_size > 0
     # Progress (stages, the bar, per-section lines) goes to stderr; stdout carries only the results.
     assert "Text encoding ..." in result.stderr
     assert "note: Memory plan on " in result.stderr and "everything on the CPU" in result.stderr
+    assert "note: --seconds 0.8 gives a 0.83 s video: 25 frames at 30 fps" in result.stderr
     assert "4/4" in result.stderr and "step" in result.stderr
     assert "section 1/2 done: 9 frames" in result.stderr and "section 2/2 done: 25 frames" in result.stderr
     assert result.stdout.splitlines() == [line for line in result.stdout.splitlines() if line.startswith("Wrote ")]
@@ -133,7 +136,8 @@ def test_generate_f1_in_process_with_quiet_prints_only_the_result(tiny_models_di
                           "--quiet")
     assert library_bars() == before, "--quiet must put the libraries' progress-bar setting back"
     assert code == cli.EXIT_OK, err
-    assert out.splitlines()[0].startswith(f"Wrote {output} ({EXPECTED_FRAMES} frames, 64x48, ")
+    assert out.splitlines()[0].startswith(f"Wrote {output}: 0.83 s video, {EXPECTED_FRAMES} frames at 30 fps, 64x48; "
+                                          "took ")
     assert out.splitlines()[1:] == [f"Wrote {latents}"]
     _assert_video(output)
     assert latents.is_file()
@@ -156,6 +160,7 @@ def test_an_empty_prompt_is_allowed(tiny_models_dir, images, tmp_path, capsys):
     assert code == cli.EXIT_OK, err
     assert out.startswith("Wrote ")
     _assert_video(tmp_path / "empty.mp4")
+    assert "note: The prompt is empty: the video will follow only the image" in err, err
 
 
 def test_an_over_long_prompt_still_generates_and_warns_that_it_was_cut_to_256_tokens(tiny_models_dir, images,

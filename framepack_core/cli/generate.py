@@ -17,6 +17,7 @@ from framepack_core.cli.options import (
     library_progress_bars_off,
     option_text,
     request_from_args,
+    request_notes,
     with_option_name,
 )
 from framepack_core.errors import FramePackError, InvalidInputError
@@ -36,6 +37,8 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
         StageChanged,
         StepProgress,
     )
+    from framepack_core.sampling.schedule import FPS
+
     description, notes = None, []
     if args.from_video is not None:
         from framepack_core.cli.from_output import environment_notes, request_from_video
@@ -65,15 +68,19 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
     previous_handler = signal.signal(signal.SIGINT, on_interrupt)
     bar = None
     quiet_libraries = contextlib.ExitStack()
-    libraries_silenced = False
+    first_event = True
     segments_dir: Path | None = None
     try:
         events = engine.generate(request, cancel=cancel, job_dir=args.job_dir)
         for event in events:
-            if args.quiet and not libraries_silenced:
-                # From the first event on: the request passed validation (a refused one imports nothing more).
-                quiet_libraries.enter_context(library_progress_bars_off())
-                libraries_silenced = True
+            if first_event:
+                # From the first event on: the request passed validation (a refused one imports nothing more), so
+                # its notes hold, and they come before the job's own.
+                first_event = False
+                if args.quiet:
+                    quiet_libraries.enter_context(library_progress_bars_off())
+                for note in request_notes(request.validated()):
+                    print(f"note: {note}", file=sys.stderr)
             if isinstance(event, Notice):
                 (bar.write if bar is not None else print)(f"note: {event.message}", file=sys.stderr)
             elif isinstance(event, StageChanged):
@@ -95,8 +102,9 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
             elif isinstance(event, JobFinished):
                 if bar is not None:
                     bar.close()
-                print(f"Wrote {event.output_path} ({event.video_frames} frames, {event.width}x{event.height}, "
-                      f"{event.elapsed_s:.1f} s)")
+                # The video's length and the time the job took, worded apart so neither reads as the other.
+                print(f"Wrote {event.output_path}: {event.video_frames / FPS:.2f} s video, {event.video_frames} "
+                      f"frames at {FPS} fps, {event.width}x{event.height}; took {elapsed_text(event.elapsed_s)}")
                 if event.latents_path:
                     print(f"Wrote {event.latents_path}")
                 return EXIT_OK
@@ -133,3 +141,14 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
         quiet_libraries.close()
         signal.signal(signal.SIGINT, previous_handler)
     return EXIT_FAILED
+
+
+def elapsed_text(seconds: float) -> str:
+    """A time taken, as people say it: "8.2 s", "3 min 12 s", "1 h 05 min"."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

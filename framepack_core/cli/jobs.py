@@ -24,10 +24,13 @@ from framepack_core.cli.options import (
     library_progress_bars_off,
     option_text,
     request_from_args,
+    request_notes,
     with_option_name,
 )
 from framepack_core.errors import FramePackError, InvalidInputError, render_fields
 from framepack_core.jobs.output_naming import DEFAULT_OUTPUT_DIR
+
+JOB_ID_HELP = "The job's id, as `jobs list` shows it."
 
 
 def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,19 +46,19 @@ def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
     submit = verbs.add_parser("submit", help="Add a job at the end of the queue.")
     submit.add_argument("--image", required=True, help="Input image (a copy is kept in the queue).")
     submit.add_argument("--spec", type=Path, default=None,
-                        help="A job spec JSON file; its settings replace the options below.")
+                        help="A job spec JSON file; its settings replace the options below (default: the options).")
     submit.add_argument("--output", type=Path, default=None, help="Output .mp4 (default: in the output folder).")
     add_setting_options(submit)
 
     for verb, text in (("cancel", "Cancel a pending job, or ask a running one to stop."),
                        ("retry", "Queue a failed or cancelled job again; it resumes from its last section."),
                        ("delete", "Remove an ended or pending job and its checkpoints (not its video).")):
-        verbs.add_parser(verb, help=text).add_argument("job_id")
+        verbs.add_parser(verb, help=text).add_argument("job_id", help=JOB_ID_HELP)
     edit = verbs.add_parser("edit", help="Change settings of a pending job.")
-    edit.add_argument("job_id")
+    edit.add_argument("job_id", help=JOB_ID_HELP)
     edit.add_argument("settings", help='The settings to change, as JSON, e.g. \'{"seed": 7, "seconds": 10}\'.')
     move = verbs.add_parser("move", help="Put a pending job at another place in the queue.")
-    move.add_argument("job_id")
+    move.add_argument("job_id", help=JOB_ID_HELP)
     move.add_argument("place", type=int, help="1 = next to run.")
 
     run = verbs.add_parser("run", help="Run the pending jobs (interrupted ones first) until the queue is empty.")
@@ -152,6 +155,8 @@ def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
         spec.request(image, output=args.output)  # validates the name
     job = queue.submit(spec, image, output=args.output)
     print(f"{job.id} queued (number {queue.pending_position(job.id)})")
+    for note in request_notes(spec.request(image)):
+        print(f"note: {note}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -26,21 +26,30 @@ if TYPE_CHECKING:
 
 def add_setting_options(p: argparse.ArgumentParser) -> None:
     """The generation settings (a job spec's ``settings``), shared by ``generate`` and ``jobs submit``."""
-    p.add_argument("--prompt", default="", help="Motion prompt (may be empty).")
-    p.add_argument("--negative-prompt", default="", help="Used only when --cfg > 1.")
+    p.add_argument("--prompt", default="", help="Motion prompt (default empty: the video follows only the image).")
+    p.add_argument("--negative-prompt", default="", help="Used only when --cfg > 1 (default empty).")
     p.add_argument("--model", choices=["original", "f1"], default="original",
-                   help="original: FramePackI2V_HY (generates the end first); f1: FramePack-F1 (forward).")
-    p.add_argument("--seconds", type=float, default=5.0, help="Video length in seconds, up to 120 (default 5).")
-    p.add_argument("--seed", type=int, default=31337)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--window", type=int, default=9, help="Latent window size (9 is the trained value).")
-    p.add_argument("--gs", type=float, default=10.0, help="Distilled guidance scale.")
-    p.add_argument("--cfg", type=float, default=1.0, help="Real CFG scale; 1 turns it off.")
-    p.add_argument("--rs", type=float, default=0.0, help="CFG rescale.")
+                   help="original: FramePackI2V_HY (generates the end first); f1: FramePack-F1 (forward). "
+                        "Default original.")
+    p.add_argument("--seconds", type=float, default=5.0,
+                   help="Video length in seconds, up to 120 (default 5). It is rounded to whole sections of "
+                        "4 x --window frames at 30 fps: 5 gives 4.83 s, 3 gives 2.43 s (a note says so).")
+    p.add_argument("--seed", type=int, default=31337,
+                   help="Random seed, 0 to 2**63-1; the same seed and settings give the same video (default 31337).")
+    p.add_argument("--steps", type=int, default=25, help="Denoising steps per section, 1 to 200 (default 25).")
+    p.add_argument("--window", type=int, default=9, help="Latent window size (default 9, the trained value).")
+    p.add_argument("--gs", type=float, default=10.0, help="Distilled guidance scale (default 10).")
+    p.add_argument("--cfg", type=float, default=1.0,
+                   help="Real CFG scale; 1 turns it off, above 1 doubles the model calls per step (default 1).")
+    p.add_argument("--rs", type=float, default=0.0, help="CFG rescale, 0 to 1; used only when --cfg > 1 (default 0).")
     p.add_argument("--teacache", action=argparse.BooleanOptionalAction, default=True,
                    help="TeaCache: faster, slightly different results (default on, as the official app).")
-    p.add_argument("--teacache-threshold", type=float, default=0.15)
-    p.add_argument("--sampler-variant", choices=["bh1", "bh2"], default="bh1")
+    p.add_argument("--teacache-threshold", type=float, default=0.15,
+                   help="How much change TeaCache lets accumulate before running the model again: higher is "
+                        "faster and drifts more, 0.1 is closer to no cache (default 0.15).")
+    p.add_argument("--sampler-variant", choices=["bh1", "bh2"], default="bh1",
+                   help="The UniPC sampler's B(h): bh1 (B(h) = h, the official app's) or bh2 (B(h) = e^h - 1); "
+                        "default bh1.")
     p.add_argument("--crf", type=int, default=16, help="MP4 quality, 0-51, lower is better (default 16).")
     p.add_argument("--resolution", type=int, default=640, help="Base resolution of the buckets (default 640).")
     p.add_argument("--preserve-gb", type=float, default=None,
@@ -54,10 +63,14 @@ def add_setting_options(p: argparse.ArgumentParser) -> None:
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
     """Where the models come from and what runs them, shared by ``generate`` and ``jobs run``."""
     p.add_argument("--models-dir", type=Path, default=None,
-                   help="Folder with the models in org/name/subfolder layout (default: Hugging Face cache).")
-    p.add_argument("--offline", action="store_true", help="Never download; use the local cache only.")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16.")
+                   help="Folder with the models in org/name/subfolder layout (default: the Hugging Face cache).")
+    p.add_argument("--offline", action="store_true",
+                   help="Never download; use the local cache only (default: download what is missing).")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N or mps (default auto: the CUDA or MPS GPU if there is one).")
+    p.add_argument("--dtype", default="auto",
+                   help="auto, float32, bfloat16 or float16 for every component (default auto: the official app's "
+                        "bf16 transformer and fp16 encoders and VAE on a GPU, float32 on the CPU).")
 
 
 def engine_from_args(args: argparse.Namespace) -> FramePackEngine | None:
@@ -89,20 +102,40 @@ def request_from_args(args: argparse.Namespace, image: Path, output: Path | None
     )
 
 
+def request_notes(request: GenerationRequest) -> list[str]:
+    """What to tell the user about a valid ``request`` before it runs: the video's true length, and the request's
+    own notes (an empty prompt)."""
+    from framepack_core.sampling.schedule import FPS, VAE_TEMPORAL_COMPRESSION, video_length
+
+    notes = []
+    length = video_length(request.seconds, request.latent_window_size)
+    # A video is the start frame plus whole sections, so the length asked for is rounded; the page says so too.
+    if f"{length.seconds:.2f}" != f"{request.seconds:.2f}":
+        block = request.latent_window_size * VAE_TEMPORAL_COMPRESSION
+        blocks = f"{length.sections} block{'s' if length.sections != 1 else ''}"
+        notes.append(f"--seconds {request.seconds:g} gives a {length.seconds:.2f} s video: {length.pixel_frames} "
+                     f"frames at {FPS} fps (the start frame and {blocks} of {block}, as --window "
+                     f"{request.latent_window_size} sets)")
+    return notes + [option_text(note) for note in request.notes()]
+
+
 def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="Generate a video from one image and a prompt.")
-    p.add_argument("--image", required=True, help="Input image (PNG, JPEG, WebP, ...).")
+    p.add_argument("--image", required=True, help="Input image (PNG, JPEG, WebP, ...); required.")
     p.add_argument("--from", dest="from_video", type=Path, default=None, metavar="VIDEO.mp4",
                    help="Take the settings from a video this app made (its mp4 metadata or .json sidecar); setting "
-                        "options given as well override them. --image must be the video's own input image.")
+                        "options given as well override them. --image must be the video's own input image. "
+                        "Default: the settings come from the options.")
     add_setting_options(p)
     add_runtime_options(p)
     p.add_argument("--output", type=Path, default=None, help="Output .mp4 (default <time>_<model>_seed<N>.mp4 in outputs/ beside the code, as the app's).")
-    p.add_argument("--save-latents", type=Path, default=None, help="Also write the final latents (.safetensors).")
+    p.add_argument("--save-latents", type=Path, default=None,
+                   help="Also write the final latents to this .safetensors file (default: not written).")
     p.add_argument("--job-dir", type=Path, default=None,
                    help="Keep the job's checkpoints in this folder: run the same command again after a crash or "
-                        "Ctrl-C and it resumes from the last finished section (bit-identical result).")
-    p.add_argument("--quiet", action="store_true", help="No progress bar.")
+                        "Ctrl-C and it resumes from the last finished section (bit-identical result). Default: "
+                        "no checkpoints.")
+    p.add_argument("--quiet", action="store_true", help="No progress bar (default: a progress bar on stderr).")
     return p
 
 

@@ -13,13 +13,17 @@ from framepack_core.errors import InvalidInputError
 def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="Show where each model component would live in memory (loads no model).")
     p.add_argument("--vram-gb", type=float, default=None,
-                   help="Plan for a GPU with this much free memory (GiB) instead of this machine's device.")
-    p.add_argument("--ram-gb", type=float, default=None, help="Plan for this much available RAM (GiB).")
-    p.add_argument("--model", choices=["original", "f1"], default="original")
+                   help="Plan for a GPU with this much free memory (GiB) instead of this machine's device "
+                        "(default: this machine's device).")
+    p.add_argument("--ram-gb", type=float, default=None,
+                   help="Plan for this much available RAM (GiB; default: this machine's available RAM).")
+    p.add_argument("--model", choices=["original", "f1"], default="original",
+                   help="The transformer to plan for (default original; f1 is the same size).")
     p.add_argument("--resolution", type=int, default=640,
                    help="Base resolution; the plan holds for its largest bucket (default 640).")
     p.add_argument("--window", type=int, default=9, help="Latent window size (default 9).")
-    p.add_argument("--cfg", type=float, default=1.0, help="Real CFG scale; other than 1 means 2 calls per step.")
+    p.add_argument("--cfg", type=float, default=1.0,
+                   help="Real CFG scale; other than 1 means 2 calls per step (default 1).")
     p.add_argument("--preserve-gb", type=float, default=None,
                    help="GPU memory to leave free (GiB; default max(0.5, 5%% of the card)).")
     p.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,

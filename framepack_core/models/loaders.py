@@ -117,12 +117,18 @@ def load_vae(source: ModelSource, device: torch.device | str, dtype: torch.dtype
 
 def load_image_encoder(source: ModelSource, device: torch.device | str, dtype: torch.dtype) -> ImageEncoder:
     """SigLIP vision tower from FLUX Redux and its image processor."""
-    from transformers import SiglipImageProcessor, SiglipVisionModel
+    import transformers
+    from transformers import SiglipVisionModel
 
+    # The official app's processor is the PIL one. transformers 5 renamed it SiglipImageProcessorPil and gave the old
+    # name to a torchvision backend, falling back to the PIL class with a warning on every run when torchvision is
+    # missing; naming the PIL class keeps the tensors the official app's and the log quiet. transformers 4 has
+    # only the old name, which there is the PIL processor.
+    processor_class = getattr(transformers, "SiglipImageProcessorPil", None) or transformers.SiglipImageProcessor
     feature_extractor = _load(
         source,
         component_files(Component.FEATURE_EXTRACTOR),
-        lambda folder: SiglipImageProcessor.from_pretrained(folder, local_files_only=True),
+        lambda folder: processor_class.from_pretrained(folder, local_files_only=True),
     )
     image_encoder = _load(
         source,
