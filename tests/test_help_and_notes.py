@@ -142,3 +142,27 @@ def test_jobs_submit_notes_the_true_length_and_an_empty_prompt(gradient_image, t
          "--window 9 sets)"),
         "note: The prompt is empty: the video will follow only the image, with no motion described.",
     ]
+
+
+def test_the_engine_says_an_empty_prompt_leaves_the_video_to_the_image_so_every_edge_shows_it(tiny_models_dir,
+                                                                                                gradient_image):
+    from framepack_core.events import Notice, StageChanged
+    from framepack_core.models.devices import resolve_device_config
+    from framepack_core.models.loading import ModelSource
+    from framepack_core.models.store import ModelStore
+    from framepack_core.pipeline.engine import FramePackEngine
+
+    engine = FramePackEngine(ModelStore(ModelSource(models_dir=tiny_models_dir, offline=True),
+                                        resolve_device_config("cpu")))
+    events = engine.generate(GenerationRequest(image=gradient_image, prompt="  "))
+    notices = []
+    for event in events:  # the notes come before the job's first stage; nothing runs after that
+        if isinstance(event, StageChanged):
+            break
+        if isinstance(event, Notice):
+            notices.append(event.message)
+    events.close()
+    empty_prompt_note = GenerationRequest(image=gradient_image, prompt="").notes()[0]
+    assert empty_prompt_note in notices
+    cli_notes = request_notes(GenerationRequest(image=gradient_image, prompt="").validated(), with_request_notes=False)
+    assert not any("prompt is empty" in note for note in cli_notes)  # generate leaves it to the engine: said once

@@ -79,7 +79,7 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
                 first_event = False
                 if args.quiet:
                     quiet_libraries.enter_context(library_progress_bars_off())
-                for note in request_notes(request.validated()):
+                for note in request_notes(request.validated(), with_request_notes=False):
                     print(f"note: {note}", file=sys.stderr)
             if isinstance(event, Notice):
                 (bar.write if bar is not None else print)(f"note: {event.message}", file=sys.stderr)

@@ -102,9 +102,9 @@ def request_from_args(args: argparse.Namespace, image: Path, output: Path | None
     )
 
 
-def request_notes(request: GenerationRequest) -> list[str]:
+def request_notes(request: GenerationRequest, *, with_request_notes: bool = True) -> list[str]:
     """What to tell the user about a valid ``request`` before it runs: the video's true length, and the request's
-    own notes (an empty prompt)."""
+    own notes (an empty prompt) unless the engine is about to say them itself (``with_request_notes=False``)."""
     from framepack_core.sampling.schedule import FPS, VAE_TEMPORAL_COMPRESSION, video_length
 
     notes = []
@@ -116,7 +116,7 @@ def request_notes(request: GenerationRequest) -> list[str]:
         notes.append(f"--seconds {request.seconds:g} gives a {length.seconds:.2f} s video: {length.pixel_frames} "
                      f"frames at {FPS} fps (the start frame and {blocks} of {block}, as --window "
                      f"{request.latent_window_size} sets)")
-    return notes + [option_text(note) for note in request.notes()]
+    return notes + ([option_text(note) for note in request.notes()] if with_request_notes else [])
 
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -107,6 +107,8 @@ class FramePackEngine:
         run = _JobRun(self.models, self.planner, request, image.pixels, job_id, cancel, files)
         for note in image.notes:
             yield Notice(job_id, message=f"Input image: {note}")
+        for note in request.notes():  # an empty prompt: every edge (CLI, page, API) shows it
+            yield Notice(job_id, message=note)
         yield from run.events()
 
 
