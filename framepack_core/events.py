@@ -115,6 +115,7 @@ class JobFailed(EngineEvent):
     error_type: str
     partial_path: Path | None
     sections_done: int
+    details: str = ""  # second to the message and hint: e.g. each missing component's folder and problem
 
 
 TerminalEvent = JobFinished | JobCancelled | JobFailed

@@ -120,6 +120,8 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
                 print(f"error: {option_text(event.message)}", file=sys.stderr)
                 if event.hint:
                     print(f"  How to fix: {option_text(event.hint)}", file=sys.stderr)
+                if event.details:
+                    print(_details_text(option_text(event.details), args), file=sys.stderr)
                 if event.partial_path:
                     print(f"  The finished sections were kept in {event.partial_path}", file=sys.stderr)
                 return EXIT_FAILED
@@ -152,3 +154,15 @@ def elapsed_text(seconds: float) -> str:
         return f"{minutes} min {rest:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def _details_text(details: str, args: argparse.Namespace) -> str:
+    """A failure's details, second to its message and hint: a line or two as they are; more (every component of a
+    missing model set) would bury the one command that fixes them all, so they stay one command away."""
+    lines = details.splitlines()
+    if len(lines) <= 2:
+        return "  Details:\n" + "\n".join(f"    {line}" for line in lines)
+    command = f"python -m framepack_core models status --model {getattr(args.model, 'value', args.model)}"
+    if getattr(args, "models_dir", None) is not None:
+        command += f" --models-dir {args.models_dir}"
+    return f"  Details: `{command}` shows each component's folder and what is wrong with it."

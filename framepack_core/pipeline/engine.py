@@ -146,7 +146,8 @@ class _JobRun:
             if is_out_of_memory(error):
                 self.models.empty_device_cache()  # the app stays up and the next job gets the memory back
             yield JobFailed(self.job_id, message=message, hint=hint, error_type=type(error).__name__,
-                            partial_path=partial, sections_done=self.files.sections_done)
+                            partial_path=partial, sections_done=self.files.sections_done,
+                            details=getattr(error, "details", ""))
         finally:
             self.files.close()
 
