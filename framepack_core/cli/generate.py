@@ -24,7 +24,7 @@ from framepack_core.cli.options import (
 from framepack_core.errors import FramePackError, InvalidInputError
 
 # tqdm's own time left counts only the steps; the engine's ETA (in the postfix) counts every stage.
-BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 HEARTBEAT_S = 1.0  # how often the bar is redrawn while a stage (a decode, a write) sends no event
 
 
