@@ -44,6 +44,7 @@ class StageChanged(EngineEvent):
     stage: Stage
     message: str
     section: int | None = None  # 1-based, when the stage belongs to a section
+    eta_s: float | None = None  # seconds left for the whole job (None: nothing to go on yet)
 
 
 @dataclass(frozen=True)

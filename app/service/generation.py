@@ -279,7 +279,7 @@ class GenerationService(QueueManagementMixin):
 
     @staticmethod
     def _copy(job: LiveJob) -> JobSnapshot:
-        return replace(job.snapshot, notices=list(job.snapshot.notices))
+        return replace(job.snapshot, notices=list(job.snapshot.notices)).ticking()
 
     # Outputs ---------------------------------------------------------------------------------------------------
 

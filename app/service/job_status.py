@@ -6,7 +6,8 @@ A ``JobSnapshot`` is changed only through ``event_changes`` (an engine event of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ class JobSnapshot:
     started_at: float | None = None
     elapsed_s: float = 0.0
     eta_s: float | None = None
+    progress_at: float | None = None  # wall time elapsed_s and eta_s are as of; they run on from it
+    news_at: float | None = None  # wall time of the job's last event
+    stage_started_at: float | None = None  # wall time the current stage began
     preview: np.ndarray | None = field(default=None, repr=False)
     partial_video: Path | None = None  # playable mp4 of the sections so far
     output_video: Path | None = None  # final mp4 (or the partial one after a stop or a failure)
@@ -53,6 +57,16 @@ class JobSnapshot:
     error_hint: str | None = None
     notices: list[str] = field(default_factory=list)
     version: int = 0
+
+    def ticking(self, now: float | None = None) -> JobSnapshot:
+        """A copy with the elapsed time and the ETA run on to ``now`` (wall time) while the job runs, so a stage
+        that yields no event for a while (decoding, writing, loading a model) is still seen to advance."""
+        if self.state != JobState.RUNNING or self.progress_at is None:
+            return replace(self)
+        now = time.time() if now is None else now
+        passed = max(0.0, now - self.progress_at)
+        eta = None if self.eta_s is None else max(0.0, self.eta_s - passed)
+        return replace(self, elapsed_s=self.elapsed_s + passed, eta_s=eta, progress_at=now)
 
 
 @dataclass
@@ -93,9 +107,12 @@ class LiveJob:
 
 def event_changes(event: object, elapsed_s: float) -> dict[str, Any]:
     """The snapshot fields one engine event changes (``elapsed_s`` since the job started)."""
-    changes: dict[str, Any] = {"elapsed_s": elapsed_s}
+    now = time.time()
+    changes: dict[str, Any] = {"elapsed_s": elapsed_s, "progress_at": now, "news_at": now}
     if isinstance(event, StageChanged):
-        changes.update(stage_message=event.message)
+        changes.update(stage_message=event.message, stage_started_at=event.time)
+        if event.eta_s is not None:
+            changes.update(eta_s=event.eta_s)
     elif isinstance(event, StepProgress):
         changes.update(section=event.section, total_sections=event.total_sections, step=event.step,
                        total_steps=event.total_steps, eta_s=event.eta_s, preview=event.preview,

@@ -156,17 +156,27 @@ def render_message(text: str, *, hint: str = "", error: bool = False, state: str
     return f'<div class="fp-progress" data-state="{state}">{body}</div>'
 
 
-def render_progress(snapshot: JobSnapshot, *, own: bool = True) -> str:
+# A stage this long without news shows how long it has run (decoding, writing and loading send no steps).
+STAGE_TIMER_AFTER_S = 1.0
+
+
+def render_progress(snapshot: JobSnapshot, *, own: bool = True, now: float | None = None) -> str:
     """Stage, section i/n, step j/k, elapsed, ETA and a bar; errors with their fix; notices.
 
-    The outer element carries ``data-state`` (and section/step) so tests and scripts can read the state.
+    The outer element carries ``data-state`` (and section/step) so tests and scripts can read the state. Elapsed
+    time and ETA run on to ``now`` (wall time), and a stage without news for a second shows its own time, so a
+    redraw during a long decode or load shows the job alive.
     """
-    s = snapshot
+    now = time.time() if now is None else now
+    s = snapshot.ticking(now)
     if s.queue_position:
         stage = (f"Place in the queue: <b>{s.queue_position}</b> (one job runs at a time; this one starts when "
                  "the jobs before it end)")
     else:
         stage = html.escape(s.stage_message)
+        quiet_s = now - s.news_at if s.news_at is not None else 0.0
+        if s.state == JobState.RUNNING and s.stage_started_at is not None and quiet_s >= STAGE_TIMER_AFTER_S:
+            stage += f' <span class="fp-muted">({format_duration(now - s.stage_started_at)} in this stage)</span>'
     lines = [f"<b>{_STATE_LABELS[s.state]}</b> &middot; {stage}"]
     if not own:
         lines.append('<span class="fp-muted">This job was started from another tab or by an API client.</span>')

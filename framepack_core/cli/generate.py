@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 from framepack_core.cli.options import (
     EXIT_BAD_INPUT,
@@ -21,6 +23,36 @@ from framepack_core.cli.options import (
     with_option_name,
 )
 from framepack_core.errors import FramePackError, InvalidInputError
+
+# tqdm's own time left counts only the steps; the engine's ETA (in the postfix) counts every stage.
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+HEARTBEAT_S = 1.0  # how often the bar is redrawn while a stage (a decode, a write) sends no event
+
+
+class _Heartbeat:
+    """Redraws the bar every ``HEARTBEAT_S`` from a timer thread, so its elapsed time runs on during a stage
+    that yields no event for seconds."""
+
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="progress-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(HEARTBEAT_S):
+            self._bar.refresh()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+def _bar_status(where: str, eta_s: float | None) -> str:
+    if eta_s is None:
+        return where
+    minutes, seconds = divmod(round(eta_s), 60)
+    return f"{where} · ETA {f'{minutes} min {seconds:02d} s' if minutes else f'{seconds} s'}"
 
 
 def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int:
@@ -67,6 +99,7 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
 
     previous_handler = signal.signal(signal.SIGINT, on_interrupt)
     bar = None
+    heartbeat: _Heartbeat | None = None
     quiet_libraries = contextlib.ExitStack()
     first_event = True
     segments_dir: Path | None = None
@@ -86,12 +119,16 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
             elif isinstance(event, StageChanged):
                 if bar is None and not args.quiet:
                     print(event.message, file=sys.stderr)
+                elif bar is not None:
+                    bar.set_postfix_str(_bar_status(event.message.removesuffix(" ...").lower(), event.eta_s))
             elif isinstance(event, StepProgress):
                 if bar is None and not args.quiet:
                     bar = tqdm(total=event.total_sections * event.total_steps, unit="step", file=sys.stderr,
-                               desc=f"{engine.models.config.device}")
+                               desc=f"{engine.models.config.device}", bar_format=BAR_FORMAT)
+                    heartbeat = _Heartbeat(bar)
                 if bar is not None:
-                    bar.set_postfix_str(f"section {event.section}/{event.total_sections}")
+                    bar.set_postfix_str(_bar_status(f"section {event.section}/{event.total_sections}", event.eta_s),
+                                        refresh=False)
                     bar.update(1)
             elif isinstance(event, SectionFinished):
                 if event.segment_path is not None:
@@ -140,6 +177,8 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
         print(f"error: {with_option_name(error)}", file=sys.stderr)
         return EXIT_FAILED
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         quiet_libraries.close()
         signal.signal(signal.SIGINT, previous_handler)
     return EXIT_FAILED

@@ -44,7 +44,9 @@ from framepack_core.models.store import ModelStore
 from framepack_core.pipeline.failure import describe_failure, is_expected_failure, is_out_of_memory
 from framepack_core.pipeline.inputs import prepare_inputs
 from framepack_core.pipeline.job_files import JobFiles, save_latents
-from framepack_core.pipeline.sections import ProgressClock, SectionLoop, SectionSampling
+from framepack_core.pipeline.progress import ProgressClock
+from framepack_core.pipeline.sections import SectionLoop, SectionSampling
+from framepack_core.pipeline.timings import DEFAULT_TIMINGS_PATH, StageTimings, job_shape
 from framepack_core.request import GenerationRequest
 from framepack_core.sampling.packing import LatentHistory, plan_sections
 from framepack_core.sampling.sampler import (
@@ -60,22 +62,28 @@ from framepack_core.sampling.teacache import TeaCacheConfig, apply_teacache
 logger = logging.getLogger(__name__)
 
 
-def create_engine(source: ModelSource, config: DeviceConfig) -> FramePackEngine:
+def create_engine(source: ModelSource, config: DeviceConfig,
+                  timings_path: Path = DEFAULT_TIMINGS_PATH) -> FramePackEngine:
     """The engine as the app and the CLI run it: models from ``source`` on ``config``'s device, each job planning
-    where they live (``framepack_core.memory.job_planning``)."""
-    return FramePackEngine(ModelStore(source, config), JobPlanner(source, config.device))
+    where they live (``framepack_core.memory.job_planning``) and its ETA learned from this machine's earlier jobs,
+    kept in ``timings_path`` (``framepack_core.pipeline.timings``)."""
+    return FramePackEngine(ModelStore(source, config), JobPlanner(source, config.device),
+                           StageTimings.load(timings_path))
 
 
 class FramePackEngine:
     """Runs generation jobs on one device with models loaded lazily from a ``ModelStore``.
 
     With a ``planner``, every job starts by planning where each component lives (``framepack_core.memory.plan``)
-    and the store places the components so; without one, every component is loaded onto the device.
+    and the store places the components so; without one, every component is loaded onto the device. Each job's
+    ETA comes from the speeds ``timings`` learned, and adds to them (without: learned in memory, for this engine).
     """
 
-    def __init__(self, models: ModelStore, planner: JobPlanner | None = None) -> None:
+    def __init__(self, models: ModelStore, planner: JobPlanner | None = None,
+                 timings: StageTimings | None = None) -> None:
         self.models = models
         self.planner = planner
+        self.timings = timings if timings is not None else StageTimings()
 
     def generate(
         self,
@@ -104,7 +112,7 @@ class FramePackEngine:
         job_id = job_id or uuid.uuid4().hex[:12]
         cancel = cancel or CancelToken()
         files = JobFiles(job_id, request, JobDirectory(job_dir) if job_dir is not None else None, snapshot_dir)
-        run = _JobRun(self.models, self.planner, request, image.pixels, job_id, cancel, files)
+        run = _JobRun(self.models, self.planner, request, image.pixels, job_id, cancel, files, self.timings)
         for note in image.notes:
             yield Notice(job_id, message=f"Input image: {note}")
         for note in request.notes():  # an empty prompt: every edge (CLI, page, API) shows it
@@ -117,7 +125,7 @@ class _JobRun:
     terminal event."""
 
     def __init__(self, models: ModelStore, planner: JobPlanner | None, request: GenerationRequest,
-                 pixels: np.ndarray, job_id: str, cancel: CancelToken, files: JobFiles) -> None:
+                 pixels: np.ndarray, job_id: str, cancel: CancelToken, files: JobFiles, timings: StageTimings) -> None:
         self.models = models
         self.planner = planner
         self.request = request
@@ -126,10 +134,14 @@ class _JobRun:
         self.cancel = cancel
         self.files = files
         self.started = time.perf_counter()
+        self.timings = timings
+        shape = job_shape(request, pixels.shape[:2], models)
+        self.clock = ProgressClock(shape, timings.speeds(shape.key), self.started)
 
     def events(self) -> Iterator[EngineEvent]:
         try:
-            yield from self._run()
+            for event in self._run():
+                yield self.clock.observe(event)
         except InvalidInputError as error:  # a job folder that holds another job, or is in use
             yield JobFailed(self.job_id, message=error.message, hint=error.hint, error_type=type(error).__name__,
                             partial_path=None, sections_done=0)
@@ -150,6 +162,8 @@ class _JobRun:
                             details=getattr(error, "details", ""))
         finally:
             self.files.close()
+            # Also when the caller stops reading at the terminal event (the generator is closed there).
+            self.timings.learn(self.clock.shape.key, self.clock.measured())
 
     def _run(self) -> Iterator[EngineEvent]:
         request, models, files = self.request, self.models, self.files
@@ -205,8 +219,7 @@ class _JobRun:
             sigmas=sigmas.to(models.config.device), guidance=GuidanceConfig(scale=request.cfg, rescale=request.cfg_rescale),
             distilled_guidance=request.distilled_guidance, teacache=teacache,
             noise_shape=(1, transformer.config.in_channels, window, latent_height, latent_width))
-        loop = SectionLoop(self.job_id, models, sampling, vae, files, self.cancel,
-                           ProgressClock(self.started, len(sections) * request.steps), window, request.steps)
+        loop = SectionLoop(self.job_id, models, sampling, vae, files, self.cancel, self.clock, window, request.steps)
         try:
             yield from loop.run(sections, files.sections_done, history, generator)
         finally:

@@ -22,6 +22,7 @@ from framepack_core.models.components import Component
 from framepack_core.models.store import ModelStore
 from framepack_core.pipeline.inputs import PreparedInputs
 from framepack_core.pipeline.job_files import JobFiles
+from framepack_core.pipeline.progress import ProgressClock
 from framepack_core.sampling.denoiser import PackedDenoiser, SectionConditioning
 from framepack_core.sampling.packing import LatentHistory, SectionPlan
 from framepack_core.sampling.sampler import FlowMatchUniPC, GuidanceConfig
@@ -40,26 +41,6 @@ class SectionSampling:
     distilled_guidance: float
     noise_shape: tuple[int, int, int, int, int]  # (1, latent channels, window, latent height, latent width)
     teacache: TeaCache | None = None
-
-
-class ProgressClock:
-    """Time since the job started, and the time left, estimated from the steps sampled so far."""
-
-    def __init__(self, started: float, total_steps: int) -> None:
-        self.started = started
-        self.total_steps = total_steps
-        self._first_step_at: float | None = None
-
-    def tick(self, steps_done: int) -> tuple[float, float | None]:
-        """Elapsed and remaining seconds after ``steps_done`` steps of the job (None: too early to tell)."""
-        now = time.perf_counter()
-        # The estimate counts from the first step, so model warm-up does not skew it.
-        self._first_step_at = self._first_step_at or now
-        eta = None
-        if steps_done >= 2:
-            per_step = (time.perf_counter() - self._first_step_at) / (steps_done - 1)
-            eta = per_step * (self.total_steps - steps_done)
-        return time.perf_counter() - self.started, eta
 
 
 @dataclass
@@ -124,7 +105,7 @@ class SectionLoop:
         with self.models.stage(Component.TRANSFORMER):
             for step in sampling.sampler.steps(denoiser, noise, sampling.sigmas):
                 generated = step.denoised
-                elapsed, eta = self.clock.tick(plan.number * self.steps + step.index + 1)
+                elapsed, eta = self.clock.tick(plan.number + 1, step.index + 1)
                 yield StepProgress(self.job_id, section=plan.number + 1, total_sections=total, step=step.index + 1,
                                    total_steps=self.steps, elapsed_s=elapsed, eta_s=eta,
                                    preview=latent_preview(step.denoised))
