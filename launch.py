@@ -180,11 +180,15 @@ def engine_factory(settings: Settings, config: DeviceConfig) -> Callable[[], Fra
     """What the service calls on the first job: nothing heavy is loaded before someone asks for a video."""
 
     def create() -> FramePackEngine:
+        from framepack_core.jobs.queue import QUEUE_FOLDER
         from framepack_core.models.loading import ModelSource
         from framepack_core.pipeline.engine import create_engine
+        from framepack_core.pipeline.timings import TIMINGS_FILE_NAME
 
         # Each job plans where the models live from the machine's free memory and the UI's memory settings.
-        return create_engine(ModelSource(models_dir=settings.models_dir, offline=settings.offline), config)
+        # The learned stage times live beside the app's queue, in the output folder it was given.
+        return create_engine(ModelSource(models_dir=settings.models_dir, offline=settings.offline), config,
+                             timings_path=settings.output_dir / QUEUE_FOLDER / TIMINGS_FILE_NAME)
 
     return create
 

@@ -116,6 +116,22 @@ def test_out_of_memory_advice_on_the_page_names_the_controls_by_their_labels():
     assert option_text(snapshot.error_hint).endswith("(now 4.0; --preserve-gb); store the transformer in fp8 (--fp8).")
 
 
+def test_a_failure_with_details_shows_them_folded_under_the_message_and_its_one_fix(tmp_path):
+    from app.service.job_status import event_changes
+    from framepack_core.events import JobFailed
+
+    event = JobFailed("j2", message="All 8 model components this job needs are missing.",
+                      hint="Get them all with `python -m framepack_core models download --model original`.",
+                      error_type="MissingWeightsError", partial_path=None, sections_done=0,
+                      details="vae: the folder does not exist (looked in /m/vae); give DIR as {models_dir}")
+    snapshot = JobSnapshot(job_id="j2", request=GenerationRequest(image=Path("in.png")), state=JobState.RUNNING)
+    for name, value in event_changes(event, 1.0).items():
+        setattr(snapshot, name, value)
+    html = render_progress(snapshot)
+    assert html.index("All 8 model components") < html.index("models download") < html.index("<details")
+    assert "<summary>Details</summary>" in html and "the app&#x27;s models folder" in html and "{" not in html
+
+
 def test_the_api_answers_a_field_error_with_json_field_names():
     api = FastAPI()
     install_error_handlers(api, PathHider([]))

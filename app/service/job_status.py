@@ -55,6 +55,7 @@ class JobSnapshot:
     video_frames: int | None = None
     error: str | None = None
     error_hint: str | None = None
+    error_details: str = ""  # second to the error: shown folded (e.g. each missing component's folder)
     notices: list[str] = field(default_factory=list)
     version: int = 0
 
@@ -133,7 +134,7 @@ def event_changes(event: object, elapsed_s: float) -> dict[str, Any]:
                                      + ("; the partial video was kept." if event.partial_path else "."))
     elif isinstance(event, JobFailed):
         changes.update(state=JobState.FAILED, error=event.message, error_hint=event.hint,
-                       output_video=event.partial_path, partial_video=event.partial_path,
+                       error_details=event.details, output_video=event.partial_path, partial_video=event.partial_path,
                        settings_file=sidecar_of(event.partial_path), stage_message="Failed")
     return changes
 

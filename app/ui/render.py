@@ -202,6 +202,9 @@ def render_progress(snapshot: JobSnapshot, *, own: bool = True, now: float | Non
         lines.append(f'<span class="fp-error"><b>Error:</b> {html.escape(page_text(s.error))}</span>')
         if s.error_hint:
             lines.append(f'<span class="fp-error">How to fix: {html.escape(page_text(s.error_hint))}</span>')
+        if s.error_details:  # folded: the message and the one fix come first, not a wall of red
+            lines.append('<details class="fp-details"><summary>Details</summary>'
+                         f'<pre>{html.escape(page_text(s.error_details))}</pre></details>')
     if s.video_frames and s.state == JobState.RUNNING:
         lines.append(f'<span class="fp-muted">The finished video will have {s.video_frames} frames '
                      f'({s.video_frames / 30:.1f} s at 30 fps).</span>')

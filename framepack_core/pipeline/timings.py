@@ -30,7 +30,8 @@ from framepack_core.sampling.schedule import total_latent_sections
 logger = logging.getLogger(__name__)
 
 # Beside the default queue: one file per machine, shared by the app, ``generate`` and ``jobs run``.
-DEFAULT_TIMINGS_PATH = DEFAULT_OUTPUT_DIR / QUEUE_FOLDER / "stage_timings.json"
+TIMINGS_FILE_NAME = "stage_timings.json"
+DEFAULT_TIMINGS_PATH = DEFAULT_OUTPUT_DIR / QUEUE_FOLDER / TIMINGS_FILE_NAME
 TIMINGS_VERSION = 1
 # The newest job's weight in what is learned: the machine as it is now (its load, its drivers) counts most.
 NEWEST_WEIGHT = 0.5
