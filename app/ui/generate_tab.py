@@ -246,8 +246,7 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
         if job_id is None:
             frame = idle_frame()
             frame.gallery, frame.gallery_records = context.past_generations(viewer)
-            if context.streams.is_current(session, token):
-                yield frame.values()
+            yield frame.values() if context.streams.is_current(session, token) else _nothing_new()
             context.streams.end(session, token)
             return
         yield from _stream(context, job_id, session, token, viewer, own=job_id == own_job, with_gallery=True)
@@ -326,6 +325,7 @@ def follow_job(context: PageContext, job_id: str | None, own_job: str | None, re
     job_id = str(job_id or "").strip()
     viewer = context.viewer_of(request)
     if not job_id or not _is_alive(context, job_id, viewer):
+        yield _nothing_new()
         return
     session = request.session_hash or ""
     token = context.streams.begin(session)
@@ -344,6 +344,7 @@ def _stream(context: PageContext, job_id: str, session: str, token: int, viewer:
         if with_gallery:
             frame.gallery, frame.gallery_records = context.past_generations(viewer)
         if not streams.is_current(session, token):
+            yield _nothing_new()
             return
         yield frame.values()
         for previous, latest in itertools.pairwise(itertools.chain([snapshot], updates)):
@@ -354,10 +355,16 @@ def _stream(context: PageContext, job_id: str, session: str, token: int, viewer:
                 return
             yield frame.values()
     except KeyError:  # a long-finished job the service has forgotten
-        if streams.is_current(session, token):
-            yield idle_frame("That job is no longer known to the app; see the outputs gallery.").values()
+        yield idle_frame("That job is no longer known to the app; see the outputs gallery.").values() \
+            if streams.is_current(session, token) else _nothing_new()
     finally:
         streams.end(session, token)
+
+
+def _nothing_new() -> list[Any]:
+    """What a stream yields when it has nothing to draw. A frame is still due: Gradio sets every output of a
+    generator that yields nothing to None, which blanks the page (the progress, even Start's label)."""
+    return StreamFrame().values()
 
 
 def _is_alive(context: PageContext, job_id: str, viewer: Viewer) -> bool:
