@@ -54,6 +54,10 @@ class GradioSession:
                     return dependency
         raise KeyError(f"no {event} listener on {elem_id!r}")
 
+    def chained(self, dependency: dict[str, Any]) -> dict[str, Any]:
+        """The listener that runs after ``dependency`` (its ``.then``): e.g. the job behind Start's first step."""
+        return next(d for d in self.config["dependencies"] if d.get("trigger_after") == dependency["id"])
+
     def by_api_name(self, api_name: str) -> dict[str, Any]:
         return next(d for d in self.config["dependencies"] if d.get("api_name") == api_name)
 
@@ -94,6 +98,33 @@ class GradioSession:
                 if message.get("msg") in ("process_completed", "close_stream"):
                     break
         return messages
+
+    def call_at_once(self, dependency: dict[str, Any], datas: list[list[Any]]) -> list[list[dict[str, Any]]]:
+        """Fire ``dependency`` once per ``datas`` entry, all joined before any runs (as a double click does), and
+        return each event's messages once all have completed."""
+        trigger = dependency["targets"][0][0] if dependency["targets"] else None
+        events = []
+        for data in datas:
+            body = {"data": data, "fn_index": dependency["id"], "session_hash": self.session_hash,
+                    "event_data": None, "trigger_id": trigger}
+            joined = self.http.post("/gradio_api/queue/join", content=json.dumps(body).encode(),
+                                    headers={"content-type": "application/json"})
+            joined.raise_for_status()
+            events.append(joined.json()["event_id"])
+        messages: dict[str, list[dict[str, Any]]] = {event: [] for event in events}
+        pending = set(events)
+        with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": self.session_hash}) as sse:
+            for line in sse.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[len("data:"):])
+                if message.get("event_id") in messages:
+                    messages[message["event_id"]].append(message)
+                    if message.get("msg") == "process_completed":
+                        pending.discard(message["event_id"])
+                if not pending or message.get("msg") == "close_stream":
+                    break
+        return [messages[event] for event in events]
 
     def fire(self, elem_id: str | None, event: str, data: list[Any], event_data: Any = None) -> dict[str, Any]:
         """Fire an event and return its final output (``{"data": [...]}``, or an error payload)."""

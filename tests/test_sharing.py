@@ -165,6 +165,14 @@ def test_bobs_page_never_follows_or_stops_alices_running_job(server, alices_work
             messages = bob.call(on_load, [stored_job])
             shown = json.dumps([m.get("output") for m in messages])
             assert alices_work["running"] not in shown and SECRET not in shown, shown[:2000]
+        # Nor does the form restored after a reload, nor a job picked (or retried) in the Queue tab by its id.
+        image = bob.component_id("start-image")
+        restore = next(d for d in bob.dependencies("load") if image in d["outputs"])
+        follow_pick = bob.chained(bob.dependency("queue-table", "select"))
+        running = alices_work["running"]
+        for dependency, data in ((restore, [running]), (follow_pick, [running, running])):
+            shown = json.dumps([m.get("output") for m in bob.call(dependency, data)])
+            assert SECRET not in shown and "data-job" not in shown, shown[:2000]
         bob.fire("stop", "click", [alices_work["running"]])
         time.sleep(1.0)
         assert alices_work["client"].get(f"/jobs/{alices_work['running']}").json()["state"] == "running"

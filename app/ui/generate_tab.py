@@ -27,11 +27,14 @@ from app.ui.render import (
     FP8_CHOICES,
     JOB_FIELDS,
     readable_error,
+    render_image_check,
     render_message,
+    settings_to_inputs,
     upload_path,
 )
 from app.ui.streams import StreamFrame, first_frame, idle_frame, next_frame, snapshots_to_show
-from framepack_core.errors import FramePackError
+from framepack_core.errors import FramePackError, InvalidInputError
+from framepack_core.media.image_input import load_input_image
 from framepack_core.request import MAX_RESOLUTION, MAX_SECONDS, MAX_WINDOW, MIN_RESOLUTION
 
 logger = logging.getLogger(__name__)
@@ -89,6 +92,7 @@ class JobForm:
 @dataclass
 class GenerateTab:
     form: JobForm
+    image_check: gr.HTML  # what is wrong with a dropped file, said as soon as it is dropped
     quick_prompts: gr.Dataset
     model_note: gr.Markdown
     start: gr.Button
@@ -102,28 +106,30 @@ class GenerateTab:
 
 
 def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
-    """The form (left) and the job's progress and video (right), laid out in the current Blocks."""
-    with gr.Row():
-        with gr.Column(scale=1):
+    """The form (left) and the job's progress, preview and video (right), laid out in the current Blocks.
+
+    What a new user needs (the image, the prompt, Start, and where the video appears) fits in a 1366x768 window
+    without scrolling; the settings follow under Start, and the examples wait in a closed accordion. The right
+    column stays in view while the left one scrolls (``CSS`` in page.py).
+    """
+    with gr.Row(elem_id="generate-area"):
+        with gr.Column(scale=1, elem_id="job-form"):
             image = gr.Image(label="Start image", type="filepath", image_mode=None,
-                             sources=["upload", "clipboard"], height=320, elem_id="start-image")
-            gr.Examples([[str(p)] for p in EXAMPLE_IMAGES if p.is_file()], inputs=[image],
-                        label="Example images", api_visibility="private")
-            prompt = gr.Textbox(label="Prompt", value=defaults["prompt"], lines=2, elem_id="prompt",
+                             sources=["upload", "clipboard"], height=260, elem_id="start-image")
+            image_check = gr.HTML("", elem_id="image-check")
+            prompt = gr.Textbox(label="Prompt", value=defaults["prompt"], lines=2, max_lines=6, elem_id="prompt",
                                 placeholder="Describe the motion: the subject, then what it does.")
-            quick = gr.Dataset(label="Quick prompts", samples=[[p] for p in EXAMPLE_PROMPTS],
-                               components=[prompt], elem_id="quick-prompts")
-            model = gr.Radio([("Original (inverted anti-drifting)", "original"), ("F1 (forward)", "f1")],
-                             value=defaults["model"].value, label="Model", elem_id="model")
-            model_note = gr.Markdown(ORIGINAL_NOTE, visible=defaults["model"].value == "original",
-                                     elem_id="model-note")
-            with gr.Row():
+            with gr.Row(elem_id="job-buttons"):
                 start_btn = gr.Button("Start", variant="primary", elem_id="start")
                 stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
                 # Unloads the models from RAM and VRAM; the next job loads them again.
                 free_btn = gr.Button("Free memory", elem_id="free-memory")
             seconds = gr.Slider(1, MAX_SECONDS, value=defaults["seconds"], step=0.1,
                                 label=FIELD_LABELS["seconds"], elem_id="seconds")
+            model = gr.Radio([("Original (inverted anti-drifting)", "original"), ("F1 (forward)", "f1")],
+                             value=defaults["model"].value, label="Model", elem_id="model")
+            model_note = gr.Markdown(ORIGINAL_NOTE, visible=defaults["model"].value == "original",
+                                     elem_id="model-note")
             with gr.Row(equal_height=True):
                 seed = gr.Number(value=defaults["seed"], precision=0, label="Seed", minimum=0, scale=3,
                                  elem_id="seed")
@@ -170,15 +176,21 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                                   label=FIELD_LABELS["fp8"],
                                   info="Halves the transformer's memory; results differ slightly from bf16.",
                                   elem_id="fp8")
+            with gr.Accordion("Examples: start images and prompts", open=False, elem_id="examples"):
+                gr.Examples([[str(p)] for p in EXAMPLE_IMAGES if p.is_file()], inputs=[image],
+                            label="Example images", api_visibility="private")
+                quick = gr.Dataset(label="Quick prompts", samples=[[p] for p in EXAMPLE_PROMPTS],
+                                   components=[prompt], elem_id="quick-prompts")
 
-        with gr.Column(scale=1):
-            preview = gr.Image(label="Latest latents (preview, every step)", interactive=False, visible=False,
-                               height=200, format="png", elem_id="preview")
-            video = gr.Video(label="Video so far (a new section appears as soon as it is written)",
-                             autoplay=True, loop=False, height=512, interactive=False, buttons=["download"],
-                             elem_id="video")
+        with gr.Column(scale=1, elem_id="job-output"):
             progress = gr.HTML(render_message("Upload an image, write a prompt and press Start."),
                                elem_id="progress")
+            with gr.Row(elem_id="job-media"):
+                preview = gr.Image(label="Preview (latents, every step)", interactive=False, visible=False,
+                                   height=240, format="png", scale=1, min_width=160, elem_id="preview")
+                video = gr.Video(label="Video so far (a new section appears as soon as it is written)",
+                                 autoplay=True, loop=False, height=400, interactive=False, buttons=["download"],
+                                 scale=2, elem_id="video")
             final_file = gr.File(label="Final video", interactive=False, elem_id="final-file")
 
     form = JobForm(image=image, prompt=prompt, model=model, seconds=seconds, seed=seed, steps=steps,
@@ -186,17 +198,18 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                    cfg_rescale=cfg_rescale, negative_prompt=negative_prompt, use_teacache=use_teacache,
                    teacache_threshold=teacache_threshold, crf=crf, resolution=resolution,
                    gpu_memory_preservation=gpu_memory_preservation, fp8=fp8)
-    return GenerateTab(form=form, quick_prompts=quick, model_note=model_note, start=start_btn, stop=stop_btn,
-                       free_memory=free_btn, random_seed=random_seed_btn, preview=preview, video=video,
-                       progress=progress, final_file=final_file)
+    return GenerateTab(form=form, image_check=image_check, quick_prompts=quick, model_note=model_note,
+                       start=start_btn, stop=stop_btn, free_memory=free_btn, random_seed=random_seed_btn,
+                       preview=preview, video=video, progress=progress, final_file=final_file)
 
 
 def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Component],
                       context: PageContext) -> None:
-    """Start, Stop, Free memory, the page-load reconnection, and the small input helpers. ``outputs``: what a job's
-    stream draws (``outputs.shown_job`` is the job this tab's Stop stops, ``outputs.browser_job`` the browser's
-    own last job)."""
+    """Start, Stop, Free memory, the page-load reconnection (the job's progress, and its inputs back in the form),
+    the check of a dropped image, and the small input helpers. ``outputs``: what a job's stream draws
+    (``outputs.shown_job`` is the job this tab's Stop stops, ``outputs.browser_job`` the browser's own last job)."""
     service = context.service
+    form_inputs = tab.form.inputs()
 
     def on_start(request: gr.Request, image: dict[str, Any] | None, *settings: Any) -> Iterator[list[Any]]:
         # The request comes first: Gradio passes it only to a parameter before the *settings.
@@ -205,7 +218,8 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
         token = context.streams.begin(session)  # from here on, the page-load stream draws nothing more
         path = upload_path(image)
         try:
-            job_id = context.submit(path, dict(zip(JOB_FIELDS, settings, strict=True)), viewer)
+            job_id, repeated = context.submit_once(session, path, dict(zip(JOB_FIELDS, settings, strict=True)),
+                                                   viewer)
         except (FramePackError, RuntimeError) as error:
             # A refused request is the user's to fix: say what and how, in the page, and stay ready.
             message, hint = readable_error(error, path)
@@ -213,7 +227,10 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
             yield idle_frame(message, hint=hint, error=True).values()
             context.streams.end(session, token)
             return
-        logger.info("Job %s submitted from the page", job_id)
+        if repeated:
+            logger.info("A repeated Start follows job %s instead of queueing a copy", job_id)
+        else:
+            logger.info("Job %s submitted from the page", job_id)
         yield from _stream(context, job_id, session, token, viewer, own=True)
 
     def on_load(own_job: str | None, request: gr.Request) -> Iterator[list[Any]]:
@@ -229,11 +246,23 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
         if job_id is None:
             frame = idle_frame()
             frame.gallery, frame.gallery_records = context.past_generations(viewer)
-            if context.streams.is_current(session, token):
-                yield frame.values()
+            yield frame.values() if context.streams.is_current(session, token) else _nothing_new()
             context.streams.end(session, token)
             return
         yield from _stream(context, job_id, session, token, viewer, own=job_id == own_job, with_gallery=True)
+
+    def restore_form(own_job: str | None, request: gr.Request) -> list[Any]:
+        """On page load, the inputs of this browser's unfinished job back in the form, so the page shows what is
+        running; a finished or unknown job leaves the form as it is."""
+        viewer = context.viewer_of(request)
+        try:
+            snapshot = service.snapshot(own_job, viewer) if own_job else None
+        except KeyError:
+            snapshot = None
+        if snapshot is None or snapshot.state.done:
+            return [gr.skip()] * len(form_inputs)
+        image = context.served.serve(snapshot.request.image)
+        return [image or gr.skip(), *settings_to_inputs(snapshot.request.to_dict(), context.defaults)]
 
     def on_stop(job_id: str | None, request: gr.Request) -> None:
         if job_id is not None and service.cancel(job_id, context.viewer_of(request)):
@@ -245,15 +274,25 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
     stream_outputs = outputs.values()
     load_event = demo.load(on_load, inputs=[outputs.browser_job], outputs=stream_outputs, show_progress="hidden",
                            api_visibility="private", concurrency_id="stream")
+    demo.load(restore_form, inputs=[outputs.browser_job], outputs=form_inputs, show_progress="hidden",
+              api_visibility="private", queue=False)
+    # Start is disabled at once, before the job is even submitted, so a second click has nothing to press; one
+    # that still gets through (a double click) follows the first job (PageContext.submit_once).
     # preprocess=False: the handlers get the upload as Gradio stored it, unopened (see upload_path).
-    tab.start.click(on_start, inputs=tab.form.inputs(), outputs=stream_outputs, show_progress="hidden",
-                    api_visibility="private", concurrency_id="stream", cancels=[load_event], preprocess=False)
+    tab.start.click(lambda: gr.update(interactive=False), outputs=[tab.start], api_visibility="private",
+                    queue=False, show_progress="hidden").then(
+        on_start, inputs=form_inputs, outputs=stream_outputs, show_progress="hidden", api_visibility="private",
+        concurrency_id="stream", cancels=[load_event], preprocess=False, trigger_mode="multiple")
     tab.stop.click(on_stop, inputs=[outputs.shown_job], outputs=None, api_visibility="private",
                    concurrency_limit=None, show_progress="hidden")
     tab.free_memory.click(on_free_memory, outputs=None, api_visibility="private", concurrency_limit=None,
                           show_progress="hidden")
 
     # Small input helpers
+    tab.form.image.upload(check_dropped_image, inputs=[tab.form.image], outputs=[tab.form.image, tab.image_check],
+                          api_visibility="private", show_progress="hidden", preprocess=False)
+    tab.form.image.clear(lambda: "", outputs=[tab.image_check], api_visibility="private", show_progress="hidden",
+                         queue=False)
     tab.quick_prompts.click(lambda sample: sample[0], inputs=[tab.quick_prompts], outputs=[tab.form.prompt],
                             api_visibility="private", show_progress="hidden", concurrency_limit=None)
     tab.form.model.change(lambda choice: gr.update(visible=choice == "original"), inputs=[tab.form.model],
@@ -261,6 +300,36 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
                           concurrency_limit=None)
     tab.random_seed.click(lambda: random.randrange(RANDOM_SEED_LIMIT), outputs=[tab.form.seed],
                           api_visibility="private", show_progress="hidden", concurrency_limit=None)
+
+
+def check_dropped_image(image: dict[str, Any] | str | None) -> tuple[Any, str]:
+    """The job's own image check (``load_input_image``), run as soon as a file is dropped: a file that is not an
+    image, or is too small or too large, is taken out of the box (no broken picture left behind) and the note
+    under it says what was wrong and how to fix it. Returns the image box's update and the note."""
+    path = upload_path(image)
+    if path is None:
+        return gr.skip(), ""
+    try:
+        load_input_image(path)
+    except InvalidInputError as error:
+        message, hint = readable_error(error, path)
+        gr.Warning(f"{message} How to fix: {hint}" if hint else message)
+        return gr.update(value=None), render_image_check(message, hint)
+    return gr.skip(), ""
+
+
+def follow_job(context: PageContext, job_id: str | None, own_job: str | None, request: gr.Request
+               ) -> Iterator[list[Any]]:
+    """Show a waiting or running job that the user picked (in the Queue tab) in the generate area, as Start
+    does for a new job. A job that has ended, is unknown or hidden from the viewer leaves the page as it is."""
+    job_id = str(job_id or "").strip()
+    viewer = context.viewer_of(request)
+    if not job_id or not _is_alive(context, job_id, viewer):
+        yield _nothing_new()
+        return
+    session = request.session_hash or ""
+    token = context.streams.begin(session)
+    yield from _stream(context, job_id, session, token, viewer, own=job_id == own_job)
 
 
 def _stream(context: PageContext, job_id: str, session: str, token: int, viewer: Viewer, *, own: bool,
@@ -275,6 +344,7 @@ def _stream(context: PageContext, job_id: str, session: str, token: int, viewer:
         if with_gallery:
             frame.gallery, frame.gallery_records = context.past_generations(viewer)
         if not streams.is_current(session, token):
+            yield _nothing_new()
             return
         yield frame.values()
         for previous, latest in itertools.pairwise(itertools.chain([snapshot], updates)):
@@ -285,10 +355,16 @@ def _stream(context: PageContext, job_id: str, session: str, token: int, viewer:
                 return
             yield frame.values()
     except KeyError:  # a long-finished job the service has forgotten
-        if streams.is_current(session, token):
-            yield idle_frame("That job is no longer known to the app; see the outputs gallery.").values()
+        yield idle_frame("That job is no longer known to the app; see the outputs gallery.").values() \
+            if streams.is_current(session, token) else _nothing_new()
     finally:
         streams.end(session, token)
+
+
+def _nothing_new() -> list[Any]:
+    """What a stream yields when it has nothing to draw. A frame is still due: Gradio sets every output of a
+    generator that yields nothing to None, which blanks the page (the progress, even Start's label)."""
+    return StreamFrame().values()
 
 
 def _is_alive(context: PageContext, job_id: str, viewer: Viewer) -> bool:

@@ -46,6 +46,16 @@ CSS = """
 #progress .fp-error { color: var(--error-text-color, #b91c1c); }
 #progress .fp-muted { opacity: 0.75; }
 #demo-banner { border: 2px solid #f59e0b; border-radius: 8px; padding: 0.2rem 0.8rem; }
+/* The job's progress and video stay in view while the settings under Start scroll by. Gradio's container hides
+   its overflow, which would make it the scroll box that a sticky element sticks to; clip cuts the same, without. */
+.gradio-container { overflow: clip !important; }
+#job-output { position: sticky; top: 0.5rem; align-self: flex-start; }
+#image-check .fp-error { color: var(--error-text-color, #b91c1c); }
+#image-check:not(:has(.fp-error)) { display: none; }  /* no gap under the image until there is something to say */
+/* Headers break between words, never inside one ("sec/ond/s"). */
+#queue-table th, #queue-table th * { overflow-wrap: normal; word-break: normal; hyphens: none; }
+/* Buttons at the height of the boxes beside them, on their bottom edge. */
+#queue-actions { align-items: flex-end; }
 """
 
 
@@ -89,7 +99,7 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
                                      gallery=gallery.gallery, gallery_records=gallery.records)
         wire_generate_tab(demo, generate, stream_outputs, context)
         wire_gallery_tab(gallery, generate, context)
-        wire_queue_tab(demo, queue, health_note, context)
+        wire_queue_tab(demo, queue, health_note, stream_outputs, context)
         wire_models_tab(demo, models, context)
         wire_endpoints(endpoint_outputs, generate.form, context)
 

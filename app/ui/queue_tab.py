@@ -1,17 +1,28 @@
 """The Queue tab: the jobs the viewer may see (the persistent queue's rows, kept across restarts), and moving,
-cancelling, retrying and deleting them. Also keeps the worker's health note at the top of the page current."""
+cancelling, retrying and deleting them; a waiting or running job that is picked (or retried) is followed in the
+generate area. Also keeps the worker's health note at the top of the page current."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from gradio.components import Component
 
 from app.access import Viewer
 from app.ui.context import PageContext
-from app.ui.render import JOB_ID_PATTERN, QUEUE_COLUMNS, QUEUE_REFRESH_S, health_markdown, queue_table_rows
+from app.ui.generate_tab import follow_job
+from app.ui.render import (
+    JOB_ID_PATTERN,
+    QUEUE_COLUMN_WIDTHS,
+    QUEUE_COLUMNS,
+    QUEUE_REFRESH_S,
+    health_markdown,
+    queue_table_rows,
+)
+from app.ui.streams import StreamFrame
 from framepack_core.errors import FramePackError
 
 
@@ -32,28 +43,33 @@ def build_queue_tab(logins_on: bool) -> QueueTab:
     """The tab, laid out in the current Blocks. With logins on, a place counts among the viewer's own jobs."""
     with gr.Tab("Queue", elem_id="queue-tab"):
         # Empty in the page's config; filled for the viewer once the page has opened (see refresh_queue).
-        table = gr.Dataframe(headers=list(QUEUE_COLUMNS), value=[],
+        table = gr.Dataframe(headers=list(QUEUE_COLUMNS), value=[], column_widths=list(QUEUE_COLUMN_WIDTHS),
                              interactive=False, wrap=True, elem_id="queue-table",
                              label="Jobs: running, then waiting in order, then ended (kept across "
                                    "restarts; click a row to pick it)")
-        with gr.Row(equal_height=True):
-            job = gr.Textbox(label="Job id", placeholder="click a row", scale=2, elem_id="queue-job")
-            place = gr.Number(value=1, precision=0, minimum=1, scale=1,
+        # Not equal_height: stretched to the text boxes' height, the buttons would be as tall as a box and its
+        # label; the page's CSS lines them up with the boxes' bottom edge instead.
+        with gr.Row(elem_id="queue-actions"):
+            job = gr.Textbox(label="Job id", placeholder="click a row", scale=2, min_width=220, elem_id="queue-job")
+            place = gr.Number(value=1, precision=0, minimum=1, scale=1, min_width=120,
                               label="Place among your waiting jobs" if logins_on else "Place",
                               elem_id="queue-place")
-            move_btn = gr.Button("Move to place", size="sm", elem_id="queue-move")
-            cancel_btn = gr.Button("Cancel", size="sm", variant="stop", elem_id="queue-cancel")
-            retry_btn = gr.Button("Retry", size="sm", elem_id="queue-retry")
-            delete_btn = gr.Button("Delete", size="sm", elem_id="queue-delete")
+            move_btn = gr.Button("Move to place", size="md", scale=0, min_width=150, elem_id="queue-move")
+            # Red only once a job is picked: before that there is nothing it would cancel.
+            cancel_btn = gr.Button("Cancel", size="md", scale=0, min_width=100, elem_id="queue-cancel")
+            retry_btn = gr.Button("Retry", size="md", scale=0, min_width=100, elem_id="queue-retry")
+            delete_btn = gr.Button("Delete", size="md", scale=0, min_width=100, elem_id="queue-delete")
         note = gr.Markdown("", elem_id="queue-note")
         timer = gr.Timer(QUEUE_REFRESH_S)
     return QueueTab(table=table, job=job, place=place, move=move_btn, cancel=cancel_btn, retry=retry_btn,
                     delete=delete_btn, note=note, timer=timer)
 
 
-def wire_queue_tab(demo: gr.Blocks, tab: QueueTab, health_note: gr.Markdown, context: PageContext) -> None:
+def wire_queue_tab(demo: gr.Blocks, tab: QueueTab, health_note: gr.Markdown, outputs: StreamFrame[Component],
+                   context: PageContext) -> None:
     """The table's refresh (every QUEUE_REFRESH_S and at page load, with ``health_note``), picking a row, and the
-    four actions."""
+    four actions. ``outputs``: what a job's stream draws in the generate area, where a picked or retried job that
+    is waiting or running is followed."""
     service = context.service
 
     def queue_rows_for(viewer: Viewer) -> list[list[Any]]:
@@ -68,6 +84,9 @@ def wire_queue_tab(demo: gr.Blocks, tab: QueueTab, health_note: gr.Markdown, con
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
         values = rows.values.tolist() if hasattr(rows, "values") else rows
         return str(values[row][1]) if 0 <= row < len(values) else ""
+
+    def follow_picked_job(job_id: str | None, own_job: str | None, request: gr.Request) -> Iterator[list[Any]]:
+        yield from follow_job(context, job_id, own_job, request)
 
     def queue_action(action: str) -> Callable[..., tuple[list[list[Any]], str]]:
         def act(job_id: str, place: float | None, request: gr.Request) -> tuple[list[list[Any]], str]:
@@ -101,9 +120,21 @@ def wire_queue_tab(demo: gr.Blocks, tab: QueueTab, health_note: gr.Markdown, con
                    show_progress="hidden")
     demo.load(refresh_queue, outputs=[tab.table, health_note], api_visibility="private", queue=False,
               show_progress="hidden")
-    tab.table.select(pick_queued_job, inputs=[tab.table], outputs=[tab.job], api_visibility="private",
-                     queue=False, show_progress="hidden")
+    def then_follow(event: Any) -> None:
+        # "multiple": picking another job while the last pick is still followed follows the new one at once (the
+        # older stream stops drawing as soon as the newer one starts, see LatestStreams).
+        event.then(follow_picked_job, inputs=[tab.job, outputs.browser_job], outputs=outputs.values(),
+                   api_visibility="private", show_progress="hidden", concurrency_id="stream",
+                   trigger_mode="multiple")
+
+    then_follow(tab.table.select(pick_queued_job, inputs=[tab.table], outputs=[tab.job], api_visibility="private",
+                                 queue=False, show_progress="hidden"))
+    tab.job.change(lambda job_id: gr.update(variant="stop" if str(job_id or "").strip() else "secondary"),
+                   inputs=[tab.job], outputs=[tab.cancel], api_visibility="private", queue=False,
+                   show_progress="hidden")
     for button, action in ((tab.move, "move"), (tab.cancel, "cancel"), (tab.retry, "retry"),
                            (tab.delete, "delete")):
-        button.click(queue_action(action), inputs=[tab.job, tab.place], outputs=[tab.table, tab.note],
-                     api_visibility="private", queue=False, show_progress="hidden")
+        event = button.click(queue_action(action), inputs=[tab.job, tab.place], outputs=[tab.table, tab.note],
+                             api_visibility="private", queue=False, show_progress="hidden")
+        if action == "retry":
+            then_follow(event)

@@ -106,6 +106,8 @@ _STATE_LABELS = {JobState.QUEUED: "Queued", JobState.RUNNING: "Running", JobStat
 
 
 QUEUE_COLUMNS = ("#", "id", "state", "progress", "prompt", "seconds", "seed", "submitted", "error")
+# Wide enough at 1366 px that no header breaks inside a word and a date fits; the prompt and the error share the rest.
+QUEUE_COLUMN_WIDTHS = ("3%", "10%", "8%", "11%", "19%", "7%", "8%", "13%", "21%")
 QUEUE_REFRESH_S = 2.0
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_]{1,64}")
 
@@ -154,6 +156,13 @@ def render_message(text: str, *, hint: str = "", error: bool = False, state: str
     if hint:
         body += f'<div class="{css}">How to fix: {html.escape(page_text(hint))}</div>'
     return f'<div class="fp-progress" data-state="{state}">{body}</div>'
+
+
+def render_image_check(message: str, hint: str = "") -> str:
+    """What is wrong with a dropped start image, under the image box (``message`` and ``hint`` in the page's
+    words already, see ``readable_error``)."""
+    text = f"<b>{html.escape(message)}</b>" + (f" How to fix: {html.escape(hint)}" if hint else "")
+    return f'<div class="fp-error">{text}</div>'
 
 
 # A stage this long without news shows how long it has run (decoding, writing and loading send no steps).

@@ -130,24 +130,31 @@ def test_stop_mid_run_keeps_a_playable_partial_video_and_the_next_run_works(page
     assert probe_video(second).frame_count == video_length(1, 3).pixel_frames
 
 
-def test_broken_images_show_a_readable_error_and_the_app_stays_usable(page, tmp_path, shoot):
+def _dropped_image_note(page: Any, path: Path) -> str:
+    page.set_input_files("#start-image input[type=file]", str(path))
+    page.wait_for_function(f"() => document.querySelector('#image-check').innerText.includes({path.name!r})")
+    return page.locator("#image-check").inner_text()
+
+
+def test_broken_images_show_a_readable_error_when_dropped_and_the_app_stays_usable(page, tmp_path, shoot):
     not_an_image = tmp_path / "holiday.png"
     not_an_image.write_bytes(b"this is not an image at all")
-    set_job_inputs(page, image=not_an_image, prompt="nothing", seconds=1, **FAST)
-    page.click("#start")
-    assert wait_for_state(page, ("refused",), timeout_s=15) == "refused"
-    text = _progress_text(page)
-    assert "holiday.png" in text and "not an image file" in text and "How to fix" in text
-    assert "Traceback" not in text and "/tmp/" not in text  # the upload's server path stays out of it
+    note = _dropped_image_note(page, not_an_image)
+    assert "not an image file" in note and "How to fix" in note
+    assert "Traceback" not in note and "/tmp/" not in note  # the upload's server path stays out of it
+    assert page.locator("#start-image img").count() == 0  # taken out of the box, no broken picture left
     shoot(page, "04-broken-image-refused")
 
-    # A JPEG whose header is fine but whose data stops half-way: Gradio accepts it, the engine's check refuses it.
+    # Start with the box empty: refused in the progress box, and the page is ready again.
+    set_job_inputs(page, prompt="nothing", seconds=1, **FAST)
+    page.click("#start")
+    assert wait_for_state(page, ("refused",), timeout_s=15) == "refused"
+    assert "start image" in _progress_text(page) and "How to fix" in _progress_text(page)
+
+    # A JPEG whose header is fine but whose data stops half-way: the job's own image check refuses it on drop.
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(IMAGE.read_bytes()[:2000])
-    set_job_inputs(page, image=truncated)
-    page.click("#start")
-    page.wait_for_function("() => document.querySelector('#progress').innerText.includes('truncated.jpg')")
-    assert "truncated or corrupt" in _progress_text(page)
+    assert "truncated or corrupt" in _dropped_image_note(page, truncated)
     assert page.locator("#start").is_enabled() and not page.locator("#stop").is_enabled()
 
     set_job_inputs(page, image=IMAGE)
