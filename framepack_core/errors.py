@@ -99,3 +99,8 @@ class DiskFullError(FramePackError):
         place = f" ({where})" if where else ""
         super().__init__(f"The disk is full: could not write {what}{place}.",
                          "Free some disk space on the drive that holds the output folder, then try again.")
+
+
+# Set on the one log record of an expected failure: a caller that shows the failure event itself (the CLI) may
+# drop that record, so the user reads the message once.
+EXPECTED_FAILURE_RECORD = "framepack_expected_failure"

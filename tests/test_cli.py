@@ -280,6 +280,18 @@ def test_missing_weights_fail_with_exit_1_naming_the_component_the_folder_and_th
     assert not [record for record in caplog.records if record.exc_info], "an expected error logs no traceback"
 
 
+def test_a_missing_weights_failure_reaches_a_cli_user_once_and_without_a_traceback(images, tmp_path,
+                                                                                     empty_models_dir):
+    # A real process: the log line the app keeps for an expected failure must not repeat the CLI's own message.
+    result = subprocess.run([sys.executable, "-m", "framepack_core", "generate", "--image", str(images["rgb.png"]),
+                             "--models-dir", str(empty_models_dir), "--output", str(tmp_path / "out.mp4")],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == cli.EXIT_FAILED, result.stderr
+    assert result.stderr.count("model components this job needs are missing") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # --- Ctrl-C ----------------------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from framepack_core.cli.options import (  # noqa: F401  (the exit codes are part
     add_generate_parser,
 )
 from framepack_core.cli.plan import add_plan_parser, run_plan
+from framepack_core.errors import EXPECTED_FAILURE_RECORD
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,13 +45,29 @@ def run_tiny_models(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The commands print an expected failure themselves: its log line would say it twice. Only while this command
+    # runs, since tests (and scripts) call main() in-process.
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(_not_an_expected_failure)
+    try:
+        return _run(args, argv)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(_not_an_expected_failure)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.command == "generate":
         return run_generate(args, argv)
     if args.command == "plan":
         return run_plan(args)
     if args.command == "jobs":
-
         return run_jobs(args)
     if args.command == "models":
         return run_models(args)
     return run_tiny_models(args)
+
+
+def _not_an_expected_failure(record: logging.LogRecord) -> bool:
+    return not getattr(record, EXPECTED_FAILURE_RECORD, False)

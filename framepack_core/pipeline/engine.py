@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from framepack_core.errors import Cancelled, InvalidInputError
+from framepack_core.errors import EXPECTED_FAILURE_RECORD, Cancelled, InvalidInputError
 from framepack_core.events import (
     CancelToken,
     EngineEvent,
@@ -150,7 +150,8 @@ class _JobRun:
             yield JobCancelled(self.job_id, partial_path=partial, sections_done=self.files.sections_done)
         except Exception as error:  # noqa: BLE001 - every failure must end as an event, the app stays up
             if is_expected_failure(error):  # its event says the fix
-                logger.error("Job %s failed: %s", self.job_id, getattr(error, "message", error))
+                logger.error("Job %s failed: %s", self.job_id, getattr(error, "message", error),
+                             extra={EXPECTED_FAILURE_RECORD: True})
             else:  # a bug: keep the traceback
                 logger.exception("Job %s failed", self.job_id)
             partial = self.files.close_partial()

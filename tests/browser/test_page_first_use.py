@@ -149,7 +149,9 @@ def test_reloading_mid_job_brings_back_its_image_prompt_and_settings(page, demo_
         page.reload()
         page.wait_for_selector("#start")
         page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'bring me back'")
-        assert page.locator("#progress .fp-progress").get_attribute("data-job") == job
+        # The form comes back in a quick first step; the job's stream reconnects right after it.
+        page.wait_for_function(f"() => document.querySelector('#progress .fp-progress')?.dataset.job === '{job}'",
+                               timeout=30_000)
         assert page.locator("#seed input").input_value() == "25"
         assert float(page.locator("#seconds input[type=number]").input_value()) == LONG_SECONDS
         assert float(page.locator("#steps input[type=number]").input_value()) == 3
