@@ -130,8 +130,10 @@ class GenerationService(QueueManagementMixin):
                     self._update(job, state=JobState.CANCELLED, queue_position=None,
                                  stage_message="The app is shutting down; the job stays queued and runs when it "
                                                "starts again.")
-            if self._running:
-                self._jobs[self._running].cancel.cancel()
+            # A job that has just finished may already be deleted while its worker is still winding down.
+            running = self._jobs.get(self._running) if self._running else None
+            if running is not None:
+                running.cancel.cancel()
             self._condition.notify_all()
             worker = self._worker
         if worker is not None:
@@ -262,7 +264,7 @@ class GenerationService(QueueManagementMixin):
         with self._condition:
             queued = [job_id for job_id in self.queued_job_ids()  # not those stop() has shown as stopped
                       if job_id in self._jobs and self._jobs[job_id].snapshot.state == JobState.QUEUED]
-            candidates = ([self._running] if self._running else []) + queued
+            candidates = ([self._running] if self._running in self._jobs else []) + queued  # may be deleted
             candidates += [job_id for job_id, job in self._jobs.items()  # run by another process
                            if job.snapshot.state == JobState.RUNNING and job_id != self._running]
             return next((job_id for job_id in candidates if sees(viewer, self._jobs[job_id].snapshot.owner)), None)
