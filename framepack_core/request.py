@@ -20,6 +20,32 @@ MIN_RESOLUTION, MAX_RESOLUTION = 32, 1536
 MAX_SEED = 2**63 - 1
 MAX_PROMPT_CHARS = 20_000
 MAX_PRESERVED_GB = 1024.0
+MAX_KEYFRAMES = 64
+MAX_CONTEXT_FRAMES = 1024
+MAX_BLEND_SECTIONS = 16
+EXTEND_OUTPUTS = ("new", "joined")
+# The request's fields that name files on this machine: a spec holds their SHA-256 instead (``jobs.spec``).
+FILE_FIELDS = ("image", "end_image", "extend_video", "keyframes", "output", "save_latents")
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """An image pinned to the section that covers ``seconds`` (original model), as that section's nearest clean
+    context."""
+
+    seconds: float
+    image: Path
+
+
+@dataclass(frozen=True)
+class Reroll:
+    """From section ``from_section`` on (numbered from 1 in generation order, as progress shows them), sample
+    with a generator reseeded with ``seed`` and, when given, ``prompt``; the sections before it are kept as they
+    were."""
+
+    from_section: int
+    seed: int
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +71,18 @@ class GenerationRequest:
     # exact, so the first never changes the video; fp8 storage does, slightly.
     gpu_memory_preservation: float | None = None
     fp8: bool | None = None
+    # Story controls (docs/controls.md). End frame (original model): its latent times ``end_strength`` fills the
+    # first generated section's clean_latents_post; ``end_image_embedding_weight`` mixes its SigLIP embedding in.
+    end_image: Path | None = None
+    end_strength: float = 1.0
+    end_image_embedding_weight: float = 0.0
+    loop: bool = False  # the start image is also the end image
+    keyframes: tuple[Keyframe, ...] = ()
+    prompt_blend_sections: int = 0  # sections over which the embeddings blend at each prompt change
+    extend_video: Path | None = None  # continue this clip
+    context_frames: int | None = None  # the clip's last frames encoded into the history (None: enough context)
+    extend_output: str = "new"  # "new": only the generated part; "joined": the clip and the new part
+    rerolls: tuple[Reroll, ...] = ()
     output: Path | None = None
     save_latents: Path | None = None
 
@@ -86,9 +124,39 @@ class GenerationRequest:
                 raise InvalidInputError(name, f"{path} is a folder", "Give a file name, e.g. out/video.mp4.")
         if self.output is not None and Path(self.output).suffix.lower() != ".mp4":
             raise InvalidInputError("output", f"{self.output} does not end in .mp4", "Name the output file *.mp4.")
+        story = self._validated_story_controls()
         return replace(self, model=model, image=Path(self.image), seed=int(self.seed), steps=int(self.steps),
                         latent_window_size=int(self.latent_window_size), crf=int(self.crf),
-                        resolution=int(self.resolution), seconds=float(self.seconds))
+                        resolution=int(self.resolution), seconds=float(self.seconds), **story)
+
+    def _validated_story_controls(self) -> dict[str, Any]:
+        """Check the story controls' types and ranges; what depends on the model or the video's length is checked
+        where the sections are known (the engine)."""
+        _check_number("end_strength", self.end_strength, 0.0, 1.0, hint="1 is the full end image, 0 none.")
+        _check_number("end_image_embedding_weight", self.end_image_embedding_weight, 0.0, 1.0,
+                      hint="0 keeps the start image's embedding; 0.5 averages the two.")
+        for name in ("loop",):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(name, f"must be true or false, got {getattr(self, name)!r}")
+        _check_int("prompt_blend_sections", self.prompt_blend_sections, 0, MAX_BLEND_SECTIONS,
+                   hint="0 switches prompts at once; 1-3 sections blend smoothly.")
+        if self.context_frames is not None:
+            _check_int("context_frames", self.context_frames, 1, MAX_CONTEXT_FRAMES,
+                       hint="Leave it empty for enough frames for the model's full context.")
+        if self.extend_output not in EXTEND_OUTPUTS:
+            raise InvalidInputError("extend_output", f"must be 'new' or 'joined', got {self.extend_output!r}")
+        if self.loop and self.end_image is not None:
+            raise InvalidInputError("end_image", "is set together with loop, which uses the start image as the end",
+                                    "Leave the end image empty for a loop, or turn loop off.")
+        keyframes = _keyframes(self.keyframes)
+        rerolls = _rerolls(self.rerolls)
+        return {"keyframes": keyframes, "rerolls": rerolls,
+                "end_image": None if self.end_image is None else Path(self.end_image),
+                "extend_video": None if self.extend_video is None else Path(self.extend_video),
+                "end_strength": float(self.end_strength),
+                "end_image_embedding_weight": float(self.end_image_embedding_weight),
+                "prompt_blend_sections": int(self.prompt_blend_sections),
+                "context_frames": None if self.context_frames is None else int(self.context_frames)}
 
     def notes(self) -> tuple[str, ...]:
         """What the user should know about these (valid) settings that is not an error; each edge shows them."""
@@ -97,12 +165,64 @@ class GenerationRequest:
             return ("The prompt is empty: the video will follow only the image, with no motion described.",)
         return ()
 
+    @property
+    def end_image_path(self) -> Path | None:
+        """The image the video ends at: the end image, or the start image for a loop."""
+        return self.image if self.loop else self.end_image
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["model"] = ModelVariant(self.model).value
-        for name in ("image", "output", "save_latents"):
+        for name in ("image", "output", "save_latents", "end_image", "extend_video"):
             data[name] = None if data[name] is None else str(data[name])
+        data["keyframes"] = [{"seconds": k.seconds, "image": str(k.image)} for k in self.keyframes]
+        data["rerolls"] = [asdict(r) for r in self.rerolls]
         return data
+
+
+def _keyframes(value: Any) -> tuple[Keyframe, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise InvalidInputError("keyframes", f"must be a list of (seconds, image) pairs, got {type(value).__name__}")
+    if len(value) > MAX_KEYFRAMES:
+        raise InvalidInputError("keyframes", f"has {len(value)} keyframes; at most {MAX_KEYFRAMES} are accepted")
+    keyframes = []
+    for item in value:
+        if isinstance(item, Keyframe):
+            seconds, image = item.seconds, item.image
+        elif isinstance(item, dict) and set(item) == {"seconds", "image"}:
+            seconds, image = item["seconds"], item["image"]
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            seconds, image = item
+        else:
+            raise InvalidInputError("keyframes", f"holds {item!r}, which is not a (seconds, image) pair",
+                                    "Give each keyframe as SECONDS:PATH, such as 3:pose.png.")
+        _check_number("keyframes", seconds, 0.0, MAX_SECONDS, hint="Give the keyframe's time in seconds.")
+        if not isinstance(image, (str, Path)) or not str(image):
+            raise InvalidInputError("keyframes", f"the keyframe at {seconds:g}s names no image")
+        keyframes.append(Keyframe(float(seconds), Path(image)))
+    return tuple(sorted(keyframes, key=lambda k: k.seconds))
+
+
+def _rerolls(value: Any) -> tuple[Reroll, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise InvalidInputError("rerolls", f"must be a list of re-rolls, got {type(value).__name__}")
+    rerolls = []
+    for item in value:
+        if isinstance(item, dict):
+            unknown = set(item) - {"from_section", "seed", "prompt"}
+            if unknown or not {"from_section", "seed"} <= set(item):
+                raise InvalidInputError("rerolls", f"holds {item!r}; a re-roll has from_section, seed and prompt")
+            item = Reroll(item["from_section"], item["seed"], item.get("prompt"))
+        if not isinstance(item, Reroll):
+            raise InvalidInputError("rerolls", f"holds {item!r}, which is not a re-roll")
+        _check_int("reroll_from", item.from_section, 1, 10_000, hint="Give the section number to re-roll from.")
+        _check_int("seed", item.seed, 0, MAX_SEED, hint="Use a whole number from 0 to 2**63-1.")
+        if item.prompt is not None:
+            check_text("prompt", item.prompt, MAX_PROMPT_CHARS)
+        rerolls.append(Reroll(int(item.from_section), int(item.seed), item.prompt))
+    if [r.from_section for r in rerolls] != sorted({r.from_section for r in rerolls}):
+        raise InvalidInputError("rerolls", "must re-roll from later and later sections, each once")
+    return tuple(rerolls)
 
 
 def check_text(name: str, text: Any, max_chars: int, hint: str = "") -> None:

@@ -71,3 +71,59 @@ def test_the_image_hash_is_checked(tmp_path):
     image.write_bytes(b"another image")
     with pytest.raises(InvalidInputError, match="is not the spec's input image"):
         spec.check_image(image)
+
+
+def test_a_version_1_spec_is_read_and_is_the_same_job_as_today(tmp_path):
+    """A job folder or video from before the story controls: its spec has fewer settings and no inputs, and it
+    must still resume (same digest) and load."""
+    spec = _spec(prompt="a cat", seed=7)
+    old = spec.to_dict()
+    old["version"] = 1
+    old["settings"] = {k: v for k, v in old["settings"].items()
+                       if k not in ("end_strength", "end_image_embedding_weight", "loop", "prompt_blend_sections",
+                                    "context_frames", "extend_output", "rerolls")}
+    parsed = JobSpec.from_dict(old)
+    assert parsed.digest == spec.digest
+    assert parsed.settings == spec.settings and not parsed.differences(spec)
+
+
+def test_input_files_travel_as_their_sha256_and_come_back_as_paths(tmp_path):
+    end, pose = tmp_path / "end.png", tmp_path / "pose.png"
+    end.write_bytes(b"end image"), pose.write_bytes(b"pose image")
+    request = GenerationRequest(image=Path("x.png"), end_image=end, end_strength=0.5, keyframes=[(3, pose)])
+    spec = JobSpec.from_request(request, SHA)
+    assert spec.inputs == {"end_image": file_sha256(end),
+                           "keyframes": [{"seconds": 3.0, "image_sha256": file_sha256(pose)}]}
+    assert "end_image" not in spec.settings and spec.settings["end_strength"] == 0.5
+    again = JobSpec.from_json(spec.to_json())
+    assert again == spec and again.digest == spec.digest
+    assert again.input_sha256s() == [file_sha256(end), file_sha256(pose)]
+    stored = {file_sha256(end): tmp_path / "e", file_sha256(pose): tmp_path / "p"}
+    back = again.request(Path("img.png"), files=stored)
+    assert back.end_image == tmp_path / "e" and back.keyframes[0].image == tmp_path / "p"
+    with pytest.raises(InvalidInputError) as missing:
+        again.request(Path("img.png"))
+    assert missing.value.field == "inputs.end_image"
+
+
+@pytest.mark.parametrize(("inputs", "field"), [
+    ({"start": SHA}, "inputs.start"),
+    ({"end_image": "nope"}, "inputs.end_image"),
+    ({"keyframes": [{"seconds": 1}]}, "inputs.keyframes"),
+])
+def test_bad_input_files_in_a_spec_are_refused_by_name(inputs, field):
+    data = _spec().to_dict()
+    data["inputs"] = inputs
+    with pytest.raises(InvalidInputError) as error:
+        JobSpec.from_dict(data)
+    assert error.value.field == field
+
+
+def test_story_settings_are_checked_with_the_field_named():
+    for settings, field in [({"end_strength": 1.5}, "end_strength"), ({"prompt_blend_sections": -1},
+                            "prompt_blend_sections"), ({"extend_output": "both"}, "extend_output"),
+                            ({"rerolls": [{"from_section": 0, "seed": 1}]}, "reroll_from"),
+                            ({"loop": True, "end_image": Path("e.png")}, "end_image")]:
+        with pytest.raises(InvalidInputError) as error:
+            GenerationRequest(image=Path("x.png"), **settings).validated()
+        assert error.value.field == field

@@ -309,7 +309,7 @@ class GenerationService(QueueManagementMixin):
         known = self._jobs.get(stored.id)
         if known is not None and not known.snapshot.state.done:
             return known
-        job = LiveJob(stored.id, stored.spec.request(stored.image, output=stored.output), stored.owner)
+        job = LiveJob(stored.id, stored.request(), stored.owner)
         if known is not None:
             job.snapshot.version = known.snapshot.version + 1  # a page waiting on the ended attempt sees the change
         self._jobs[stored.id] = job

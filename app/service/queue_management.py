@@ -55,7 +55,7 @@ class QueueManagementMixin:
         with self._condition:
             stored = self.store.edit(job_id, self._stored_visible(job_id, viewer).spec.with_changes(changes))
             if job_id in self._jobs:
-                self._update(self._jobs[job_id], request=stored.spec.request(stored.image, output=stored.output))
+                self._update(self._jobs[job_id], request=stored.request())
 
     def retry(self, job_id: str, viewer: Viewer | None = None) -> None:
         with self._condition:

@@ -3,7 +3,8 @@
 Layout under the queue folder (``<output folder>/.queue`` by default)::
 
     queue.sqlite3        one row per job: its spec, state, place in the queue, progress and result
-    images/<sha256>.ext  the input images, stored once by content
+    images/<sha256>.ext  the input files (start image, end image, keyframes, a clip to extend), stored once by
+                         content
     jobs/<id>/           each job's folder (``framepack_core.jobs.checkpoint``): section checkpoints while it runs
     worker.lock, .json   held by the one process that runs the jobs, and who it is (``queue_ownership``)
     .open.lock           held while a process checks and migrates the database file (``queue_database``)
@@ -29,7 +30,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -162,16 +163,24 @@ class JobQueue:
     # Changing ------------------------------------------------------------------------------------------------
 
     def submit(self, spec: JobSpec, image: Path, *, output: Path | None = None, owner: str | None = None,
-               max_pending: int | None = None) -> QueuedJob:
-        """Add a job at the end of the queue. ``image`` must be the spec's image (its SHA-256 is checked); a copy
-        is kept in the queue, so the original may be moved or deleted afterwards. With an ``owner`` and a
-        ``max_pending``, an owner who already has that many pending jobs is refused (``QueueLimitError``)."""
+               max_pending: int | None = None, files: Mapping[str, Path] | None = None) -> QueuedJob:
+        """Add a job at the end of the queue. ``image`` must be the spec's image (its SHA-256 is checked), and
+        ``files`` maps the SHA-256 of each of the spec's other input files to its path; a copy of each is kept in
+        the queue, so the originals may be moved or deleted afterwards. With an ``owner`` and a ``max_pending``,
+        an owner who already has that many pending jobs is refused (``QueueLimitError``)."""
         spec.check_image(Path(image))
+        spec.request(Path(image), files=files)  # every input file is there
         limited = owner is not None and max_pending is not None
         if limited:  # refuse before storing the image; the count that decides is the one in the transaction
             with self._connect() as connection:
                 _refuse_over_limit(connection, owner, max_pending)
         stored = self._store_image(Path(image), spec.image_sha256)
+        for sha256 in spec.input_sha256s():
+            assert files is not None
+            if file_sha256(Path(files[sha256])) != sha256:
+                raise InvalidInputError("inputs", f"{files[sha256]} changed since its job was described",
+                                        "Submit the job again.")
+            self._store_image(Path(files[sha256]), sha256)
         job_id = uuid.uuid4().hex[:12]
         with self._transaction() as connection:
             if limited:

@@ -19,6 +19,7 @@ from framepack_core.jobs.output_description import sidecar_path
 from framepack_core.jobs.output_naming import PARTIAL_SUFFIX
 from framepack_core.jobs.queue_database import UndecodableText
 from framepack_core.jobs.spec import JobSpec
+from framepack_core.request import GenerationRequest
 
 
 class JobState(str, Enum):
@@ -54,6 +55,20 @@ class QueuedJob:
     error: str | None
     hint: str | None
     partial: Path | None = None  # the playable part an attempt that did not finish left behind
+
+    def input_files(self) -> dict[str, Path]:
+        """The stored copy of each input file besides the start image, by SHA-256 (stored next to the image)."""
+        found = {}
+        for sha256 in self.spec.input_sha256s():
+            copies = sorted(self.image.parent.glob(f"{sha256}.*"))
+            if copies:
+                found[sha256] = copies[0]
+        return found
+
+    def request(self, output: Path | None = None) -> GenerationRequest:
+        """The request that runs this job from its stored input files (``InvalidInputError`` if one is gone)."""
+        return self.spec.request(self.image, output=output if output is not None else self.output,
+                                 files=self.input_files())
 
     def summary(self) -> dict[str, object]:
         """JSON-ready, for the CLI and the API (paths as names only: the API never shows server paths)."""

@@ -53,10 +53,9 @@ class QueueRunner:
         at the front of the queue instead of ending it, to resume at the next start."""
         cancel = cancel or CancelToken()
         try:
-            request = job.spec.request(job.image, output=job.output)
+            request = job.request()
             if request.output is None:
-                request = job.spec.request(job.image, output=output_path(self.output_dir, seed=request.seed,
-                                                                         job_id=job.id))
+                request = job.request(output=output_path(self.output_dir, seed=request.seed, job_id=job.id))
                 self.queue.set_output(job.id, request.output)
         except FramePackError as error:
             return self.queue.end(job.id, JobState.FAILED, error=error.message, hint=error.hint)

@@ -18,13 +18,25 @@ from types import MappingProxyType
 from typing import Any
 
 from framepack_core.errors import InvalidInputError
-from framepack_core.request import GenerationRequest
+from framepack_core.request import FILE_FIELDS, GenerationRequest, Keyframe
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 had no input files but the start image, and fewer settings
 SPEC_KIND = "framepack-job"
 
 # The request's fields that describe the video (not where files go), in the order they are written.
-SETTINGS_FIELDS = tuple(f.name for f in fields(GenerationRequest) if f.name not in ("image", "output", "save_latents"))
+SETTINGS_FIELDS = tuple(f.name for f in fields(GenerationRequest) if f.name not in FILE_FIELDS)
+# Version 1's settings. A setting added since is left out of the digest while at its default, so a job folder
+# started by an older version still resumes, and an old video's settings still match a new run of them.
+_V1_SETTINGS = frozenset({
+    "prompt", "negative_prompt", "model", "seconds", "seed", "steps", "latent_window_size", "distilled_guidance",
+    "cfg", "cfg_rescale", "use_teacache", "teacache_threshold", "crf", "resolution", "sampler_variant",
+    "gpu_memory_preservation", "fp8"})
+_ADDED_DEFAULTS = {name: value for name, value in
+                   GenerationRequest(image=Path("spec")).to_dict().items()
+                   if name in SETTINGS_FIELDS and name not in _V1_SETTINGS}
+# Input files besides the start image, by role: one file each, or a list of timed keyframe images.
+INPUT_ROLES = ("end_image", "extend_video", "keyframes")
 # Settings that change where the weights live but never the video: a resumed job may change them.
 MEMORY_ONLY_SETTINGS = frozenset({"gpu_memory_preservation"})
 _HEX = frozenset("0123456789abcdef")
@@ -47,22 +59,56 @@ class JobSpec:
     image_sha256: str
     models: Mapping[str, str] = field(default_factory=dict)
     version: int = SPEC_VERSION
+    # The other input files' SHA-256 by role: {"end_image": sha, "extend_video": sha,
+    # "keyframes": [{"seconds": 3.0, "image_sha256": sha}, ...]}; a role not used is absent.
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
+        object.__setattr__(self, "inputs", MappingProxyType(dict(self.inputs)))
 
     @classmethod
     def from_request(cls, request: GenerationRequest, image_sha256: str,
                      models: Mapping[str, str] | None = None) -> JobSpec:
-        data = request.validated().to_dict()
-        return cls({name: data[name] for name in SETTINGS_FIELDS}, image_sha256, models or {})
+        """The spec of ``request``; the other input files it names are hashed here."""
+        request = request.validated()
+        data = request.to_dict()
+        inputs: dict[str, Any] = {}
+        for role in ("end_image", "extend_video"):
+            if getattr(request, role) is not None:
+                inputs[role] = file_sha256(Path(getattr(request, role)))
+        if request.keyframes:
+            inputs["keyframes"] = [{"seconds": k.seconds, "image_sha256": file_sha256(k.image)}
+                                   for k in request.keyframes]
+        return cls({name: data[name] for name in SETTINGS_FIELDS}, image_sha256, models or {}, inputs=inputs)
 
-    def request(self, image: Path, output: Path | None = None, save_latents: Path | None = None
-                ) -> GenerationRequest:
-        """The request that runs this spec with ``image`` (whose hash the caller checks, see ``check_image``)."""
+    def input_sha256s(self) -> list[str]:
+        """The SHA-256 of every input file besides the start image, each once, in role order."""
+        found = [self.inputs[role] for role in ("end_image", "extend_video") if role in self.inputs]
+        found += [k["image_sha256"] for k in self.inputs.get("keyframes", ())]
+        return list(dict.fromkeys(found))
+
+    def request(self, image: Path, output: Path | None = None, save_latents: Path | None = None,
+                files: Mapping[str, Path] | None = None) -> GenerationRequest:
+        """The request that runs this spec with ``image`` and the other input files, ``files`` mapping each one's
+        SHA-256 to its path (the caller checks the start image's hash, see ``check_image``)."""
         return GenerationRequest(image=Path(image), output=output, save_latents=save_latents,
-                                 **dict(self.settings)).validated()
+                                 **dict(self.settings), **self._input_paths(files or {})).validated()
+
+    def _input_paths(self, files: Mapping[str, Path]) -> dict[str, Any]:
+        def path(sha256: str, role: str) -> Path:
+            if sha256 not in files:
+                raise InvalidInputError(f"inputs.{role}", f"the job needs its file with SHA-256 {sha256[:12]}...",
+                                        "Give the same file the job was made with.")
+            return Path(files[sha256])
+
+        paths: dict[str, Any] = {role: path(self.inputs[role], role)
+                                 for role in ("end_image", "extend_video") if role in self.inputs}
+        if "keyframes" in self.inputs:
+            paths["keyframes"] = tuple(Keyframe(k["seconds"], path(k["image_sha256"], "keyframes"))
+                                       for k in self.inputs["keyframes"])
+        return paths
 
     def with_changes(self, changes: Mapping[str, Any]) -> JobSpec:
         """The same job with some settings changed (same image and models); ``InvalidInputError`` names a bad
@@ -79,17 +125,23 @@ class JobSpec:
                                     "Give the same image file the video was made from.")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": SPEC_KIND, "version": self.version, "settings": dict(self.settings),
+        data = {"kind": SPEC_KIND, "version": self.version, "settings": dict(self.settings),
                 "image_sha256": self.image_sha256, "models": dict(self.models)}
+        if self.inputs:
+            data["inputs"] = dict(self.inputs)
+        return data
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
     @property
     def digest(self) -> str:
-        """SHA-256 of what decides the video (memory-only settings left out), as canonical JSON."""
+        """SHA-256 of what decides the video, as canonical JSON. Left out: memory-only settings, the version,
+        and settings added since version 1 while at their defaults (so older job folders still resume)."""
         data = self.to_dict()
-        data["settings"] = {k: v for k, v in data["settings"].items() if k not in MEMORY_ONLY_SETTINGS}
+        del data["version"]
+        data["settings"] = {k: v for k, v in data["settings"].items() if k not in MEMORY_ONLY_SETTINGS
+                            and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def differences(self, other: JobSpec) -> list[str]:
@@ -102,11 +154,12 @@ class JobSpec:
                 lines.append(f"settings.{name}: {self.settings.get(name)!r} -> {other.settings.get(name)!r}")
         if self.image_sha256 != other.image_sha256:
             lines.append(f"image_sha256: {self.image_sha256[:12]}... -> {other.image_sha256[:12]}...")
+        for role in INPUT_ROLES:
+            if self.inputs.get(role) != other.inputs.get(role):
+                lines.append(f"inputs.{role}: {self.inputs.get(role)!r} -> {other.inputs.get(role)!r}")
         for component in sorted(set(self.models) | set(other.models)):
             if self.models.get(component) != other.models.get(component):
                 lines.append(f"models.{component}: {self.models.get(component)} -> {other.models.get(component)}")
-        if self.version != other.version:
-            lines.append(f"version: {self.version} -> {other.version}")
         return lines
 
     @classmethod
@@ -114,15 +167,16 @@ class JobSpec:
         """Parse and validate; ``InvalidInputError`` names the first bad field."""
         if not isinstance(data, dict):
             raise InvalidInputError("spec", f"must be a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"kind", "version", "settings", "image_sha256", "models"})
+        unknown = sorted(set(data) - {"kind", "version", "settings", "image_sha256", "models", "inputs"})
         if unknown:
             raise InvalidInputError(unknown[0], "is not a field of a job spec",
-                                    "A spec has kind, version, settings, image_sha256 and models.")
+                                    "A spec has kind, version, settings, image_sha256, inputs and models.")
         if data.get("kind", SPEC_KIND) != SPEC_KIND:
             raise InvalidInputError("kind", f"must be {SPEC_KIND!r}, got {data.get('kind')!r}")
         version = data.get("version")
-        if version != SPEC_VERSION:
-            raise InvalidInputError("version", f"must be {SPEC_VERSION}, got {version!r}",
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            raise InvalidInputError("version", f"must be one of {', '.join(map(str, READABLE_VERSIONS))}, "
+                                               f"got {version!r}",
                                     "This spec was written by another version of the app.")
         settings = data.get("settings")
         if not isinstance(settings, dict):
@@ -131,8 +185,12 @@ class JobSpec:
             if name not in SETTINGS_FIELDS:
                 raise InvalidInputError(f"settings.{name}", "is not a generation setting",
                                         f"Settings are: {', '.join(SETTINGS_FIELDS)}.")
+        inputs = _parsed_inputs(data.get("inputs", {}))
         try:
-            request = GenerationRequest(image=Path("spec"), **settings).validated()
+            # Stand-in paths: what is checked here is the settings and how they go with the inputs used.
+            only_inputs = JobSpec({}, "0" * 64, inputs=inputs)
+            paths = only_inputs._input_paths({sha: Path(sha) for sha in only_inputs.input_sha256s()})
+            request = GenerationRequest(image=Path("spec"), **settings, **paths).validated()
         except InvalidInputError as error:
             raise InvalidInputError(f"settings.{error.field}", error.message.split(": ", 1)[-1], error.hint) from None
         except TypeError as error:
@@ -144,7 +202,8 @@ class JobSpec:
         if not isinstance(models, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in models.items()):
             raise InvalidInputError("models", "must map component names to identity strings")
-        return cls.from_request(request, image_sha256, models)
+        data = request.to_dict()
+        return cls({name: data[name] for name in SETTINGS_FIELDS}, image_sha256, models, inputs=inputs)
 
     @classmethod
     def from_json(cls, text: str) -> JobSpec:
@@ -155,3 +214,24 @@ class JobSpec:
         except RecursionError:  # "[[[[...]]]]" nested deeper than the parser's stack
             raise InvalidInputError("spec", "is nested too deeply to be a job spec") from None
         return cls.from_dict(data)
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
+
+
+def _parsed_inputs(inputs: Any) -> dict[str, Any]:
+    if not isinstance(inputs, dict):
+        raise InvalidInputError("inputs", "must be an object of input files' SHA-256 by role")
+    for role, value in inputs.items():
+        if role not in INPUT_ROLES:
+            raise InvalidInputError(f"inputs.{role}", "is not an input role",
+                                    f"Input roles are: {', '.join(INPUT_ROLES)}.")
+        if role != "keyframes" and not _is_sha256(value):
+            raise InvalidInputError(f"inputs.{role}", "must be 64 lowercase hex digits (the file's SHA-256)")
+    keyframes = inputs.get("keyframes", [])
+    if not isinstance(keyframes, list) or not all(
+            isinstance(k, dict) and set(k) == {"seconds", "image_sha256"} and _is_sha256(k["image_sha256"])
+            for k in keyframes):
+        raise InvalidInputError("inputs.keyframes", "must be a list of {seconds, image_sha256} objects")
+    return {role: value for role, value in inputs.items() if value not in ([], None)}
