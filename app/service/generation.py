@@ -213,7 +213,8 @@ class GenerationService(QueueManagementMixin):
                 raise RuntimeError("The service is shutting down")
             spec = JobSpec.from_request(request, file_sha256(Path(request.image)))
             stored = self.store.submit(spec, Path(request.image), output=request.output, owner=owner,
-                                       max_pending=max_pending if owner is not None else None)
+                                       max_pending=max_pending if owner is not None else None,
+                                       files=JobSpec.input_files_of(request))
             self._track(stored)
             self._refresh_from_store()
             self._condition.notify_all()

@@ -83,6 +83,13 @@ class JobSpec:
                                    for k in request.keyframes]
         return cls({name: data[name] for name in SETTINGS_FIELDS}, image_sha256, models or {}, inputs=inputs)
 
+    @staticmethod
+    def input_files_of(request: GenerationRequest) -> dict[str, Path]:
+        """The request's input files besides the start image, by SHA-256 (what ``request`` and the queue take)."""
+        paths = [p for p in (request.end_image, request.extend_video) if p is not None]
+        paths += [k.image for k in request.keyframes]
+        return {file_sha256(Path(path)): Path(path) for path in paths}
+
     def input_sha256s(self) -> list[str]:
         """The SHA-256 of every input file besides the start image, each once, in role order."""
         found = [self.inputs[role] for role in ("end_image", "extend_video") if role in self.inputs]
