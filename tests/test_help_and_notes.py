@@ -14,7 +14,7 @@ import pytest
 
 import launch
 from framepack_core.cli import main as cli
-from framepack_core.cli.generate import elapsed_text
+from framepack_core.durations import duration_text
 from framepack_core.cli.options import request_notes
 from framepack_core.memory.hardware import fake_hardware
 from framepack_core.memory.plan import GIB, Workload
@@ -88,7 +88,7 @@ def test_an_empty_prompt_gets_a_note_that_the_video_follows_only_the_image(promp
 
 @pytest.mark.parametrize("seconds, text", [(8.24, "8.2 s"), (192.4, "3 min 12 s"), (3900, "1 h 05 min")])
 def test_the_time_a_job_took_is_worded_in_the_largest_sensible_unit(seconds, text):
-    assert elapsed_text(seconds) == text
+    assert duration_text(seconds) == text
 
 
 def test_launch_on_a_cpu_says_the_real_models_do_not_fit_with_the_planners_figures():

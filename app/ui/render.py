@@ -15,6 +15,7 @@ from typing import Any
 
 from app.service.generation import JobSnapshot, JobState, WorkerHealth
 from app.service.outputs import OutputRecord
+from framepack_core.durations import duration_text
 from framepack_core.errors import InvalidInputError, render_fields
 from framepack_core.jobs.output_description import read_output_description
 from framepack_core.jobs.queue import DamagedJob, QueuedJob
@@ -136,19 +137,6 @@ def queue_table_rows(jobs: list[QueuedJob], damaged: list[DamagedJob] = (),
     return rows
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {rest:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
 def render_message(text: str, *, hint: str = "", error: bool = False, state: str = "idle") -> str:
     """A one-message progress box (idle text, a refused request)."""
     css = "fp-error" if error else "fp-muted"
@@ -185,7 +173,7 @@ def render_progress(snapshot: JobSnapshot, *, own: bool = True, now: float | Non
         stage = html.escape(s.stage_message)
         quiet_s = now - s.news_at if s.news_at is not None else 0.0
         if s.state == JobState.RUNNING and s.stage_started_at is not None and quiet_s >= STAGE_TIMER_AFTER_S:
-            stage += f' <span class="fp-muted">({format_duration(now - s.stage_started_at)} in this stage)</span>'
+            stage += f' <span class="fp-muted">({duration_text(now - s.stage_started_at)} in this stage)</span>'
     lines = [f"<b>{_STATE_LABELS[s.state]}</b> &middot; {stage}"]
     if not own:
         lines.append('<span class="fp-muted">This job was started from another tab or by an API client.</span>')
@@ -195,9 +183,9 @@ def render_progress(snapshot: JobSnapshot, *, own: bool = True, now: float | Non
     if s.total_steps:
         counters.append(f"step {s.step or 0}/{s.total_steps}")
     if s.state != JobState.QUEUED:
-        counters.append(f"elapsed {format_duration(s.elapsed_s)}")
+        counters.append(f"elapsed {duration_text(s.elapsed_s)}")
     if s.state == JobState.RUNNING:
-        counters.append(f"ETA {format_duration(s.eta_s)}")
+        counters.append(f"ETA {duration_text(s.eta_s)}")
     if counters:
         lines.append(" &middot; ".join(counters))
     bar = ""

@@ -22,6 +22,7 @@ from framepack_core.cli.options import (
     request_notes,
     with_option_name,
 )
+from framepack_core.durations import duration_text
 from framepack_core.errors import FramePackError, InvalidInputError
 
 # tqdm's own time left counts only the steps; the engine's ETA (in the postfix) counts every stage.
@@ -141,7 +142,7 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
                     bar.close()
                 # The video's length and the time the job took, worded apart so neither reads as the other.
                 print(f"Wrote {event.output_path}: {event.video_frames / FPS:.2f} s video, {event.video_frames} "
-                      f"frames at {FPS} fps, {event.width}x{event.height}; took {elapsed_text(event.elapsed_s)}")
+                      f"frames at {FPS} fps, {event.width}x{event.height}; took {duration_text(event.elapsed_s)}")
                 if event.latents_path:
                     print(f"Wrote {event.latents_path}")
                 return EXIT_OK
@@ -182,17 +183,6 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
         quiet_libraries.close()
         signal.signal(signal.SIGINT, previous_handler)
     return EXIT_FAILED
-
-
-def elapsed_text(seconds: float) -> str:
-    """A time taken, as people say it: "8.2 s", "3 min 12 s", "1 h 05 min"."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {rest:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def _details_text(details: str, args: argparse.Namespace) -> str:
