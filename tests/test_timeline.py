@@ -33,3 +33,8 @@ def test_a_reroll_changes_the_start_of_an_original_video_and_the_end_of_an_f1_on
     assert start == pytest.approx(f1[1].start_s) and end == pytest.approx(f1[-1].end_s)
     with pytest.raises(ValueError):
         video_span_from(f1, 99)
+
+
+def test_a_boundary_is_the_time_a_user_types():
+    spans = section_spans("f1", 5.0, 3)
+    assert spans[3].start_s == 1.2 and section_at(spans, 1.2).number == 4

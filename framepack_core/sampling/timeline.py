@@ -31,13 +31,14 @@ def section_spans(model: ModelVariant | str, seconds: float, latent_window_size:
     """Every section's span, in generation order. The first span starts at 0 and the last ends at the video's
     real length (its start frame included), so every time in the video is covered exactly once."""
     count = total_latent_sections(seconds, latent_window_size)
-    section_s = latent_window_size * VAE_TEMPORAL_COMPRESSION / FPS
+    section_frames = latent_window_size * VAE_TEMPORAL_COMPRESSION
     video_s = video_length(seconds, latent_window_size).seconds
     spans = []
     for number in range(1, count + 1):
         time_index = number - 1 if ModelVariant(model) == ModelVariant.F1 else count - number
-        end_s = video_s if time_index == count - 1 else (time_index + 1) * section_s
-        spans.append(SectionSpan(number, time_index, time_index * section_s, end_s))
+        # Whole frames divided once, so a boundary is the nearest float to its true time (1.2, not 3 * 0.4).
+        end_s = video_s if time_index == count - 1 else (time_index + 1) * section_frames / FPS
+        spans.append(SectionSpan(number, time_index, time_index * section_frames / FPS, end_s))
     return spans
 
 
