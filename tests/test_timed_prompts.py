@@ -262,3 +262,29 @@ def test_load_settings_from_a_video_restores_the_timed_prompt_and_blend(tiny_mod
     add_generate_parser(root.add_subparsers(dest="command"))
     request, _, _ = request_from_video(root.parse_args(argv), argv)
     assert (request.prompt, request.prompt_blend_sections) == (prompt, 1)
+
+
+def test_the_rest_api_takes_a_timed_prompt_and_blend_as_settings_and_quotes_a_bad_one(gradient_image, tmp_path):
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from app.api.routes import build_api
+    from app.service.generation import GenerationService
+    from app.settings import Settings
+
+    out = tmp_path / "outputs"
+    service = GenerationService(lambda: None, out, queue=JobQueue.for_output_dir(out))  # not started: jobs wait
+    client = TestClient(build_api(service, Settings(output_dir=out)))
+    image = {"image": ("input.png", gradient_image.read_bytes(), "image/png")}
+
+    def submit(settings: dict):
+        return client.post("/jobs", files=image, data={"settings": json.dumps({**FOUR_SECTIONS, **settings})})
+
+    accepted = submit({"prompt": TIMED, "prompt_blend_sections": 2})
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["spec"]["settings"]["prompt_blend_sections"] == 2
+    refused = submit({"prompt": "[0s: walks] junk [1s: waves]"})
+    assert refused.status_code == 422 and refused.json()["field"] == "prompt"
+    assert '"junk"' in refused.json()["error"], refused.json()
+
