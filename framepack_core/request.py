@@ -127,7 +127,8 @@ class GenerationRequest:
             raise InvalidInputError("output", f"{self.output} does not end in .mp4", "Name the output file *.mp4.")
         story = self._validated_story_controls()
         # A timed prompt's grammar and times need only the video's length: refused here, before any model loads.
-        check_prompt_times(parse_timed_prompt(self.prompt), model, float(self.seconds), int(self.latent_window_size))
+        for prompt in (self.prompt, *(r.prompt for r in story["rerolls"] if r.prompt is not None)):
+            check_prompt_times(parse_timed_prompt(prompt), model, float(self.seconds), int(self.latent_window_size))
         return replace(self, model=model, image=Path(self.image), seed=int(self.seed), steps=int(self.steps),
                         latent_window_size=int(self.latent_window_size), crf=int(self.crf),
                         resolution=int(self.resolution), seconds=float(self.seconds), **story)

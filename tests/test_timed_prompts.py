@@ -22,7 +22,7 @@ from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.prompts.embeddings import blend_prompt_embeddings
 from framepack_core.prompts.sections import PromptMix, section_prompt_mix, section_prompt_mixes
 from framepack_core.prompts.timed import format_timed_prompt, parse_timed_prompt
-from framepack_core.request import GenerationRequest
+from framepack_core.request import GenerationRequest, Reroll
 from framepack_core.sampling.timeline import section_spans
 
 # Window 3 at 1.6 s: four sections of 0.4 s (time indices 0-3), one step each.
@@ -152,6 +152,16 @@ def test_the_earliest_prompt_also_covers_the_time_before_it(gradient_image):
     by_time = {span.time_index: section_prompt_mixes(request)[span.number].texts
                for span in section_spans("original", 1.6, 3)}
     assert by_time == {0: ("turns",), 1: ("turns",), 2: ("turns",), 3: ("waves",)}
+
+
+def test_a_reroll_prompt_takes_over_from_its_section_in_generation_order(gradient_image):
+    request = GenerationRequest(image=gradient_image, prompt=TIMED, rerolls=(Reroll(3, 7, "he sits down"),),
+                                **FOUR_SECTIONS).validated()
+    texts = {number: mix.texts for number, mix in section_prompt_mixes(request).items()}
+    # Original model: sections 1-2 (the end of the video) keep the timed prompt, 3-4 (its start) are re-rolled.
+    assert texts == {1: (WAVES,), 2: (TURNS,), 3: ("he sits down",), 4: ("he sits down",)}
+    with pytest.raises(InvalidInputError, match='"\\[0s: sits"'):
+        replace(request, rerolls=(Reroll(3, 7, "[0s: sits"),)).validated()
 
 
 # --- blending ----------------------------------------------------------------------------------------------------

@@ -35,9 +35,12 @@ class PromptMix:
 
 def section_prompt_mix(request: GenerationRequest, number: int, prompt: str | None = None) -> PromptMix:
     """The prompt mix of section ``number`` (from 1, in generation order, as progress counts sections) of a
-    validated ``request``, for its (plain or timed) prompt or ``prompt`` instead (a re-roll's). Every per-section
-    prompt choice goes through here, so they all read the video's time the same way."""
-    prompt = request.prompt if prompt is None else prompt
+    validated ``request``: for ``prompt`` when given, else for the prompt of the last re-roll at or before
+    ``number`` that has one, else for the request's prompt (each plain or timed). Every per-section prompt choice
+    goes through here, so they all read the video's time the same way."""
+    if prompt is None:
+        rerolled = [r.prompt for r in request.rerolls if r.from_section <= number and r.prompt is not None]
+        prompt = rerolled[-1] if rerolled else request.prompt
     model, seconds, window = request.model, request.seconds, request.latent_window_size
     timed = parse_timed_prompt(prompt)
     anchors = check_prompt_times(timed, model, seconds, window)
