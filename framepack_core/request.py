@@ -12,6 +12,7 @@ from typing import Any
 
 from framepack_core.errors import InvalidInputError
 from framepack_core.models.components import ModelVariant
+from framepack_core.prompts.timed import check_prompt_times, parse_timed_prompt, timed_prompt_notes
 
 MAX_SECONDS = 120.0
 MAX_STEPS = 200
@@ -125,6 +126,9 @@ class GenerationRequest:
         if self.output is not None and Path(self.output).suffix.lower() != ".mp4":
             raise InvalidInputError("output", f"{self.output} does not end in .mp4", "Name the output file *.mp4.")
         story = self._validated_story_controls()
+        # A timed prompt's grammar and times need only the video's length: refused here, before any model loads.
+        for prompt in (self.prompt, *(r.prompt for r in story["rerolls"] if r.prompt is not None)):
+            check_prompt_times(parse_timed_prompt(prompt), model, float(self.seconds), int(self.latent_window_size))
         return replace(self, model=model, image=Path(self.image), seed=int(self.seed), steps=int(self.steps),
                         latent_window_size=int(self.latent_window_size), crf=int(self.crf),
                         resolution=int(self.resolution), seconds=float(self.seconds), **story)
@@ -163,7 +167,7 @@ class GenerationRequest:
         if not self.prompt.strip():
             # Allowed, as in the official app, but easy to do by accident: say what it means for the video.
             return ("The prompt is empty: the video will follow only the image, with no motion described.",)
-        return ()
+        return timed_prompt_notes(self.prompt)
 
     @property
     def end_image_path(self) -> Path | None:

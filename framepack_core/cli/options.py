@@ -26,7 +26,12 @@ if TYPE_CHECKING:
 
 def add_setting_options(p: argparse.ArgumentParser) -> None:
     """The generation settings (a job spec's ``settings``), shared by ``generate`` and ``jobs submit``."""
-    p.add_argument("--prompt", default="", help="Motion prompt (default empty: the video follows only the image).")
+    p.add_argument("--prompt", default="",
+                   help="Motion prompt (default empty: the video follows only the image). Prompts that change over "
+                        "time: '[0s: a man walks] [3s: he turns and waves]' (times in seconds of the video).")
+    p.add_argument("--prompt-blend-sections", type=int, default=0, metavar="N",
+                   help="With a timed --prompt, the N sections before each change blend into the next prompt "
+                        "(0 to 16; default 0: the prompt changes at once).")
     p.add_argument("--negative-prompt", default="", help="Used only when --cfg > 1 (default empty).")
     p.add_argument("--model", choices=["original", "f1"], default="original",
                    help="original: FramePackI2V_HY (generates the end first); f1: FramePack-F1 (forward). "
@@ -99,6 +104,7 @@ def request_from_args(args: argparse.Namespace, image: Path, output: Path | None
         teacache_threshold=args.teacache_threshold, crf=args.crf, resolution=args.resolution,
         sampler_variant=args.sampler_variant, output=output, save_latents=save_latents,
         gpu_memory_preservation=args.preserve_gb, fp8=args.fp8,
+        prompt_blend_sections=args.prompt_blend_sections,
     )
 
 

@@ -14,6 +14,7 @@ from framepack_core.media.buckets import find_nearest_bucket, resize_and_center_
 from framepack_core.models.components import Component
 from framepack_core.models.store import ModelStore
 from framepack_core.models.text_encoding import PromptEmbeddings
+from framepack_core.prompts.embeddings import SectionPrompts, encode_section_prompts
 from framepack_core.request import GenerationRequest
 from framepack_core.sampling.schedule import video_length
 
@@ -22,7 +23,7 @@ from framepack_core.sampling.schedule import video_length
 class PreparedInputs:
     """Everything the section loop needs that does not change between sections."""
 
-    positive: PromptEmbeddings
+    positive: SectionPrompts
     negative: PromptEmbeddings | None
     image_embeddings: torch.Tensor
     start_latent: torch.Tensor
@@ -36,7 +37,7 @@ def prepare_inputs(models: ModelStore, request: GenerationRequest, pixels: np.nd
     and the cropped image as the model sees it; returns the encodings."""
     # 1. Text encoding (the negative prompt only matters with real CFG)
     yield StageChanged(job_id, stage=Stage.TEXT_ENCODING, message="Text encoding ...")
-    positive = models.encode_prompt(request.prompt)
+    positive = encode_section_prompts(models, request)  # one per section: a timed prompt changes over time
     negative = models.encode_prompt(request.negative_prompt) if request.cfg != 1.0 else None
     models.finish_text_encoding()
     for name, embeddings in (("prompt", positive), ("negative prompt", negative)):

@@ -93,7 +93,7 @@ class SectionLoop:
         dtype, device = self.models.config.transformer_dtype, self.models.config.device
         if sampling.teacache is not None:
             sampling.teacache.reset()
-        conditioning = SectionConditioning(inputs.positive, inputs.negative, inputs.image_embeddings,
+        conditioning = SectionConditioning(inputs.positive.for_section(plan.number + 1), inputs.negative, inputs.image_embeddings,
                                            history.context(), plan)
         denoiser = PackedDenoiser(sampling.transformer, conditioning, sampling.distilled_guidance, sampling.guidance,
                                   dtype, device, sampling.teacache)
