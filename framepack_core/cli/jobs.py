@@ -45,7 +45,7 @@ def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
 
     submit = verbs.add_parser("submit", help="Add a job at the end of the queue.")
     submit.add_argument("--image", default=None, help="Input image (a copy is kept in the queue); required unless "
-                                                      "--extend is given (then: the clip's last frame).")
+                                                      "--extend is given (default: the clip's last frame).")
     submit.add_argument("--spec", type=Path, default=None,
                         help="A job spec JSON file; its settings replace the options below (default: the options).")
     submit.add_argument("--output", type=Path, default=None, help="Output .mp4 (default: in the output folder).")

@@ -133,7 +133,7 @@ def request_notes(request: GenerationRequest, *, with_request_notes: bool = True
 def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="Generate a video from one image and a prompt.")
     p.add_argument("--image", default=None,
-                   help="Input image (PNG, JPEG, WebP, ...); required unless --extend is given (then: the clip's "
+                   help="Input image (PNG, JPEG, WebP, ...); required unless --extend is given (default: the clip's "
                         "last frame).")
     p.add_argument("--from", dest="from_video", type=Path, default=None, metavar="VIDEO.mp4",
                    help="Take the settings from a video this app made (its mp4 metadata or .json sidecar); setting "
