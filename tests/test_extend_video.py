@@ -265,3 +265,30 @@ def test_rest_accepts_the_clip_as_an_upload_without_an_image(tiny_models_dir, cl
         assert not list((tmp_path / "outputs" / ".queue" / "uploads").glob("*"))
     finally:
         service.stop()
+
+
+def test_a_cancelled_f1_extension_resumes_bit_identical_and_joins_once(engine, clip, tmp_path):
+    from safetensors.torch import load_file
+
+    from framepack_core.events import CancelToken, JobCancelled, SectionFinished
+
+    start = write_last_frame(clip, tmp_path)
+
+    def request(name: str) -> GenerationRequest:
+        return GenerationRequest(image=start, model="f1", extend_video=clip, extend_output="joined",
+                                 output=tmp_path / f"{name}.mp4", save_latents=tmp_path / f"{name}.safetensors",
+                                 **{**FAST, "seconds": 1.2})
+
+    whole = list(engine.generate(request("whole")))[-1]
+    cancel, events = CancelToken(), []
+    for event in engine.generate(request("resumed"), cancel=cancel, job_dir=tmp_path / "job"):
+        events.append(event)
+        if isinstance(event, SectionFinished) and event.section == 1:
+            cancel.cancel()
+    assert isinstance(events[-1], JobCancelled) and events[-1].sections_done == 1
+    resumed = list(engine.generate(request("resumed"), job_dir=tmp_path / "job"))[-1]
+    assert isinstance(resumed, JobFinished), resumed
+    assert torch.equal(load_file(str(tmp_path / "resumed.safetensors"))["history_latents"],
+                       load_file(str(tmp_path / "whole.safetensors"))["history_latents"])
+    assert resumed.video_frames == whole.video_frames == CLIP_FRAMES + 3 * 3 * 4
+    assert np.array_equal(read_video_frames(resumed.output_path), read_video_frames(whole.output_path))
