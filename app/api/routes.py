@@ -48,7 +48,7 @@ from app.service.generation import GenerationService
 from app.settings import Settings
 from framepack_core.errors import DiskFullError, InvalidInputError
 from framepack_core.jobs.queue import DamagedJob, QueuedJob, QueueError
-from framepack_core.jobs.spec import SETTINGS_FIELDS, JobSpec
+from framepack_core.jobs.spec import SETTINGS_FIELDS, JobSpec, file_sha256
 from framepack_core.request import GenerationRequest
 
 API_PREFIX = "/api/v1"
@@ -163,21 +163,37 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     @api.post("/jobs", status_code=201, response_model=JobStatus,
               responses={**_ERRORS, 413: {"model": ApiError}, 507: {"model": ApiError}}, summary="Submit a job")
     async def submit(request: Request, who: Who,
-                     image: Annotated[UploadFile, File(description="The input image (PNG, JPEG, WebP, ...).")],
+                     image: Annotated[UploadFile | None, File(description=(
+                         "The input image (PNG, JPEG, WebP, ...); optional with extend_video (then: the clip's "
+                         "last frame)."))] = None,
                      settings_json: Annotated[str | None, Form(alias="settings", description=(
                          "Generation settings as a JSON object; any of: " + ", ".join(SETTINGS_FIELDS)))] = None,
                      spec_json: Annotated[str | None, Form(alias="spec", description=(
                          "A whole job spec (JSON); its image_sha256 must be the uploaded image's."))] = None,
+                     extend_video: Annotated[UploadFile | None, File(description=(
+                         "A clip to extend (mp4, mov, webm); see extend_output and context_frames."))] = None,
                      ) -> JobStatus:
-        path = await _store_upload(image, store.root / "uploads", settings.max_file_size_bytes, limit_text)
-        # Errors about the temporary copy name the file the client sent.
-        request.state.show_as = {str(path): Path(image.filename or "").name or "the uploaded image"}
+        uploads = store.root / "uploads"
+        clip = None
+        if extend_video is not None:
+            clip = await _store_upload(extend_video, uploads, settings.max_file_size_bytes, limit_text, "clip")
         try:
-            job_request = _request(path, settings_json, spec_json)
-            job_id = await asyncio.to_thread(service.submit, job_request, who.submitter,
-                                             max_pending=settings.max_pending_per_user)
+            if image is None and clip is None:
+                raise InvalidInputError("image", "is required", "Send the start image, or a clip to extend.")
+            # Errors about the temporary copies name the files the client sent.
+            request.state.show_as = {} if clip is None else {str(clip): _sent_name(extend_video, "the uploaded clip")}
+            path = await _store_upload(image, uploads, settings.max_file_size_bytes, limit_text) \
+                if image is not None else await asyncio.to_thread(_clip_last_frame, clip, uploads)
+            request.state.show_as[str(path)] = _sent_name(image, "the uploaded image")
+            try:
+                job_request = _request(path, settings_json, spec_json, clip)
+                job_id = await asyncio.to_thread(service.submit, job_request, who.submitter,
+                                                 max_pending=settings.max_pending_per_user)
+            finally:
+                path.unlink(missing_ok=True)  # the queue keeps its own copy
         finally:
-            path.unlink(missing_ok=True)  # the queue keeps its own copy
+            if clip is not None:
+                clip.unlink(missing_ok=True)
         return status(store.get(job_id))
 
     @api.get("/jobs", response_model=JobList, responses=_ERRORS, summary="List your jobs, a page at a time")
@@ -271,8 +287,8 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     return api
 
 
-async def _store_upload(image: UploadFile, folder: Path, limit: int, limit_text: str) -> Path:
-    """The uploaded image, copied to a new file in ``folder`` for the caller to delete; 413 past ``limit`` bytes,
+async def _store_upload(image: UploadFile, folder: Path, limit: int, limit_text: str, what: str = "image") -> Path:
+    """The uploaded ``what`` (image, clip), copied to a new file in ``folder`` for the caller to delete; 413 past ``limit`` bytes,
     507 when the disk is full (nothing is left behind either way)."""
     suffix = Path(image.filename or "").suffix.lower()
     suffix = suffix if suffix.isascii() and suffix[1:].isalnum() and len(suffix) <= 6 else ".img"
@@ -285,25 +301,37 @@ async def _store_upload(image: UploadFile, folder: Path, limit: int, limit_text:
             while chunk := await image.read(UPLOAD_CHUNK_BYTES):
                 size += len(chunk)
                 if size > limit:
-                    raise ApiRefusal(413, f"The image is larger than the app's limit of {limit_text}.",
-                                     "Send a smaller image, or start the app with a higher --max-file-size-mb.")
+                    raise ApiRefusal(413, f"The {what} is larger than the app's limit of {limit_text}.",
+                                     f"Send a smaller {what}, or start the app with a higher --max-file-size-mb.")
                 handle.write(chunk)
     except BaseException as error:
         if path is not None:
             path.unlink(missing_ok=True)
         if isinstance(error, OSError):
-            _raise_if_disk_full(error, "the uploaded image")
+            _raise_if_disk_full(error, f"the uploaded {what}")
         raise
     return path
 
 
-def _request(image: Path, settings_json: str | None, spec_json: str | None) -> GenerationRequest:
+def _sent_name(upload: UploadFile | None, default: str) -> str:
+    return Path(upload.filename or "").name or default if upload is not None else default
+
+
+def _clip_last_frame(clip: Path, folder: Path) -> Path:
+    from framepack_core.media.video_input import write_last_frame
+
+    return write_last_frame(clip, folder)
+
+
+def _request(image: Path, settings_json: str | None, spec_json: str | None,
+             clip: Path | None = None) -> GenerationRequest:
+    clips = {} if clip is None else {"extend_video": clip}
     if spec_json is not None and settings_json is not None:
         raise InvalidInputError("spec", "give either settings or a spec, not both")
     if spec_json is not None:
         spec = JobSpec.from_json(spec_json)
         spec.check_image(image)
-        return spec.request(image)
+        return spec.request(image, files={file_sha256(clip): clip} if clip is not None else None)
     try:
         values = json.loads(settings_json) if settings_json else {}
     except ValueError as error:
@@ -317,7 +345,7 @@ def _request(image: Path, settings_json: str | None, spec_json: str | None) -> G
         if name not in SETTINGS_FIELDS:
             raise InvalidInputError(name, "is not a generation setting", f"Settings are: {', '.join(SETTINGS_FIELDS)}.")
     try:
-        return GenerationRequest(image=image, **values).validated()
+        return GenerationRequest(image=image, **values, **clips).validated()
     except TypeError as error:
         raise InvalidInputError("settings", str(error)) from None
 

@@ -208,6 +208,10 @@ class GenerationService(QueueManagementMixin):
 
         request = request.validated()
         load_input_image(request.image)  # refuse broken images now, not when the job's turn comes
+        if request.extend_video is not None:  # and a broken clip to extend
+            from framepack_core.media.video_input import read_extend_clip
+
+            read_extend_clip(Path(request.extend_video), request.context_frames)
         with self._condition:
             if self._stopping:
                 raise RuntimeError("The service is shutting down")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from framepack_core.cli.options import add_generate_parser, option_for_field, request_from_args
 from framepack_core.errors import FramePackError, InvalidInputError
 from framepack_core.jobs.output_description import OutputDescription, read_output_description
-from framepack_core.jobs.spec import SETTINGS_FIELDS, file_sha256
+from framepack_core.jobs.spec import SETTINGS_FIELDS, JobSpec, file_sha256
 
 _NOT_GIVEN = object()
 
@@ -78,8 +78,26 @@ def request_from_video(args: argparse.Namespace, argv: Sequence[str]
             settings[name] = typed[name]
     if overrides:
         notes.append("options that override the video's settings: " + ", ".join(overrides))
-    request = GenerationRequest(image=image, output=args.output, save_latents=args.save_latents, **settings)
+    clip = _extend_video(args, spec, video.name)
+    request = GenerationRequest(image=image, output=args.output, save_latents=args.save_latents, **settings,
+                                **({"extend_video": clip} if clip is not None else {}))
     return request, description, notes
+
+
+def _extend_video(args: argparse.Namespace, spec: JobSpec, video_name: str) -> Path | None:
+    """The clip the video extended, asked for again (``--extend``) and checked by its SHA-256."""
+    clip = getattr(args, "extend_video", None)
+    expected = spec.inputs.get("extend_video")
+    if expected is None or clip is None:
+        if expected is not None:
+            raise InvalidInputError("extend_video", f"{video_name} extends a clip (SHA-256 {expected[:12]}...)",
+                                    "Give that clip again with --extend CLIP.")
+        return None if clip is None else Path(clip)
+    if Path(clip).is_file() and file_sha256(Path(clip)) != expected:
+        raise InvalidInputError("extend_video", f"{clip} is not the clip {video_name} extends (its SHA-256 is "
+                                f"{file_sha256(Path(clip))[:12]}..., the video's is {expected[:12]}...)",
+                                "Give --extend the exact file the video was made from.")
+    return Path(clip)
 
 
 def environment_notes(description: OutputDescription, models: ModelsInfo, request: GenerationRequest,

@@ -44,7 +44,8 @@ def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true", help="One JSON object per job, with its spec.")
 
     submit = verbs.add_parser("submit", help="Add a job at the end of the queue.")
-    submit.add_argument("--image", required=True, help="Input image (a copy is kept in the queue).")
+    submit.add_argument("--image", default=None, help="Input image (a copy is kept in the queue); required unless "
+                                                      "--extend is given (default: the clip's last frame).")
     submit.add_argument("--spec", type=Path, default=None,
                         help="A job spec JSON file; its settings replace the options below (default: the options).")
     submit.add_argument("--output", type=Path, default=None, help="Output .mp4 (default: in the output folder).")
@@ -142,6 +143,7 @@ def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
 
     image = Path(args.image)
     load_input_image(image)  # refuse a broken image now, not when the job runs
+    files = JobSpec.input_files_of(request_from_args(args, image))  # the other input files, by SHA-256
     if args.spec is not None:
         try:
             text = args.spec.read_text(encoding="utf-8")
@@ -152,10 +154,10 @@ def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
     else:
         spec = JobSpec.from_request(request_from_args(args, image), file_sha256(image))
     if args.output is not None:
-        spec.request(image, output=args.output)  # validates the name
-    job = queue.submit(spec, image, output=args.output)
+        spec.request(image, output=args.output, files=files)  # validates the name
+    job = queue.submit(spec, image, output=args.output, files=files)
     print(f"{job.id} queued (number {queue.pending_position(job.id)})")
-    for note in request_notes(spec.request(image)):
+    for note in request_notes(spec.request(image, files=files)):
         print(f"note: {note}", file=sys.stderr)
     return EXIT_OK
 

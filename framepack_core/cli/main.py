@@ -7,6 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from framepack_core.cli.extend import with_clip_start_image
 from framepack_core.cli.generate import run_generate
 from framepack_core.cli.jobs import add_jobs_parser, run_jobs
 from framepack_core.cli.models import add_models_parser, run_models
@@ -59,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.command == "generate":
-        return run_generate(args, argv)
+        return with_clip_start_image(args, lambda: run_generate(args, argv))
     if args.command == "plan":
         return run_plan(args)
     if args.command == "jobs":
-        return run_jobs(args)
+        return with_clip_start_image(args, lambda: run_jobs(args))
     if args.command == "models":
         return run_models(args)
     return run_tiny_models(args)

@@ -63,6 +63,16 @@ def add_setting_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
                    help="Store the transformer in fp8 (half the memory, slightly different results); default: "
                         "only when the plan needs it. See `python -m framepack_core plan`.")
+    p.add_argument("--extend", dest="extend_video", type=Path, default=None, metavar="VIDEO",
+                   help="Continue this clip (mp4, mov, webm): F1 continues from its last frames, the original model "
+                        "bridges from its last frame (to --end-image if given). Without --image the start image is "
+                        "the clip's last frame. The file is only read. Default: no clip.")
+    p.add_argument("--context-frames", type=int, default=None, metavar="N",
+                   help="With --extend: how many of the clip's last frames F1 sees as context (default: 73, enough "
+                        "for the model's full 1x/2x/4x context, or the whole clip when shorter).")
+    p.add_argument("--extend-output", choices=["new", "joined"], default="new",
+                   help="With --extend: write only the new part (new, the default) or the clip followed by it "
+                        "(joined).")
 
 
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
@@ -105,6 +115,7 @@ def request_from_args(args: argparse.Namespace, image: Path, output: Path | None
         sampler_variant=args.sampler_variant, output=output, save_latents=save_latents,
         gpu_memory_preservation=args.preserve_gb, fp8=args.fp8,
         prompt_blend_sections=args.prompt_blend_sections,
+        extend_video=args.extend_video, context_frames=args.context_frames, extend_output=args.extend_output,
     )
 
 
@@ -127,7 +138,9 @@ def request_notes(request: GenerationRequest, *, with_request_notes: bool = True
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="Generate a video from one image and a prompt.")
-    p.add_argument("--image", required=True, help="Input image (PNG, JPEG, WebP, ...); required.")
+    p.add_argument("--image", default=None,
+                   help="Input image (PNG, JPEG, WebP, ...); required unless --extend is given (default: the clip's "
+                        "last frame).")
     p.add_argument("--from", dest="from_video", type=Path, default=None, metavar="VIDEO.mp4",
                    help="Take the settings from a video this app made (its mp4 metadata or .json sidecar); setting "
                         "options given as well override them. --image must be the video's own input image. "
@@ -148,7 +161,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
 # Request fields whose command-line option is not simply "--" + the field name with dashes.
 OPTION_FOR_FIELD = {"latent_window_size": "--window", "distilled_guidance": "--gs", "cfg_rescale": "--rs",
                      "gpu_memory_preservation": "--preserve-gb",
-                     "use_teacache": "--teacache"}
+                     "use_teacache": "--teacache", "extend_video": "--extend"}
 
 
 def option_for_field(field: str) -> str:

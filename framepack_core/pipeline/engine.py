@@ -41,6 +41,7 @@ from framepack_core.models.devices import DeviceConfig
 from framepack_core.models.identity import model_identities
 from framepack_core.models.loading import ModelSource
 from framepack_core.models.store import ModelStore
+from framepack_core.pipeline.extension import ClipExtension
 from framepack_core.pipeline.failure import describe_failure, is_expected_failure, is_out_of_memory
 from framepack_core.pipeline.inputs import prepare_inputs
 from framepack_core.pipeline.job_files import JobFiles, save_latents
@@ -109,13 +110,17 @@ class FramePackEngine:
         """
         request = request.validated()
         image = load_input_image(request.image)
+        extension = ClipExtension.of(request)  # the clip is checked before anything loads
         job_id = job_id or uuid.uuid4().hex[:12]
         cancel = cancel or CancelToken()
         files = JobFiles(job_id, request, JobDirectory(job_dir) if job_dir is not None else None, snapshot_dir)
-        run = _JobRun(self.models, self.planner, request, image.pixels, job_id, cancel, files, self.timings)
+        run = _JobRun(self.models, self.planner, request, image.pixels, job_id, cancel, files, self.timings,
+                      extension)
         for note in image.notes:
             yield Notice(job_id, message=f"Input image: {note}")
         for note in request.notes():  # an empty prompt: every edge (CLI, page, API) shows it
+            yield Notice(job_id, message=note)
+        for note in extension.notes() if extension is not None else ():
             yield Notice(job_id, message=note)
         yield from run.events()
 
@@ -125,7 +130,8 @@ class _JobRun:
     terminal event."""
 
     def __init__(self, models: ModelStore, planner: JobPlanner | None, request: GenerationRequest,
-                 pixels: np.ndarray, job_id: str, cancel: CancelToken, files: JobFiles, timings: StageTimings) -> None:
+                 pixels: np.ndarray, job_id: str, cancel: CancelToken, files: JobFiles, timings: StageTimings,
+                 extension: ClipExtension | None = None) -> None:
         self.models = models
         self.planner = planner
         self.request = request
@@ -135,6 +141,7 @@ class _JobRun:
         self.files = files
         self.started = time.perf_counter()
         self.timings = timings
+        self.extension = extension
         shape = job_shape(request, pixels.shape[:2], models)
         self.clock = ProgressClock(shape, timings.speeds(shape.key), self.started)
 
@@ -188,6 +195,8 @@ class _JobRun:
 
         # 4. Encode the prompts and the start image
         prepared = yield from prepare_inputs(models, request, self.pixels, self.job_id, self.cancel)
+        if self.extension is not None:
+            yield from self.extension.encode(models, self.job_id, prepared.height, prepared.width)
 
         # 5. Load the transformer; with its identity known, every mp4 from now on describes the job
         yield self._stage(Stage.LOADING_MODELS, "Loading the transformer ...")
@@ -202,6 +211,8 @@ class _JobRun:
         latent_height, latent_width = prepared.height // scale, prepared.width // scale
         sigmas = shifted_sigmas(request.steps, flux_shift_mu(main_token_count(window, latent_height, latent_width)))
         history = LatentHistory(request.model, prepared.start_latent)
+        if self.extension is not None:
+            self.extension.seed(history, window)
         generator = torch.Generator("cpu").manual_seed(request.seed)
         if checkpoint is not None:
             history.restore(checkpoint.history_latents, checkpoint.total_generated_latent_frames)
@@ -221,6 +232,8 @@ class _JobRun:
             distilled_guidance=request.distilled_guidance, teacache=teacache,
             noise_shape=(1, transformer.config.in_channels, window, latent_height, latent_width))
         loop = SectionLoop(self.job_id, models, sampling, vae, files, self.cancel, self.clock, window, request.steps)
+        if self.extension is not None:
+            loop.first_section_skip = self.extension.first_section_skip(window)
         try:
             yield from loop.run(sections, files.sections_done, history, generator)
         finally:
@@ -234,6 +247,8 @@ class _JobRun:
             latents_path = save_latents(Path(request.save_latents), history.real_history_latents,
                                         prepared.start_latent, request)
         output, video_frames = files.finish(history, generator, len(sections))
+        if self.extension is not None:
+            video_frames += self.extension.finish(output)
         if files.sidecar_problem:
             yield Notice(self.job_id, message=files.sidecar_problem + "; the video's metadata still describes it.")
         yield JobFinished(self.job_id, output_path=output, latents_path=latents_path,

@@ -56,6 +56,7 @@ class SectionLoop:
     clock: ProgressClock
     window: int  # latent frames per section
     steps: int  # sampling steps per section
+    first_section_skip: int = 0  # leading pixel frames of section 0 that are context, not video (extend_video)
 
     def run(self, sections: list[SectionPlan], start: int, history: LatentHistory,
             generator: torch.Generator) -> Iterator[EngineEvent]:
@@ -75,6 +76,8 @@ class SectionLoop:
                                section=section)
             decode_started = time.perf_counter()
             pixels = self._decode(history.latents_to_decode(plan.number, plan.is_last, self.window))
+            if plan.number == 0:
+                pixels = pixels[:, :, self.first_section_skip:]
             decode_s = time.perf_counter() - decode_started
 
             write_started = time.perf_counter()
