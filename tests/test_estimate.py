@@ -92,7 +92,7 @@ def test_on_the_cpu_with_no_job_run_the_time_is_unknown(real_sizes):
     estimate = estimate_job(_request(), (480, 640), ModelStore(real_sizes, CPU),
                             _planner(real_sizes, 0, 64, device_type="cpu"), StageTimings())
     assert estimate.seconds is None and estimate.source == TimeSource.UNKNOWN
-    assert estimate.peak_vram_gb is None and estimate.memory_text().startswith("on the CPU")
+    assert estimate.peak_vram_gb is None and estimate.memory_text().endswith("(on the CPU)")
     assert estimate.time_text() == "unknown until the first job with these settings runs"
 
 
@@ -175,7 +175,7 @@ def test_the_panel_shows_memory_and_a_first_guess_for_any_image_before_one_is_ch
     panel = estimate_panel_html(page, None, FORM)
     elapsed = time.perf_counter() - started
     assert 'data-source="first_guess"' in panel and 'data-fits="true"' in panel
-    assert "(any start image)" in panel and "4 sections" in panel
+    assert "any start image (the largest size" in panel and "4 sections" in panel
     assert "peak VRAM" in panel and "first guess" in panel
     assert elapsed < 5.0  # no model is loaded (a few ms here; the bound only catches a load)
 
@@ -183,7 +183,7 @@ def test_the_panel_shows_memory_and_a_first_guess_for_any_image_before_one_is_ch
 def test_the_panel_for_an_image_on_the_cpu_says_the_time_is_unknown(tiny_models_dir, gradient_image):
     page = _page(tiny_models_dir, _planner(ModelSource(models_dir=tiny_models_dir), 0, 64, device_type="cpu"))
     panel = estimate_panel_html(page, str(gradient_image), {**FORM, "resolution": 64, "seconds": 2})
-    assert "a 64×48 video" in panel and "on the CPU: peak RAM" in panel
+    assert "a 64×48 video in 2 sections" in panel and "(on the CPU)" in panel
     assert 'data-source="unknown"' in panel and "unknown until the first job" in panel
 
 

@@ -26,7 +26,7 @@ ESTIMATE_INPUTS = ("model", "seconds", "steps", "latent_window_size", "cfg", "us
                    "gpu_memory_preservation", "fp8")
 # Before an image is chosen the request still needs one; it is never opened (the plan then holds for any image).
 NO_IMAGE = "no start image yet"
-FIRST_TEXT = "Estimate: computed once the page has loaded."
+FIRST_TEXT = "Estimate: working it out ..."
 
 
 def build_estimate_panel() -> gr.HTML:
@@ -44,8 +44,10 @@ def wire_estimate_panel(demo: gr.Blocks, panel: gr.HTML, form_inputs: list[Compo
         return estimate_panel_html(context, upload_path(image), dict(zip(JOB_FIELDS, settings, strict=True)))
 
     # Unprocessed like Start: the image is only read for its size, never decoded by Gradio first.
+    # One at a time: the first estimate of a model reads its sizes (seconds from the built-in configs when no
+    # weights are downloaded yet), and two at once would only do that twice.
     options = {"fn": refresh, "inputs": form_inputs, "outputs": [panel], "api_visibility": "private",
-               "show_progress": "hidden", "preprocess": False, "concurrency_limit": None}
+               "show_progress": "hidden", "preprocess": False, "concurrency_id": "estimate", "concurrency_limit": 1}
     demo.load(**options)
     image, settings = form_inputs[0], dict(zip(JOB_FIELDS, form_inputs[1:], strict=True))
     # A dragged slider sends many changes: only the last one waiting is computed.
@@ -79,14 +81,14 @@ def render_estimate(estimate: JobEstimate, *, image_chosen: bool) -> str:
     """The estimate as the panel's HTML: what it is for, memory, time, then any warnings."""
     height, width = estimate.bucket
     sections = f"{estimate.sections} section{'s' if estimate.sections != 1 else ''}"
-    subject = (f"a {width}×{height} video, {sections}" if image_chosen
-               else f"up to {width}×{height}, {sections} (any start image)")
+    subject = (f"a {width}×{height} video in {sections}" if image_chosen
+               else f"any start image (the largest size, {width}×{height}), {sections}")
     lines = [f"<b>Estimate</b> for {html.escape(subject)}"]
     if estimate.fits is not None:
         verdict = "fits" if estimate.fits else "may not fit"
-        device = f"{estimate.device_name}: " if estimate.device_type != "cpu" else ""
-        lines.append(f'<span class="fp-estimate-memory">Memory ({html.escape(verdict)}): '
-                     f"{html.escape(device + estimate.memory_text())}</span>")
+        where = f" on {estimate.device_name}" if estimate.device_type != "cpu" else ""
+        lines.append(f'<span class="fp-estimate-memory">Memory ({html.escape(verdict + where)}): '
+                     f"{html.escape(estimate.memory_text())}</span>")
     lines.append(f'<span class="fp-estimate-time">Time: {html.escape(estimate.time_text())}</span>')
     lines += [f'<span class="fp-error">⚠ {html.escape(warning)}</span>' for warning in estimate.warnings]
     return _wrap("<br>".join(lines), estimate.source, estimate.fits)

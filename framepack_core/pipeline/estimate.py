@@ -71,7 +71,7 @@ class JobEstimate:
             return "memory not planned (no planner)"
         ram = f"peak RAM {self.peak_ram_gb:.1f} of {self.ram_budget_gb:.1f} GiB"
         if self.peak_vram_gb is None:
-            return f"on the CPU: {ram}"
+            return f"{ram} (on the CPU)"
         return f"peak VRAM {self.peak_vram_gb:.1f} of {self.vram_budget_gb:.1f} GiB, {ram}"
 
 
