@@ -219,3 +219,33 @@ def test_the_service_makes_its_engine_once_for_estimates_and_jobs(tiny_models_di
     service = GenerationService(factory, tmp_path)
     assert service.engine() is service.engine() is made[0] and len(made) == 1
     assert service.engine().models.held_bytes() == (0, 0)  # nothing loaded for an estimate
+
+
+# ``plan`` on the command line ---------------------------------------------------------------------------------
+
+def test_plan_prints_the_learned_time_for_this_machine_and_a_first_guess_for_a_simulated_gpu(
+        capsys, monkeypatch, tmp_path):
+    import json
+
+    from huggingface_hub import constants
+
+    from framepack_core.cli import main as cli
+    from framepack_core.pipeline import timings as timings_module
+    from framepack_core.pipeline.timings import Speeds, job_shape
+
+    (tmp_path / "hf").mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    path = tmp_path / "stage_timings.json"
+    monkeypatch.setattr(timings_module, "DEFAULT_TIMINGS_PATH", path)
+    request = _request()  # generate's defaults: 5 s (4 sections at window 9), 25 steps
+    shape = job_shape(request, (416, 960), ModelStore(ModelSource(), CPU))
+    StageTimings(path).learn(shape.key, Speeds(step_s={shape.tokens: 2.0}))
+
+    assert cli.main(["plan", "--device", "cpu", "--json"]) == 0
+    estimate = json.loads(capsys.readouterr().out)["estimate"]
+    assert estimate["source"] == TimeSource.LEARNED and estimate["seconds"] == pytest.approx(4 * 25 * 2.0)
+    assert estimate["text"] == "about 3 min (estimate, from this PC's last jobs)"
+
+    assert cli.main(["plan", "--vram-gb", "24"]) == 0  # another machine's GPU: this one's speed does not apply
+    out = capsys.readouterr().out
+    assert "Estimated time: about" in out and "first guess" in out and "a 5 s video, 25 steps" in out

@@ -76,10 +76,11 @@ class JobEstimate:
 
 
 def estimate_job(request: GenerationRequest, image_size: tuple[int, int] | None, models: ModelStore,
-                 planner: JobPlanner | None, timings: StageTimings) -> JobEstimate:
+                 planner: JobPlanner | None, timings: StageTimings, *, plan: MemoryPlan | None = None) -> JobEstimate:
     """The estimate for ``request`` (validated) on a start image of ``image_size`` (height, width; None before an
-    image is chosen: the resolution's largest bucket, the most memory any image can take), run by ``models``."""
-    plan = _plan(request, image_size, models, planner)
+    image is chosen: the resolution's largest bucket, the most memory any image can take), run by ``models``.
+    ``plan``: a memory plan made already (``plan`` for a simulated GPU), instead of asking ``planner``."""
+    plan = plan or _plan(request, image_size, models, planner)
     workload = plan.workload if plan is not None and plan.workload is not None else Workload.from_resolution(
         request.resolution, image_size=image_size, latent_window_size=request.latent_window_size,
         variant=request.model, real_cfg=request.cfg != 1.0)
