@@ -451,9 +451,9 @@ class GenerationService(QueueManagementMixin):
     def _run(self, claimed: QueuedJob) -> None:
         job = self._jobs[claimed.id]
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if self._runner is None:
+        if not self._models_loaded:  # the first job, or the first after the memory was freed
             with self._condition:
-                self._update(job, stage_message="Loading models (first job only) ...")
+                self._update(job, stage_message="Loading models ...")
         self._ensure_runner()
         self._models_loaded = True
         started = time.perf_counter()
