@@ -93,7 +93,8 @@ class GenerationService(QueueManagementMixin):
             queue = JobQueue(Path(self._temporary_queue_dir.name))
         self.store = queue
         self._engine_factory = engine_factory
-        self._runner: QueueRunner | None = None  # made with the engine, by the first job
+        self._runner: QueueRunner | None = None  # made with the engine, by the first job or the first estimate
+        self._runner_lock = threading.Lock()
         self._idle_release_s = idle_release_s
         self._release_requested = False
         self._models_loaded = False
@@ -189,6 +190,17 @@ class GenerationService(QueueManagementMixin):
                 return "No models are loaded; nothing to free."
             self._release_models()
         return "Freed the models' memory; the next job loads them again."
+
+    def engine(self) -> FramePackEngine:
+        """The engine the jobs run on, made now if no job has run yet (that loads no model): for estimates."""
+        return self._ensure_runner().engine
+
+    def _ensure_runner(self) -> QueueRunner:
+        # Its own lock: the page may ask for the engine while the worker starts its first job.
+        with self._runner_lock:
+            if self._runner is None:
+                self._runner = QueueRunner(self.store, self._engine_factory(), self.output_dir)
+            return self._runner
 
     def _release_models(self) -> None:
         """Caller holds ``self._condition`` and no job is running, so the worker cannot use the models meanwhile."""
@@ -443,10 +455,10 @@ class GenerationService(QueueManagementMixin):
     def _run(self, claimed: QueuedJob) -> None:
         job = self._jobs[claimed.id]
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if self._runner is None:
+        if not self._models_loaded:  # the first job, or the first after the memory was freed
             with self._condition:
-                self._update(job, stage_message="Loading models (first job only) ...")
-            self._runner = QueueRunner(self.store, self._engine_factory(), self.output_dir)
+                self._update(job, stage_message="Loading models ...")
+        self._ensure_runner()
         self._models_loaded = True
         started = time.perf_counter()
 

@@ -21,6 +21,7 @@ from gradio.components import Component
 from app.access import Viewer
 from app.settings import REPO_ROOT
 from app.ui.context import PageContext
+from app.ui.estimate_panel import build_estimate_panel, wire_estimate_panel
 from app.ui.render import (
     FIELD_LABELS,
     FP8_CHOICE_OF,
@@ -103,6 +104,7 @@ class GenerateTab:
     video: gr.Video
     progress: gr.HTML
     final_file: gr.File
+    estimate: gr.HTML  # the job's memory and time, under Start (estimate_panel)
 
 
 def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
@@ -124,6 +126,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                 stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
                 # Unloads the models from RAM and VRAM; the next job loads them again.
                 free_btn = gr.Button("Free memory", elem_id="free-memory")
+            estimate = build_estimate_panel()
             seconds = gr.Slider(1, MAX_SECONDS, value=defaults["seconds"], step=0.1,
                                 label=FIELD_LABELS["seconds"], elem_id="seconds")
             model = gr.Radio([("Original (inverted anti-drifting)", "original"), ("F1 (forward)", "f1")],
@@ -200,7 +203,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                    gpu_memory_preservation=gpu_memory_preservation, fp8=fp8)
     return GenerateTab(form=form, image_check=image_check, quick_prompts=quick, model_note=model_note,
                        start=start_btn, stop=stop_btn, free_memory=free_btn, random_seed=random_seed_btn,
-                       preview=preview, video=video, progress=progress, final_file=final_file)
+                       preview=preview, video=video, progress=progress, final_file=final_file, estimate=estimate)
 
 
 def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Component],
@@ -279,10 +282,12 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
     # Start is disabled at once, before the job is even submitted, so a second click has nothing to press; one
     # that still gets through (a double click) follows the first job (PageContext.submit_once).
     # preprocess=False: the handlers get the upload as Gradio stored it, unopened (see upload_path).
-    tab.start.click(lambda: gr.update(interactive=False), outputs=[tab.start], api_visibility="private",
-                    queue=False, show_progress="hidden").then(
+    started = tab.start.click(lambda: gr.update(interactive=False), outputs=[tab.start], api_visibility="private",
+                              queue=False, show_progress="hidden").then(
         on_start, inputs=form_inputs, outputs=stream_outputs, show_progress="hidden", api_visibility="private",
         concurrency_id="stream", cancels=[load_event], preprocess=False, trigger_mode="multiple")
+    # A job that ends has taught the machine its speed: the estimate follows.
+    wire_estimate_panel(demo, tab.estimate, form_inputs, context, after=[started, load_event])
     tab.stop.click(on_stop, inputs=[outputs.shown_job], outputs=None, api_visibility="private",
                    concurrency_limit=None, show_progress="hidden")
     tab.free_memory.click(on_free_memory, outputs=None, api_visibility="private", concurrency_limit=None,

@@ -51,6 +51,8 @@ CSS = """
 .gradio-container { overflow: clip !important; }
 #job-output { position: sticky; top: 0.5rem; align-self: flex-start; }
 #image-check .fp-error { color: var(--error-text-color, #b91c1c); }
+#estimate .fp-estimate { font-size: 0.9rem; line-height: 1.45; padding: 0 0.2rem; }
+#estimate .fp-error { color: var(--error-text-color, #b91c1c); }
 #image-check:not(:has(.fp-error)) { display: none; }  /* no gap under the image until there is something to say */
 /* Headers break between words, never inside one ("sec/ond/s"). */
 #queue-table th, #queue-table th * { overflow-wrap: normal; word-break: normal; hyphens: none; }

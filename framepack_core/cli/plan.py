@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from framepack_core.cli.options import EXIT_BAD_INPUT, EXIT_OK, with_option_name
 from framepack_core.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from framepack_core.memory.plan import MemoryPlan
+    from framepack_core.pipeline.estimate import JobEstimate
 
 
 def add_plan_parser(sub: argparse._SubParsersAction) -> None:
@@ -103,6 +108,9 @@ def run_plan(args: argparse.Namespace) -> int:
         data["sizes"] = [{"component": s.component.value, "parameters": s.parameters, "source": s.source,
                           "location": s.location, "disk_dtype": s.disk_dtype} for s in sizes.components]
         data["size_notes"] = list(size_notes)
+        estimate = _estimate(args, plan)
+        data["estimate"] = {"seconds": estimate.seconds, "source": estimate.source, "text": estimate.time_text(),
+                            "job": _TIMED_JOB}
         print(json.dumps(data, indent=2))
         return EXIT_OK
     print(f"Hardware: {hardware.describe()}")
@@ -111,4 +119,28 @@ def run_plan(args: argparse.Namespace) -> int:
         print(f"  note: {note}")
     print()
     print(describe(plan))
+    print(f"Estimated time: {_estimate(args, plan).time_text()}, for generate's defaults ({_TIMED_JOB})")
     return EXIT_OK
+
+
+# What the time is estimated for: plan has no options for the length, the steps or TeaCache.
+_TIMED_JOB = "a 5 s video, 25 steps, TeaCache on"
+
+
+def _estimate(args: argparse.Namespace, plan: MemoryPlan) -> JobEstimate:
+    """The job's estimate with ``plan``: this machine's learned speeds (the default output folder's), or a first
+    guess for a simulated GPU, whose speed this machine cannot have learned."""
+    from framepack_core.models.devices import resolve_device_config
+    from framepack_core.models.loading import ModelSource
+    from framepack_core.models.store import ModelStore
+    from framepack_core.pipeline.estimate import estimate_job
+    from framepack_core.pipeline.timings import DEFAULT_TIMINGS_PATH, StageTimings
+    from framepack_core.request import GenerationRequest
+
+    request = GenerationRequest(image=Path("plan"), model=args.model, latent_window_size=args.window,
+                                resolution=args.resolution, cfg=args.cfg).validated()
+    simulated = args.vram_gb is not None
+    models = ModelStore(ModelSource(models_dir=args.models_dir), resolve_device_config("cpu" if simulated else
+                                                                                      args.device))
+    timings = StageTimings() if simulated else StageTimings.load(DEFAULT_TIMINGS_PATH)
+    return estimate_job(request, None, models, None, timings, plan=plan)

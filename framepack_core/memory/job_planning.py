@@ -43,9 +43,10 @@ class JobPlanner:
                                               cache_dir=self.source.cache_dir)
         return self._sizes[variant]
 
-    def plan(self, request: GenerationRequest, image_size: tuple[int, int], *, held_device_bytes: int = 0,
+    def plan(self, request: GenerationRequest, image_size: tuple[int, int] | None, *, held_device_bytes: int = 0,
              held_host_bytes: int = 0) -> MemoryPlan:
-        """The plan for ``request`` with an input image of ``image_size`` (height, width) pixels.
+        """The plan for ``request`` with an input image of ``image_size`` (height, width) pixels (None: the
+        resolution's largest bucket, which holds for any image).
 
         ``held_*_bytes``: weights the model store has loaded now, on the device and in host RAM; they are added
         back to the free figures so that a second job plans as the first did instead of around its own models.
