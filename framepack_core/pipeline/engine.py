@@ -46,6 +46,7 @@ from framepack_core.pipeline.inputs import prepare_inputs
 from framepack_core.pipeline.job_files import JobFiles, save_latents
 from framepack_core.pipeline.progress import ProgressClock
 from framepack_core.pipeline.sections import SectionLoop, SectionSampling
+from framepack_core.pipeline.story_inputs import StoryImages, check_story_images
 from framepack_core.pipeline.timings import DEFAULT_TIMINGS_PATH, StageTimings, job_shape
 from framepack_core.request import GenerationRequest
 from framepack_core.sampling.packing import LatentHistory, plan_sections
@@ -109,12 +110,15 @@ class FramePackEngine:
         """
         request = request.validated()
         image = load_input_image(request.image)
+        story = check_story_images(request, image.pixels)  # end frame and keyframes, before any model loads
         job_id = job_id or uuid.uuid4().hex[:12]
         cancel = cancel or CancelToken()
         files = JobFiles(job_id, request, JobDirectory(job_dir) if job_dir is not None else None, snapshot_dir)
-        run = _JobRun(self.models, self.planner, request, image.pixels, job_id, cancel, files, self.timings)
+        run = _JobRun(self.models, self.planner, request, image.pixels, job_id, cancel, files, self.timings, story)
         for note in image.notes:
             yield Notice(job_id, message=f"Input image: {note}")
+        for note in story.notes:
+            yield Notice(job_id, message=note)
         for note in request.notes():  # an empty prompt: every edge (CLI, page, API) shows it
             yield Notice(job_id, message=note)
         yield from run.events()
@@ -125,7 +129,8 @@ class _JobRun:
     terminal event."""
 
     def __init__(self, models: ModelStore, planner: JobPlanner | None, request: GenerationRequest,
-                 pixels: np.ndarray, job_id: str, cancel: CancelToken, files: JobFiles, timings: StageTimings) -> None:
+                 pixels: np.ndarray, job_id: str, cancel: CancelToken, files: JobFiles, timings: StageTimings,
+                 story: StoryImages | None = None) -> None:
         self.models = models
         self.planner = planner
         self.request = request
@@ -135,6 +140,7 @@ class _JobRun:
         self.files = files
         self.started = time.perf_counter()
         self.timings = timings
+        self.story = story
         shape = job_shape(request, pixels.shape[:2], models)
         self.clock = ProgressClock(shape, timings.speeds(shape.key), self.started)
 
@@ -187,7 +193,7 @@ class _JobRun:
         self.cancel.raise_if_cancelled()
 
         # 4. Encode the prompts and the start image
-        prepared = yield from prepare_inputs(models, request, self.pixels, self.job_id, self.cancel)
+        prepared = yield from prepare_inputs(models, request, self.pixels, self.job_id, self.cancel, self.story)
 
         # 5. Load the transformer; with its identity known, every mp4 from now on describes the job
         yield self._stage(Stage.LOADING_MODELS, "Loading the transformer ...")
