@@ -43,6 +43,7 @@ from app.access import Viewer
 from app.api.errors import ApiRefusal, PathHider, default_hidden_folders, install_error_handlers
 from app.api.limits import LOGIN_SCOPE_KEY, ApiDoor
 from app.api.status import JobStatus, JobStatuses, served_video
+from app.api.story_uploads import story_uploads
 from app.logins import LoginGuard
 from app.service.generation import GenerationService
 from app.settings import Settings
@@ -168,16 +169,33 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
                          "Generation settings as a JSON object; any of: " + ", ".join(SETTINGS_FIELDS)))] = None,
                      spec_json: Annotated[str | None, Form(alias="spec", description=(
                          "A whole job spec (JSON); its image_sha256 must be the uploaded image's."))] = None,
+                     end_image: Annotated[UploadFile | None, File(description=(
+                         "Original model: the image the video ends at (settings end_strength, "
+                         "end_image_embedding_weight)."))] = None,
+                     keyframe_images: Annotated[list[UploadFile] | None, File(description=(
+                         "Original model: keyframe images, one for each time in keyframe_seconds."))] = None,
+                     keyframe_seconds: Annotated[str | None, Form(description=(
+                         "The keyframe images' times in seconds, as a JSON list in their order, e.g. [1.5, 3]."
+                     ))] = None,
                      ) -> JobStatus:
-        path = await _store_upload(image, store.root / "uploads", settings.max_file_size_bytes, limit_text)
-        # Errors about the temporary copy name the file the client sent.
-        request.state.show_as = {str(path): Path(image.filename or "").name or "the uploaded image"}
+        uploads = [image] + ([end_image] if end_image is not None else []) + list(keyframe_images or [])
+        paths: list[Path] = []
         try:
-            job_request = _request(path, settings_json, spec_json)
+            for upload in uploads:
+                paths.append(await _store_upload(upload, store.root / "uploads", settings.max_file_size_bytes,
+                                                 limit_text))
+            # Errors about the temporary copies name the files the client sent.
+            request.state.show_as = {str(path): Path(upload.filename or "").name or "the uploaded image"
+                                     for path, upload in zip(paths, uploads, strict=True)}
+            path = paths[0]
+            story = story_uploads(paths[1] if end_image is not None else None,
+                                  paths[1 + (end_image is not None):], keyframe_seconds)
+            job_request = _request(path, settings_json, spec_json, story)
             job_id = await asyncio.to_thread(service.submit, job_request, who.submitter,
                                              max_pending=settings.max_pending_per_user)
         finally:
-            path.unlink(missing_ok=True)  # the queue keeps its own copy
+            for stored in paths:
+                stored.unlink(missing_ok=True)  # the queue keeps its own copies
         return status(store.get(job_id))
 
     @api.get("/jobs", response_model=JobList, responses=_ERRORS, summary="List your jobs, a page at a time")
@@ -297,13 +315,16 @@ async def _store_upload(image: UploadFile, folder: Path, limit: int, limit_text:
     return path
 
 
-def _request(image: Path, settings_json: str | None, spec_json: str | None) -> GenerationRequest:
+def _request(image: Path, settings_json: str | None, spec_json: str | None,
+             story: dict[str, Any] | None = None) -> GenerationRequest:
+    story = story or {}
     if spec_json is not None and settings_json is not None:
         raise InvalidInputError("spec", "give either settings or a spec, not both")
     if spec_json is not None:
         spec = JobSpec.from_json(spec_json)
         spec.check_image(image)
-        return spec.request(image)
+        # A spec names its other input files by SHA-256: the uploads are matched to them so.
+        return spec.request(image, files=JobSpec.input_files_of(GenerationRequest(image=image, **story)))
     try:
         values = json.loads(settings_json) if settings_json else {}
     except ValueError as error:
@@ -317,7 +338,7 @@ def _request(image: Path, settings_json: str | None, spec_json: str | None) -> G
         if name not in SETTINGS_FIELDS:
             raise InvalidInputError(name, "is not a generation setting", f"Settings are: {', '.join(SETTINGS_FIELDS)}.")
     try:
-        return GenerationRequest(image=image, **values).validated()
+        return GenerationRequest(image=image, **values, **story).validated()
     except TypeError as error:
         raise InvalidInputError("settings", str(error)) from None
 

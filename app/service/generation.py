@@ -207,7 +207,10 @@ class GenerationService(QueueManagementMixin):
         from framepack_core.media.image_input import load_input_image
 
         request = request.validated()
-        load_input_image(request.image)  # refuse broken images now, not when the job's turn comes
+        from framepack_core.pipeline.story_inputs import check_story_images
+
+        # Refuse broken images (the start, end and keyframe images) now, not when the job's turn comes.
+        check_story_images(request, load_input_image(request.image).pixels)
         with self._condition:
             if self._stopping:
                 raise RuntimeError("The service is shutting down")

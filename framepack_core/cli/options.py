@@ -135,9 +135,11 @@ def request_from_args(args: argparse.Namespace, image: Path, output: Path | None
 
 
 def _story_settings(args: argparse.Namespace) -> dict:
+    from framepack_core.request import Keyframe
+
     return {"end_image": args.end_image, "end_strength": args.end_strength,
             "end_image_embedding_weight": args.end_image_embedding_weight, "loop": args.loop,
-            "keyframes": tuple(args.keyframes or ())}
+            "keyframes": tuple(Keyframe(seconds, path) for seconds, path in args.keyframes or ())}
 
 
 def request_notes(request: GenerationRequest, *, with_request_notes: bool = True) -> list[str]:
