@@ -151,3 +151,53 @@ def test_the_cli_passes_the_end_frame_options_to_the_request():
         Path("b.png"), 0.7, 0.3, False)
     assert request_from_args(build_parser().parse_args(["generate", "--image", "a.png", "--loop"]),
                              Path("a.png")).loop
+
+
+def test_our_first_section_context_equals_diffusers_last_image_for_the_same_latent(tiny_models_dir, gradient_image,
+                                                                                   end_image):
+    """diffusers' HunyuanVideoFramepackPipeline on the same tiny components: its first section's clean_latents_post
+    is the last image's latent, as ours at strength 1; its SigLIP average is computed but, in diffusers 0.42, never
+    reaches the transformer (see docs/controls.md)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoFramepackPipeline
+
+    from framepack_core.models.loaders import load_image_encoder, load_transformer, load_vae
+    from framepack_core.pipeline.story_inputs import SectionAnchors, anchored_context
+    from framepack_core.sampling.packing import LatentHistory
+
+    source = ModelSource(models_dir=tiny_models_dir)
+    encoder = load_image_encoder(source, "cpu", torch.float32)
+    vae = load_vae(source, "cpu", torch.float32)
+    transformer = load_transformer(source, "original", "cpu", torch.float32)
+    pipe = HunyuanVideoFramepackPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
+                                         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None,
+                                         tokenizer_2=None, image_encoder=encoder.image_encoder,
+                                         feature_extractor=encoder.feature_extractor)
+    first, last = (Image.fromarray(resize_and_center_crop(load_input_image(p).pixels, *BUCKET))
+                   for p in (gradient_image, end_image))
+    calls = []
+    handle = transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)
+    try:
+        pipe(image=first, last_image=last, height=48, width=64, num_frames=9, latent_window_size=3,
+             num_inference_steps=1, guidance_scale=10.0, generator=torch.Generator().manual_seed(5),
+             prompt_embeds=torch.randn(1, 4, transformer.config.text_embed_dim),
+             pooled_prompt_embeds=torch.randn(1, transformer.config.pooled_projection_dim),
+             prompt_attention_mask=torch.ones(1, 4), output_type="latent")
+    finally:
+        handle.remove()
+    # Their image latents are posterior samples drawn from the generator in this order: replay them.
+    replay = torch.Generator().manual_seed(5)
+    first_latent, last_latent = (
+        vae.encode(pipe.video_processor.preprocess(image, 48, 64).unsqueeze(2)).latent_dist.sample(replay)
+        * vae.config.scaling_factor for image in (first, last))
+    assert len(calls) == 1  # one section, one step
+    theirs = calls[0]
+    assert torch.equal(theirs["latents_clean"][:, :, 1:2], last_latent)
+    ours = anchored_context(LatentHistory("original", first_latent).context(), 0, SectionAnchors({0: last_latent}))
+    assert torch.equal(ours.clean_latents, theirs["latents_clean"])
+    assert torch.equal(ours.clean_latents_2x, theirs["latents_history_2x"])
+    assert torch.equal(ours.clean_latents_4x, theirs["latents_history_4x"])
+    start_embeds, last_embeds = (pipe.encode_image(pipe.video_processor.preprocess(image, 48, 64))
+                                 for image in (first, last))
+    assert torch.equal(theirs["image_embeds"], start_embeds)  # the average is dropped: W = 0 in effect
+    assert not torch.equal(start_embeds, (start_embeds + last_embeds) / 2)
+    assert torch.equal(mixed_embeddings(start_embeds, last_embeds, 0.5), (start_embeds + last_embeds) / 2)
