@@ -30,7 +30,7 @@ from framepack_core.sampling.packing import PackedContext
 from framepack_core.sampling.timeline import section_at, section_spans
 
 F1_HAS_NO_SLOT = ("FramePack-F1 generates forward and its sections have no slot after the window, so it has no "
-                  "place for {what}")
+                  "place for ")
 ORIGINAL_MODEL_HINT = "Set {model} to original: it generates the end of the video first and conditions on it."
 
 
@@ -61,9 +61,9 @@ def check_story_images(request: GenerationRequest, start_pixels: np.ndarray) -> 
     model = ModelVariant(request.model)
     if model == ModelVariant.F1 and request.end_image_path is not None:
         name = "loop" if request.loop else "end_image"
-        raise InvalidInputError(name, F1_HAS_NO_SLOT.format(what="an end frame"), ORIGINAL_MODEL_HINT)
+        raise InvalidInputError(name, F1_HAS_NO_SLOT + "an end frame", ORIGINAL_MODEL_HINT)
     if model == ModelVariant.F1 and request.keyframes:
-        raise InvalidInputError("keyframes", F1_HAS_NO_SLOT.format(what="a keyframe"), ORIGINAL_MODEL_HINT)
+        raise InvalidInputError("keyframes", F1_HAS_NO_SLOT + "a keyframe", ORIGINAL_MODEL_HINT)
     notes: list[str] = []
     end = None
     if request.loop:
