@@ -119,3 +119,24 @@ def test_the_cli_takes_repeated_keyframes_and_refuses_bad_ones_with_exit_2_and_n
         cli.main([*common, "--keyframe", "soon:pose.png"])
     assert exit_info.value.code == cli.EXIT_BAD_INPUT
     assert "is not SECONDS:PATH" in capsys.readouterr().err
+
+
+def test_a_job_with_an_end_frame_and_a_keyframe_resumes_bit_identical(engine, gradient_image, pose, tmp_path):
+    from framepack_core.events import CancelToken, JobCancelled, JobFinished, StepProgress
+
+    def request(name: str) -> GenerationRequest:
+        return GenerationRequest(image=gradient_image, seconds=1.2, loop=True, keyframes=[Keyframe(0.5, pose)],
+                                 output=tmp_path / f"{name}.mp4", save_latents=tmp_path / f"{name}.safetensors",
+                                 **ONE_STEP)
+
+    assert isinstance(list(engine.generate(request("whole")))[-1], JobFinished)
+    cancel = CancelToken()
+    events = []
+    for event in engine.generate(request("resumed"), cancel=cancel, job_dir=tmp_path / "job"):
+        events.append(event)
+        if isinstance(event, StepProgress) and event.section == 2:  # the keyframe's section is being sampled
+            cancel.cancel()
+    assert isinstance(events[-1], JobCancelled) and events[-1].sections_done == 1
+    assert isinstance(list(engine.generate(request("resumed"), job_dir=tmp_path / "job"))[-1], JobFinished)
+    whole, resumed = (load_file(str(tmp_path / f"{n}.safetensors")) for n in ("whole", "resumed"))
+    assert torch.equal(whole["history_latents"], resumed["history_latents"])
