@@ -164,3 +164,21 @@ def test_rest_keyframe_uploads_become_keyframes_in_order():
 
     fields = story_uploads(None, [Path("a.png"), Path("b.png")], "[2, 1]")
     assert fields == {"keyframes": (Keyframe(2, Path("a.png")), Keyframe(1, Path("b.png")))}
+
+
+def test_a_queued_job_edited_so_its_keyframe_falls_past_the_end_fails_cleanly_when_its_turn_comes(
+        tiny_models_dir, images, tmp_path, capsys):
+    from framepack_core.jobs.queue import JobState
+    from framepack_core.jobs.runner import QueueRunner
+
+    out = tmp_path / "outputs"
+    code, err = _cli(capsys, "jobs", "--output-dir", out, "submit", "--image", images["start"], "--keyframe",
+                     f"1:{images['pose']}", "--seconds", "1.2", "--window", "3")
+    assert code == cli.EXIT_OK, err
+    queue = JobQueue.for_output_dir(out)
+    job = queue.list()[0]
+    queue.edit(job.id, job.spec.with_changes({"seconds": 0.4}))  # one section, 0.4 s: the keyframe is past it
+    engine = FramePackEngine(ModelStore(ModelSource(models_dir=tiny_models_dir), resolve_device_config("cpu")))
+    ended = QueueRunner(queue, engine, out).run_pending()[0]
+    assert ended.state == JobState.FAILED
+    assert "keyframes: the keyframe at 1 s is past the end of the video" in ended.error
