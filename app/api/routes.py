@@ -43,12 +43,13 @@ from app.access import Viewer
 from app.api.errors import ApiRefusal, PathHider, default_hidden_folders, install_error_handlers
 from app.api.limits import LOGIN_SCOPE_KEY, ApiDoor
 from app.api.status import JobStatus, JobStatuses, served_video
+from app.api.story_uploads import story_uploads
 from app.logins import LoginGuard
 from app.service.generation import GenerationService
 from app.settings import Settings
 from framepack_core.errors import DiskFullError, InvalidInputError
 from framepack_core.jobs.queue import DamagedJob, QueuedJob, QueueError
-from framepack_core.jobs.spec import SETTINGS_FIELDS, JobSpec, file_sha256
+from framepack_core.jobs.spec import SETTINGS_FIELDS, JobSpec
 from framepack_core.request import GenerationRequest
 
 API_PREFIX = "/api/v1"
@@ -172,28 +173,46 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
                          "A whole job spec (JSON); its image_sha256 must be the uploaded image's."))] = None,
                      extend_video: Annotated[UploadFile | None, File(description=(
                          "A clip to extend (mp4, mov, webm); see extend_output and context_frames."))] = None,
+                     end_image: Annotated[UploadFile | None, File(description=(
+                         "Original model: the image the video ends at (settings end_strength, "
+                         "end_image_embedding_weight)."))] = None,
+                     keyframe_images: Annotated[list[UploadFile] | None, File(description=(
+                         "Original model: keyframe images, one for each time in keyframe_seconds."))] = None,
+                     keyframe_seconds: Annotated[str | None, Form(description=(
+                         "The keyframe images' times in seconds, as a JSON list in their order, e.g. [1.5, 3]."
+                     ))] = None,
                      ) -> JobStatus:
         uploads = store.root / "uploads"
-        clip = None
-        if extend_video is not None:
-            clip = await _store_upload(extend_video, uploads, settings.max_file_size_bytes, limit_text, "clip")
+        story_sent = ([end_image] if end_image is not None else []) + list(keyframe_images or [])
+        stored_files: list[Path] = []
         try:
+            clip = None
+            if extend_video is not None:
+                clip = await _store_upload(extend_video, uploads, settings.max_file_size_bytes, limit_text, "clip")
+                stored_files.append(clip)
             if image is None and clip is None:
                 raise InvalidInputError("image", "is required", "Send the start image, or a clip to extend.")
             # Errors about the temporary copies name the files the client sent.
             request.state.show_as = {} if clip is None else {str(clip): _sent_name(extend_video, "the uploaded clip")}
             path = await _store_upload(image, uploads, settings.max_file_size_bytes, limit_text) \
                 if image is not None else await asyncio.to_thread(_clip_last_frame, clip, uploads)
+            stored_files.append(path)
             request.state.show_as[str(path)] = _sent_name(image, "the uploaded image")
-            try:
-                job_request = _request(path, settings_json, spec_json, clip)
-                job_id = await asyncio.to_thread(service.submit, job_request, who.submitter,
-                                                 max_pending=settings.max_pending_per_user)
-            finally:
-                path.unlink(missing_ok=True)  # the queue keeps its own copy
-        finally:
+            story_paths = []
+            for upload in story_sent:
+                story_paths.append(await _store_upload(upload, uploads, settings.max_file_size_bytes, limit_text))
+                stored_files.append(story_paths[-1])
+                request.state.show_as[str(story_paths[-1])] = _sent_name(upload, "the uploaded image")
+            story = story_uploads(story_paths[0] if end_image is not None else None,
+                                  story_paths[end_image is not None:], keyframe_seconds)
             if clip is not None:
-                clip.unlink(missing_ok=True)
+                story["extend_video"] = clip
+            job_request = _request(path, settings_json, spec_json, story)
+            job_id = await asyncio.to_thread(service.submit, job_request, who.submitter,
+                                             max_pending=settings.max_pending_per_user)
+        finally:
+            for stored in stored_files:
+                stored.unlink(missing_ok=True)  # the queue keeps its own copies
         return status(store.get(job_id))
 
     @api.get("/jobs", response_model=JobList, responses=_ERRORS, summary="List your jobs, a page at a time")
@@ -324,14 +343,15 @@ def _clip_last_frame(clip: Path, folder: Path) -> Path:
 
 
 def _request(image: Path, settings_json: str | None, spec_json: str | None,
-             clip: Path | None = None) -> GenerationRequest:
-    clips = {} if clip is None else {"extend_video": clip}
+             story: dict[str, Any] | None = None) -> GenerationRequest:
+    story = story or {}
     if spec_json is not None and settings_json is not None:
         raise InvalidInputError("spec", "give either settings or a spec, not both")
     if spec_json is not None:
         spec = JobSpec.from_json(spec_json)
         spec.check_image(image)
-        return spec.request(image, files={file_sha256(clip): clip} if clip is not None else None)
+        # A spec names its other input files by SHA-256: the uploads are matched to them so.
+        return spec.request(image, files=JobSpec.input_files_of(GenerationRequest(image=image, **story)))
     try:
         values = json.loads(settings_json) if settings_json else {}
     except ValueError as error:
@@ -345,7 +365,7 @@ def _request(image: Path, settings_json: str | None, spec_json: str | None,
         if name not in SETTINGS_FIELDS:
             raise InvalidInputError(name, "is not a generation setting", f"Settings are: {', '.join(SETTINGS_FIELDS)}.")
     try:
-        return GenerationRequest(image=image, **values, **clips).validated()
+        return GenerationRequest(image=image, **values, **story).validated()
     except TypeError as error:
         raise InvalidInputError("settings", str(error)) from None
 

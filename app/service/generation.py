@@ -219,7 +219,10 @@ class GenerationService(QueueManagementMixin):
         from framepack_core.media.image_input import load_input_image
 
         request = request.validated()
-        load_input_image(request.image)  # refuse broken images now, not when the job's turn comes
+        from framepack_core.pipeline.story_inputs import check_story_images
+
+        # Refuse broken images (the start, end and keyframe images) now, not when the job's turn comes.
+        check_story_images(request, load_input_image(request.image).pixels)
         if request.extend_video is not None:  # and a broken clip to extend
             from framepack_core.media.video_input import read_extend_clip
 

@@ -36,7 +36,8 @@ JOB_FIELDS = ("prompt", "model", "seconds", "seed", "steps", "distilled_guidance
 # so. Never a command-line flag.
 FIELD_LABELS = {"seconds": "Video length (seconds)", "resolution": "Base resolution",
                 "latent_window_size": "Latent window size", "use_teacache": "Use TeaCache",
-                "gpu_memory_preservation": "GPU memory to preserve (GB)", "fp8": "fp8 weight storage (transformer)"}
+                "gpu_memory_preservation": "GPU memory to preserve (GB)", "fp8": "fp8 weight storage (transformer)",
+                "model": "Model"}
 APP_SETTING_WORDS = {"save_latents": "latents file", "job_dir": "job folder",
                      "models_dir": "the app's models folder (a start-up setting)", "offline": "the app's offline mode",
                      "device": "the app's device setting", "dtype": "the app's dtype setting"}

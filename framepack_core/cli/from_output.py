@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from framepack_core.cli.input_files import input_files_for
 from framepack_core.cli.options import add_generate_parser, option_for_field, request_from_args
 from framepack_core.errors import FramePackError, InvalidInputError
 from framepack_core.jobs.output_description import OutputDescription, read_output_description
@@ -78,9 +79,12 @@ def request_from_video(args: argparse.Namespace, argv: Sequence[str]
             settings[name] = typed[name]
     if overrides:
         notes.append("options that override the video's settings: " + ", ".join(overrides))
+    files, file_notes = input_files_for(spec, args, video)
+    notes += file_notes
     clip = _extend_video(args, spec, video.name)
-    request = GenerationRequest(image=image, output=args.output, save_latents=args.save_latents, **settings,
-                                **({"extend_video": clip} if clip is not None else {}))
+    if clip is not None:
+        files["extend_video"] = clip
+    request = GenerationRequest(image=image, output=args.output, save_latents=args.save_latents, **settings, **files)
     return request, description, notes
 
 

@@ -140,10 +140,14 @@ def _list(queue, as_json: bool) -> int:  # noqa: ANN001
 def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
     from framepack_core.jobs.spec import JobSpec, file_sha256
     from framepack_core.media.image_input import load_input_image
+    from framepack_core.pipeline.story_inputs import check_story_images
 
     image = Path(args.image)
-    load_input_image(image)  # refuse a broken image now, not when the job runs
-    files = JobSpec.input_files_of(request_from_args(args, image))  # the other input files, by SHA-256
+    pixels = load_input_image(image).pixels  # refuse a broken image now, not when the job runs
+    typed = request_from_args(args, image).validated()
+    # The end image and keyframes: a spec names them by SHA-256, the options give the files.
+    check_story_images(typed, pixels)
+    files = JobSpec.input_files_of(typed)
     if args.spec is not None:
         try:
             text = args.spec.read_text(encoding="utf-8")
@@ -151,8 +155,9 @@ def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
             raise InvalidInputError("spec", f"cannot read {args.spec}: {error.strerror or error}") from None
         spec = JobSpec.from_json(text)
         spec.check_image(image)
+        check_story_images(spec.request(image, files=files), pixels)
     else:
-        spec = JobSpec.from_request(request_from_args(args, image), file_sha256(image))
+        spec = JobSpec.from_request(typed, file_sha256(image))
     if args.output is not None:
         spec.request(image, output=args.output, files=files)  # validates the name
     job = queue.submit(spec, image, output=args.output, files=files)

@@ -73,6 +73,37 @@ def add_setting_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extend-output", choices=["new", "joined"], default="new",
                    help="With --extend: write only the new part (new, the default) or the clip followed by it "
                         "(joined).")
+    add_story_options(p)
+
+
+def add_story_options(p: argparse.ArgumentParser) -> None:
+    """End frame, loop and keyframes (original model; docs/controls.md)."""
+    p.add_argument("--end-image", type=Path, default=None, metavar="PATH",
+                   help="Original model: the image the video ends at, bucketed to the start image's size "
+                        "(default: none).")
+    p.add_argument("--end-strength", type=float, default=1.0,
+                   help="How strongly the video heads for the end image, 0 to 1 (default 1).")
+    p.add_argument("--end-image-embedding-weight", type=float, default=0.0,
+                   help="Mix the end image's SigLIP embedding into the start image's, 0 to 1; 0.5 averages them "
+                        "(default 0).")
+    p.add_argument("--loop", action="store_true", default=False,
+                   help="Original model: end at the start image, for a seamless loop (default off).")
+    p.add_argument("--keyframe", dest="keyframes", action="append", type=keyframe_argument, default=None,
+                   metavar="SECONDS:PATH",
+                   help="Original model: pin an image to the section that covers SECONDS, as the image it leads "
+                        "into; repeat for more, one per section (default: none).")
+
+
+def keyframe_argument(text: str) -> tuple[float, Path]:
+    """``3:pose.png`` -> (3.0, Path("pose.png")); the path may hold colons (``2.5:C:/img.png``)."""
+    seconds, _, path = text.partition(":")
+    try:
+        value = float(seconds)
+    except ValueError:
+        value = None
+    if value is None or not path:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SECONDS:PATH, such as 3:pose.png")
+    return value, Path(path)
 
 
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
@@ -116,7 +147,16 @@ def request_from_args(args: argparse.Namespace, image: Path, output: Path | None
         gpu_memory_preservation=args.preserve_gb, fp8=args.fp8,
         prompt_blend_sections=args.prompt_blend_sections,
         extend_video=args.extend_video, context_frames=args.context_frames, extend_output=args.extend_output,
+        **_story_settings(args),
     )
+
+
+def _story_settings(args: argparse.Namespace) -> dict:
+    from framepack_core.request import Keyframe
+
+    return {"end_image": args.end_image, "end_strength": args.end_strength,
+            "end_image_embedding_weight": args.end_image_embedding_weight, "loop": args.loop,
+            "keyframes": tuple(Keyframe(seconds, path) for seconds, path in args.keyframes or ())}
 
 
 def request_notes(request: GenerationRequest, *, with_request_notes: bool = True) -> list[str]:
@@ -161,7 +201,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
 # Request fields whose command-line option is not simply "--" + the field name with dashes.
 OPTION_FOR_FIELD = {"latent_window_size": "--window", "distilled_guidance": "--gs", "cfg_rescale": "--rs",
                      "gpu_memory_preservation": "--preserve-gb",
-                     "use_teacache": "--teacache", "extend_video": "--extend"}
+                     "use_teacache": "--teacache", "extend_video": "--extend", "keyframes": "--keyframe"}
 
 
 def option_for_field(field: str) -> str:

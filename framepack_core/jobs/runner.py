@@ -11,11 +11,11 @@ process: the CLI, the API) is seen at the next step.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from framepack_core.errors import FramePackError
+from framepack_core.errors import FramePackError, InvalidInputError
 from framepack_core.events import (
     CancelToken,
     EngineEvent,
@@ -61,8 +61,9 @@ class QueueRunner:
             return self.queue.end(job.id, JobState.FAILED, error=error.message, hint=error.hint)
         job = replace(job, output=request.output)
         last: EngineEvent | None = None
-        for event in self.engine.generate(request, cancel=cancel, job_id=job.id, job_dir=self.queue.job_dir(job.id),
-                                          snapshot_dir=None if snapshot_dir is None else snapshot_dir(request.output)):
+        for event in refused_as_failed(job.id, self.engine.generate(
+                request, cancel=cancel, job_id=job.id, job_dir=self.queue.job_dir(job.id),
+                snapshot_dir=None if snapshot_dir is None else snapshot_dir(request.output))):
             last = event
             record_event(self.queue, job.id, event, cancel,
                          requeue_if_cancelled=isinstance(event, JobCancelled) and requeue_if_cancelled())
@@ -87,6 +88,21 @@ class QueueRunner:
                     break
                 done.append(self.run_job(job, on_event))
             return done
+
+
+def refused_as_failed(job_id: str, events: Iterator[EngineEvent]) -> Iterator[EngineEvent]:
+    """``events``, or a failure event when the engine refuses the request before its first event: a queued job
+    that was valid when submitted can stop being so (an edit shortened it past a keyframe), and must end as failed,
+    not crash its worker."""
+    try:
+        first = next(events, None)
+    except InvalidInputError as error:
+        yield JobFailed(job_id, message=error.message, hint=error.hint, error_type=type(error).__name__,
+                        partial_path=None, sections_done=0)
+        return
+    if first is not None:
+        yield first
+        yield from events
 
 
 def record_event(queue: JobQueue, job_id: str, event: EngineEvent, cancel: CancelToken, *,

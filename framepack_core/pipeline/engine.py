@@ -47,6 +47,7 @@ from framepack_core.pipeline.inputs import prepare_inputs
 from framepack_core.pipeline.job_files import JobFiles, save_latents
 from framepack_core.pipeline.progress import ProgressClock
 from framepack_core.pipeline.sections import SectionLoop, SectionSampling
+from framepack_core.pipeline.story_inputs import StoryImages, check_story_images
 from framepack_core.pipeline.timings import DEFAULT_TIMINGS_PATH, StageTimings, job_shape
 from framepack_core.request import GenerationRequest
 from framepack_core.sampling.packing import LatentHistory, plan_sections
@@ -111,13 +112,16 @@ class FramePackEngine:
         request = request.validated()
         image = load_input_image(request.image)
         extension = ClipExtension.of(request)  # the clip is checked before anything loads
+        story = check_story_images(request, image.pixels)  # end frame and keyframes, before any model loads
         job_id = job_id or uuid.uuid4().hex[:12]
         cancel = cancel or CancelToken()
         files = JobFiles(job_id, request, JobDirectory(job_dir) if job_dir is not None else None, snapshot_dir)
         run = _JobRun(self.models, self.planner, request, image.pixels, job_id, cancel, files, self.timings,
-                      extension)
+                      extension, story)
         for note in image.notes:
             yield Notice(job_id, message=f"Input image: {note}")
+        for note in story.notes:
+            yield Notice(job_id, message=note)
         for note in request.notes():  # an empty prompt: every edge (CLI, page, API) shows it
             yield Notice(job_id, message=note)
         for note in extension.notes() if extension is not None else ():
@@ -131,7 +135,7 @@ class _JobRun:
 
     def __init__(self, models: ModelStore, planner: JobPlanner | None, request: GenerationRequest,
                  pixels: np.ndarray, job_id: str, cancel: CancelToken, files: JobFiles, timings: StageTimings,
-                 extension: ClipExtension | None = None) -> None:
+                 extension: ClipExtension | None = None, story: StoryImages | None = None) -> None:
         self.models = models
         self.planner = planner
         self.request = request
@@ -142,6 +146,7 @@ class _JobRun:
         self.started = time.perf_counter()
         self.timings = timings
         self.extension = extension
+        self.story = story
         shape = job_shape(request, pixels.shape[:2], models)
         self.clock = ProgressClock(shape, timings.speeds(shape.key), self.started)
 
@@ -194,7 +199,7 @@ class _JobRun:
         self.cancel.raise_if_cancelled()
 
         # 4. Encode the prompts and the start image
-        prepared = yield from prepare_inputs(models, request, self.pixels, self.job_id, self.cancel)
+        prepared = yield from prepare_inputs(models, request, self.pixels, self.job_id, self.cancel, self.story)
         if self.extension is not None:
             yield from self.extension.encode(models, self.job_id, prepared.height, prepared.width)
 

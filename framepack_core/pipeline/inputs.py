@@ -4,7 +4,7 @@ embeddings, computed once per job in the official app's order (text, bucket and 
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from framepack_core.models.components import Component
 from framepack_core.models.store import ModelStore
 from framepack_core.models.text_encoding import PromptEmbeddings
 from framepack_core.prompts.embeddings import SectionPrompts, encode_section_prompts
+from framepack_core.pipeline.story_inputs import SectionAnchors, StoryImages, encode_story_images
 from framepack_core.request import GenerationRequest
 from framepack_core.sampling.schedule import video_length
 
@@ -29,10 +30,11 @@ class PreparedInputs:
     start_latent: torch.Tensor
     height: int  # of the bucketed start image, in pixels
     width: int
+    anchors: SectionAnchors = field(default_factory=SectionAnchors)  # end frame and keyframes (story_inputs)
 
 
 def prepare_inputs(models: ModelStore, request: GenerationRequest, pixels: np.ndarray, job_id: str,
-                   cancel: CancelToken) -> Generator[EngineEvent, None, PreparedInputs]:
+                   cancel: CancelToken, story: StoryImages | None = None) -> Generator[EngineEvent, None, PreparedInputs]:
     """Encode the prompts and the start image (``pixels``, uint8 HxWx3), yielding a stage event before each step
     and the cropped image as the model sees it; returns the encodings."""
     # 1. Text encoding (the negative prompt only matters with real CFG)
@@ -74,4 +76,11 @@ def prepare_inputs(models: ModelStore, request: GenerationRequest, pixels: np.nd
         inputs = inputs.to(device=image_encoder.device, dtype=image_encoder.dtype)
         image_embeddings = image_encoder(**inputs).last_hidden_state
     cancel.raise_if_cancelled()
-    return PreparedInputs(positive, negative, image_embeddings, start_latent, height, width)
+
+    # 5. The end frame and keyframes, bucketed to the start image's size
+    anchors = SectionAnchors()
+    if story is not None and not story.empty:
+        image_embeddings, anchors = encode_story_images(models, request, story, height, width, start_latent,
+                                                        image_embeddings)
+        cancel.raise_if_cancelled()
+    return PreparedInputs(positive, negative, image_embeddings, start_latent, height, width, anchors)

@@ -23,6 +23,7 @@ from framepack_core.models.store import ModelStore
 from framepack_core.pipeline.inputs import PreparedInputs
 from framepack_core.pipeline.job_files import JobFiles
 from framepack_core.pipeline.progress import ProgressClock
+from framepack_core.pipeline.story_inputs import anchored_context
 from framepack_core.sampling.denoiser import PackedDenoiser, SectionConditioning
 from framepack_core.sampling.packing import LatentHistory, SectionPlan
 from framepack_core.sampling.sampler import FlowMatchUniPC, GuidanceConfig
@@ -96,8 +97,9 @@ class SectionLoop:
         dtype, device = self.models.config.transformer_dtype, self.models.config.device
         if sampling.teacache is not None:
             sampling.teacache.reset()
-        conditioning = SectionConditioning(inputs.positive.for_section(plan.number + 1), inputs.negative, inputs.image_embeddings,
-                                           history.context(), plan)
+        conditioning = SectionConditioning(inputs.positive.for_section(plan.number + 1), inputs.negative,
+                                           inputs.image_embeddings,
+                                           anchored_context(history.context(), plan.number, inputs.anchors), plan)
         denoiser = PackedDenoiser(sampling.transformer, conditioning, sampling.distilled_guidance, sampling.guidance,
                                   dtype, device, sampling.teacache)
         # Drawn from the job's one CPU generator in section order, as the official app does, so the noise is the
