@@ -4,7 +4,7 @@ embeddings, computed once per job in the official app's order (text, bucket and 
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from framepack_core.models.components import Component
 from framepack_core.models.store import ModelStore
 from framepack_core.models.text_encoding import PromptEmbeddings
 from framepack_core.request import GenerationRequest
+from framepack_core.sampling.rerolls import reroll_prompts
 from framepack_core.sampling.schedule import video_length
 
 
@@ -28,6 +29,7 @@ class PreparedInputs:
     start_latent: torch.Tensor
     height: int  # of the bucketed start image, in pixels
     width: int
+    reroll_prompts: dict[str, PromptEmbeddings] = field(default_factory=dict)  # by text (sampling.rerolls)
 
 
 def prepare_inputs(models: ModelStore, request: GenerationRequest, pixels: np.ndarray, job_id: str,
@@ -38,6 +40,7 @@ def prepare_inputs(models: ModelStore, request: GenerationRequest, pixels: np.nd
     yield StageChanged(job_id, stage=Stage.TEXT_ENCODING, message="Text encoding ...")
     positive = models.encode_prompt(request.prompt)
     negative = models.encode_prompt(request.negative_prompt) if request.cfg != 1.0 else None
+    rerolled = {text: models.encode_prompt(text) for text in reroll_prompts(request.rerolls)}
     models.finish_text_encoding()
     for name, embeddings in (("prompt", positive), ("negative prompt", negative)):
         if embeddings is not None and embeddings.truncated:
@@ -73,4 +76,4 @@ def prepare_inputs(models: ModelStore, request: GenerationRequest, pixels: np.nd
         inputs = inputs.to(device=image_encoder.device, dtype=image_encoder.dtype)
         image_embeddings = image_encoder(**inputs).last_hidden_state
     cancel.raise_if_cancelled()
-    return PreparedInputs(positive, negative, image_embeddings, start_latent, height, width)
+    return PreparedInputs(positive, negative, image_embeddings, start_latent, height, width, rerolled)

@@ -23,8 +23,10 @@ from framepack_core.models.store import ModelStore
 from framepack_core.pipeline.inputs import PreparedInputs
 from framepack_core.pipeline.job_files import JobFiles
 from framepack_core.pipeline.progress import ProgressClock
+from framepack_core.request import Reroll
 from framepack_core.sampling.denoiser import PackedDenoiser, SectionConditioning
 from framepack_core.sampling.packing import LatentHistory, SectionPlan
+from framepack_core.sampling.rerolls import prompt_for_section, reseed_for_section
 from framepack_core.sampling.sampler import FlowMatchUniPC, GuidanceConfig
 from framepack_core.sampling.teacache import TeaCache
 
@@ -41,6 +43,7 @@ class SectionSampling:
     distilled_guidance: float
     noise_shape: tuple[int, int, int, int, int]  # (1, latent channels, window, latent height, latent width)
     teacache: TeaCache | None = None
+    rerolls: tuple[Reroll, ...] = ()  # re-seed the generator and change the prompt from a section on
 
 
 @dataclass
@@ -67,6 +70,7 @@ class SectionLoop:
             yield StageChanged(self.job_id, stage=Stage.SAMPLING, message=f"Sampling section {section}/{total} ...",
                                section=section)
             dit_started = time.perf_counter()
+            reseed_for_section(generator, self.sampling.rerolls, section)
             generated = yield from self._sample(plan, history, generator, total)
             dit_s = time.perf_counter() - dit_started
 
@@ -93,7 +97,8 @@ class SectionLoop:
         dtype, device = self.models.config.transformer_dtype, self.models.config.device
         if sampling.teacache is not None:
             sampling.teacache.reset()
-        conditioning = SectionConditioning(inputs.positive, inputs.negative, inputs.image_embeddings,
+        positive = inputs.reroll_prompts.get(prompt_for_section(sampling.rerolls, plan.number + 1), inputs.positive)
+        conditioning = SectionConditioning(positive, inputs.negative, inputs.image_embeddings,
                                            history.context(), plan)
         denoiser = PackedDenoiser(sampling.transformer, conditioning, sampling.distilled_guidance, sampling.guidance,
                                   dtype, device, sampling.teacache)
