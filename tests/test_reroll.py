@@ -1,0 +1,205 @@
+"""Re-roll from a section: the sections before it are kept bit-identical and not sampled again, the rest is
+sampled with the new seed and prompt, and the re-rolled spec run from scratch gives the same result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from framepack_core.errors import InvalidInputError
+from framepack_core.events import CancelToken, JobFinished, SectionFinished
+from framepack_core.jobs.checkpoint import JobDirectory
+from framepack_core.jobs.output_naming import reroll_output_path
+from framepack_core.jobs.reroll import history_before, prepare_reroll, read_job_record, reroll_job_dir
+from framepack_core.media.video_io import read_video_frames
+from framepack_core.models.components import ModelVariant
+from framepack_core.models.devices import resolve_device_config
+from framepack_core.models.loading import ModelSource
+from framepack_core.models.store import ModelStore
+from framepack_core.pipeline.engine import FramePackEngine
+from framepack_core.request import GenerationRequest, Reroll
+from framepack_core.sampling.rerolls import prompt_for_section, reroll_span, with_reroll
+
+# 4 sections of 2 steps at 64 px: section 3 of 4 leaves two sections to keep.
+SETTINGS = dict(prompt="a cat walks", seconds=1.6, latent_window_size=3, steps=2, resolution=64, use_teacache=False)
+NEW_PROMPT = "a dog runs"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models_dir: Path) -> FramePackEngine:
+    return FramePackEngine(ModelStore(ModelSource(models_dir=tiny_models_dir), resolve_device_config("cpu")))
+
+
+def _request(image: Path, folder: Path, model: str, **extra) -> GenerationRequest:
+    return GenerationRequest(image=image, model=model, output=folder / "video.mp4",
+                             save_latents=folder / "latents.safetensors", **SETTINGS, **extra)
+
+
+class _Recorder:
+    """The conditioning each transformer call receives, per call."""
+
+    def __init__(self, engine: FramePackEngine, model: str) -> None:
+        self.calls: list[dict[str, torch.Tensor]] = []
+        self._handle = engine.models.transformer(ModelVariant(model)).register_forward_pre_hook(
+            self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs):  # noqa: ANN001, ANN202
+        self.calls.append({name: kwargs[name].detach().clone()
+                           for name in ("encoder_hidden_states", "latents_clean", "hidden_states")})
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def _run(engine: FramePackEngine, request: GenerationRequest, model: str, job_dir: Path | None = None):
+    recorder = _Recorder(engine, model)
+    try:
+        events = list(engine.generate(request, job_dir=job_dir))
+    finally:
+        recorder.close()
+    assert isinstance(events[-1], JobFinished), events[-1]
+    latents = load_file(str(request.save_latents))["history_latents"]
+    sections = [e.section for e in events if isinstance(e, SectionFinished)]
+    return latents, read_video_frames(request.output), recorder.calls, sections
+
+
+@pytest.mark.parametrize("model", ["original", "f1"])
+def test_history_after_k_sections_is_cut_from_the_final_history(engine, gradient_image, tmp_path, model):
+    job_dir = tmp_path / "job"
+    after: dict[int, torch.Tensor] = {}
+    spec_digest = None
+    for event in engine.generate(_request(gradient_image, tmp_path, model), job_dir=job_dir):
+        if isinstance(event, SectionFinished):
+            spec_digest = spec_digest or read_job_record(job_dir)[0].digest
+            checkpoint = JobDirectory(job_dir).load(spec_digest)
+            after[event.section] = (checkpoint.history_latents, checkpoint.total_generated_latent_frames)
+    final, final_frames = after[4]
+    for section in (1, 2, 3):
+        history, frames = after[section]
+        assert torch.equal(history_before(ModelVariant(model), final, final_frames, frames), history), section
+
+
+@pytest.mark.parametrize("model", ["original", "f1"])
+def test_a_reroll_keeps_earlier_sections_bit_identical_and_equals_its_spec_run_from_scratch(
+        engine, gradient_image, tmp_path, model):
+    first_dir, reroll_dir, scratch_dir = tmp_path / "first", tmp_path / "reroll", tmp_path / "scratch"
+    for folder in (first_dir, reroll_dir, scratch_dir):
+        folder.mkdir()
+    first = _run(engine, _request(gradient_image, first_dir, model), model, first_dir / "job")
+    first_video = (first_dir / "video.mp4").read_bytes()
+
+    job = prepare_reroll(first_dir / "job", reroll_dir / "job", 3, seed=7, prompt=NEW_PROMPT, image=gradient_image)
+    assert job.spec.settings["rerolls"] == [{"from_section": 3, "seed": 7, "prompt": NEW_PROMPT}]
+    request = job.spec.request(gradient_image, output=reroll_dir / "video.mp4",
+                               save_latents=reroll_dir / "latents.safetensors")
+    rerolled = _run(engine, request, model, reroll_dir / "job")
+    scratch = _run(engine, job.spec.request(gradient_image, output=scratch_dir / "video.mp4",
+                                            save_latents=scratch_dir / "latents.safetensors"), model)
+
+    # Only sections 3 and 4 were sampled: 2 sections x 2 steps.
+    assert rerolled[3] == [3, 4] and len(rerolled[2]) == 4 and len(first[2]) == 8
+    # Kept: the latents of sections 1-2 (the video's end for the original model, its start for F1) ...
+    window = SETTINGS["latent_window_size"]
+    kept = slice(-2 * window, None) if model == "original" else slice(0, 1 + 2 * window)
+    changed = slice(0, -2 * window) if model == "original" else slice(1 + 2 * window, None)
+    assert torch.equal(rerolled[0][:, :, kept], first[0][:, :, kept])
+    assert not torch.equal(rerolled[0][:, :, changed], first[0][:, :, changed])
+    # ... and their decoded frames, as far as reroll_span says, while the rest changed.
+    span = reroll_span(model, SETTINGS["seconds"], window, 3)
+    assert span.kept_frames > 0 and len(rerolled[1]) == len(first[1]) == span.total_frames
+    frames_kept = slice(-span.kept_frames, None) if model == "original" else slice(0, span.kept_frames)
+    frames_changed = slice(0, -span.kept_frames) if model == "original" else slice(span.kept_frames, None)
+    assert np.array_equal(rerolled[1][frames_kept], first[1][frames_kept])
+    assert not np.array_equal(rerolled[1][frames_changed], first[1][frames_changed])
+    # The re-rolled sections use the new prompt's embeddings; the first run's sections 3-4 did not.
+    assert torch.equal(rerolled[2][0]["encoder_hidden_states"], scratch[2][4]["encoder_hidden_states"])
+    assert not torch.equal(rerolled[2][0]["encoder_hidden_states"], first[2][4]["encoder_hidden_states"])
+    # From scratch, the re-rolled spec samples sections 1-2 as the first run did and 3-4 as the re-roll did.
+    for a, b in zip(scratch[2], first[2][:4] + rerolled[2]):
+        assert all(torch.equal(a[name], b[name]) for name in a)
+    assert torch.equal(scratch[0], rerolled[0])
+    assert np.array_equal(scratch[1], rerolled[1])
+    # The previous version is untouched.
+    assert (first_dir / "video.mp4").read_bytes() == first_video
+
+
+def test_a_new_seed_alone_changes_the_noise_but_not_the_prompt(engine, gradient_image, tmp_path):
+    first = _run(engine, _request(gradient_image, tmp_path / "a", "original"), "original", tmp_path / "a" / "job")
+    job = prepare_reroll(tmp_path / "a" / "job", tmp_path / "b" / "job", 4, seed=99, prompt=None)
+    rerolled = _run(engine, job.spec.request(gradient_image, output=tmp_path / "b" / "video.mp4",
+                                             save_latents=tmp_path / "b" / "latents.safetensors"),
+                    "original", tmp_path / "b" / "job")
+    assert rerolled[3] == [4]
+    assert torch.equal(rerolled[2][0]["encoder_hidden_states"], first[2][6]["encoder_hidden_states"])
+    assert not torch.equal(rerolled[2][0]["hidden_states"], first[2][6]["hidden_states"])  # new noise
+
+
+def test_a_reroll_refuses_a_section_out_of_range_a_missing_one_a_running_job_and_another_image(
+        engine, gradient_image, tmp_path):
+    from filelock import FileLock
+    from PIL import Image
+
+    cancel = CancelToken()
+    for event in engine.generate(_request(gradient_image, tmp_path, "original"), cancel=cancel,
+                                 job_dir=tmp_path / "job"):
+        if isinstance(event, SectionFinished):
+            cancel.cancel()  # one section done
+
+    def refused(source: Path, section: int, **extra) -> InvalidInputError:
+        with pytest.raises(InvalidInputError) as caught:
+            prepare_reroll(source, tmp_path / f"new{section}", section, seed=1, prompt=None, **extra)
+        return caught.value
+
+    error = refused(tmp_path / "job", 5)
+    assert error.field == "reroll_from" and "this job has 4 section(s)" in error.message
+    assert "from 1 to 4" in error.hint
+    error = refused(tmp_path / "job", 3)
+    assert error.field == "job_dir" and "has 1 finished section(s) of 4" in error.message
+    assert "Re-roll from section 2 or earlier" in error.hint
+    assert refused(tmp_path, 2).field == "job_dir"  # not a job folder
+    other = tmp_path / "other.png"
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(other)
+    error = refused(tmp_path / "job", 2, image=other)
+    assert error.field == "job_dir" and "another start image" in error.message
+    lock = FileLock(str(tmp_path / "job" / ".lock"))
+    with lock:
+        error = refused(tmp_path / "job", 2)
+    assert error.field == "job_dir" and "in use by a running job" in error.message
+    prepare_reroll(tmp_path / "job", tmp_path / "ok", 2, seed=1, prompt=None)  # section 1 is there to keep
+
+    request = GenerationRequest(image=gradient_image, **SETTINGS, rerolls=(Reroll(9, 1),))
+    with pytest.raises(InvalidInputError) as caught:
+        next(iter(engine.generate(request)))  # refused before anything loads
+    assert caught.value.field == "reroll_from"
+
+
+def test_rerolling_a_rerolled_job_from_an_earlier_section_replaces_the_later_reroll():
+    rerolls = with_reroll((), 3, 7, "a dog")
+    rerolls = with_reroll(rerolls, 4, 8, None)
+    assert prompt_for_section(rerolls, 4) == "a dog" and prompt_for_section(rerolls, 2) is None
+    assert with_reroll(rerolls, 2, 9, None) == (Reroll(2, 9, None),)
+    assert with_reroll(rerolls, 4, 10, "x") == (Reroll(3, 7, "a dog"), Reroll(4, 10, "x"))
+
+
+def test_reroll_span_says_which_end_of_the_clip_changes():
+    original = reroll_span("original", 6, 9, 3)
+    assert original.describe().startswith("Re-rolling sections 3-5 of 5 in generation order: they make the first "
+                                          "3.60 s of the video")
+    assert "the last 1.20 s (36 frames) are kept bit-identical" in original.describe()
+    assert original.kept_s == (original.changed_s[1], original.total_frames / 30)
+    f1 = reroll_span("f1", 6, 9, 5)
+    assert f1.describe().startswith("Re-rolling section 5 of 5 in generation order: it makes the video from 4.80 s")
+    assert f1.kept_s[0] == 0.0 and "the first 3.73 s (112 frames) are kept" in f1.describe()
+    assert reroll_span("original", 6, 9, 1).kept_s is None
+
+
+def test_reroll_names_never_overwrite(tmp_path):
+    (tmp_path / "x_seed1_r2.mp4").write_bytes(b"")
+    assert reroll_output_path(tmp_path / "x_seed1.mp4", 2) == tmp_path / "x_seed1_r3.mp4"
+    assert reroll_output_path(tmp_path / "x_seed1_r3.mp4", 2) == tmp_path / "x_seed1_r3.mp4"
+    (tmp_path / "job-r2").mkdir()
+    assert reroll_job_dir(tmp_path / "job") == tmp_path / "job-r3"
