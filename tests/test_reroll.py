@@ -203,3 +203,31 @@ def test_reroll_names_never_overwrite(tmp_path):
     assert reroll_output_path(tmp_path / "x_seed1_r3.mp4", 2) == tmp_path / "x_seed1_r3.mp4"
     (tmp_path / "job-r2").mkdir()
     assert reroll_job_dir(tmp_path / "job") == tmp_path / "job-r3"
+
+
+def test_the_cli_rerolls_into_a_new_folder_and_video_and_says_which_part_changes(tiny_models_dir, gradient_image,
+                                                                                  tmp_path, capsys):
+    from framepack_core.cli import main as cli
+
+    common = ["generate", "--image", str(gradient_image), "--models-dir", str(tiny_models_dir), "--quiet"]
+    job = ["--prompt", "a cat walks", "--seconds", "1.6", "--window", "3", "--steps", "2", "--resolution", "64",
+           "--no-teacache"]
+    assert cli.main(common + job + ["--job-dir", str(tmp_path / "job"), "--output", str(tmp_path / "clip.mp4")]) == 0
+    first = (tmp_path / "clip.mp4").read_bytes()
+    capsys.readouterr()
+
+    code = cli.main(common + ["--job-dir", str(tmp_path / "job"), "--reroll-from", "3", "--seed", "5"])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_OK, err
+    assert "note: Re-rolling sections 3-4 of 4 in generation order: they make the first 0.80 s" in err
+    assert f"this one goes to {tmp_path / 'job-r2'} and {tmp_path / 'clip_r2.mp4'}" in err
+    assert "Resuming from section 3 of 4" in err and f"Wrote {tmp_path / 'clip_r2.mp4'}" in out
+    assert (tmp_path / "clip.mp4").read_bytes() == first
+    assert read_job_record(tmp_path / "job-r2")[0].settings["rerolls"] == [
+        {"from_section": 3, "seed": 5, "prompt": None}]
+
+    code = cli.main(common + ["--job-dir", str(tmp_path / "job"), "--reroll-from", "9"])
+    assert code == cli.EXIT_BAD_INPUT
+    assert "error: --reroll-from: section 9 is out of range" in capsys.readouterr().err
+    code = cli.main(common + ["--job-dir", str(tmp_path / "job"), "--reroll-from", "2", "--steps", "3"])
+    assert code == cli.EXIT_BAD_INPUT and "--steps: is the job's own in a re-roll" in capsys.readouterr().err

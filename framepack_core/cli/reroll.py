@@ -1,0 +1,52 @@
+"""``generate --job-dir DIR --reroll-from K [--seed S] [--prompt P]``: re-roll a finished or interrupted job from
+section K into a new job folder beside it (``framepack_core.jobs.reroll``), keeping the old folder and video."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from framepack_core.cli.from_output import setting_options, typed_settings
+from framepack_core.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from framepack_core.request import GenerationRequest
+
+# What a re-roll may change; every other setting is the job's own.
+REROLL_SETTINGS = frozenset({"seed", "prompt"})
+
+
+def request_for_reroll(args: argparse.Namespace, argv: Sequence[str]) -> tuple[GenerationRequest, Path, list[str]]:
+    """Prepare the re-roll's job folder; returns the request to run in it, the folder and notes for the user
+    (which part of the clip changes, where the old and the new version are). ``InvalidInputError`` names
+    ``job_dir``, ``reroll_from`` or a setting given that a re-roll takes from the job."""
+    from framepack_core.jobs.output_naming import DEFAULT_OUTPUT_DIR, output_path, reroll_output_path
+    from framepack_core.jobs.reroll import prepare_reroll, record_output, reroll_job_dir
+    from framepack_core.request import MAX_SEED
+
+    if args.job_dir is None:
+        raise InvalidInputError("reroll_from", "needs the folder of the job to re-roll",
+                                "Give the job's {job_dir} as well.")
+    given = typed_settings(argv)
+    fixed = sorted(given - REROLL_SETTINGS)
+    if fixed:
+        raise InvalidInputError(setting_options()[fixed[0]], "is the job's own in a re-roll",
+                                "A re-roll takes every setting from its job folder but --seed and --prompt.")
+    seed = args.seed if "seed" in given else secrets.randbelow(MAX_SEED + 1)
+    prompt = args.prompt if "prompt" in given else None
+    image = Path(args.image)
+    target = reroll_job_dir(args.job_dir)
+    job = prepare_reroll(Path(args.job_dir), target, args.reroll_from, seed, prompt, image=image)
+    previous = job.previous_output or output_path(DEFAULT_OUTPUT_DIR, seed=int(job.spec.settings["seed"]),
+                                                  model=str(job.spec.settings["model"]))
+    output = Path(args.output) if args.output else reroll_output_path(previous, len(job.spec.settings["rerolls"]) + 1)
+    record_output(target, output)
+    request = job.spec.request(image, output=output, save_latents=args.save_latents)
+    notes = [job.span.describe(),
+             f"re-roll seed {seed}" + (f", prompt {prompt!r}" if prompt is not None else ", the job's prompt"),
+             f"the previous version stays in {args.job_dir}" + (f" and {previous}" if job.previous_output else "")
+             + f"; this one goes to {target} and {output}"]
+    return request, target, notes
