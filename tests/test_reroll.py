@@ -231,3 +231,71 @@ def test_the_cli_rerolls_into_a_new_folder_and_video_and_says_which_part_changes
     assert "error: --reroll-from: section 9 is out of range" in capsys.readouterr().err
     code = cli.main(common + ["--job-dir", str(tmp_path / "job"), "--reroll-from", "2", "--steps", "3"])
     assert code == cli.EXIT_BAD_INPUT and "--steps: is the job's own in a re-roll" in capsys.readouterr().err
+
+
+def test_the_rest_api_rerolls_a_finished_job_as_a_new_one_for_its_owner_only(tiny_models_dir, tmp_path):
+    import io
+    import json
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from app.api.routes import build_api
+    from app.service.generation import GenerationService
+    from app.settings import Settings
+    from framepack_core.jobs.queue import JobQueue
+
+    out = tmp_path / "outputs"
+    service = GenerationService(
+        lambda: FramePackEngine(ModelStore(ModelSource(models_dir=tiny_models_dir), resolve_device_config("cpu"))),
+        out, queue=JobQueue.for_output_dir(out))
+    service.start()
+    alice, bob = ("alice", "wonderland"), ("bob", "builder")
+    client = TestClient(build_api(service, Settings(output_dir=out, auth=(alice, bob))))
+    try:
+        image = io.BytesIO()
+        Image.new("RGB", (96, 64), (200, 40, 90)).save(image, format="PNG")
+        settings = {"latent_window_size": 3, "steps": 2, "resolution": 64, "seconds": 0.8, "use_teacache": False}
+        job_id = client.post("/jobs", files={"image": ("in.png", image.getvalue(), "image/png")},
+                             data={"settings": json.dumps(settings)}, auth=alice).json()["id"]
+        _wait(service, job_id)
+        first = client.get(f"/jobs/{job_id}", auth=alice).json()
+        assert first["state"] == "finished", first
+
+        assert client.post(f"/jobs/{job_id}/reroll", json={"from_section": 2}, auth=bob).status_code == 404
+        with pytest.raises(KeyError):
+            service.reroll(job_id, 2, viewer=_viewer("bob"))
+        refused = client.post(f"/jobs/{job_id}/reroll", json={"from_section": 3}, auth=alice)
+        assert refused.status_code == 422 and refused.json()["field"] == "reroll_from", refused.text
+
+        answer = client.post(f"/jobs/{job_id}/reroll", json={"from_section": 2, "seed": 4, "prompt": "a dog"},
+                             auth=alice)
+        assert answer.status_code == 201, answer.text
+        new = answer.json()
+        assert new["id"] != job_id
+        assert new["spec"]["settings"]["rerolls"] == [{"from_section": 2, "seed": 4, "prompt": "a dog"}]
+        _wait(service, new["id"])
+        done = client.get(f"/jobs/{new['id']}", auth=alice).json()
+        assert done["state"] == "finished", done
+        assert done["video"].endswith("_r2.mp4") and done["video"] != first["video"]
+        assert client.get(f"/jobs/{job_id}/video", auth=alice).status_code == 200  # the old video stays
+        assert client.get(f"/jobs/{new['id']}", auth=bob).status_code == 404
+    finally:
+        service.stop()
+
+
+def _wait(service, job_id: str, timeout: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.store.get(job_id).state.done:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not end")
+
+
+def _viewer(login: str):
+    from app.access import Viewer
+
+    return Viewer.of(login, logins_on=True, admins=())
