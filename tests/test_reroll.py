@@ -14,7 +14,13 @@ from framepack_core.errors import InvalidInputError
 from framepack_core.events import CancelToken, JobFinished, SectionFinished
 from framepack_core.jobs.checkpoint import JobDirectory
 from framepack_core.jobs.output_naming import reroll_output_path
-from framepack_core.jobs.reroll import history_before, prepare_reroll, read_job_record, reroll_job_dir
+from framepack_core.jobs.reroll import (
+    history_before,
+    load_section_state,
+    prepare_reroll,
+    read_job_record,
+    reroll_job_dir,
+)
 from framepack_core.media.video_io import read_video_frames
 from framepack_core.models.components import ModelVariant
 from framepack_core.models.devices import resolve_device_config
@@ -25,7 +31,8 @@ from framepack_core.request import GenerationRequest, Reroll
 from framepack_core.sampling.rerolls import prompt_for_section, reroll_span, with_reroll
 
 # 4 sections of 2 steps at 64 px: section 3 of 4 leaves two sections to keep.
-SETTINGS = dict(prompt="a cat walks", seconds=1.6, latent_window_size=3, steps=2, resolution=64, use_teacache=False)
+SETTINGS = {"prompt": "a cat walks", "seconds": 1.6, "latent_window_size": 3, "steps": 2, "resolution": 64,
+            "use_teacache": False}
 NEW_PROMPT = "a dog runs"
 
 
@@ -47,7 +54,7 @@ class _Recorder:
         self._handle = engine.models.transformer(ModelVariant(model)).register_forward_pre_hook(
             self._record, with_kwargs=True)
 
-    def _record(self, module, args, kwargs):  # noqa: ANN001, ANN202
+    def _record(self, module, args, kwargs):
         self.calls.append({name: kwargs[name].detach().clone()
                            for name in ("encoder_hidden_states", "latents_clean", "hidden_states")})
 
@@ -123,6 +130,11 @@ def test_a_reroll_keeps_earlier_sections_bit_identical_and_equals_its_spec_run_f
         assert all(torch.equal(a[name], b[name]) for name in a)
     assert torch.equal(scratch[0], rerolled[0])
     assert np.array_equal(scratch[1], rerolled[1])
+    # The kept sections' video segments are the first run's files, byte for byte (linked, not encoded again).
+    kept_segments = load_section_state(first_dir / "job", 2).writer.segments
+    assert kept_segments
+    for name, _ in kept_segments:
+        assert (reroll_dir / "job" / "sections" / name).read_bytes() == (first_dir / "job" / "sections" / name).read_bytes()
     # The previous version is untouched.
     assert (first_dir / "video.mp4").read_bytes() == first_video
 
@@ -169,7 +181,16 @@ def test_a_reroll_refuses_a_section_out_of_range_a_missing_one_a_running_job_and
     with lock:
         error = refused(tmp_path / "job", 2)
     assert error.field == "job_dir" and "in use by a running job" in error.message
-    prepare_reroll(tmp_path / "job", tmp_path / "ok", 2, seed=1, prompt=None)  # section 1 is there to keep
+    with pytest.raises(InvalidInputError) as caught:
+        prepare_reroll(tmp_path / "job", tmp_path / "bad", 2, seed=-1, prompt=None)
+    assert caught.value.field == "seed"
+
+    # The interrupted job's one finished section is enough to re-roll from section 2.
+    job = prepare_reroll(tmp_path / "job", tmp_path / "ok" / "job", 2, seed=1, prompt=None)
+    _, _, _, sections = _run(engine, job.spec.request(gradient_image, output=tmp_path / "ok" / "video.mp4",
+                                                      save_latents=tmp_path / "ok" / "latents.safetensors"),
+                             "original", tmp_path / "ok" / "job")
+    assert sections == [2, 3, 4]
 
     request = GenerationRequest(image=gradient_image, **SETTINGS, rerolls=(Reroll(9, 1),))
     with pytest.raises(InvalidInputError) as caught:

@@ -36,6 +36,7 @@ from framepack_core.jobs.checkpoint import JobDirectory, SectionCheckpoint
 from framepack_core.jobs.spec import JobSpec, file_sha256
 from framepack_core.media.video_io import SectionVideoWriter, WriterState
 from framepack_core.models.components import ModelVariant
+from framepack_core.request import GenerationRequest, Reroll
 from framepack_core.sampling.packing import HISTORY_CONTEXT_FRAMES, LatentHistory
 from framepack_core.sampling.rerolls import RerollSpan, check_reroll_section, reroll_span, with_reroll
 from framepack_core.sampling.schedule import total_latent_sections
@@ -150,6 +151,7 @@ def prepare_reroll(source: Path, target: Path, from_section: int, seed: int, pro
     the sections before ``from_section`` (``job_dir``); a section the job does not have (``reroll_from``)."""
     from filelock import FileLock, Timeout
 
+    GenerationRequest(image=Path("spec"), rerolls=(Reroll(from_section, seed, prompt),)).validated()  # its types
     source = Path(source)
     spec, previous_output = read_job_record(source)
     if image is not None and file_sha256(Path(image)) != spec.image_sha256:
