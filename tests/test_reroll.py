@@ -247,6 +247,12 @@ def test_the_cli_rerolls_into_a_new_folder_and_video_and_says_which_part_changes
     assert read_job_record(tmp_path / "job-r2")[0].settings["rerolls"] == [
         {"from_section": 3, "seed": 5, "prompt": None}]
 
+    # The same command again (after a Ctrl-C or a crash) goes on in the same folder instead of starting over.
+    code = cli.main(common + ["--job-dir", str(tmp_path / "job"), "--reroll-from", "3", "--seed", "5"])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_OK and f"this re-roll is already in {tmp_path / 'job-r2'}" in err
+    assert "This job already finished" in err and not (tmp_path / "job-r3").exists()
+
     code = cli.main(common + ["--job-dir", str(tmp_path / "job"), "--reroll-from", "9"])
     assert code == cli.EXIT_BAD_INPUT
     assert "error: --reroll-from: section 9 is out of range" in capsys.readouterr().err

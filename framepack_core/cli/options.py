@@ -140,7 +140,8 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                         "shows them; the original model makes the END of the clip first) into a new folder "
                         "<job-dir>-r<N> and video <name>_r<N>.mp4: the sections before K are kept bit-identical, "
                         "K and later are sampled with --seed (default: a new random one) and, if given, --prompt. "
-                        "Every other setting comes from the job folder. Default: no re-roll.")
+                        "Every other setting comes from the job folder; the same command with the same --seed "
+                        "resumes an interrupted re-roll. Default: no re-roll.")
     p.add_argument("--quiet", action="store_true", help="No progress bar (default: a progress bar on stderr).")
     return p
 

@@ -24,8 +24,17 @@ def request_for_reroll(args: argparse.Namespace, argv: Sequence[str]) -> tuple[G
     (which part of the clip changes, where the old and the new version are). ``InvalidInputError`` names
     ``job_dir``, ``reroll_from`` or a setting given that a re-roll takes from the job."""
     from framepack_core.jobs.output_naming import DEFAULT_OUTPUT_DIR, output_path, reroll_output_path
-    from framepack_core.jobs.reroll import prepare_reroll, record_output, reroll_job_dir
+    from framepack_core.jobs.reroll import (
+        existing_reroll_dir,
+        prepare_reroll,
+        read_job_record,
+        record_output,
+        reroll_job_dir,
+        rerolled_spec,
+    )
     from framepack_core.request import MAX_SEED
+    from framepack_core.sampling.rerolls import check_reroll_section
+    from framepack_core.sampling.schedule import total_latent_sections
 
     if args.job_dir is None:
         raise InvalidInputError("reroll_from", "needs the folder of the job to re-roll",
@@ -38,6 +47,17 @@ def request_for_reroll(args: argparse.Namespace, argv: Sequence[str]) -> tuple[G
     seed = args.seed if "seed" in given else secrets.randbelow(MAX_SEED + 1)
     prompt = args.prompt if "prompt" in given else None
     image = Path(args.image)
+    if "seed" in given:  # the same re-roll asked for again (after a Ctrl-C or a crash): resume it
+        spec, _ = read_job_record(Path(args.job_dir))
+        check_reroll_section(args.reroll_from, total_latent_sections(spec.settings["seconds"],
+                                                                     spec.settings["latent_window_size"]))
+        wanted = rerolled_spec(spec, args.reroll_from, seed, prompt)
+        existing = existing_reroll_dir(Path(args.job_dir), wanted)
+        if existing is not None:
+            recorded = read_job_record(existing)[1]
+            output = Path(args.output) if args.output else recorded
+            return (wanted.request(image, output=output, save_latents=args.save_latents), existing,
+                    [f"this re-roll is already in {existing}: it goes on from there"])
     target = reroll_job_dir(args.job_dir)
     job = prepare_reroll(Path(args.job_dir), target, args.reroll_from, seed, prompt, image=image)
     previous = job.previous_output or output_path(DEFAULT_OUTPUT_DIR, seed=int(job.spec.settings["seed"]),

@@ -20,6 +20,7 @@ and its video are not touched.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -169,13 +170,33 @@ def prepare_reroll(source: Path, target: Path, from_section: int, seed: int, pro
                                 "Wait for it to end (or stop it), then re-roll it.") from None
     try:
         kept = _kept_state(source, spec, from_section, total)
-        rerolls = with_reroll(spec.request(Path("spec"), files=_stand_ins(spec)).rerolls, from_section, seed, prompt)
-        new_spec = spec.with_changes({"rerolls": [asdict(r) for r in rerolls]})
+        new_spec = rerolled_spec(spec, from_section, seed, prompt)
         _write_folder(Path(target), new_spec, source, kept, from_section, total)
     finally:
         lock.release()
     span = reroll_span(settings["model"], settings["seconds"], settings["latent_window_size"], from_section)
     return RerollJob(Path(target), new_spec, previous_output, span)
+
+
+def rerolled_spec(spec: JobSpec, from_section: int, seed: int, prompt: str | None) -> JobSpec:
+    """``spec`` with one more re-roll (``sampling.rerolls.with_reroll``)."""
+    rerolls = with_reroll(spec.request(Path("spec"), files=_stand_ins(spec)).rerolls, from_section, seed, prompt)
+    return spec.with_changes({"rerolls": [asdict(r) for r in rerolls]})
+
+
+def existing_reroll_dir(source: Path, spec: JobSpec) -> Path | None:
+    """A re-roll folder beside ``source`` (``reroll_job_dir``'s names) that already holds ``spec``: the same
+    re-roll asked for again, to resume rather than start over."""
+    source = Path(source)
+    base = re.sub(r"-r\d+$", "", source.name)
+    for candidate in sorted(source.parent.glob(f"{glob.escape(base)}-r*")):
+        if re.fullmatch(re.escape(base) + r"-r\d+", candidate.name) and (candidate / "job.json").is_file():
+            try:
+                if read_job_record(candidate)[0].digest == spec.digest:
+                    return candidate
+            except InvalidInputError:
+                continue
+    return None
 
 
 def record_output(job_dir: Path, output: Path) -> None:
