@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from framepack_core.cli.from_output import setting_options, typed_settings
+from framepack_core.cli.options import request_from_args
 from framepack_core.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ def request_for_reroll(args: argparse.Namespace, argv: Sequence[str]) -> tuple[G
         reroll_job_dir,
         rerolled_spec,
     )
+    from framepack_core.jobs.spec import JobSpec
     from framepack_core.request import MAX_SEED
     from framepack_core.sampling.rerolls import check_reroll_section
     from framepack_core.sampling.schedule import total_latent_sections
@@ -47,8 +49,13 @@ def request_for_reroll(args: argparse.Namespace, argv: Sequence[str]) -> tuple[G
     seed = args.seed if "seed" in given else secrets.randbelow(MAX_SEED + 1)
     prompt = args.prompt if "prompt" in given else None
     image = Path(args.image)
+    if not image.is_file():
+        raise InvalidInputError("image", f"{image} is not a file", "Give the job's own start image.")
+    # The job's other input files (an end image, keyframes) come from their own options, as for a new job.
+    files = JobSpec.input_files_of(request_from_args(args, image))
+    spec, _ = read_job_record(Path(args.job_dir))
+    spec.request(image, files=files)  # every input file is there, before any folder is made
     if "seed" in given:  # the same re-roll asked for again (after a Ctrl-C or a crash): resume it
-        spec, _ = read_job_record(Path(args.job_dir))
         check_reroll_section(args.reroll_from, total_latent_sections(spec.settings["seconds"],
                                                                      spec.settings["latent_window_size"]))
         wanted = rerolled_spec(spec, args.reroll_from, seed, prompt)
@@ -56,7 +63,7 @@ def request_for_reroll(args: argparse.Namespace, argv: Sequence[str]) -> tuple[G
         if existing is not None:
             recorded = read_job_record(existing)[1]
             output = Path(args.output) if args.output else recorded
-            return (wanted.request(image, output=output, save_latents=args.save_latents), existing,
+            return (wanted.request(image, output=output, save_latents=args.save_latents, files=files), existing,
                     [f"this re-roll is already in {existing}: it goes on from there"])
     target = reroll_job_dir(args.job_dir)
     job = prepare_reroll(Path(args.job_dir), target, args.reroll_from, seed, prompt, image=image)
@@ -64,7 +71,7 @@ def request_for_reroll(args: argparse.Namespace, argv: Sequence[str]) -> tuple[G
                                                   model=str(job.spec.settings["model"]))
     output = Path(args.output) if args.output else reroll_output_path(previous, len(job.spec.settings["rerolls"]) + 1)
     record_output(target, output)
-    request = job.spec.request(image, output=output, save_latents=args.save_latents)
+    request = job.spec.request(image, output=output, save_latents=args.save_latents, files=files)
     notes = [job.span.describe(),
              f"re-roll seed {seed}" + (f", prompt {prompt!r}" if prompt is not None else ", the job's prompt"),
              f"the previous version stays in {args.job_dir}" + (f" and {previous}" if job.previous_output else "")
