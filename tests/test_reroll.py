@@ -247,6 +247,12 @@ def test_the_cli_rerolls_into_a_new_folder_and_video_and_says_which_part_changes
     assert read_job_record(tmp_path / "job-r2")[0].settings["rerolls"] == [
         {"from_section": 3, "seed": 5, "prompt": None}]
 
+    # The video describes itself with its re-roll: "load settings from a video" remakes it from scratch, the same.
+    code = cli.main(common + ["--from", str(tmp_path / "clip_r2.mp4"), "--output", str(tmp_path / "again.mp4")])
+    assert code == cli.EXIT_OK, capsys.readouterr().err
+    assert np.array_equal(read_video_frames(tmp_path / "again.mp4"), read_video_frames(tmp_path / "clip_r2.mp4"))
+    capsys.readouterr()
+
     # The same command again (after a Ctrl-C or a crash) goes on in the same folder instead of starting over.
     code = cli.main(common + ["--job-dir", str(tmp_path / "job"), "--reroll-from", "3", "--seed", "5"])
     out, err = capsys.readouterr()
