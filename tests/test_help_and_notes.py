@@ -14,8 +14,8 @@ import pytest
 
 import launch
 from framepack_core.cli import main as cli
-from framepack_core.durations import duration_text
 from framepack_core.cli.options import request_notes
+from framepack_core.durations import duration_text
 from framepack_core.memory.hardware import fake_hardware
 from framepack_core.memory.plan import GIB, Workload
 from framepack_core.memory.planner import plan_memory

@@ -200,7 +200,8 @@ def test_the_openapi_description_lists_every_operation(api):
     operations = {(path, method) for path, item in schema["paths"].items() for method in item}
     assert operations == {("/jobs", "post"), ("/jobs", "get"), ("/jobs/{job_id}", "get"),
                           ("/jobs/{job_id}", "delete"), ("/jobs/{job_id}", "patch"), ("/jobs/{job_id}/cancel", "post"),
-                          ("/jobs/{job_id}/retry", "post"), ("/jobs/{job_id}/video", "get"),
+                          ("/jobs/{job_id}/retry", "post"), ("/jobs/{job_id}/reroll", "post"),
+                          ("/jobs/{job_id}/video", "get"),
                           ("/jobs/{job_id}/events", "get"), ("/health", "get")}
 
 

@@ -8,6 +8,8 @@
     PATCH  /api/v1/jobs/{id}            edit a pending job's settings (JSON object of the settings to change)
     POST   /api/v1/jobs/{id}/cancel     stop it (a pending job at once, a running one after its current step)
     POST   /api/v1/jobs/{id}/retry      queue a failed or cancelled job again (it resumes)
+    POST   /api/v1/jobs/{id}/reroll     queue it re-rolled from a section as a new job (JSON: from_section, seed,
+                                        prompt); the sections before are kept, the old job and video stay
     DELETE /api/v1/jobs/{id}            forget an ended, pending or damaged job
     GET    /api/v1/jobs/{id}/video      the finished video (else the partial one of a stopped attempt)
     GET    /api/v1/health               whether the worker is alive and what it last failed on
@@ -96,6 +98,14 @@ class WorkerHealthReport(BaseModel):
 
 class Health(BaseModel):
     worker: WorkerHealthReport
+
+
+class RerollRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_section: int  # 1-based in generation order, as progress counts sections (the original model: the end first)
+    seed: int | None = None  # None: a new random seed
+    prompt: str | None = None  # None: the job's prompt
 
 
 class ApiError(BaseModel):
@@ -249,6 +259,16 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     def retry_job(job_id: JobId, who: Who) -> JobStatus:
         service.retry(own_job(job_id, who).id, who)
         return status(store.get(job_id))
+
+    @api.post("/jobs/{job_id}/reroll", status_code=201, response_model=JobStatus, responses=_ERRORS,
+              summary="Re-roll a job from a section, as a new job")
+    def reroll_job(job_id: JobId, who: Who, body: RerollRequest) -> JobStatus:
+        job = own_job(job_id, who)
+        try:
+            new_id = service.reroll(job.id, body.from_section, seed=body.seed, prompt=body.prompt, viewer=who)
+        except KeyError:
+            raise ApiRefusal(404, f"There is no job {job_id}.", NO_SUCH_JOB_HINT) from None
+        return status(store.get(new_id))
 
     @api.delete("/jobs/{job_id}", status_code=204, responses=_ERRORS,
                 summary="Forget an ended, pending or damaged job")

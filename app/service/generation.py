@@ -37,6 +37,7 @@ from app.service.outputs import (
     write_png_atomically,
 )
 from app.service.queue_management import QueueManagementMixin, describe_error, fail_crashed_job, sees
+from app.service.reroll import RerollMixin
 from framepack_core.errors import FramePackError
 from framepack_core.events import (
     EngineEvent,
@@ -62,7 +63,7 @@ WORKER_RETRY_FIRST_S = 0.5
 WORKER_RETRY_MAX_S = 30.0
 
 
-class GenerationService(QueueManagementMixin):
+class GenerationService(QueueManagementMixin, RerollMixin):
     """Owns the engine and one worker thread; every public method is thread-safe.
 
     Methods that take a ``viewer`` act only on jobs that viewer may see (``app.access``); a job hidden from the

@@ -81,6 +81,14 @@ def run_generate(args: argparse.Namespace, argv: list[str] | None = None) -> int
         except InvalidInputError as error:
             print(f"error: {with_option_name(error)}", file=sys.stderr)
             return EXIT_BAD_INPUT
+    elif args.reroll_from is not None:
+        from framepack_core.cli.reroll import request_for_reroll
+
+        try:
+            request, args.job_dir, notes = request_for_reroll(args, sys.argv[1:] if argv is None else argv)
+        except InvalidInputError as error:
+            print(f"error: {with_option_name(error)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     else:
         request = request_from_args(args, Path(args.image), args.output, args.save_latents)
     engine = engine_from_args(args)

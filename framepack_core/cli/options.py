@@ -194,6 +194,13 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                    help="Keep the job's checkpoints in this folder: run the same command again after a crash or "
                         "Ctrl-C and it resumes from the last finished section (bit-identical result). Default: "
                         "no checkpoints.")
+    p.add_argument("--reroll-from", type=int, default=None, metavar="K",
+                   help="Re-roll the job in --job-dir from section K (numbered in generation order, as progress "
+                        "shows them; the original model makes the END of the clip first) into a new folder "
+                        "<job-dir>-r<N> and video <name>_r<N>.mp4: the sections before K are kept bit-identical, "
+                        "K and later are sampled with --seed (default: a new random one) and, if given, --prompt. "
+                        "Every other setting comes from the job folder; the same command with the same --seed "
+                        "resumes an interrupted re-roll. Default: no re-roll.")
     p.add_argument("--quiet", action="store_true", help="No progress bar (default: a progress bar on stderr).")
     return p
 

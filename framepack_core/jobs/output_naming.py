@@ -3,12 +3,15 @@
 A job's files share a base, ``<time>_<job id>_seed<seed>`` (``<time>_<model>_seed<seed>`` for a one-off
 ``generate`` that has no job id): the video ``<base>.mp4``, the partial video of a stopped attempt
 ``<base>.partial.mp4`` (kept as ``<base>.attempt<N>.partial.mp4`` when the job is retried), their ``.json``
-sidecars and the cropped input image ``<base>.png``. Light on imports: the queue and the CLI use it without torch.
+sidecars and the cropped input image ``<base>.png``. A re-roll's video is ``<base>_r<N>.mp4``
+(``reroll_output_path``). Light on imports: the queue and the CLI use it without torch.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Beside the code, not the current folder: the app, ``generate`` and ``jobs`` use the same folder wherever they
@@ -33,3 +36,12 @@ def output_base(video: Path | str) -> str:
     """What every file of one job shares: its name up to the first dot (``<time>_<id>_seed<n>`` for the ``.mp4``,
     ``.partial.mp4``, ``.attempt1.partial.mp4``, the ``.json`` sidecars and the input ``.png``)."""
     return Path(video).name.split(".", 1)[0]
+
+
+def reroll_output_path(previous: Path, version: int, taken: Callable[[Path], bool] = Path.exists) -> Path:
+    """A re-roll's video beside the one it re-rolls: ``<base>_r<version>.mp4`` (the base without an earlier
+    ``_r<N>``), the next version up while ``taken(path)`` says that name is in use, so no video is overwritten."""
+    base = re.sub(r"_r\d+$", "", output_base(previous))
+    while taken(path := Path(previous).with_name(f"{base}_r{version}.mp4")):
+        version += 1
+    return path

@@ -163,11 +163,13 @@ class JobQueue:
     # Changing ------------------------------------------------------------------------------------------------
 
     def submit(self, spec: JobSpec, image: Path, *, output: Path | None = None, owner: str | None = None,
-               max_pending: int | None = None, files: Mapping[str, Path] | None = None) -> QueuedJob:
+               max_pending: int | None = None, files: Mapping[str, Path] | None = None,
+               job_id: str | None = None) -> QueuedJob:
         """Add a job at the end of the queue. ``image`` must be the spec's image (its SHA-256 is checked), and
         ``files`` maps the SHA-256 of each of the spec's other input files to its path; a copy of each is kept in
         the queue, so the originals may be moved or deleted afterwards. With an ``owner`` and a ``max_pending``,
-        an owner who already has that many pending jobs is refused (``QueueLimitError``)."""
+        an owner who already has that many pending jobs is refused (``QueueLimitError``). ``job_id``: one chosen
+        beforehand (a re-roll prepares its job folder first), else a new one."""
         spec.check_image(Path(image))
         spec.request(Path(image), files=files)  # every input file is there
         limited = owner is not None and max_pending is not None
@@ -181,7 +183,7 @@ class JobQueue:
                 raise InvalidInputError("inputs", f"{files[sha256]} changed since its job was described",
                                         "Submit the job again.")
             self._store_image(Path(files[sha256]), sha256)
-        job_id = uuid.uuid4().hex[:12]
+        job_id = job_id or uuid.uuid4().hex[:12]
         with self._transaction() as connection:
             if limited:
                 _refuse_over_limit(connection, owner, max_pending)

@@ -46,11 +46,13 @@ from framepack_core.pipeline.failure import describe_failure, is_expected_failur
 from framepack_core.pipeline.inputs import prepare_inputs
 from framepack_core.pipeline.job_files import JobFiles, save_latents
 from framepack_core.pipeline.progress import ProgressClock
+from framepack_core.pipeline.reroll_resume import resumed_writer
 from framepack_core.pipeline.sections import SectionLoop, SectionSampling
 from framepack_core.pipeline.story_inputs import StoryImages, check_story_images
 from framepack_core.pipeline.timings import DEFAULT_TIMINGS_PATH, StageTimings, job_shape
 from framepack_core.request import GenerationRequest
 from framepack_core.sampling.packing import LatentHistory, plan_sections
+from framepack_core.sampling.rerolls import check_rerolls
 from framepack_core.sampling.sampler import (
     FlowMatchUniPC,
     GuidanceConfig,
@@ -110,6 +112,7 @@ class FramePackEngine:
         its metadata and in a sidecar JSON next to it (``framepack_core.jobs.output_description``).
         """
         request = request.validated()
+        check_rerolls(request)
         image = load_input_image(request.image)
         extension = ClipExtension.of(request)  # the clip is checked before anything loads
         story = check_story_images(request, image.pixels)  # end frame and keyframes, before any model loads
@@ -224,9 +227,9 @@ class _JobRun:
             generator.set_state(checkpoint.generator_state)
 
         # 7. Open the video writer: new, or resumed from the checkpoint
-        files.open_writer(order="prepend" if request.model == ModelVariant.ORIGINAL else "append",
-                          overlap_frames=overlap_pixel_frames(window), crf=request.crf,
-                          resume=None if checkpoint is None else checkpoint.writer)
+        order = "prepend" if request.model == ModelVariant.ORIGINAL else "append"
+        files.open_writer(order=order, overlap_frames=overlap_pixel_frames(window), crf=request.crf,
+                          resume=resumed_writer(checkpoint, history, sections, window, order, models, vae))
 
         # 8. Section loop: sample, decode and write each section
         teacache = apply_teacache(transformer, TeaCacheConfig(request.teacache_threshold, request.steps)) \
@@ -235,7 +238,8 @@ class _JobRun:
             transformer=transformer, inputs=prepared, sampler=FlowMatchUniPC(variant=request.sampler_variant),
             sigmas=sigmas.to(models.config.device), guidance=GuidanceConfig(scale=request.cfg, rescale=request.cfg_rescale),
             distilled_guidance=request.distilled_guidance, teacache=teacache,
-            noise_shape=(1, transformer.config.in_channels, window, latent_height, latent_width))
+            noise_shape=(1, transformer.config.in_channels, window, latent_height, latent_width),
+            rerolls=request.rerolls)
         loop = SectionLoop(self.job_id, models, sampling, vae, files, self.cancel, self.clock, window, request.steps)
         if self.extension is not None:
             loop.first_section_skip = self.extension.first_section_skip(window)

@@ -14,8 +14,8 @@ from framepack_core.media.buckets import find_nearest_bucket, resize_and_center_
 from framepack_core.models.components import Component
 from framepack_core.models.store import ModelStore
 from framepack_core.models.text_encoding import PromptEmbeddings
-from framepack_core.prompts.embeddings import SectionPrompts, encode_section_prompts
 from framepack_core.pipeline.story_inputs import SectionAnchors, StoryImages, encode_story_images
+from framepack_core.prompts.embeddings import SectionPrompts, encode_section_prompts
 from framepack_core.request import GenerationRequest
 from framepack_core.sampling.schedule import video_length
 

@@ -15,6 +15,7 @@ from framepack_core.files import atomic_path
 from framepack_core.jobs.checkpoint import JobDirectory, SectionCheckpoint
 from framepack_core.jobs.output_description import OutputDescription, container_metadata, write_sidecar
 from framepack_core.jobs.output_naming import DEFAULT_OUTPUT_DIR, output_path, partial_output_path
+from framepack_core.jobs.reroll import keep_section_state
 from framepack_core.jobs.spec import JobSpec
 from framepack_core.media.video_io import Order, SectionVideoWriter, SectionWritten, WriterState
 from framepack_core.request import GenerationRequest
@@ -134,6 +135,8 @@ class JobFiles:
     def _save_checkpoint(self, history: LatentHistory, generator: torch.Generator, total_sections: int,
                          finished_output: Path | None = None) -> None:
         assert self.job_dir is not None and self._spec is not None and self._writer is not None
+        if finished_output is None:  # before the checkpoint: a state it does not list yet is simply redone
+            keep_section_state(self.job_dir, self._spec.digest, self._writer, history, generator)
         self.job_dir.save(SectionCheckpoint(
             spec_digest=self._spec.digest, sections_done=self.sections_done, total_sections=total_sections,
             history_latents=history.history_latents, total_generated_latent_frames=history.total_generated_latent_frames,

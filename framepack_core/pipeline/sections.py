@@ -24,8 +24,10 @@ from framepack_core.pipeline.inputs import PreparedInputs
 from framepack_core.pipeline.job_files import JobFiles
 from framepack_core.pipeline.progress import ProgressClock
 from framepack_core.pipeline.story_inputs import anchored_context
+from framepack_core.request import Reroll
 from framepack_core.sampling.denoiser import PackedDenoiser, SectionConditioning
 from framepack_core.sampling.packing import LatentHistory, SectionPlan
+from framepack_core.sampling.rerolls import reseed_for_section
 from framepack_core.sampling.sampler import FlowMatchUniPC, GuidanceConfig
 from framepack_core.sampling.teacache import TeaCache
 
@@ -42,6 +44,7 @@ class SectionSampling:
     distilled_guidance: float
     noise_shape: tuple[int, int, int, int, int]  # (1, latent channels, window, latent height, latent width)
     teacache: TeaCache | None = None
+    rerolls: tuple[Reroll, ...] = ()  # re-seed the generator and change the prompt from a section on
 
 
 @dataclass
@@ -69,6 +72,7 @@ class SectionLoop:
             yield StageChanged(self.job_id, stage=Stage.SAMPLING, message=f"Sampling section {section}/{total} ...",
                                section=section)
             dit_started = time.perf_counter()
+            reseed_for_section(generator, self.sampling.rerolls, section)
             generated = yield from self._sample(plan, history, generator, total)
             dit_s = time.perf_counter() - dit_started
 

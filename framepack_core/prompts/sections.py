@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from framepack_core.prompts.timed import check_prompt_times, parse_timed_prompt
+from framepack_core.sampling.rerolls import prompt_for_section
 from framepack_core.sampling.timeline import section_spans
 
 if TYPE_CHECKING:
@@ -39,8 +40,7 @@ def section_prompt_mix(request: GenerationRequest, number: int, prompt: str | No
     ``number`` that has one, else for the request's prompt (each plain or timed). Every per-section prompt choice
     goes through here, so they all read the video's time the same way."""
     if prompt is None:
-        rerolled = [r.prompt for r in request.rerolls if r.from_section <= number and r.prompt is not None]
-        prompt = rerolled[-1] if rerolled else request.prompt
+        prompt = prompt_for_section(request.rerolls, number) or request.prompt
     model, seconds, window = request.model, request.seconds, request.latent_window_size
     timed = parse_timed_prompt(prompt)
     anchors = check_prompt_times(timed, model, seconds, window)
