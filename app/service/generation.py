@@ -217,17 +217,10 @@ class GenerationService(QueueManagementMixin, RerollMixin):
         """Queue a job; raises ``InvalidInputError`` for bad input before anything is queued. ``owner``: the
         login that submitted it. ``max_pending``: refuse (``QueueLimitError``) when ``owner`` already has that many
         jobs waiting."""
-        from framepack_core.media.image_input import load_input_image
+        from framepack_core.pipeline.input_checks import check_input_files
 
         request = request.validated()
-        from framepack_core.pipeline.story_inputs import check_story_images
-
-        # Refuse broken images (the start, end and keyframe images) now, not when the job's turn comes.
-        check_story_images(request, load_input_image(request.image).pixels)
-        if request.extend_video is not None:  # and a broken clip to extend
-            from framepack_core.media.video_input import read_extend_clip
-
-            read_extend_clip(Path(request.extend_video), request.context_frames)
+        check_input_files(request)  # refuse broken files now, not when the job's turn comes
         with self._condition:
             if self._stopping:
                 raise RuntimeError("The service is shutting down")
