@@ -60,7 +60,7 @@ CSS = """
 #queue-actions { align-items: flex-end; }
 /* The Story panel's timeline: one compact row per section, its times on the left. */
 .fp-section-row { align-items: center; border-top: 1px solid var(--border-color-primary); padding-top: 0.3rem; }
-.fp-section-row > .prose { flex: 0 0 9.5rem !important; min-width: 9.5rem !important; }
+.fp-section-row > .prose { flex: 0 0 7rem !important; min-width: 7rem !important; }
 """
 
 

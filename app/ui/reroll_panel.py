@@ -19,7 +19,7 @@ from app.service.generation import JobState
 from app.ui.context import PageContext
 from app.ui.generate_tab import RANDOM_SEED_LIMIT, follow_job
 from app.ui.render import readable_error
-from app.ui.story import reroll_plan, reroll_seed, spans_in_video_order, timeline_rows
+from app.ui.story import ordinal, reroll_plan, reroll_seed, spans_in_video_order
 from app.ui.story_panel import REROLL_IDLE, StoryPanel
 from app.ui.streams import StreamFrame
 from framepack_core.errors import FramePackError
@@ -42,8 +42,8 @@ def reroll_view(context: PageContext, job_id: str | None, request: gr.Request | 
                 gr.update(visible=False, interactive=False)]
     job = snapshot.request
     spans = spans_in_video_order(job.model, job.seconds, job.latent_window_size)
-    rows = {row.span.number: row.label for row in timeline_rows(job.model, job.seconds, job.latent_window_size)}
-    choices = [(rows[span.number].replace("**", ""), span.number) for span in spans]
+    choices = [(f"{span.start_s:.1f} – {span.end_s:.1f} s (made {ordinal(span.number)})", span.number)
+               for span in spans]
     note = (f"Job `{snapshot.job_id}` has finished: pick the section to make again. Its sections, in video order "
             "(\"made 1st\" was generated first):")
     shown = gr.update(visible=True)

@@ -59,7 +59,7 @@ def timeline_rows(model: ModelVariant | str, seconds: float, window: int) -> lis
     spans = spans_in_video_order(model, seconds, window)
     rows = []
     for span in spans:
-        rows.append(TimelineRow(span, f"**{span.start_s:.1f} s – {span.end_s:.1f} s** · made {ordinal(span.number)}"))
+        rows.append(TimelineRow(span, f"**{span.start_s:.1f} – {span.end_s:.1f} s**  \nmade {ordinal(span.number)}"))
     return rows
 
 
@@ -108,7 +108,7 @@ def timed_prompt(prompt: str, section_prompts: Sequence[str | None], spans: Sequ
 
 def section_keyframes(images: Sequence[str | None], spans: Sequence[SectionSpan]) -> tuple[Keyframe, ...]:
     """An image dropped on a row is a keyframe at that section's start time (rows past the video are ignored)."""
-    return tuple(Keyframe(span.start_s, image) for span, image in zip(spans, images, strict=False) if image)
+    return tuple(Keyframe(span.start_s, Path(image)) for span, image in zip(spans, images, strict=False) if image)
 
 
 @dataclass(frozen=True)
@@ -135,10 +135,10 @@ def story_request_values(story: StoryInputs, values: Mapping[str, Any]) -> dict[
                                  values.get("latent_window_size") or 0)[:MAX_TIMELINE_ROWS]
     blend = story.prompt_blend_sections
     fields: dict[str, Any] = {
-        "end_image": None if story.loop else (story.end_image or None),  # Loop wins: it uses the start image
+        "end_image": None if story.loop or not story.end_image else Path(story.end_image),  # Loop: the start image
         "end_strength": story.end_strength, "end_image_embedding_weight": story.end_image_embedding_weight,
         "loop": bool(story.loop), "prompt_blend_sections": 0 if blend is None else blend,
-        "extend_video": story.extend_video or None,
+        "extend_video": Path(story.extend_video) if story.extend_video else None,
         "context_frames": story.context_frames if story.context_frames not in (None, "") else None,
         "extend_output": story.extend_output or "new",
         "keyframes": section_keyframes(story.section_images, spans),

@@ -98,7 +98,7 @@ def build_story_panel(defaults: dict[str, Any]) -> StoryPanel:
             end_note_md = gr.Markdown(END_NOTE, elem_id="end-note")
             with gr.Row(equal_height=False):
                 end_image = gr.Image(label=FIELD_LABELS["end_image"], type="filepath", image_mode=None,
-                                     sources=["upload", "clipboard"], height=150, min_width=160, scale=1,
+                                     sources=["upload", "clipboard"], height=190, min_width=160, scale=1,
                                      elem_id="end-image")
                 with gr.Column(scale=2, min_width=200):
                     loop = gr.Checkbox(value=False, label=FIELD_LABELS["loop"],
@@ -120,11 +120,11 @@ def build_story_panel(defaults: dict[str, Any]) -> StoryPanel:
                             elem_id=f"section-row-{index}", elem_classes=["fp-section-row"]) as row:
                     label = gr.Markdown(row_info.label if row_info else "", elem_id=f"section-label-{index}",
                                         min_height=0)
-                    image = gr.Image(label="Keyframe (optional)", type="filepath", image_mode=None,
-                                     sources=["upload", "clipboard"], height=96, min_width=120, scale=1,
+                    image = gr.Image(label="Keyframe", type="filepath", image_mode=None,
+                                     sources=["upload", "clipboard"], height=130, min_width=150, scale=1,
                                      elem_id=f"section-image-{index}")
-                    prompt = gr.Textbox(label="Prompt from here (empty: keep the one before)", lines=1,
-                                        max_lines=3, scale=3, elem_id=f"section-prompt-{index}")
+                    prompt = gr.Textbox(label="Prompt from here", placeholder="empty: keep the prompt before",
+                                        lines=2, max_lines=4, scale=3, elem_id=f"section-prompt-{index}")
                 rows.append(TimelineRowWidgets(row, label, image, prompt))
             blend = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_BLEND_SECTIONS,
                               label=FIELD_LABELS["prompt_blend_sections"],
