@@ -71,7 +71,8 @@ def test_the_request_built_from_the_story_widgets_has_every_story_field(tmp_path
 
 def test_untouched_story_widgets_leave_the_request_at_its_defaults(tmp_path):
     start = str(tmp_path / "start.png")
-    values = {**FORM, **story_request_values(story_inputs(_raw_story()), FORM)}
+    # Context frames 0 is how the page shows "automatic": Gradio draws an empty number box as 0.
+    values = {**FORM, **story_request_values(story_inputs(_raw_story(context_frames=0)), FORM)}
     # Only the page's own defaults differ from the request's (end strength 0.6 in _raw_story): put them back.
     values.update(end_strength=1.0, end_image_embedding_weight=0.0)
     assert build_request(start, values) == GenerationRequest(image=Path(start), **FORM)
@@ -158,7 +159,8 @@ def test_every_story_field_has_a_label_for_the_page_s_errors():
 
 def test_loading_a_video_restores_the_story_settings_and_names_the_files_to_add_again():
     settings = {"end_strength": 0.4, "loop": True, "prompt_blend_sections": 3, "extend_output": "joined"}
-    assert story_settings_to_inputs(settings) == [0.4, 0.0, True, 3, None, "joined"]
+    assert story_settings_to_inputs(settings) == [0.4, 0.0, True, 3, 0, "joined"]
+    assert story_settings_to_inputs({"context_frames": None})[4] == 0  # automatic: the box's 0
     assert len(STORY_SETTINGS) == len(story_settings_to_inputs({}))
     inputs = {"end_image": "a" * 64, "extend_video": "b" * 64,
               "keyframes": [{"seconds": 1.2, "image_sha256": "c" * 64}, {"seconds": 3.6, "image_sha256": "d" * 64}]}
@@ -180,7 +182,7 @@ def test_the_re_roll_plan_says_which_part_of_the_video_changes_in_either_order()
     with pytest.raises(InvalidInputError) as refused:
         reroll_plan("f1", 5.0, 9, 5)
     assert refused.value.field == "reroll_from"
-    assert reroll_seed(None, 77) == 77 and reroll_seed("", 77) == 77 and reroll_seed(12.0, 77) == 12
+    assert reroll_seed(None, 77) == 77 and reroll_seed(" ", 77) == 77 and reroll_seed(" 12 ", 77) == 12
     with pytest.raises(InvalidInputError):
         reroll_seed(-1, 77)
 

@@ -144,6 +144,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                                            label="Distilled CFG scale",
                                            info="10 is the official default; changing it is not recommended.",
                                            elem_id="distilled-guidance")
+            story = build_story_panel(defaults)
             with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                 latent_window_size = gr.Slider(1, MAX_WINDOW, value=defaults["latent_window_size"], step=1,
                                                label=FIELD_LABELS["latent_window_size"],
@@ -179,7 +180,6 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                                   label=FIELD_LABELS["fp8"],
                                   info="Halves the transformer's memory; results differ slightly from bf16.",
                                   elem_id="fp8")
-            story = build_story_panel(defaults)
             with gr.Accordion("Examples: start images and prompts", open=False, elem_id="examples"):
                 gr.Examples([[str(p)] for p in EXAMPLE_IMAGES if p.is_file()], inputs=[image],
                             label="Example images", api_visibility="private")

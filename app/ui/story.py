@@ -27,7 +27,7 @@ MAX_TIMELINE_ROWS = 16
 STORY_SETTINGS = ("end_strength", "end_image_embedding_weight", "loop", "prompt_blend_sections",
                   "context_frames", "extend_output")
 STORY_DEFAULTS: dict[str, Any] = {"end_strength": 1.0, "end_image_embedding_weight": 0.0, "loop": False,
-                                  "prompt_blend_sections": 0, "context_frames": None, "extend_output": "new"}
+                                  "prompt_blend_sections": 0, "context_frames": 0, "extend_output": "new"}
 EXTEND_OUTPUT_CHOICES = [("Only the new part", "new"), ("The clip and the new part, joined", "joined")]
 
 
@@ -139,7 +139,7 @@ def story_request_values(story: StoryInputs, values: Mapping[str, Any]) -> dict[
         "end_strength": story.end_strength, "end_image_embedding_weight": story.end_image_embedding_weight,
         "loop": bool(story.loop), "prompt_blend_sections": 0 if blend is None else blend,
         "extend_video": Path(story.extend_video) if story.extend_video else None,
-        "context_frames": story.context_frames if story.context_frames not in (None, "") else None,
+        "context_frames": story.context_frames or None,  # 0 or empty: automatic
         "extend_output": story.extend_output or "new",
         "keyframes": section_keyframes(story.section_images, spans),
         "prompt": timed_prompt(str(values.get("prompt") or ""), story.section_prompts, spans)}
@@ -148,7 +148,7 @@ def story_request_values(story: StoryInputs, values: Mapping[str, Any]) -> dict[
 
 def story_settings_to_inputs(settings: Mapping[str, Any]) -> list[Any]:
     """Saved settings -> values for the panel's STORY_SETTINGS widgets (missing ones at their defaults)."""
-    return [settings.get(name, STORY_DEFAULTS[name]) for name in STORY_SETTINGS]
+    return [STORY_DEFAULTS[name] if settings.get(name) is None else settings[name] for name in STORY_SETTINGS]
 
 
 def files_to_add_again(inputs: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
@@ -201,10 +201,10 @@ def reroll_plan(model: ModelVariant | str, seconds: float, window: int, from_sec
 
 def reroll_seed(text: Any, random_seed: int) -> int:
     """The re-roll's seed: the box's whole number, or ``random_seed`` when it is empty."""
-    if text in (None, ""):
+    if text is None or not str(text).strip():
         return random_seed
     try:
-        value = float(text)
+        value = float(str(text).strip())
     except (TypeError, ValueError):
         raise InvalidInputError("seed", f"{text!r} is not a whole number", "Leave it empty for a random seed.") from None
     if not value.is_integer() or value < 0:

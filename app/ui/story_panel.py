@@ -57,7 +57,7 @@ class StoryPanel:
     reroll_job: gr.State  # the finished job the re-roll part shows, or None
     reroll_note: gr.Markdown
     reroll_from: gr.Radio  # one choice per section: "re-roll from here"
-    reroll_seed: gr.Number
+    reroll_seed: gr.Textbox
     reroll_prompt: gr.Textbox
     reroll_plan: gr.Markdown
     reroll_start: gr.Button
@@ -136,9 +136,10 @@ def build_story_panel(defaults: dict[str, Any]) -> StoryPanel:
                 extend_video = gr.File(label=FIELD_LABELS["extend_video"], file_types=[".mp4", ".mov", ".webm"],
                                        type="filepath", height=110, scale=2, min_width=200, elem_id="extend-video")
                 with gr.Column(scale=2, min_width=200):
-                    context_frames = gr.Number(value=None, precision=0, minimum=1, maximum=MAX_CONTEXT_FRAMES,
+                    # 0, not empty: Gradio shows an empty number box as 0 once it is drawn.
+                    context_frames = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_CONTEXT_FRAMES,
                                                label=FIELD_LABELS["context_frames"],
-                                               info="Empty: enough for the model's full context.",
+                                               info="0: automatic, enough for the model's full context.",
                                                elem_id="context-frames")
                     extend_output = gr.Radio(EXTEND_OUTPUT_CHOICES, value=STORY_DEFAULTS["extend_output"],
                                              label=FIELD_LABELS["extend_output"], elem_id="extend-output")
@@ -147,8 +148,9 @@ def build_story_panel(defaults: dict[str, Any]) -> StoryPanel:
             reroll_note = gr.Markdown(REROLL_IDLE, elem_id="reroll-note")
             reroll_from = gr.Radio([], label="Re-roll from here", visible=False, elem_id="reroll-from")
             with gr.Row(equal_height=True):
-                reroll_seed_box = gr.Number(value=None, precision=0, minimum=0, label="New seed (empty: random)",
-                                            visible=False, scale=1, min_width=140, elem_id="reroll-seed")
+                # A text box: an empty number box reads as 0, which is a seed, not "random".
+                reroll_seed_box = gr.Textbox(value="", label="New seed (empty: random)", placeholder="random",
+                                             visible=False, scale=1, min_width=140, elem_id="reroll-seed")
                 reroll_prompt = gr.Textbox(label="New prompt (empty: the same)", visible=False, scale=3,
                                            elem_id="reroll-prompt")
             reroll_plan_md = gr.Markdown("", elem_id="reroll-plan")

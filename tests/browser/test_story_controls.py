@@ -109,6 +109,8 @@ def test_a_keyframe_dropped_on_a_section_and_per_section_prompts_reach_the_job(p
     page.fill("#section-prompt-1 textarea", "it turns")
     page.fill(f"#section-prompt-{len(spans) - 1} textarea", "it waves")
     set_number(page, "prompt-blend", 1)
+    # Drawn, the empty extend widgets must not turn into settings (a number box shows empty as 0).
+    _open(page, "story-extend", "#context-frames")
     shoot(page, "story-02-timeline")
     job = start_job(page)
     spec = _job_spec(demo_server, job)
@@ -116,6 +118,7 @@ def test_a_keyframe_dropped_on_a_section_and_per_section_prompts_reach_the_job(p
     prompts[1], prompts[-1] = "it turns", "it waves"
     assert spec["settings"]["prompt"] == timed_prompt("a cat", prompts, spans)
     assert spec["settings"]["prompt_blend_sections"] == 1
+    assert spec["settings"]["context_frames"] is None and "extend_video" not in spec.get("inputs", {})
     assert spec["inputs"]["keyframes"] == [{"seconds": spans[1].start_s, "image_sha256": file_sha256(keyframe)}]
     wait_for_state(page, DONE)
 
@@ -156,7 +159,7 @@ def test_a_finished_job_can_be_re_rolled_from_a_section(page, demo_server, shoot
     page.wait_for_function("() => document.querySelector('#reroll-plan').innerText.includes('change')")
     plan = page.locator("#reroll-plan").inner_text()
     assert f"Section {len(spans)} changes: 0.0 s" in plan and "original model makes the end first" in plan
-    set_number(page, "reroll-seed", 77)
+    page.fill("#reroll-seed textarea, #reroll-seed input", "77")
     page.fill("#reroll-prompt textarea", "second take")
     shoot(page, "story-04-reroll")
     if not hasattr(GenerationService, "reroll"):
