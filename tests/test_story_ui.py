@@ -227,7 +227,7 @@ def test_the_re_roll_part_offers_the_sections_of_a_finished_job_only(fake_contex
 def test_the_re_roll_handler_calls_the_service_with_the_section_seed_and_prompt(fake_context):
     context, service = fake_context
     text, start = reroll_preview(context, "done", 3, None)
-    assert text.startswith("Sections 3-4 change: 0.0 s – 2.4 s") and start["interactive"] is True
+    assert text.startswith("**What changes:** Sections 3-4 change: 0.0 s – 2.4 s") and start["interactive"] is True
 
     assert start_reroll(context, "done", 3, 1234.0, "  he waves  ", None) == "new-job"
     assert start_reroll(context, "done", 2, None, "", None) == "new-job"

@@ -64,7 +64,7 @@ def reroll_preview(context: PageContext, job_id: str | None, from_section: int |
         plan = reroll_plan(job.model, job.seconds, job.latent_window_size, int(from_section))
     except FramePackError as error:
         return readable_error(error, None)[0], gr.update(interactive=False)
-    return plan.text, gr.update(interactive=True)
+    return f"**What changes:** {plan.text}", gr.update(interactive=True)
 
 
 def start_reroll(context: PageContext, job_id: str | None, from_section: int | None, seed: Any, prompt: str | None,

@@ -150,7 +150,7 @@ def build_story_panel(defaults: dict[str, Any]) -> StoryPanel:
             with gr.Row(equal_height=True):
                 # A text box: an empty number box reads as 0, which is a seed, not "random".
                 reroll_seed_box = gr.Textbox(value="", label="New seed (empty: random)", placeholder="random",
-                                             visible=False, scale=1, min_width=140, elem_id="reroll-seed")
+                                             visible=False, scale=1, min_width=190, elem_id="reroll-seed")
                 reroll_prompt = gr.Textbox(label="New prompt (empty: the same)", visible=False, scale=3,
                                            elem_id="reroll-prompt")
             reroll_plan_md = gr.Markdown("", elem_id="reroll-plan")
