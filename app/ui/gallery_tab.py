@@ -61,6 +61,10 @@ def wire_gallery_tab(tab: GalleryTab, generate: GenerateTab, context: PageContex
         note = f"Loaded the settings of `{name}`. Press Start to run them again."
         video_copy = served.serve(record["video"])
         image_copy = served.serve(record["input_image"]) if record["input_image"] else None
+        try:
+            note += video_story_settings(Path(record["video"]))[1]  # the input files to add again, if any
+        except InvalidInputError:
+            pass  # the gallery found its settings: the note only lacks the files
         return [image_copy or gr.skip(), *values, video_copy, video_copy, note,
                 *story_settings_to_inputs(record["settings"])]
 
