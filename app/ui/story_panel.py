@@ -149,7 +149,7 @@ def build_story_panel(defaults: dict[str, Any]) -> StoryPanel:
             reroll_from = gr.Radio([], label="Re-roll from here", visible=False, elem_id="reroll-from")
             with gr.Row(equal_height=True):
                 # A text box: an empty number box reads as 0, which is a seed, not "random".
-                reroll_seed_box = gr.Textbox(value="", label="New seed (empty: random)", placeholder="random",
+                reroll_seed_box = gr.Textbox(value="", label="New seed", placeholder="empty: random",
                                              visible=False, scale=1, min_width=190, elem_id="reroll-seed")
                 reroll_prompt = gr.Textbox(label="New prompt (empty: the same)", visible=False, scale=3,
                                            elem_id="reroll-prompt")
