@@ -87,7 +87,8 @@ def test_invalid_text_in_every_field_is_refused_by_name_and_a_restart_still_serv
                     (failed,) = [m for m in session.call(session.by_api_name("generate"), settings)
                                  if m["msg"] == "process_completed"]
                     assert not failed["success"] and "prompt" in json.dumps(failed), failed
-                    shown = json.dumps([m.get("output") for m in session.call(start, settings)])
+                    untouched_story = [None] * (len(start["inputs"]) - len(settings))  # the Story panel's inputs
+                    shown = json.dumps([m.get("output") for m in session.call(start, settings + untouched_story)])
                     assert "prompt:" in shown and "Unicode" in shown or "control character" in shown, shown[:500]
                 (status,) = [m for m in session.call(session.by_api_name("status"), [text])
                              if m["msg"] == "process_completed"]

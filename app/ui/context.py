@@ -103,5 +103,5 @@ def _intent(request: GenerationRequest) -> GenerationRequest | None:
     setting. None when the image cannot be read: the service's own check then says why."""
     try:
         return replace(request, image=Path(file_sha256(Path(request.image))))
-    except OSError:
+    except (OSError, TypeError):  # TypeError: no image (a clip to extend only)
         return None

@@ -12,6 +12,7 @@ import gradio as gr
 from app.ui.context import PageContext
 from app.ui.generate_tab import GenerateTab
 from app.ui.render import readable_error, settings_to_inputs, video_settings
+from app.ui.story import story_settings_to_inputs, video_story_settings
 from framepack_core.errors import InvalidInputError
 
 
@@ -46,6 +47,7 @@ def wire_gallery_tab(tab: GalleryTab, generate: GenerateTab, context: PageContex
     settings_inputs = generate.form.settings()
     # What loading settings fills in: the form (the image first), the video player and file, and the note.
     loaded_outputs = [generate.form.image, *settings_inputs, generate.video, generate.final_file, tab.loaded_note]
+    story_outputs = generate.story.settings()  # after the note, so the lists above keep their places
 
     def on_refresh_gallery(request: gr.Request) -> tuple[Any, list[dict[str, Any]]]:
         return context.past_generations(context.viewer_of(request))
@@ -53,31 +55,37 @@ def wire_gallery_tab(tab: GalleryTab, generate: GenerateTab, context: PageContex
     def load_settings(records: list[dict[str, Any]], event: gr.SelectData) -> list[Any]:
         record = records[event.index] if records and 0 <= event.index < len(records) else None
         if record is None:
-            return [gr.skip()] * len(loaded_outputs)
+            return [gr.skip()] * (len(loaded_outputs) + len(story_outputs))
         values = settings_to_inputs(record["settings"], defaults)
         name = Path(record["video"]).name
         note = f"Loaded the settings of `{name}`. Press Start to run them again."
         video_copy = served.serve(record["video"])
         image_copy = served.serve(record["input_image"]) if record["input_image"] else None
-        return [image_copy or gr.skip(), *values, video_copy, video_copy, note]
+        try:
+            note += video_story_settings(Path(record["video"]))[1]  # the input files to add again, if any
+        except InvalidInputError:
+            pass  # the gallery found its settings: the note only lacks the files
+        return [image_copy or gr.skip(), *values, video_copy, video_copy, note,
+                *story_settings_to_inputs(record["settings"])]
 
     def load_from_video(path: str | None) -> list[Any]:
         """The settings of an uploaded video into the form (the start image stays as it is), as the gallery does;
         a file without a valid description leaves the form alone and says why."""
         if not path:
-            return [gr.skip()] * len(loaded_outputs)
+            return [gr.skip()] * (len(loaded_outputs) + len(story_outputs))
         try:
             values, note = video_settings(Path(path), defaults)
+            story_values, add_again = video_story_settings(Path(path))
         except InvalidInputError as error:
             message, hint = readable_error(error, path)
             gr.Warning(f"{message} How to fix: {hint}" if hint else message)
             note = f"**Could not load settings:** {message}" + (f" How to fix: {hint}" if hint else "")
-            return [gr.skip()] * (len(loaded_outputs) - 1) + [note]
-        return [gr.skip(), *values, gr.skip(), gr.skip(), note]
+            return [gr.skip()] * (len(loaded_outputs) - 1) + [note] + [gr.skip()] * len(story_outputs)
+        return [gr.skip(), *values, gr.skip(), gr.skip(), note + add_again, *story_values]
 
     tab.refresh.click(on_refresh_gallery, outputs=[tab.gallery, tab.records], api_visibility="private",
                       concurrency_limit=None)
-    tab.gallery.select(load_settings, inputs=[tab.records], outputs=loaded_outputs, api_visibility="private",
+    tab.gallery.select(load_settings, inputs=[tab.records], outputs=loaded_outputs + story_outputs, api_visibility="private",
                        show_progress="hidden", concurrency_limit=None)
-    tab.from_video.upload(load_from_video, inputs=[tab.from_video], outputs=loaded_outputs,
+    tab.from_video.upload(load_from_video, inputs=[tab.from_video], outputs=loaded_outputs + story_outputs,
                           api_visibility="private", show_progress="hidden", concurrency_limit=None)

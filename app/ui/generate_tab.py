@@ -33,6 +33,8 @@ from app.ui.render import (
     settings_to_inputs,
     upload_path,
 )
+from app.ui.story import story_request_values
+from app.ui.story_panel import StoryPanel, build_story_panel, story_inputs
 from app.ui.streams import StreamFrame, first_frame, idle_frame, next_frame, snapshots_to_show
 from framepack_core.errors import FramePackError, InvalidInputError
 from framepack_core.media.image_input import load_input_image
@@ -105,6 +107,7 @@ class GenerateTab:
     progress: gr.HTML
     final_file: gr.File
     estimate: gr.HTML  # the job's memory and time, under Start (estimate_panel)
+    story: StoryPanel
 
 
 def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
@@ -144,6 +147,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                                            label="Distilled CFG scale",
                                            info="10 is the official default; changing it is not recommended.",
                                            elem_id="distilled-guidance")
+            story = build_story_panel(defaults)
             with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                 latent_window_size = gr.Slider(1, MAX_WINDOW, value=defaults["latent_window_size"], step=1,
                                                label=FIELD_LABELS["latent_window_size"],
@@ -203,14 +207,16 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                    gpu_memory_preservation=gpu_memory_preservation, fp8=fp8)
     return GenerateTab(form=form, image_check=image_check, quick_prompts=quick, model_note=model_note,
                        start=start_btn, stop=stop_btn, free_memory=free_btn, random_seed=random_seed_btn,
-                       preview=preview, video=video, progress=progress, final_file=final_file, estimate=estimate)
+                       preview=preview, video=video, progress=progress, final_file=final_file, estimate=estimate,
+                       story=story)
 
 
 def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Component],
-                      context: PageContext) -> None:
+                      context: PageContext) -> list[Any]:
     """Start, Stop, Free memory, the page-load reconnection (the job's progress, and its inputs back in the form),
     the check of a dropped image, and the small input helpers. ``outputs``: what a job's stream draws
-    (``outputs.shown_job`` is the job this tab's Stop stops, ``outputs.browser_job`` the browser's own last job)."""
+    (``outputs.shown_job`` is the job this tab's Stop stops, ``outputs.browser_job`` the browser's own last job).
+    Returns the stream events (page load, Start), after which the shown job may have ended."""
     service = context.service
     form_inputs = tab.form.inputs()
 
@@ -220,9 +226,10 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
         viewer = context.viewer_of(request)
         token = context.streams.begin(session)  # from here on, the page-load stream draws nothing more
         path = upload_path(image)
+        values = dict(zip(JOB_FIELDS, settings[:len(JOB_FIELDS)], strict=True))
+        values.update(story_request_values(story_inputs(settings[len(JOB_FIELDS):]), values))
         try:
-            job_id, repeated = context.submit_once(session, path, dict(zip(JOB_FIELDS, settings, strict=True)),
-                                                   viewer)
+            job_id, repeated = context.submit_once(session, path, values, viewer)
         except (FramePackError, RuntimeError) as error:
             # A refused request is the user's to fix: say what and how, in the page, and stay ready.
             message, hint = readable_error(error, path)
@@ -284,7 +291,8 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
     # preprocess=False: the handlers get the upload as Gradio stored it, unopened (see upload_path).
     started = tab.start.click(lambda: gr.update(interactive=False), outputs=[tab.start], api_visibility="private",
                               queue=False, show_progress="hidden").then(
-        on_start, inputs=form_inputs, outputs=stream_outputs, show_progress="hidden", api_visibility="private",
+        on_start, inputs=form_inputs + tab.story.inputs(), outputs=stream_outputs, show_progress="hidden",
+        api_visibility="private",
         concurrency_id="stream", cancels=[load_event], preprocess=False, trigger_mode="multiple")
     # A job that ends has taught the machine its speed: the estimate follows.
     wire_estimate_panel(demo, tab.estimate, form_inputs, context, after=[started, load_event])
@@ -305,6 +313,7 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
                           concurrency_limit=None)
     tab.random_seed.click(lambda: random.randrange(RANDOM_SEED_LIMIT), outputs=[tab.form.seed],
                           api_visibility="private", show_progress="hidden", concurrency_limit=None)
+    return [load_event, started]
 
 
 def check_dropped_image(image: dict[str, Any] | str | None) -> tuple[Any, str]:

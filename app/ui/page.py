@@ -33,6 +33,8 @@ from app.ui.render import (  # noqa: F401
     settings_to_inputs,
     video_settings,
 )
+from app.ui.reroll_panel import wire_reroll
+from app.ui.story_panel import wire_story_panel
 from app.ui.streams import StreamFrame
 
 DEMO_BANNER = ("**demo mode: random tiny weights, the video is noise.** Everything else is real: the models are "
@@ -58,6 +60,9 @@ CSS = """
 #queue-table th, #queue-table th * { overflow-wrap: normal; word-break: normal; hyphens: none; }
 /* Buttons at the height of the boxes beside them, on their bottom edge. */
 #queue-actions { align-items: flex-end; }
+/* The Story panel's timeline: one compact row per section, its times on the left. */
+.fp-section-row { align-items: center; border-top: 1px solid var(--border-color-primary); padding-top: 0.3rem; }
+.fp-section-row > .prose { flex: 0 0 7rem !important; min-width: 7rem !important; }
 """
 
 
@@ -99,7 +104,10 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
                                      progress=generate.progress, video=generate.video,
                                      final_file=generate.final_file, start=generate.start, stop=generate.stop,
                                      gallery=gallery.gallery, gallery_records=gallery.records)
-        wire_generate_tab(demo, generate, stream_outputs, context)
+        stream_events = wire_generate_tab(demo, generate, stream_outputs, context)
+        wire_story_panel(generate.story, generate.form)
+        wire_reroll(generate.story, stream_outputs, context, shown_jobs=[shown_job, queue.job],
+                    after_streams=stream_events)
         wire_gallery_tab(gallery, generate, context)
         wire_queue_tab(demo, queue, health_note, stream_outputs, context)
         wire_models_tab(demo, models, context)

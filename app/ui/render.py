@@ -37,7 +37,16 @@ JOB_FIELDS = ("prompt", "model", "seconds", "seed", "steps", "distilled_guidance
 FIELD_LABELS = {"seconds": "Video length (seconds)", "resolution": "Base resolution",
                 "latent_window_size": "Latent window size", "use_teacache": "Use TeaCache",
                 "gpu_memory_preservation": "GPU memory to preserve (GB)", "fp8": "fp8 weight storage (transformer)",
-                "model": "Model"}
+                # The Story panel's controls (app/ui/story_panel.py)
+                "end_image": "End image", "end_strength": "End strength",
+                "end_image_embedding_weight": "End image embedding weight", "loop": "Loop (end at the start image)",
+                "keyframes": "Keyframe (section timeline)", "prompt_blend_sections": "Prompt blend (sections)",
+                "extend_video": "Video to extend", "context_frames": "Context frames",
+                "extend_output": "Extended video's output", "reroll_from": "Re-roll from here",
+                "rerolls": "Re-roll from here", "model": "Model"}
+# The request fields the Story panel fills (app/ui/story.py story_request_values), besides JOB_FIELDS.
+STORY_FIELDS = ("end_image", "end_strength", "end_image_embedding_weight", "loop", "keyframes",
+                "prompt_blend_sections", "extend_video", "context_frames", "extend_output")
 APP_SETTING_WORDS = {"save_latents": "latents file", "job_dir": "job folder",
                      "models_dir": "the app's models folder (a start-up setting)", "offline": "the app's offline mode",
                      "device": "the app's device setting", "dtype": "the app's dtype setting"}
@@ -57,12 +66,29 @@ def page_text(text: str) -> str:
 
 def build_request(image: str | None, values: dict[str, Any]) -> GenerationRequest:
     """The request for the page's (or the API's) inputs; ``InvalidInputError`` when there is no image."""
+    values = {**values, "fp8": FP8_VALUES.get(values.get("fp8"), values.get("fp8"))}
+    known = {name: values[name] for name in (*JOB_FIELDS, *STORY_FIELDS) if values.get(name) is not None}
+    if not image and known.get("extend_video"):
+        return _clip_only_request(known)
     if not image:
         raise InvalidInputError("image", "no start image was given", "Upload a start image first.")
-    values = {**values, "fp8": FP8_VALUES.get(values.get("fp8"), values.get("fp8"))}
-    known = {name: values[name] for name in JOB_FIELDS if values.get(name) is not None}
     # Number components send floats (2.0); the request validates whole numbers itself.
     return GenerationRequest(image=Path(image), **known)
+
+
+def _clip_only_request(known: dict[str, Any]) -> GenerationRequest:
+    """Extending a clip without a start image: the engine starts from the clip's last frame, where it can (a
+    request that still needs an image says so, as for any missing image)."""
+    request = GenerationRequest(image=None, **known)  # type: ignore[arg-type]
+    try:
+        request.validated()
+    except TypeError:
+        raise InvalidInputError("image", "no start image was given",
+                                "Upload a start image; this version cannot start from the clip's last frame by "
+                                "itself.") from None
+    except InvalidInputError:
+        pass  # another field's fault: the service says which when it validates
+    return request
 
 
 def upload_path(value: Any) -> str | None:

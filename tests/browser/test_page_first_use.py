@@ -123,6 +123,7 @@ def test_two_starts_with_the_same_inputs_from_one_page_follow_one_job(demo_serve
         upload = session.upload(IMAGE.read_bytes(), "chelsea.jpg")
         start = session.chained(session.dependency("start", "click"))
         settings = [upload, prompt, "original", 1, 23, 3, 10.0, 3, 1.0, 0.0, "", False, 0.15, 16, 64, None, "auto"]
+        settings += [None] * (len(start["inputs"]) - len(settings))  # the Story panel's inputs, untouched
         shown = session.call_at_once(start, [settings, settings])
         jobs = _jobs_with_prompt(demo_server.url, prompt)
         assert len(jobs) == 1, jobs
