@@ -20,6 +20,7 @@ from gradio.components import Component
 
 from app.access import Viewer
 from app.settings import REPO_ROOT
+from app.ui.batch_panel import BatchPanel, build_batch_panel
 from app.ui.context import PageContext
 from app.ui.render import (
     FIELD_LABELS,
@@ -103,6 +104,7 @@ class GenerateTab:
     video: gr.Video
     progress: gr.HTML
     final_file: gr.File
+    batch: BatchPanel | None = None  # several images, prompts and seeds at once (``batch_panel``)
 
 
 def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
@@ -176,6 +178,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                                   label=FIELD_LABELS["fp8"],
                                   info="Halves the transformer's memory; results differ slightly from bf16.",
                                   elem_id="fp8")
+            batch = build_batch_panel()
             with gr.Accordion("Examples: start images and prompts", open=False, elem_id="examples"):
                 gr.Examples([[str(p)] for p in EXAMPLE_IMAGES if p.is_file()], inputs=[image],
                             label="Example images", api_visibility="private")
@@ -200,7 +203,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                    gpu_memory_preservation=gpu_memory_preservation, fp8=fp8)
     return GenerateTab(form=form, image_check=image_check, quick_prompts=quick, model_note=model_note,
                        start=start_btn, stop=stop_btn, free_memory=free_btn, random_seed=random_seed_btn,
-                       preview=preview, video=video, progress=progress, final_file=final_file)
+                       preview=preview, video=video, progress=progress, final_file=final_file, batch=batch)
 
 
 def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Component],
