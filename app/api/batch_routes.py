@@ -11,8 +11,8 @@ With logins a user sees and cancels only their own batches' jobs (others' batch 
 would take the user past ``--max-pending-per-user`` waiting jobs is refused (429) before any of it is queued.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI reads the routes' annotations, some of them local to
+# ``add_batch_routes``.
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path

@@ -81,7 +81,7 @@ def batch_size_text(images: Sequence[str] | None, prompts: str, seeds: str, seed
     try:
         seed_count_ = _seed_count(seeds, seed_count)
     except InvalidInputError as error:
-        return f"⚠️ {html.escape(error.message)}"
+        return f"⚠️ {html.escape(error.message, quote=False)}"
     if not image_count:
         return "Add start images: one job per image x prompt x seed."
     total = image_count * prompt_count * seed_count_
@@ -121,7 +121,8 @@ def queue_page_batch(context: PageContext, viewer: Viewer, images: Sequence[str]
         message, hint = readable_error(error, None)
         for image in images or []:
             message = message.replace(str(image), Path(image).name)
-        return f"**{html.escape(message)}**" + (f" How to fix: {html.escape(hint)}" if hint else "")
+        fix = f" How to fix: {html.escape(hint, quote=False)}" if hint else ""
+        return f"**{html.escape(message, quote=False)}**{fix}"
     count = len(batch.job_ids)
     return (f"Queued **batch {batch.batch_id}**: {count} job{'s' if count != 1 else ''}. The Queue tab shows "
             "them as a group; pick one of them there and press Cancel batch to cancel them all.")
