@@ -48,7 +48,8 @@ def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
                                              "prompt x seed (several --image, --image-dir, --prompt-file, "
                                              "--seeds or --seed-count).")
     submit.add_argument("--image", action="append", default=None,
-                        help="Input image (a copy is kept in the queue); repeat it for a batch.")
+                        help="Input image (a copy is kept in the queue); repeat it for a batch. Required unless "
+                             "--image-dir gives the images (no default).")
     submit.add_argument("--spec", type=Path, default=None,
                         help="A job spec JSON file; its settings replace the options below (default: the options).")
     submit.add_argument("--output", type=Path, default=None, help="Output .mp4 (default: in the output folder).")
@@ -63,7 +64,7 @@ def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
         if verb == "cancel":
             verb_parser.add_argument("--batch", default=None,
                                      help="Cancel every waiting job of this batch and stop its running one "
-                                          "(the id `jobs list` shows).")
+                                          "(the id `jobs list` shows). Default: cancel the one job given.")
     edit = verbs.add_parser("edit", help="Change settings of a pending job.")
     edit.add_argument("job_id", help=JOB_ID_HELP)
     edit.add_argument("settings", help='The settings to change, as JSON, e.g. \'{"seed": 7, "seconds": 10}\'.')
