@@ -47,10 +47,11 @@ def build_batch_panel() -> BatchPanel:
                              placeholder="Empty: the prompt above. Blank lines and lines starting with # are "
                                          "skipped.")
         with gr.Row(equal_height=True):
-            seeds = gr.Textbox(label="Seeds", placeholder="e.g. 1,2,3 (empty: the seed above)", scale=2,
+            seeds = gr.Textbox(label="Seeds", placeholder="e.g. 1,2,3 (empty: the seed above)", scale=1,
                                elem_id="batch-seeds")
-            seed_count = gr.Number(value=None, precision=0, minimum=0, maximum=MAX_BATCH_JOBS, scale=1,
-                                   label="or N seeds from the seed above", elem_id="batch-seed-count")
+            # Counting up from the form's seed: the same panel queues the same jobs again.
+            seed_count = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_BATCH_JOBS, scale=1,
+                                   label="or N seeds from Seed", elem_id="batch-seed-count")
         count = gr.Markdown(batch_size_text(None, "", "", None), elem_id="batch-count")
         queue_btn = gr.Button("Queue batch", elem_id="batch-queue")
         note = gr.Markdown("", elem_id="batch-note")

@@ -120,7 +120,9 @@ def wire_queue_tab(demo: gr.Blocks, tab: QueueTab, health_note: gr.Markdown, out
                     note = f"{job_id} is queued again; it resumes from its last finished section."
                 elif action == "cancel batch":
                     batch_id = batch_id_of(service, job_id, viewer)
-                    note = f"Cancelled {summary_of(cancel_batch(service, batch_id, viewer)).text()}."
+                    summary = summary_of(cancel_batch(service, batch_id, viewer))
+                    note = f"Cancelled {summary.text()}" + (
+                        " (the running one stops after its current step)." if summary.active else ".")
                 else:
                     service.delete(job_id, viewer)
                     note = f"Deleted {job_id} (its video, if any, stays in the output folder)."
