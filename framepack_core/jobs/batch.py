@@ -84,7 +84,7 @@ def images_in_folder(folder: Path) -> list[Path]:
                      if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES), key=lambda path: path.name)
     if not images:
         raise InvalidInputError("image_dir", f"{folder} holds no {', '.join(IMAGE_SUFFIXES)} image",
-                                "Put the start images in it, or give them one by one with --image.")
+                                "Put the start images in it, or give them one by one.")
     return images
 
 
