@@ -12,7 +12,7 @@ import gradio as gr
 from gradio.components import Component
 
 from app.access import Viewer
-from app.service.batches import batch_id_of, cancel_batch, summary_of, visible_batches
+from app.service.batches import batch_id_of, cancel_batch, summary_of
 from app.ui.context import PageContext
 from app.ui.generate_tab import follow_job
 from app.ui.render import (
@@ -26,6 +26,7 @@ from app.ui.render import (
 )
 from app.ui.streams import StreamFrame
 from framepack_core.errors import FramePackError
+from framepack_core.jobs.batch import batch_summaries
 
 
 @dataclass
@@ -87,9 +88,10 @@ def wire_queue_tab(demo: gr.Blocks, tab: QueueTab, health_note: gr.Markdown, out
     def refresh_queue(request: gr.Request) -> tuple[list[list[Any]], str, str]:
         """The viewer's queue rows, the worker's health and the viewer's batches, every QUEUE_REFRESH_S and once
         at page load."""
-        viewer = context.viewer_of(request)
-        return (queue_rows_for(viewer), health_markdown(service.health()),
-                batches_markdown(visible_batches(service, viewer)))
+        jobs, damaged = service.queue_listing(context.viewer_of(request))  # one read for the rows and the groups
+        places = {job_id: place for place, job_id in enumerate(service.queued_job_ids(), start=1)}
+        return (queue_table_rows(jobs, damaged, places), health_markdown(service.health()),
+                batches_markdown(batch_summaries(jobs)))
 
     def pick_queued_job(rows: Any, event: gr.SelectData) -> str:
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
