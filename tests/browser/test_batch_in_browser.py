@@ -5,13 +5,15 @@ Cancel batch ends."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.ui_latency import IMAGE
-from framepack_core.jobs.queue import JobQueue, JobState
+from framepack_core.jobs.queue import JobQueue, JobState, QueueError
 
 pytestmark = pytest.mark.browser
 
@@ -19,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 SECOND_IMAGE = REPO / "assets" / "coffee_landscape.jpg"
 
 
-def _wait_for(page: Any, predicate, what: str, timeout_s: float = 30) -> None:  # noqa: ANN001
+def _wait_for(page: Any, predicate: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, what
@@ -67,7 +69,5 @@ def test_the_batch_panel_queues_a_batch_that_the_queue_tab_cancels_as_one(page, 
         shoot(page, "22-queue-tab-batch-cancelled")
     finally:
         for job in batch_jobs:
-            try:
+            with suppress(QueueError):  # already ended
                 queue.cancel(job.id)
-            except Exception:  # noqa: BLE001 - already ended
-                pass
