@@ -158,7 +158,7 @@ def test_bad_images_are_refused_by_the_ui_the_cli_and_the_api(api, tmp_path, cap
 
 SPECS = [
     ("spec that is not JSON", lambda spec: "{settings:", "spec"),
-    ("spec of another version", lambda spec: json.dumps({**spec, "version": 2}), "version"),
+    ("spec of another version", lambda spec: json.dumps({**spec, "version": 3}), "version"),
     ("spec with an unknown setting", lambda spec: json.dumps({**spec, "settings": {"colour": 1}}), "settings.colour"),
     ("spec of another image", lambda spec: json.dumps({**spec, "image_sha256": "0" * 64}), "image"),
 ]

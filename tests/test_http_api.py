@@ -202,7 +202,8 @@ def test_the_openapi_description_lists_every_operation(api):
                           ("/jobs/{job_id}", "delete"), ("/jobs/{job_id}", "patch"), ("/jobs/{job_id}/cancel", "post"),
                           ("/jobs/{job_id}/retry", "post"), ("/jobs/{job_id}/reroll", "post"),
                           ("/jobs/{job_id}/video", "get"),
-                          ("/jobs/{job_id}/events", "get"), ("/health", "get")}
+                          ("/jobs/{job_id}/events", "get"), ("/health", "get"), ("/batches", "post"),
+                          ("/batches", "get"), ("/batches/{batch_id}", "get"), ("/batches/{batch_id}/cancel", "post")}
 
 
 def test_the_openapi_description_documents_each_field_of_the_one_job_status(api):

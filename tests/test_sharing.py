@@ -117,6 +117,36 @@ def test_bob_reaches_none_of_alices_jobs_through_the_rest_api(server, alices_wor
     assert alices_work["client"].get(f"/jobs/{alices_work['running']}").json()["state"] == "running"
 
 
+def test_bob_reaches_none_of_alices_batches_through_the_rest_api_or_the_queue_tab(server, alices_work, image_bytes):
+    alice = alices_work["client"]
+    response = alice.post("/batches", files=[("images", ("a.png", image_bytes, "image/png"))],
+                          data={"settings": json.dumps({**FAST, "prompt": f"{SECRET} batch"}), "seeds": "5,6"})
+    assert response.status_code == 201, response.text
+    batch_id, job_ids = response.json()["batch_id"], [job["id"] for job in response.json()["jobs"]]
+    try:
+        with rest(server, BOB) as bob:
+            assert batch_id not in bob.get("/batches").text
+            assert bob.get(f"/batches/{batch_id}").status_code == 404
+            assert bob.post(f"/batches/{batch_id}/cancel").status_code == 404
+        bob_page = GradioSession(server.url, BOB)
+        try:
+            batches = bob_page.component_id("queue-batches")
+            refresh = next(d for d in bob_page.dependencies("load") if batches in d["outputs"])
+            (done,) = [m for m in bob_page.call(refresh, []) if m["msg"] == "process_completed"]
+            assert batch_id not in json.dumps(done["output"]) and SECRET not in json.dumps(done["output"])
+            for job_id in job_ids:
+                note = json.dumps(bob_page.fire("queue-cancel-batch", "click", [job_id, 1])["output"])
+                assert "There is no job" in note and batch_id not in note, note
+        finally:
+            bob_page.close()
+        assert {job["state"] for job in alice.get(f"/batches/{batch_id}").json()["jobs"]} == {"queued"}
+        with rest(server, ROOT) as root:
+            assert root.get(f"/batches/{batch_id}").json()["total"] == 2, "the admin sees every batch"
+    finally:
+        cancelled = alice.post(f"/batches/{batch_id}/cancel")
+    assert cancelled.json()["counts"] == {"cancelled": 2}, cancelled.text
+
+
 def test_bob_cannot_read_or_stop_alices_job_through_gradio_named_endpoints(server, alices_work):
     from gradio_client import Client
 

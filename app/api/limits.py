@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -28,14 +28,17 @@ class ApiDoor:
     ``open_prefixes``), declared size, then received size."""
 
     def __init__(self, app: ASGIApp, *, guard: LoginGuard, max_body_bytes: int, limit_text: str,
-                 open_paths: Collection[str] = (), open_prefixes: Collection[str] = ()) -> None:
-        """``limit_text``: the limit as the user set it (e.g. "50 MB"), for the 413 message."""
+                 open_paths: Collection[str] = (), open_prefixes: Collection[str] = (),
+                 body_limits: Mapping[str, int] | None = None) -> None:
+        """``limit_text``: the limit as the user set it (e.g. "50 MB"), for the 413 message. ``body_limits``:
+        paths whose body may be larger (a batch carries several images, each still held to the upload limit)."""
         self.app = app
         self.guard = guard
         self.max_body_bytes = max_body_bytes
         self.limit_text = limit_text
         self.open_paths = frozenset(open_paths)
         self.open_prefixes = tuple(open_prefixes)
+        self.body_limits = dict(body_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan; the API has no websockets
@@ -47,11 +50,12 @@ class ApiDoor:
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
+        limit = self.body_limits.get(path, self.max_body_bytes)
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.strip().isdigit() and int(declared) > self.max_body_bytes:
+        if declared.strip().isdigit() and int(declared) > limit:
             await self._too_large()(scope, receive, send)
             return
-        await self._counted(scope, receive, send)
+        await self._counted(scope, receive, send, limit)
 
     def _login(self, scope: Scope) -> JSONResponse | None:
         """None when the request carries a valid login (then left in the scope), else the response refusing it."""
@@ -78,7 +82,7 @@ class ApiDoor:
                        f"Send a smaller image (at most {self.limit_text}), or start the app with a higher "
                        "--max-file-size-mb.", {"Connection": "close"})
 
-    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         """Run the app with a ``receive`` that counts the body's bytes. Past the limit the client gets a 413 at once
         and the app sees the client go away, so it stops reading and spools nothing more."""
         received = 0
@@ -92,7 +96,7 @@ class ApiDoor:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     refused = True
                     if not response_started:
                         await self._too_large()(scope, receive, send)

@@ -13,6 +13,8 @@
     DELETE /api/v1/jobs/{id}            forget an ended, pending or damaged job
     GET    /api/v1/jobs/{id}/video      the finished video (else the partial one of a stopped attempt)
     GET    /api/v1/health               whether the worker is alive and what it last failed on
+    POST   /api/v1/batches, GET /api/v1/batches[/{id}], POST /api/v1/batches/{id}/cancel: batches
+                                        (``app.api.batch_routes``)
 
 The job routes answer a ``JobStatus`` (``app.api.status``), the same object that Gradio's ``/generate`` and
 ``/status`` endpoints return.
@@ -42,6 +44,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.requests import HTTPConnection
 
 from app.access import Viewer
+from app.api.batch_routes import MAX_BATCH_IMAGES, add_batch_routes
 from app.api.errors import ApiRefusal, PathHider, default_hidden_folders, install_error_handlers
 from app.api.limits import LOGIN_SCOPE_KEY, ApiDoor
 from app.api.status import JobStatus, JobStatuses, served_video
@@ -145,7 +148,8 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     status = JobStatuses(service, output_dir, hide_paths).of
     limit_text = f"{settings.max_file_size_mb:g} MB"
     api.add_middleware(ApiDoor, guard=guard, max_body_bytes=settings.max_file_size_bytes + BODY_ALLOWANCE_BYTES,
-                       limit_text=limit_text, open_paths=OPEN_PATHS, open_prefixes=(DOCS_ASSETS + "/",))
+                       limit_text=limit_text, open_paths=OPEN_PATHS, open_prefixes=(DOCS_ASSETS + "/",),
+                       body_limits={"/batches": settings.max_file_size_bytes * MAX_BATCH_IMAGES + BODY_ALLOWANCE_BYTES})
 
     def viewer(request: Request, _: Annotated[None, Depends(LOGIN_IN_THE_DOCS)]) -> Viewer:
         login = request.scope.get(LOGIN_SCOPE_KEY)
@@ -323,6 +327,11 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    add_batch_routes(api, service, viewer, status,
+                     lambda upload: _store_upload(upload, store.root / "uploads", settings.max_file_size_bytes,
+                                                  limit_text),
+                     lambda image, settings_json: _request(image, settings_json, None),
+                     settings.max_pending_per_user, {**_ERRORS, 413: {"model": ApiError}, 507: {"model": ApiError}})
     return api
 
 

@@ -213,10 +213,11 @@ class GenerationService(QueueManagementMixin, RerollMixin):
 
     # Jobs ------------------------------------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, owner: str | None = None, max_pending: int | None = None) -> str:
+    def submit(self, request: GenerationRequest, owner: str | None = None, max_pending: int | None = None, *,
+               batch_id: str | None = None, label: str | None = None) -> str:
         """Queue a job; raises ``InvalidInputError`` for bad input before anything is queued. ``owner``: the
         login that submitted it. ``max_pending``: refuse (``QueueLimitError``) when ``owner`` already has that many
-        jobs waiting."""
+        jobs waiting. ``batch_id``, ``label``: its batch (``app.service.batches``)."""
         from framepack_core.pipeline.input_checks import check_input_files
 
         request = request.validated()
@@ -227,7 +228,7 @@ class GenerationService(QueueManagementMixin, RerollMixin):
             spec = JobSpec.from_request(request, file_sha256(Path(request.image)))
             stored = self.store.submit(spec, Path(request.image), output=request.output, owner=owner,
                                        max_pending=max_pending if owner is not None else None,
-                                       files=JobSpec.input_files_of(request))
+                                       files=JobSpec.input_files_of(request), batch_id=batch_id, label=label)
             self._track(stored)
             self._refresh_from_store()
             self._condition.notify_all()

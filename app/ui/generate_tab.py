@@ -20,6 +20,7 @@ from gradio.components import Component
 
 from app.access import Viewer
 from app.settings import REPO_ROOT
+from app.ui.batch_panel import BatchPanel, build_batch_panel
 from app.ui.context import PageContext
 from app.ui.estimate_panel import build_estimate_panel, wire_estimate_panel
 from app.ui.render import (
@@ -108,6 +109,7 @@ class GenerateTab:
     final_file: gr.File
     estimate: gr.HTML  # the job's memory and time, under Start (estimate_panel)
     story: StoryPanel
+    batch: BatchPanel | None = None  # several images, prompts and seeds at once (``batch_panel``)
 
 
 def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
@@ -183,6 +185,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                                   label=FIELD_LABELS["fp8"],
                                   info="Halves the transformer's memory; results differ slightly from bf16.",
                                   elem_id="fp8")
+            batch = build_batch_panel()
             with gr.Accordion("Examples: start images and prompts", open=False, elem_id="examples"):
                 gr.Examples([[str(p)] for p in EXAMPLE_IMAGES if p.is_file()], inputs=[image],
                             label="Example images", api_visibility="private")
@@ -208,7 +211,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
     return GenerateTab(form=form, image_check=image_check, quick_prompts=quick, model_note=model_note,
                        start=start_btn, stop=stop_btn, free_memory=free_btn, random_seed=random_seed_btn,
                        preview=preview, video=video, progress=progress, final_file=final_file, estimate=estimate,
-                       story=story)
+                       story=story, batch=batch)
 
 
 def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Component],

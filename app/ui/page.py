@@ -17,6 +17,7 @@ from app.api.status import JobStatuses
 from app.service.generation import GenerationService
 from app.service.outputs import ServedFiles
 from app.settings import Settings
+from app.ui.batch_panel import wire_batch_panel
 from app.ui.context import PageContext
 from app.ui.endpoints import build_endpoint_outputs, wire_endpoints
 from app.ui.gallery_tab import build_gallery_tab, wire_gallery_tab
@@ -108,6 +109,7 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
         wire_story_panel(generate.story, generate.form)
         wire_reroll(generate.story, stream_outputs, context, shown_jobs=[shown_job, queue.job],
                     after_streams=stream_events)
+        wire_batch_panel(generate.batch, generate.form.settings(), context)
         wire_gallery_tab(gallery, generate, context)
         wire_queue_tab(demo, queue, health_note, stream_outputs, context)
         wire_models_tab(demo, models, context)

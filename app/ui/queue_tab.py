@@ -12,6 +12,7 @@ import gradio as gr
 from gradio.components import Component
 
 from app.access import Viewer
+from app.service.batches import batch_id_of, cancel_batch, summary_of
 from app.ui.context import PageContext
 from app.ui.generate_tab import follow_job
 from app.ui.render import (
@@ -19,11 +20,13 @@ from app.ui.render import (
     QUEUE_COLUMN_WIDTHS,
     QUEUE_COLUMNS,
     QUEUE_REFRESH_S,
+    batches_markdown,
     health_markdown,
     queue_table_rows,
 )
 from app.ui.streams import StreamFrame
 from framepack_core.errors import FramePackError
+from framepack_core.jobs.batch import batch_summaries
 
 
 @dataclass
@@ -37,11 +40,14 @@ class QueueTab:
     delete: gr.Button
     note: gr.Markdown
     timer: gr.Timer
+    batches: gr.Markdown | None = None  # the viewer's batches as groups
+    cancel_batch: gr.Button | None = None  # cancels the picked job's whole batch
 
 
 def build_queue_tab(logins_on: bool) -> QueueTab:
     """The tab, laid out in the current Blocks. With logins on, a place counts among the viewer's own jobs."""
     with gr.Tab("Queue", elem_id="queue-tab"):
+        batches = gr.Markdown("", elem_id="queue-batches")
         # Empty in the page's config; filled for the viewer once the page has opened (see refresh_queue).
         table = gr.Dataframe(headers=list(QUEUE_COLUMNS), value=[], column_widths=list(QUEUE_COLUMN_WIDTHS),
                              interactive=False, wrap=True, elem_id="queue-table",
@@ -59,10 +65,13 @@ def build_queue_tab(logins_on: bool) -> QueueTab:
             cancel_btn = gr.Button("Cancel", size="md", scale=0, min_width=100, elem_id="queue-cancel")
             retry_btn = gr.Button("Retry", size="md", scale=0, min_width=100, elem_id="queue-retry")
             delete_btn = gr.Button("Delete", size="md", scale=0, min_width=100, elem_id="queue-delete")
+            cancel_batch_btn = gr.Button("Cancel batch", size="md", scale=0, min_width=130,
+                                         elem_id="queue-cancel-batch")
         note = gr.Markdown("", elem_id="queue-note")
         timer = gr.Timer(QUEUE_REFRESH_S)
     return QueueTab(table=table, job=job, place=place, move=move_btn, cancel=cancel_btn, retry=retry_btn,
-                    delete=delete_btn, note=note, timer=timer)
+                    delete=delete_btn, note=note, timer=timer, batches=batches,
+                    cancel_batch=cancel_batch_btn)
 
 
 def wire_queue_tab(demo: gr.Blocks, tab: QueueTab, health_note: gr.Markdown, outputs: StreamFrame[Component],
@@ -76,9 +85,13 @@ def wire_queue_tab(demo: gr.Blocks, tab: QueueTab, health_note: gr.Markdown, out
         places = {job_id: place for place, job_id in enumerate(service.queued_job_ids(), start=1)}
         return queue_table_rows(*service.queue_listing(viewer), places)
 
-    def refresh_queue(request: gr.Request) -> tuple[list[list[Any]], str]:
-        """The viewer's queue rows and the worker's health, every QUEUE_REFRESH_S and once at page load."""
-        return queue_rows_for(context.viewer_of(request)), health_markdown(service.health())
+    def refresh_queue(request: gr.Request) -> tuple[list[list[Any]], str, str]:
+        """The viewer's queue rows, the worker's health and the viewer's batches, every QUEUE_REFRESH_S and once
+        at page load."""
+        jobs, damaged = service.queue_listing(context.viewer_of(request))  # one read for the rows and the groups
+        places = {job_id: place for place, job_id in enumerate(service.queued_job_ids(), start=1)}
+        return (queue_table_rows(jobs, damaged, places), health_markdown(service.health()),
+                batches_markdown(batch_summaries(jobs)))
 
     def pick_queued_job(rows: Any, event: gr.SelectData) -> str:
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
@@ -107,6 +120,11 @@ def wire_queue_tab(demo: gr.Blocks, tab: QueueTab, health_note: gr.Markdown, out
                 elif action == "retry":
                     service.retry(job_id, viewer)
                     note = f"{job_id} is queued again; it resumes from its last finished section."
+                elif action == "cancel batch":
+                    batch_id = batch_id_of(service, job_id, viewer)
+                    summary = summary_of(cancel_batch(service, batch_id, viewer))
+                    note = f"Cancelled {summary.text()}" + (
+                        " (the running one stops after its current step)." if summary.active else ".")
                 else:
                     service.delete(job_id, viewer)
                     note = f"Deleted {job_id} (its video, if any, stays in the output folder)."
@@ -116,9 +134,9 @@ def wire_queue_tab(demo: gr.Blocks, tab: QueueTab, health_note: gr.Markdown, out
             return queue_rows_for(viewer), note
         return act
 
-    tab.timer.tick(refresh_queue, outputs=[tab.table, health_note], api_visibility="private", queue=False,
-                   show_progress="hidden")
-    demo.load(refresh_queue, outputs=[tab.table, health_note], api_visibility="private", queue=False,
+    tab.timer.tick(refresh_queue, outputs=[tab.table, health_note, tab.batches], api_visibility="private",
+                   queue=False, show_progress="hidden")
+    demo.load(refresh_queue, outputs=[tab.table, health_note, tab.batches], api_visibility="private", queue=False,
               show_progress="hidden")
     def then_follow(event: Any) -> None:
         # "multiple": picking another job while the last pick is still followed follows the new one at once (the
@@ -133,7 +151,7 @@ def wire_queue_tab(demo: gr.Blocks, tab: QueueTab, health_note: gr.Markdown, out
                    inputs=[tab.job], outputs=[tab.cancel], api_visibility="private", queue=False,
                    show_progress="hidden")
     for button, action in ((tab.move, "move"), (tab.cancel, "cancel"), (tab.retry, "retry"),
-                           (tab.delete, "delete")):
+                           (tab.delete, "delete"), (tab.cancel_batch, "cancel batch")):
         event = button.click(queue_action(action), inputs=[tab.job, tab.place], outputs=[tab.table, tab.note],
                              api_visibility="private", queue=False, show_progress="hidden")
         if action == "retry":

@@ -17,6 +17,7 @@ from app.service.generation import JobSnapshot, JobState, WorkerHealth
 from app.service.outputs import OutputRecord
 from framepack_core.durations import duration_text
 from framepack_core.errors import InvalidInputError, render_fields
+from framepack_core.jobs.batch import BatchSummary
 from framepack_core.jobs.output_description import read_output_description
 from framepack_core.jobs.queue import DamagedJob, QueuedJob
 from framepack_core.request import GenerationRequest
@@ -133,9 +134,11 @@ _STATE_LABELS = {JobState.QUEUED: "Queued", JobState.RUNNING: "Running", JobStat
                  JobState.CANCELLED: "Stopped", JobState.FAILED: "Failed"}
 
 
-QUEUE_COLUMNS = ("#", "id", "state", "progress", "prompt", "seconds", "seed", "submitted", "error")
+QUEUE_COLUMNS = ("#", "id", "state", "progress", "prompt", "seconds", "seed", "submitted", "error", "batch")
 # Wide enough at 1366 px that no header breaks inside a word and a date fits; the prompt and the error share the rest.
-QUEUE_COLUMN_WIDTHS = ("3%", "10%", "8%", "11%", "19%", "7%", "8%", "13%", "21%")
+QUEUE_COLUMN_WIDTHS = ("3%", "10%", "8%", "11%", "18%", "7%", "8%", "13%", "14%", "8%")
+# Batches named above the Queue tab's table: those with jobs waiting or running come first in the listing.
+QUEUE_BATCHES_SHOWN = 6
 QUEUE_REFRESH_S = 2.0
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_]{1,64}")
 
@@ -158,10 +161,18 @@ def queue_table_rows(jobs: list[QueuedJob], damaged: list[DamagedJob] = (),
                      job.state.value + (" (stopping)" if job.cancel_requested else ""), progress,
                      prompt if len(prompt) <= 60 else prompt[:57] + "...", settings.get("seconds"),
                      settings.get("seed"), time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at)),
-                     page_text(job.error or "")])
+                     page_text(job.error or ""), job.batch_id or ""])
     for row in damaged:
-        rows.append(["", row.id, "damaged", "", "", None, None, "", f"{row.reason} (delete it)"])
+        rows.append(["", row.id, "damaged", "", "", None, None, "", f"{row.reason} (delete it)", ""])
     return rows
+
+
+def batches_markdown(summaries: list[BatchSummary]) -> str:
+    """The batches among the viewer's jobs, one line each ("batch 3f2a91c0: 6 jobs, 2 done, 4 waiting")."""
+    lines = [f"- {summary.text()}" for summary in summaries[:QUEUE_BATCHES_SHOWN]]
+    if len(summaries) > QUEUE_BATCHES_SHOWN:
+        lines.append(f"- and {len(summaries) - QUEUE_BATCHES_SHOWN} older batches")
+    return "**Batches**\n\n" + "\n".join(lines) if lines else ""
 
 
 def render_message(text: str, *, hint: str = "", error: bool = False, state: str = "idle") -> str:

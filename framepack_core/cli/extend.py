@@ -20,7 +20,7 @@ def with_clip_start_image(args: argparse.Namespace, run: Callable[[], int]) -> i
         return run()
     clip = getattr(args, "extend_video", None)
     try:
-        if args.image is not None:
+        if args.image is not None or getattr(args, "image_dir", None) is not None:
             if clip is not None and getattr(args, "verb", None) == "submit":
                 from framepack_core.media.video_input import read_extend_clip
 
@@ -32,7 +32,8 @@ def with_clip_start_image(args: argparse.Namespace, run: Callable[[], int]) -> i
         from framepack_core.media.video_input import write_last_frame
 
         with tempfile.TemporaryDirectory(prefix="framepack-extend-") as folder:
-            args.image = str(write_last_frame(Path(clip), Path(folder)))
+            frame = str(write_last_frame(Path(clip), Path(folder)))
+            args.image = [frame] if getattr(args, "verb", None) == "submit" else frame  # submit takes a list
             return run()
     except InvalidInputError as error:
         print(f"error: {with_option_name(error)}", file=sys.stderr)

@@ -18,6 +18,7 @@ from framepack_core.cli.options import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_OK,
+    add_batch_options,
     add_runtime_options,
     add_setting_options,
     engine_from_args,
@@ -43,18 +44,27 @@ def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
     listing = verbs.add_parser("list", help="Running, pending (in queue order) and ended jobs.")
     listing.add_argument("--json", action="store_true", help="One JSON object per job, with its spec.")
 
-    submit = verbs.add_parser("submit", help="Add a job at the end of the queue.")
-    submit.add_argument("--image", default=None, help="Input image (a copy is kept in the queue); required unless "
-                                                      "--extend is given (default: the clip's last frame).")
+    submit = verbs.add_parser("submit", help="Add a job at the end of the queue, or a batch: one job per image x "
+                                             "prompt x seed (several --image, --image-dir, --prompt-file, "
+                                             "--seeds or --seed-count).")
+    submit.add_argument("--image", action="append", default=None,
+                        help="Input image (a copy is kept in the queue); repeat it for a batch. Required unless "
+                             "--image-dir gives the images, or --extend a clip (then its last frame is the image).")
     submit.add_argument("--spec", type=Path, default=None,
                         help="A job spec JSON file; its settings replace the options below (default: the options).")
     submit.add_argument("--output", type=Path, default=None, help="Output .mp4 (default: in the output folder).")
     add_setting_options(submit)
+    add_batch_options(submit)
 
-    for verb, text in (("cancel", "Cancel a pending job, or ask a running one to stop."),
+    for verb, text in (("cancel", "Cancel a pending job, or ask a running one to stop; or a whole batch."),
                        ("retry", "Queue a failed or cancelled job again; it resumes from its last section."),
                        ("delete", "Remove an ended or pending job and its checkpoints (not its video).")):
-        verbs.add_parser(verb, help=text).add_argument("job_id", help=JOB_ID_HELP)
+        verb_parser = verbs.add_parser(verb, help=text)
+        verb_parser.add_argument("job_id", nargs="?" if verb == "cancel" else None, help=JOB_ID_HELP)
+        if verb == "cancel":
+            verb_parser.add_argument("--batch", default=None,
+                                     help="Cancel every waiting job of this batch and stop its running one "
+                                          "(the id `jobs list` shows). Default: cancel the one job given.")
     edit = verbs.add_parser("edit", help="Change settings of a pending job.")
     edit.add_argument("job_id", help=JOB_ID_HELP)
     edit.add_argument("settings", help='The settings to change, as JSON, e.g. \'{"seed": 7, "seconds": 10}\'.')
@@ -86,6 +96,8 @@ def run_jobs(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.verb == "edit":
             return _edit(queue, args.job_id, args.settings)
+        if args.verb == "cancel" and (args.batch is not None or args.job_id is None):
+            return _cancel_batch(queue, args.batch, args.job_id)
         if args.verb == "delete":
             queue.delete(args.job_id)
             print(f"Deleted {args.job_id}")
@@ -125,15 +137,19 @@ def _list(queue, as_json: bool) -> int:  # noqa: ANN001
     if not jobs:
         print("The queue is empty.")
         return EXIT_OK
-    print(f"{'id':<12}  {'state':<9}  {'progress':<8}  {'created':<16}  prompt")
+    print(f"{'id':<12}  {'state':<9}  {'progress':<8}  {'created':<16}  {'batch':<8}  prompt")
     for job in jobs:
         progress = f"{job.sections_done}/{job.total_sections}" if job.total_sections else "-"
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at))
         prompt = str(job.spec.settings.get("prompt", ""))
         prompt = prompt if len(prompt) <= 50 else prompt[:47] + "..."
-        print(f"{job.id:<12}  {job.state.value:<9}  {progress:<8}  {created:<16}  {prompt}")
+        print(f"{job.id:<12}  {job.state.value:<9}  {progress:<8}  {created:<16}  {job.batch_id or '-':<8}  {prompt}")
         if job.error:
             print(f"{'':<12}  error: {option_text(job.error)}")
+    from framepack_core.jobs.batch import batch_summaries
+
+    for summary in batch_summaries(jobs):
+        print(summary.text())
     return EXIT_OK
 
 
@@ -142,7 +158,12 @@ def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
     from framepack_core.media.image_input import load_input_image
     from framepack_core.pipeline.story_inputs import check_story_images
 
-    image = Path(args.image)
+    if len(args.image or []) > 1 or any(value is not None for value in (
+            args.image_dir, args.prompt_file, args.seeds, args.seed_count)):
+        return _submit_batch(queue, args)
+    if not args.image:
+        raise InvalidInputError("image", "no input image was given", "Give --image (or --image-dir for a batch).")
+    image = Path(args.image[0])
     pixels = load_input_image(image).pixels  # refuse a broken image now, not when the job runs
     typed = request_from_args(args, image).validated()
     # The end image and keyframes: a spec names them by SHA-256, the options give the files.
@@ -164,6 +185,73 @@ def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
     print(f"{job.id} queued (number {queue.pending_position(job.id)})")
     for note in request_notes(spec.request(image, files=files)):
         print(f"note: {note}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _submit_batch(queue, args: argparse.Namespace) -> int:
+    """One job per image x prompt x seed, all checked before any is queued (``framepack_core.jobs.batch``)."""
+    from framepack_core.jobs.batch import (
+        expand_batch,
+        images_in_folder,
+        parse_seeds,
+        read_prompt_file,
+        seed_run,
+        submit_batch,
+    )
+    from framepack_core.jobs.spec import JobSpec, file_sha256
+
+    for name, value in (("spec", args.spec), ("output", args.output)):
+        if value is not None:
+            raise InvalidInputError(name, "cannot be used with a batch: each job of a batch is named for its "
+                                          "image, prompt and seed", f"Leave out --{name}, or queue one job.")
+    if args.seeds is not None and args.seed_count is not None:
+        raise InvalidInputError("seeds", "give --seeds or --seed-count, not both")
+    images = [Path(image) for image in args.image or []]
+    images += images_in_folder(args.image_dir) if args.image_dir is not None else []
+    prompts = read_prompt_file(args.prompt_file) if args.prompt_file is not None else []
+    seeds = (parse_seeds(args.seeds) if args.seeds is not None
+             else seed_run(args.seed, args.seed_count) if args.seed_count is not None else [])
+    base = request_from_args(args, images[0] if images else Path())
+    jobs = expand_batch(base, images, prompts, seeds, prompt_field="prompt_file",
+                        seed_field="seeds" if args.seeds is not None else "seed_count")
+
+    def submit_one(job, batch_id: str) -> str:
+        spec = JobSpec.from_request(job.request, file_sha256(job.request.image))
+        return queue.submit(spec, job.request.image, files=JobSpec.input_files_of(job.request),
+                            batch_id=batch_id, label=job.label).id
+
+    batch = submit_batch(jobs, submit_one, queue.delete)
+    first = queue.pending_position(batch.job_ids[0])
+    print(f"batch {batch.batch_id}: {len(jobs)} job{'s' if len(jobs) != 1 else ''} queued "
+          f"(numbers {first} to {first + len(jobs) - 1}); cancel them all with `jobs cancel --batch {batch.batch_id}`")
+    for job, job_id in zip(jobs, batch.job_ids):
+        print(f"{job_id} queued: {job.label}, seed {job.request.seed}")
+    for note in request_notes(jobs[0].request):
+        print(f"note: {note}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cancel_batch(queue, batch_id: str | None, job_id: str | None) -> int:
+    from framepack_core.jobs.batch import batch_jobs, unknown_batch
+    from framepack_core.jobs.queue import QueueError
+
+    if batch_id is None or job_id is not None:
+        raise InvalidInputError("batch", "give a job id or --batch ID, one of the two")
+    jobs = batch_jobs(queue.list(), batch_id)
+    if not jobs:
+        raise unknown_batch(batch_id)
+    cancelled = stopping = 0
+    for job in jobs:
+        if job.state.done:
+            continue
+        try:
+            stopping += queue.cancel(job.id).cancel_requested
+            cancelled += 1
+        except QueueError:  # it ended meanwhile
+            continue
+    print(f"batch {batch_id}: cancelled {cancelled - stopping} waiting job{'s' if cancelled - stopping != 1 else ''}"
+          + (f", asked {stopping} running one to stop after the current step" if stopping else "")
+          + f"; {len(jobs) - cancelled} had already ended")
     return EXIT_OK
 
 

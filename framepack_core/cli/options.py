@@ -106,6 +106,21 @@ def keyframe_argument(text: str) -> tuple[float, Path]:
     return value, Path(path)
 
 
+def add_batch_options(p: argparse.ArgumentParser) -> None:
+    """``jobs submit``'s batch: one job per image x prompt x seed (``framepack_core.jobs.batch``)."""
+    p.add_argument("--image-dir", type=Path, default=None,
+                   help="Batch: every .png, .jpg, .jpeg and .webp image in this folder, by name (with or "
+                        "without --image). Default: only the --image files.")
+    p.add_argument("--prompt-file", type=Path, default=None,
+                   help="Batch: one prompt a line (UTF-8; blank lines and lines starting with # are skipped), "
+                        "one job per prompt. Default: --prompt.")
+    p.add_argument("--seeds", default=None,
+                   help="Batch: these seeds, e.g. 1,2,3, one job per seed. Default: --seed.")
+    p.add_argument("--seed-count", type=int, default=None,
+                   help="Batch: N seeds counting up from --seed (--seed 7 --seed-count 3: 7, 8, 9), one job "
+                        "per seed. Default: --seed only.")
+
+
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
     """Where the models come from and what runs them, shared by ``generate`` and ``jobs run``."""
     p.add_argument("--models-dir", type=Path, default=None,
@@ -208,7 +223,8 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
 # Request fields whose command-line option is not simply "--" + the field name with dashes.
 OPTION_FOR_FIELD = {"latent_window_size": "--window", "distilled_guidance": "--gs", "cfg_rescale": "--rs",
                      "gpu_memory_preservation": "--preserve-gb",
-                     "use_teacache": "--teacache", "extend_video": "--extend", "keyframes": "--keyframe"}
+                     "use_teacache": "--teacache", "extend_video": "--extend", "keyframes": "--keyframe",
+                     "batch_size": "--image/--prompt-file/--seeds"}
 
 
 def option_for_field(field: str) -> str:

@@ -164,12 +164,13 @@ class JobQueue:
 
     def submit(self, spec: JobSpec, image: Path, *, output: Path | None = None, owner: str | None = None,
                max_pending: int | None = None, files: Mapping[str, Path] | None = None,
-               job_id: str | None = None) -> QueuedJob:
+               job_id: str | None = None, batch_id: str | None = None, label: str | None = None) -> QueuedJob:
         """Add a job at the end of the queue. ``image`` must be the spec's image (its SHA-256 is checked), and
         ``files`` maps the SHA-256 of each of the spec's other input files to its path; a copy of each is kept in
         the queue, so the originals may be moved or deleted afterwards. With an ``owner`` and a ``max_pending``,
         an owner who already has that many pending jobs is refused (``QueueLimitError``). ``job_id``: one chosen
-        beforehand (a re-roll prepares its job folder first), else a new one."""
+        beforehand (a re-roll prepares its job folder first), else a new one. ``batch_id`` and ``label``: the
+        batch it belongs to and its name there (``framepack_core.jobs.batch``)."""
         spec.check_image(Path(image))
         spec.request(Path(image), files=files)  # every input file is there
         limited = owner is not None and max_pending is not None
@@ -189,10 +190,10 @@ class JobQueue:
                 _refuse_over_limit(connection, owner, max_pending)
             last = connection.execute("SELECT MAX(position) FROM jobs WHERE state = 'queued'").fetchone()[0]
             connection.execute(
-                "INSERT INTO jobs (id, state, position, spec, image, output, owner, created_at) "
-                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, state, position, spec, image, output, owner, created_at, batch_id, label) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, (last or 0.0) + 1.0, spec.to_json(None), str(stored),
-                 None if output is None else str(output), owner, time.time()))
+                 None if output is None else str(output), owner, time.time(), batch_id, label))
         return self.get(job_id)
 
     def edit(self, job_id: str, spec: JobSpec) -> QueuedJob:

@@ -55,6 +55,8 @@ class QueuedJob:
     error: str | None
     hint: str | None
     partial: Path | None = None  # the playable part an attempt that did not finish left behind
+    batch_id: str | None = None  # the batch it was queued with (``jobs.batch``), None for a job of its own
+    label: str | None = None  # a batch job's image and prompt, in its output's name (``output_naming.batch_label``)
 
     def input_files(self) -> dict[str, Path]:
         """The stored copy of each input file besides the start image, by SHA-256 (stored next to the image)."""
@@ -77,7 +79,8 @@ class QueuedJob:
                 "sections_done": self.sections_done, "total_sections": self.total_sections,
                 "cancel_requested": self.cancel_requested, "error": self.error, "hint": self.hint,
                 "output": None if self.output is None else self.output.name,
-                "partial": None if self.partial is None else self.partial.name, "spec": self.spec.to_dict()}
+                "partial": None if self.partial is None else self.partial.name, "batch_id": self.batch_id,
+                "label": self.label, "spec": self.spec.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -159,4 +162,5 @@ def read_job(row: sqlite3.Row) -> QueuedJob:
         created_at=row["created_at"], started_at=row["started_at"], ended_at=row["ended_at"],
         attempts=row["attempts"], cancel_requested=bool(row["cancel_requested"]),
         sections_done=row["sections_done"], total_sections=row["total_sections"], error=row["error"],
-        hint=row["hint"], partial=None if row["partial"] is None else Path(row["partial"]))
+        hint=row["hint"], partial=None if row["partial"] is None else Path(row["partial"]),
+        batch_id=row["batch_id"], label=row["label"])

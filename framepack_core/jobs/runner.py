@@ -55,7 +55,8 @@ class QueueRunner:
         try:
             request = job.request()
             if request.output is None:
-                request = job.request(output=output_path(self.output_dir, seed=request.seed, job_id=job.id))
+                request = job.request(output=output_path(self.output_dir, seed=request.seed, job_id=job.id,
+                                                         label=job.label))
                 self.queue.set_output(job.id, request.output)
         except FramePackError as error:
             return self.queue.end(job.id, JobState.FAILED, error=error.message, hint=error.hint)
