@@ -49,7 +49,7 @@ def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
                                              "--seeds or --seed-count).")
     submit.add_argument("--image", action="append", default=None,
                         help="Input image (a copy is kept in the queue); repeat it for a batch. Required unless "
-                             "--image-dir gives the images, or --extend a clip (then its last frame is the image).")
+                             "--image-dir gives the images, or --extend a clip (default: then its last frame).")
     submit.add_argument("--spec", type=Path, default=None,
                         help="A job spec JSON file; its settings replace the options below (default: the options).")
     submit.add_argument("--output", type=Path, default=None, help="Output .mp4 (default: in the output folder).")
