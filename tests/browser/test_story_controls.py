@@ -188,6 +188,4 @@ def test_loading_a_video_restores_the_story_settings_and_names_the_files_to_add_
     assert not page.locator("#loop input[type=checkbox]").is_checked()
 
 
-def test_the_batch_panel_queues_one_job_per_image_and_prompt(page):
-    pytest.skip("The batch panel is another part of issue 12 and not on this branch: to be completed when it "
-                "lands (multi-upload, a prompt list, one job per combination in the Queue tab as one group).")
+# The batch panel, the last control of the issue, has its own browser test: test_batch_in_browser.py.
