@@ -12,6 +12,7 @@ import pytest
 from app.service.generation import GenerationService
 from app.ui.estimate_panel import estimate_panel_html
 from app.ui.render import FIELD_LABELS
+from framepack_core.durations import rough_duration_text
 from framepack_core.events import JobFinished, StageChanged
 from framepack_core.media.buckets import find_nearest_bucket
 from framepack_core.memory.hardware import FakeHardwareProbe, fake_hardware
@@ -24,7 +25,6 @@ from framepack_core.pipeline.estimate import (
     TEACACHE_SPEEDUP,
     TimeSource,
     estimate_job,
-    format_duration,
     image_size_of,
 )
 from framepack_core.pipeline.timings import StageTimings
@@ -154,7 +154,7 @@ def test_image_size_is_read_from_the_header_as_the_job_sees_it(gradient_image, t
 @pytest.mark.parametrize(("seconds", "text"), [(4.2, "4 s"), (42, "40 s"), (239, "4 min"), (4800, "1 h 20 min"),
                                                (3600, "1 h")])
 def test_durations_are_rounded_as_an_estimate_deserves(seconds, text):
-    assert format_duration(seconds) == text
+    assert rough_duration_text(seconds) == text
 
 
 # The page's panel --------------------------------------------------------------------------------------------

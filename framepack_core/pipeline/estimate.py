@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from framepack_core.durations import rough_duration_text
 from framepack_core.memory.plan import GIB, MemoryPlan, Workload
 from framepack_core.pipeline.progress import ProgressClock
 from framepack_core.pipeline.timings import StageTimings, job_shape
@@ -59,7 +60,7 @@ class JobEstimate:
         """The time in words, always saying that it is an estimate and what from."""
         if self.seconds is None:
             return "unknown until the first job with these settings runs"
-        about = f"about {format_duration(self.seconds)}"
+        about = f"about {rough_duration_text(self.seconds)}"
         if self.source == TimeSource.LEARNED:
             return f"{about} (estimate, from this PC's last jobs)"
         return (f"{about} of sampling (first guess, modelled for an {self.cost_model}; this PC's real speed is "
@@ -131,17 +132,6 @@ def image_size_of(path: Path | str | None) -> tuple[int, int] | None:
     except (OSError, UnidentifiedImageError, ValueError):
         return None
     return (height, width) if height > 0 and width > 0 else None
-
-
-def format_duration(seconds: float) -> str:
-    """A rough duration: "40 s", "4 min", "1 h 20 min" (an estimate is no more precise than that)."""
-    if seconds < 60:
-        return f"{max(1, round(seconds / 5) * 5 if seconds >= 10 else round(seconds))} s"
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 def _plan(request: GenerationRequest, image_size: tuple[int, int] | None, models: ModelStore,
