@@ -34,6 +34,7 @@ from app.ui.story_panel import end_note, loop_updates, section_updates, story_in
 from framepack_core.errors import InvalidInputError
 from framepack_core.request import GenerationRequest, Keyframe
 from framepack_core.sampling.timeline import section_at, section_spans
+from tests.test_extend_video import write_clip
 
 FORM = {"prompt": "a cat", "model": "original", "seconds": 5.0, "latent_window_size": 9}
 
@@ -141,14 +142,15 @@ def test_no_start_image_is_refused_unless_a_clip_to_extend_is_given(tmp_path):
     with pytest.raises(InvalidInputError) as refused:
         build_request(None, dict(FORM))
     assert refused.value.field == "image"
-    # With a clip, the page passes the clip alone; until the engine can start from the clip's last frame the
-    # request says the image is missing, as above (never a TypeError).
-    try:
-        request = build_request(None, {**FORM, "extend_video": str(tmp_path / "clip.mp4")})
-    except InvalidInputError as error:
-        assert error.field == "image"
-    else:
-        assert request.extend_video == tmp_path / "clip.mp4"
+    # With a clip, the start image is the clip's last frame, as on the command line and over REST.
+    clip = write_clip(tmp_path / "clip.mp4")
+    request = build_request(None, {**FORM, "extend_video": str(clip)})
+    assert Path(request.extend_video) == clip and request.image.parent == tmp_path and request.image.suffix == ".png"
+    assert build_request(None, {**FORM, "extend_video": str(clip)}).image.read_bytes() == request.image.read_bytes()
+    with pytest.raises(InvalidInputError) as broken:
+        (tmp_path / "broken.mp4").write_bytes(b"not a video")
+        build_request(None, {**FORM, "extend_video": str(tmp_path / "broken.mp4")})
+    assert broken.value.field == "extend_video"
 
 
 def test_every_story_field_has_a_label_for_the_page_s_errors():

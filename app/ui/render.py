@@ -78,18 +78,12 @@ def build_request(image: str | None, values: dict[str, Any]) -> GenerationReques
 
 
 def _clip_only_request(known: dict[str, Any]) -> GenerationRequest:
-    """Extending a clip without a start image: the engine starts from the clip's last frame, where it can (a
-    request that still needs an image says so, as for any missing image)."""
-    request = GenerationRequest(image=None, **known)  # type: ignore[arg-type]
-    try:
-        request.validated()
-    except TypeError:
-        raise InvalidInputError("image", "no start image was given",
-                                "Upload a start image; this version cannot start from the clip's last frame by "
-                                "itself.") from None
-    except InvalidInputError:
-        pass  # another field's fault: the service says which when it validates
-    return request
+    """Extending a clip without a start image: the start image is the clip's last frame, as on the command line
+    and over REST (written next to the upload; the same clip always gives the same file)."""
+    from framepack_core.media.video_input import write_last_frame
+
+    clip = Path(known["extend_video"])
+    return GenerationRequest(image=write_last_frame(clip, clip.parent), **known)
 
 
 def upload_path(value: Any) -> str | None:
