@@ -276,7 +276,7 @@ def test_the_rest_api_rerolls_a_finished_job_as_a_new_one_for_its_owner_only(tin
     from app.api.routes import build_api
     from app.service.generation import GenerationService
     from app.settings import Settings
-    from framepack_core.jobs.queue import JobQueue
+    from framepack_core.jobs.queue import JobQueue, QueueLimitError
 
     out = tmp_path / "outputs"
     service = GenerationService(
@@ -300,6 +300,11 @@ def test_the_rest_api_rerolls_a_finished_job_as_a_new_one_for_its_owner_only(tin
             service.reroll(job_id, 2, viewer=_viewer("bob"))
         refused = client.post(f"/jobs/{job_id}/reroll", json={"from_section": 3}, auth=alice)
         assert refused.status_code == 422 and refused.json()["field"] == "reroll_from", refused.text
+        # A re-roll is a queued job like any other: it counts against its owner's pending limit.
+        jobs_before = len(service.store.list())
+        with pytest.raises(QueueLimitError):
+            service.reroll(job_id, 2, seed=5, viewer=_viewer("alice"), max_pending=0)
+        assert len(service.store.list()) == jobs_before
 
         answer = client.post(f"/jobs/{job_id}/reroll", json={"from_section": 2, "seed": 4, "prompt": "a dog"},
                              auth=alice)

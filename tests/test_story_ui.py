@@ -199,7 +199,8 @@ class FakeService:
     def snapshot(self, job_id: str, viewer: Any = None) -> JobSnapshot:
         return self.jobs[job_id]
 
-    def reroll(self, job_id: str, from_section: int, *, seed: int, prompt: str | None, viewer: Any) -> str:
+    def reroll(self, job_id: str, from_section: int, *, seed: int, prompt: str | None, viewer: Any,
+               max_pending: int | None = None) -> str:
         self.calls.append((job_id, from_section, seed, prompt, viewer))
         return "new-job"
 

@@ -269,7 +269,8 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     def reroll_job(job_id: JobId, who: Who, body: RerollRequest) -> JobStatus:
         job = own_job(job_id, who)
         try:
-            new_id = service.reroll(job.id, body.from_section, seed=body.seed, prompt=body.prompt, viewer=who)
+            new_id = service.reroll(job.id, body.from_section, seed=body.seed, prompt=body.prompt, viewer=who,
+                                    max_pending=settings.max_pending_per_user)
         except KeyError:
             raise ApiRefusal(404, f"There is no job {job_id}.", NO_SUCH_JOB_HINT) from None
         return status(store.get(new_id))

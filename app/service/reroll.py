@@ -34,12 +34,13 @@ class RerollMixin:
     _jobs: dict[str, LiveJob]
 
     def reroll(self, job_id: str, from_section: int, *, seed: int | None = None, prompt: str | None = None,
-               viewer: Viewer | None = None) -> str:
+               viewer: Viewer | None = None, max_pending: int | None = None) -> str:
         """Queue ``job_id`` re-rolled from ``from_section`` (1-based, generation order) with ``seed`` (None: a new
         random one) and, if given, ``prompt``; returns the new job's id. Its sections before ``from_section`` are
         the old job's, bit-identical; the old job, its folder and its video stay as they are. ``KeyError`` for a
         job unknown or hidden from ``viewer``; ``InvalidInputError`` (``reroll_from``, ``job_dir``, ``seed``,
-        ``prompt``) for a section it does not have or has not finished, or a job that is running."""
+        ``prompt``) for a section it does not have or has not finished, or a job that is running. ``max_pending``:
+        refuse (``QueueLimitError``) when the job's owner already has that many jobs waiting, as ``submit`` does."""
         with self._condition:
             try:
                 old = self.store.get(job_id)
@@ -62,7 +63,8 @@ class RerollMixin:
                                             lambda path: path.exists() or str(path) in in_use)
                 record_output(target, output)
                 stored = self.store.submit(job.spec, request.image, output=output, owner=old.owner,
-                                           files=JobSpec.input_files_of(request), job_id=new_id)
+                                           files=JobSpec.input_files_of(request), job_id=new_id,
+                                           max_pending=max_pending if old.owner is not None else None)
             except BaseException:
                 shutil.rmtree(target, ignore_errors=True)
                 raise

@@ -76,7 +76,8 @@ def start_reroll(context: PageContext, job_id: str | None, from_section: int | N
     try:
         new_id = context.service.reroll(str(job_id), int(from_section),
                                         seed=reroll_seed(seed, random.randrange(RANDOM_SEED_LIMIT)),
-                                        prompt=(prompt or "").strip() or None, viewer=context.viewer_of(request))
+                                        prompt=(prompt or "").strip() or None, viewer=context.viewer_of(request),
+                                        max_pending=context.settings.max_pending_per_user)
     except (FramePackError, KeyError, RuntimeError) as error:
         message, hint = readable_error(error, None)
         raise gr.Error(f"{message} How to fix: {hint}" if hint else message) from None
