@@ -9,7 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from app.access import Viewer
-from app.ui.models_tab import download_updates, status_rows
+from app.ui.models_tab import download_button, download_updates, status_rows
 from framepack_core.models.inventory import inspect_models
 from framepack_core.models.loading import BASE_REPO, ModelSource
 from framepack_core.models.missing_weights import check_weights
@@ -58,3 +58,9 @@ def test_with_logins_on_only_an_admin_may_start_a_download(tiny_models_dir, tmp_
     assert note == "Only an admin may download models." and not hub.fetched
     (_, _, note), = download_updates("original", ADMIN, _context(models, offline=True), threading.Lock())
     assert "offline mode" in note and not hub.fetched
+
+
+def test_the_download_button_stands_out_only_when_something_is_missing(tiny_models_dir, tmp_path):
+    missing = inspect_models("original", models_dir=_without_the_text_encoder(tiny_models_dir, tmp_path))
+    assert download_button(missing)["variant"] == "primary"
+    assert download_button(inspect_models("original", models_dir=tiny_models_dir))["variant"] == "secondary"

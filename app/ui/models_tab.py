@@ -57,6 +57,11 @@ def status_rows(inventory: ModelInventory) -> list[list[str]]:
             for status in inventory.components]
 
 
+def download_button(inventory: ModelInventory) -> dict[str, Any]:
+    """The Download button stands out only when there is something to download."""
+    return gr.update(variant="primary" if inventory.incomplete else "secondary")
+
+
 def status_summary(inventory: ModelInventory, offline: bool) -> str:
     """A line on the whole set: complete, or what is missing and about how big it is; and the free space."""
     free = f"{format_gb(inventory.free_bytes)} free on the drive of `{inventory.target}`."
@@ -148,15 +153,17 @@ def wire_models_tab(demo: gr.Blocks, tab: ModelsTab, context: PageContext) -> No
     """The table at page load and on Check again or a new model choice, and the Download button."""
     busy = threading.Lock()  # one download per app: two would fetch the same files
 
-    def show(model: str) -> tuple[list[list[str]], str]:
+    def show(model: str) -> tuple[list[list[str]], str, dict[str, Any]]:
         inventory = inspect_models(model, models_dir=context.settings.models_dir)
-        return status_rows(inventory), status_summary(inventory, offline=True)
+        return status_rows(inventory), status_summary(inventory, offline=True), download_button(inventory)
 
     def start(model: str, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         yield from download_updates(model, context.viewer_of(request), context, busy)
 
     for trigger in (demo.load, tab.check.click, tab.model.change):
-        trigger(show, inputs=[tab.model], outputs=[tab.table, tab.summary], api_visibility="private",
+        trigger(show, inputs=[tab.model], outputs=[tab.table, tab.summary, tab.download], api_visibility="private",
                 show_progress="hidden")
     tab.download.click(start, inputs=[tab.model], outputs=[tab.table, tab.summary, tab.progress],
-                       api_visibility="private", show_progress="hidden")
+                       api_visibility="private", show_progress="hidden").then(
+        show, inputs=[tab.model], outputs=[tab.table, tab.summary, tab.download], api_visibility="private",
+        show_progress="hidden")
