@@ -34,7 +34,7 @@ from app.ui.render import (
     settings_to_inputs,
     upload_path,
 )
-from app.ui.story import story_request_values
+from app.ui.story import story_request_values, story_settings_to_inputs
 from app.ui.story_panel import StoryPanel, build_story_panel, story_inputs
 from app.ui.streams import StreamFrame, first_frame, idle_frame, next_frame, snapshots_to_show
 from framepack_core.errors import FramePackError, InvalidInputError
@@ -265,17 +265,20 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
         yield from _stream(context, job_id, session, token, viewer, own=job_id == own_job, with_gallery=True)
 
     def restore_form(own_job: str | None, request: gr.Request) -> list[Any]:
-        """On page load, the inputs of this browser's unfinished job back in the form, so the page shows what is
-        running; a finished or unknown job leaves the form as it is."""
+        """On page load, the inputs of this browser's unfinished job back in the form and the Story panel, so the
+        page shows what is running; a finished or unknown job leaves them as they are."""
         viewer = context.viewer_of(request)
         try:
             snapshot = service.snapshot(own_job, viewer) if own_job else None
         except KeyError:
             snapshot = None
         if snapshot is None or snapshot.state.done:
-            return [gr.skip()] * len(form_inputs)
-        image = context.served.serve(snapshot.request.image)
-        return [image or gr.skip(), *settings_to_inputs(snapshot.request.to_dict(), context.defaults)]
+            return [gr.skip()] * len(restored)
+        job = snapshot.request
+        image = context.served.serve(job.image)
+        end_image = context.served.serve(job.end_image) if job.end_image is not None else None
+        return [image or gr.skip(), *settings_to_inputs(job.to_dict(), context.defaults),
+                *story_settings_to_inputs(job.to_dict()), end_image or gr.skip()]
 
     def on_stop(job_id: str | None, request: gr.Request) -> None:
         if job_id is not None and service.cancel(job_id, context.viewer_of(request)):
@@ -287,7 +290,8 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
     stream_outputs = outputs.values()
     load_event = demo.load(on_load, inputs=[outputs.browser_job], outputs=stream_outputs, show_progress="hidden",
                            api_visibility="private", concurrency_id="stream")
-    demo.load(restore_form, inputs=[outputs.browser_job], outputs=form_inputs, show_progress="hidden",
+    restored = [*form_inputs, *tab.story.settings(), tab.story.end_image]
+    demo.load(restore_form, inputs=[outputs.browser_job], outputs=restored, show_progress="hidden",
               api_visibility="private", queue=False)
     # Start is disabled at once, before the job is even submitted, so a second click has nothing to press; one
     # that still gets through (a double click) follows the first job (PageContext.submit_once).

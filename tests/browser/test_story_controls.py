@@ -85,6 +85,27 @@ def test_the_end_image_and_the_loop_toggle_reach_the_job(page, demo_server, tmp_
     assert page.locator("#end-image input[type=file]").count() == 1  # the box takes an image again
 
 
+def test_a_reload_during_a_job_brings_its_story_settings_back(page, tmp_path):
+    end = _second_image(tmp_path)
+    set_job_inputs(page, image=IMAGE, prompt="a long one", seconds=30, seed=503, **FAST)
+    _open_story(page)
+    page.set_input_files("#end-image input[type=file]", str(end))
+    page.wait_for_selector("#end-image img")
+    set_number(page, "end-strength", 0.5)
+    set_number(page, "end-embedding-weight", 0.25)
+    start_job(page)
+    wait_for_state(page, ("running",))
+    page.reload()
+    page.wait_for_selector("#start")
+    assert wait_for_state(page, ("running",), timeout_s=15) == "running"
+    _open_story(page)
+    page.wait_for_function("() => document.querySelector('#end-strength input[type=number]').value === '0.5'")
+    assert float(page.locator("#end-embedding-weight input[type=number]").input_value()) == 0.25
+    assert page.locator("#end-image img").count() == 1  # the end image is back too
+    page.click("#stop")
+    assert wait_for_state(page, DONE, timeout_s=30) == "cancelled"
+
+
 def test_choosing_f1_says_the_end_frame_will_be_refused(page):
     set_job_inputs(page, image=IMAGE, prompt="f1", seconds=SECONDS, **FAST)
     _open_story(page)
