@@ -1,5 +1,5 @@
-"""Command line: ``python -m framepack_core generate ...``, ``tiny-models DIR``, ``plan ...`` and ``jobs ...``.
-This module only dispatches; each command lives in its own module."""
+"""Command line: ``python -m framepack_core generate ...``, ``tiny-models DIR``, ``plan ...``, ``jobs ...``,
+``models ...`` and ``lora inspect PATH``. This module only dispatches; each command lives in its own module."""
 
 from __future__ import annotations
 
