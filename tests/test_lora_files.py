@@ -160,6 +160,26 @@ def test_layers_the_transformer_lacks_are_reported_by_name(tmp_path, truth, tiny
         "lora_unet_double_blocks_7_img_attn_proj.lora_up.weight"]
 
 
+def test_musubi_keys_with_framepack_module_names_are_read_as_they_are(tmp_path, tiny_layers):
+    generator = torch.Generator().manual_seed(1)
+    down, up = torch.randn(2, 32, generator=generator), torch.randn(128, 2, generator=generator)
+    tensors = {"lora_unet_transformer_blocks_1_ff_net_0_proj.lora_down.weight": down,
+               "lora_unet_transformer_blocks_1_ff_net_0_proj.lora_up.weight": up,
+               "lora_unet_transformer_blocks_1_ff_net_0_proj.alpha": torch.tensor(1.0)}
+    description = inspect_lora(_save(tmp_path, "native.safetensors", tensors), tiny_layers)
+    assert description.format == MUSUBI and description.matched == ["transformer_blocks.1.ff.net.0.proj"]
+    assert torch.equal(weight_deltas(description.converted)["transformer_blocks.1.ff.net.0.proj"], (up * 0.5) @ down)
+
+
+def test_a_layer_given_twice_under_two_names_is_used_once_and_the_second_reported(tmp_path, truth, tiny_layers):
+    tensors = _musubi(truth) | {"lora_unet_transformer_blocks_0_attn_to_q.lora_down.weight": torch.zeros(RANK, 32),
+                                "lora_unet_transformer_blocks_0_attn_to_q.lora_up.weight": torch.zeros(32, RANK)}
+    description = inspect_lora(_save(tmp_path, "twice.safetensors", tensors), tiny_layers)
+    assert sorted(description.matched) == sorted(ALL_TARGETS)
+    assert all("second LoRA pair" in why for why in description.unmatched.values())
+    assert len(description.unmatched) == 2
+
+
 def _flux_lora() -> dict[str, torch.Tensor]:
     # Flux's kohya names: HunyuanVideo's block naming, but "img_mod_lin" and Flux's 3072 width.
     name = "lora_unet_double_blocks_0_"

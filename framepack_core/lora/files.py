@@ -117,6 +117,8 @@ def _match(description: LoraDescription, tensors: dict[str, Any], parts: dict[st
     """Add the layer group to ``description``; return why it does not fit, or None when it was added."""
     if targets is None:
         return f"no layer {module} in the FramePack transformer"
+    if any(target in description.ranks for target in targets):
+        return f"a second LoRA pair for {', '.join(targets)} (under another name)"
     if "down" not in parts or "up" not in parts:
         return "half of a LoRA pair (lora_A/lora_down and lora_B/lora_up go together)"
     down, up = tensors[parts["down"].key], tensors[parts["up"].key]
