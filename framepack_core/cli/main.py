@@ -1,5 +1,5 @@
-"""Command line: ``python -m framepack_core generate ...``, ``tiny-models DIR``, ``plan ...`` and ``jobs ...``.
-This module only dispatches; each command lives in its own module."""
+"""Command line: ``python -m framepack_core generate ...``, ``tiny-models DIR``, ``plan ...``, ``jobs ...``,
+``models ...`` and ``lora inspect PATH``. This module only dispatches; each command lives in its own module."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from framepack_core.cli.extend import with_clip_start_image
 from framepack_core.cli.generate import run_generate
 from framepack_core.cli.jobs import add_jobs_parser, run_jobs
+from framepack_core.cli.lora import add_lora_parser, run_lora
 from framepack_core.cli.models import add_models_parser, run_models
 from framepack_core.cli.options import (  # noqa: F401  (the exit codes are part of this module's contract)
     EXIT_BAD_INPUT,
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_parser(sub)
     add_jobs_parser(sub)
     add_models_parser(sub)
+    add_lora_parser(sub)
     return parser
 
 
@@ -67,6 +69,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         return with_clip_start_image(args, lambda: run_jobs(args))
     if args.command == "models":
         return run_models(args)
+    if args.command == "lora":
+        return run_lora(args)
     return run_tiny_models(args)
 
 
