@@ -127,7 +127,7 @@ def test_the_single_blocks_fused_qkv_and_mlp_split_into_q_k_v_and_proj_mlp(files
 
 
 def test_the_same_deltas_in_every_family_give_the_same_merged_tiny_transformer_weights(files, tiny_models_dir):
-    # peft is not installed, so load_lora_adapter cannot run here: merge W + B @ A by hand on the real tiny model.
+    # Merged W + B @ A by hand on the real tiny model (the diffusers loader is checked in its own test below).
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
     from framepack_core.models.loading import TRANSFORMER_REPOS
@@ -251,3 +251,23 @@ def test_cli_inspect_refuses_a_text_file_with_exit_2_and_no_traceback(tmp_path, 
     assert main(["lora", "inspect", str(path)]) == 2
     err = capsys.readouterr().err
     assert "not a readable safetensors file" in err and "Traceback" not in err
+
+
+def test_a_converted_lora_loads_through_diffusers_and_fuses_to_the_hand_merged_weights(files, tiny_models_dir):
+    """The converted dict is what diffusers' PEFT loader takes: loaded and fused into the tiny transformer, it
+    changes each weight exactly as merging W + B @ A by hand does."""
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    from framepack_core.models.loading import TRANSFORMER_REPOS
+
+    model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(tiny_models_dir / TRANSFORMER_REPOS["original"])
+    base = {key: value.clone() for key, value in model.state_dict().items()}
+    layers = {name: (m.out_features, m.in_features) for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear)}
+    description = inspect_lora(files[MUSUBI], layers)
+    model.load_lora_adapter(description.converted, adapter_name="musubi", prefix="transformer")
+    model.fuse_lora(lora_scale=1.0)
+    fused = model.state_dict()
+    for module, delta in weight_deltas(description.converted, weight=1.0).items():
+        change = fused[f"{module}.base_layer.weight"] - base[f"{module}.weight"]
+        assert (change - delta).norm() <= 1e-5 * delta.norm(), module
