@@ -99,6 +99,7 @@ def test_input_files_travel_as_their_sha256_and_come_back_as_paths(tmp_path):
     assert again == spec and again.digest == spec.digest
     assert again.input_sha256s() == [file_sha256(end), file_sha256(pose)]
     assert JobSpec.input_files_of(request.validated()) == {file_sha256(end): end, file_sha256(pose): pose}
+    assert spec.files_for(request) == JobSpec.input_files_of(request.validated())
     stored = {file_sha256(end): tmp_path / "e", file_sha256(pose): tmp_path / "p"}
     back = again.request(Path("img.png"), files=stored)
     assert back.end_image == tmp_path / "e" and back.keyframes[0].image == tmp_path / "p"

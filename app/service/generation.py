@@ -228,7 +228,7 @@ class GenerationService(QueueManagementMixin, RerollMixin):
             spec = JobSpec.from_request(request, file_sha256(Path(request.image)))
             stored = self.store.submit(spec, Path(request.image), output=request.output, owner=owner,
                                        max_pending=max_pending if owner is not None else None,
-                                       files=JobSpec.input_files_of(request), batch_id=batch_id, label=label)
+                                       files=spec.files_for(request), batch_id=batch_id, label=label)
             self._track(stored)
             self._refresh_from_store()
             self._condition.notify_all()

@@ -20,7 +20,6 @@ from framepack_core.errors import InvalidInputError
 from framepack_core.jobs.output_naming import output_path, reroll_output_path
 from framepack_core.jobs.queue import JobQueue, JobState, QueueError
 from framepack_core.jobs.reroll import prepare_reroll, record_output
-from framepack_core.jobs.spec import JobSpec
 from framepack_core.request import MAX_SEED
 
 
@@ -63,7 +62,7 @@ class RerollMixin:
                                             lambda path: path.exists() or str(path) in in_use)
                 record_output(target, output)
                 stored = self.store.submit(job.spec, request.image, output=output, owner=old.owner,
-                                           files=JobSpec.input_files_of(request), job_id=new_id,
+                                           files=old.input_files(), job_id=new_id,
                                            max_pending=max_pending if old.owner is not None else None)
             except BaseException:
                 shutil.rmtree(target, ignore_errors=True)

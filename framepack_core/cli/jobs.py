@@ -217,7 +217,7 @@ def _submit_batch(queue, args: argparse.Namespace) -> int:
 
     def submit_one(job, batch_id: str) -> str:
         spec = JobSpec.from_request(job.request, file_sha256(job.request.image))
-        return queue.submit(spec, job.request.image, files=JobSpec.input_files_of(job.request),
+        return queue.submit(spec, job.request.image, files=spec.files_for(job.request),
                             batch_id=batch_id, label=job.label).id
 
     batch = submit_batch(jobs, submit_one, queue.delete)

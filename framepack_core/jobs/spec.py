@@ -90,6 +90,16 @@ class JobSpec:
         paths += [k.image for k in request.keyframes]
         return {file_sha256(Path(path)): Path(path) for path in paths}
 
+    def files_for(self, request: GenerationRequest) -> dict[str, Path]:
+        """The input files of ``request``, the request this spec was made from, by the SHA-256 the spec already
+        holds for each (what ``request`` and the queue take), so no file is read again."""
+        request = request.validated()  # keyframes in time order, as the spec lists them
+        files = {self.inputs[role]: Path(getattr(request, role))
+                 for role in ("end_image", "extend_video") if role in self.inputs}
+        for listed, keyframe in zip(self.inputs.get("keyframes", ()), request.keyframes, strict=True):
+            files[listed["image_sha256"]] = Path(keyframe.image)
+        return files
+
     def input_sha256s(self) -> list[str]:
         """The SHA-256 of every input file besides the start image, each once, in role order."""
         found = [self.inputs[role] for role in ("end_image", "extend_video") if role in self.inputs]
