@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-JOB = dict(latent_window_size=3, steps=8, resolution=64, seconds=1.6, use_teacache=False)  # 4 sections, 32 steps
+JOB = dict(latent_window_size=3, steps=8, resolution=64, seconds=1.6, cache="none")  # 4 sections, 32 steps
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ def run(model: str, sections: int, steps: int, resolution: int, models_dir: Path
         # window 9 -> 36 frames per section: seconds = sections * 36 / 30
         request = GenerationRequest(image=REPO / "assets" / "chelsea_landscape.jpg", prompt="a cat", model=model,
                                     seconds=sections * 36 / 30, steps=steps, resolution=resolution,
-                                    use_teacache=False, output=Path(work) / "long.mp4")
+                                    cache="none", output=Path(work) / "long.mp4")
         started = time.perf_counter()
         finished = [e for e in engine.generate(request) if isinstance(e, (SectionFinished, JobFinished))]
         total = time.perf_counter() - started

@@ -188,7 +188,19 @@ def set_job_inputs(page: Any, *, image: Path | None = None, prompt: str | None =
         if resolution is not None:
             set_number(page, "resolution", resolution)
         if teacache is not None:
-            page.locator("#teacache input[type=checkbox]").set_checked(teacache)
+            choose_option(page, "cache", CACHE_LABELS[teacache])
+
+
+# What the cache dropdown shows for TeaCache on and off (app/ui/generate_tab.py CACHE_CHOICES).
+CACHE_LABELS = {True: "TeaCache (the official app's)", False: "None (full model, final quality)"}
+
+
+def choose_option(page: Any, elem_id: str, label: str) -> None:
+    """Pick ``label`` in the Gradio dropdown ``#elem_id`` as a user does: open it, click the option."""
+    page.click(f"#{elem_id} input")
+    page.locator("ul[role=listbox] li", has_text=label).first.click()
+    if page.locator(f"#{elem_id} input").input_value() != label:
+        raise AssertionError(f"#{elem_id} shows {page.locator(f'#{elem_id} input').input_value()!r}, not {label!r}")
 
 
 def page_state(page: Any) -> str | None:
@@ -339,7 +351,7 @@ class ClientPath:
         started = time.perf_counter()
         _, status = self.client.predict(handle_file(str(IMAGE)), "The cat turns its head", seconds=job["seconds"],
                                         steps=job["steps"], latent_window_size=job["window"],
-                                        resolution=job["resolution"], seed=seed, use_teacache=False,
+                                        resolution=job["resolution"], seed=seed, cache="none",
                                         api_name="/generate")
         wall = time.perf_counter() - started
         if status["state"] != "finished":
@@ -366,7 +378,7 @@ class EnginePath:
         from framepack_core.request import GenerationRequest
 
         job = self.job
-        request = GenerationRequest(image=IMAGE, prompt="The cat turns its head", use_teacache=False,
+        request = GenerationRequest(image=IMAGE, prompt="The cat turns its head", cache="none",
                                     seconds=job["seconds"], steps=job["steps"], seed=seed,
                                     latent_window_size=job["window"], resolution=job["resolution"],
                                     output=self.work / f"alone_{seed}.mp4")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 # The settings an error's text may point at. A closed set, so that braces in a path or in quoted input are never
 # taken for a marker; every edge has a name for each (tests pin that).
 MARKED_FIELDS = frozenset({
-    "seconds", "resolution", "latent_window_size", "use_teacache", "gpu_memory_preservation", "fp8",
+    "seconds", "resolution", "latent_window_size", "cache", "gpu_memory_preservation", "fp8",
     "save_latents", "job_dir", "models_dir", "offline", "device", "dtype",
     "model",
 })

@@ -13,6 +13,7 @@ from typing import Any
 from framepack_core.errors import InvalidInputError
 from framepack_core.models.components import ModelVariant
 from framepack_core.prompts.timed import check_prompt_times, parse_timed_prompt, timed_prompt_notes
+from framepack_core.sampling.cache_methods import DEFAULT_CACHE_THRESHOLDS, CacheMethod
 
 MAX_SECONDS = 120.0
 MAX_STEPS = 200
@@ -24,9 +25,11 @@ MAX_PRESERVED_GB = 1024.0
 MAX_KEYFRAMES = 64
 MAX_CONTEXT_FRAMES = 1024
 MAX_BLEND_SECTIONS = 16
+MAX_LORAS = 16
+MAX_LORA_WEIGHT = 10.0
 EXTEND_OUTPUTS = ("new", "joined")
 # The request's fields that name files on this machine: a spec holds their SHA-256 instead (``jobs.spec``).
-FILE_FIELDS = ("image", "end_image", "extend_video", "keyframes", "output", "save_latents")
+FILE_FIELDS = ("image", "end_image", "extend_video", "keyframes", "loras", "output", "save_latents")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,14 @@ class Reroll:
 
 
 @dataclass(frozen=True)
+class LoraChoice:
+    """A LoRA file applied to the transformer at ``weight`` (1 is the strength it was trained at, 0 is none)."""
+
+    path: Path
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     image: Path
     prompt: str = ""
@@ -62,8 +73,10 @@ class GenerationRequest:
     distilled_guidance: float = 10.0  # "gs": fed to the model, HunyuanVideo is guidance-distilled
     cfg: float = 1.0  # real classifier-free guidance; 1 = off, one model call per step
     cfg_rescale: float = 0.0  # "rs"
-    use_teacache: bool = True  # the official app's default; off reproduces the full model exactly
-    teacache_threshold: float = 0.15
+    # TeaCache is the official app's default; NONE reproduces the full model exactly. The threshold's None is the
+    # method's default (``DEFAULT_CACHE_THRESHOLDS``).
+    cache: CacheMethod = CacheMethod.TEACACHE
+    cache_threshold: float | None = None
     crf: int = 16
     resolution: int = 640
     sampler_variant: str = "bh1"
@@ -84,6 +97,8 @@ class GenerationRequest:
     context_frames: int | None = None  # the clip's last frames encoded into the history (None: enough context)
     extend_output: str = "new"  # "new": only the generated part; "joined": the clip and the new part
     rerolls: tuple[Reroll, ...] = ()
+    loras: tuple[LoraChoice, ...] = ()  # applied to the transformer together, each at its weight
+    lora_fuse: bool = False  # merge the LoRAs into the weights for the job (faster steps), unmerged after it
     output: Path | None = None
     save_latents: Path | None = None
 
@@ -97,8 +112,6 @@ class GenerationRequest:
         _check_number("distilled_guidance", self.distilled_guidance, 0.0, 100.0, hint="10 is the official default.")
         _check_number("cfg", self.cfg, 1.0, 100.0, hint="1 turns real CFG off (the default).")
         _check_number("cfg_rescale", self.cfg_rescale, 0.0, 1.0, hint="Use a value from 0 to 1.")
-        _check_number("teacache_threshold", self.teacache_threshold, 0.0, 10.0, low_open=True,
-                      hint="0.15 is the usual value; 0.1 is closer to no cache.")
         _check_int("crf", self.crf, 0, 51, hint="libx264 CRF goes from 0 (lossless) to 51; 16 is the default.")
         _check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION,
                    hint="640 is the official resolution; smaller is faster.")
@@ -112,8 +125,15 @@ class GenerationRequest:
         for name in ("prompt", "negative_prompt"):
             check_text(name, getattr(self, name), MAX_PROMPT_CHARS,
                        hint="Shorten it: only the first 256 tokens are used anyway.")
-        if not isinstance(self.use_teacache, bool):
-            raise InvalidInputError("use_teacache", f"must be true or false, got {self.use_teacache!r}",
+        cache = _cache_method(self.cache)
+        if self.cache_threshold is not None:
+            if DEFAULT_CACHE_THRESHOLDS[cache] is None:
+                raise InvalidInputError("cache_threshold", f"is not used by the cache {cache.value!r}",
+                                        "Leave it empty, or choose teacache, first-block or magcache.")
+            _check_number("cache_threshold", self.cache_threshold, 0.0, 10.0, low_open=True,
+                          hint="Higher is faster and drifts more; leave it empty for the method's default.")
+        if not isinstance(self.lora_fuse, bool):
+            raise InvalidInputError("lora_fuse", f"must be true or false, got {self.lora_fuse!r}",
                                     "Use the JSON values true or false, without quotes.")
         try:
             model = ModelVariant(self.model)
@@ -129,7 +149,8 @@ class GenerationRequest:
         # A timed prompt's grammar and times need only the video's length: refused here, before any model loads.
         for prompt in (self.prompt, *(r.prompt for r in story["rerolls"] if r.prompt is not None)):
             check_prompt_times(parse_timed_prompt(prompt), model, float(self.seconds), int(self.latent_window_size))
-        return replace(self, model=model, image=Path(self.image), seed=int(self.seed), steps=int(self.steps),
+        return replace(self, model=model, image=Path(self.image), cache=cache, loras=_loras(self.loras),
+                       cache_threshold=None if self.cache_threshold is None else float(self.cache_threshold), seed=int(self.seed), steps=int(self.steps),
                         latent_window_size=int(self.latent_window_size), crf=int(self.crf),
                         resolution=int(self.resolution), seconds=float(self.seconds), **story)
 
@@ -170,6 +191,13 @@ class GenerationRequest:
         return timed_prompt_notes(self.prompt)
 
     @property
+    def effective_cache_threshold(self) -> float | None:
+        """The threshold the cache runs with: the one given, or the method's default (None: it takes none)."""
+        if self.cache_threshold is not None:
+            return float(self.cache_threshold)
+        return DEFAULT_CACHE_THRESHOLDS[CacheMethod(self.cache)]
+
+    @property
     def end_image_path(self) -> Path | None:
         """The image the video ends at: the end image, or the start image for a loop."""
         return self.image if self.loop else self.end_image
@@ -177,6 +205,8 @@ class GenerationRequest:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["model"] = ModelVariant(self.model).value
+        data["cache"] = CacheMethod(self.cache).value
+        data["loras"] = [{"path": str(lora.path), "weight": lora.weight} for lora in self.loras]
         for name in ("image", "output", "save_latents", "end_image", "extend_video"):
             data[name] = None if data[name] is None else str(data[name])
         data["keyframes"] = [{"seconds": k.seconds, "image": str(k.image)} for k in self.keyframes]
@@ -205,6 +235,42 @@ def _keyframes(value: Any) -> tuple[Keyframe, ...]:
             raise InvalidInputError("keyframes", f"the keyframe at {seconds:g}s names no image")
         keyframes.append(Keyframe(float(seconds), Path(image)))
     return tuple(sorted(keyframes, key=lambda k: k.seconds))
+
+
+def _cache_method(value: Any) -> CacheMethod:
+    try:
+        return CacheMethod(value)
+    except ValueError:
+        raise InvalidInputError("cache", f"unknown cache {value!r}",
+                                f"Use one of: {', '.join(m.value for m in CacheMethod)}.") from None
+
+
+def _loras(value: Any) -> tuple[LoraChoice, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise InvalidInputError("loras", f"must be a list of (path, weight) pairs, got {type(value).__name__}",
+                                'Give a list, such as [{"path": "style.safetensors", "weight": 0.8}].')
+    if len(value) > MAX_LORAS:
+        raise InvalidInputError("loras", f"has {len(value)} LoRAs; at most {MAX_LORAS} are applied at once",
+                                "Leave out the ones that matter least.")
+    loras = []
+    for item in value:
+        if isinstance(item, LoraChoice):
+            path, weight = item.path, item.weight
+        elif isinstance(item, dict) and set(item) <= {"path", "weight"} and "path" in item:
+            path, weight = item["path"], item.get("weight", 1.0)
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            path, weight = item
+        else:
+            raise InvalidInputError("loras", f"holds {item!r}, which is not a (path, weight) pair",
+                                    "Give each LoRA as PATH or PATH:WEIGHT, such as style.safetensors:0.8.")
+        if not isinstance(path, (str, Path)) or not str(path):
+            raise InvalidInputError("loras", "names no file", "Give the LoRA's .safetensors file.")
+        _check_number("loras", weight, -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT,
+                      hint="1 is the strength the LoRA was trained at, 0 turns it off; most work from 0.5 to 1.2.")
+        loras.append(LoraChoice(Path(path), float(weight)))
+    if len({lora.path for lora in loras}) != len(loras):
+        raise InvalidInputError("loras", "names the same file twice", "Give each LoRA once, with one weight.")
+    return tuple(loras)
 
 
 def _rerolls(value: Any) -> tuple[Reroll, ...]:

@@ -15,7 +15,7 @@ from framepack_core.request import GenerationRequest
 
 # One step a section: one transformer call a section (no CFG, no TeaCache), so call i is section i + 1.
 # Window 3 at base resolution 64: 0.4 s is one section, 0.8 s two, 1.2 s three (0.4 s each).
-ONE_STEP = {"latent_window_size": 3, "steps": 1, "resolution": 64, "use_teacache": False}
+ONE_STEP = {"latent_window_size": 3, "steps": 1, "resolution": 64, "cache": "none"}
 CONDITIONING = ("latents_clean", "latents_history_2x", "latents_history_4x", "image_embeds", "encoder_hidden_states",
                 "pooled_projections", "hidden_states", "indices_latents", "indices_latents_clean")
 

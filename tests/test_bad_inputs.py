@@ -25,10 +25,10 @@ from framepack_core.jobs.queue import JobQueue
 from framepack_core.jobs.spec import JobSpec
 from framepack_core.request import GenerationRequest
 
-FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "use_teacache": False}
+FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "cache": "none"}
 OPTION = {"latent_window_size": "--window", "distilled_guidance": "--gs", "cfg_rescale": "--rs",
           "gpu_memory_preservation": "--preserve-gb", "sampler_variant": "--sampler-variant",
-          "teacache_threshold": "--teacache-threshold"}
+          "cache_threshold": "--cache-threshold"}
 
 # (case, settings, field the message names)
 SETTINGS = [
@@ -54,7 +54,7 @@ SETTINGS = [
     ("crf over 51", {"crf": 52}, "crf"),
     ("resolution under 32", {"resolution": 31}, "resolution"),
     ("resolution over 1536", {"resolution": 1537}, "resolution"),
-    ("zero TeaCache threshold", {"teacache_threshold": 0}, "teacache_threshold"),
+    ("zero cache threshold", {"cache_threshold": 0, "cache": "teacache"}, "cache_threshold"),
     ("negative memory to preserve", {"gpu_memory_preservation": -1}, "gpu_memory_preservation"),
     ("unknown sampler", {"sampler_variant": "bh3"}, "sampler_variant"),
     ("unknown model", {"model": "sd15"}, "model"),

@@ -27,7 +27,7 @@ from framepack_core.errors import InvalidInputError
 from framepack_core.jobs.queue import JobQueue, JobState, QueueError
 from framepack_core.jobs.spec import file_sha256
 
-FAST = {"latent_window_size": 3, "steps": 1, "resolution": 64, "seconds": 0.8, "use_teacache": False}
+FAST = {"latent_window_size": 3, "steps": 1, "resolution": 64, "seconds": 0.8, "cache": "none"}
 USERS = (("alice", "wonderland"), ("bob", "builder"), ("root", "toor"))
 ALICE, BOB, ROOT = USERS
 

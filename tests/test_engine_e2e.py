@@ -18,7 +18,7 @@ from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
 
 # Window 3 keeps runs short: 0.8 s gives 2 sections, 4 * (2 * 3 + 1) - 3 = 25 frames.
-FAST = dict(latent_window_size=3, steps=3, resolution=64, seconds=0.8, use_teacache=False)
+FAST = dict(latent_window_size=3, steps=3, resolution=64, seconds=0.8, cache="none")
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +113,9 @@ def test_teacache_with_zero_skips_is_identical_to_no_cache(engine, input_image, 
 
     plain = run()
     # A threshold no step stays under computes every step through the hooks: identical to no cache.
-    always = run(use_teacache=True, teacache_threshold=1e-12)
+    always = run(cache="teacache", cache_threshold=1e-12)
     assert torch.equal(plain, always)
-    cached = run(use_teacache=True, teacache_threshold=5.0)
+    cached = run(cache="teacache", cache_threshold=5.0)
     assert not torch.equal(plain, cached) and torch.isfinite(cached).all()
     # The hooks are gone afterwards: a plain run is still bit-identical.
     assert torch.equal(plain, run())

@@ -30,7 +30,7 @@ from framepack_core.pipeline.estimate import (
 from framepack_core.pipeline.timings import StageTimings
 from framepack_core.request import GenerationRequest
 
-TWO_SECTIONS = {"latent_window_size": 3, "seconds": 0.8, "steps": 3, "resolution": 64, "use_teacache": False}
+TWO_SECTIONS = {"latent_window_size": 3, "seconds": 0.8, "steps": 3, "resolution": 64, "cache": "none"}
 CPU = resolve_device_config("cpu")
 
 
@@ -98,13 +98,13 @@ def test_on_the_cpu_with_no_job_run_the_time_is_unknown(real_sizes):
 
 def test_on_cuda_with_no_job_run_the_first_guess_is_the_modelled_step_time_over_every_step(real_sizes):
     planner, store = _planner(real_sizes, 24, 64), ModelStore(real_sizes, CPU)
-    request = _request(seconds=5.0, steps=25, use_teacache=False)  # 4 sections at window 9
+    request = _request(seconds=5.0, steps=25, cache="none")  # 4 sections at window 9
     estimate = estimate_job(request, (480, 640), store, planner, StageTimings())
     step = planner.plan(request, (480, 640)).step_time_s
     assert estimate.source == TimeSource.FIRST_GUESS and estimate.sections == 4
     assert estimate.seconds == pytest.approx(4 * 25 * step)
     assert "first guess" in estimate.time_text() and "RTX 4090" in estimate.time_text()
-    cached = estimate_job(_request(seconds=5.0, steps=25, use_teacache=True), (480, 640), store, planner,
+    cached = estimate_job(_request(seconds=5.0, steps=25, cache="teacache"), (480, 640), store, planner,
                           StageTimings())
     assert cached.seconds == pytest.approx(estimate.seconds / TEACACHE_SPEEDUP)
 
@@ -165,8 +165,8 @@ def _page(models_dir: Path, planner: JobPlanner | None, timings: StageTimings | 
 
 
 FORM = {"prompt": "", "model": "original", "seconds": 5, "seed": 31337, "steps": 25, "distilled_guidance": 10,
-        "latent_window_size": 9, "cfg": 1, "cfg_rescale": 0, "negative_prompt": "", "use_teacache": True,
-        "teacache_threshold": 0.15, "crf": 16, "resolution": 640, "gpu_memory_preservation": None, "fp8": "auto"}
+        "latent_window_size": 9, "cfg": 1, "cfg_rescale": 0, "negative_prompt": "", "cache": "teacache",
+        "cache_threshold": 0.15, "crf": 16, "resolution": 640, "gpu_memory_preservation": None, "fp8": "auto"}
 
 
 def test_the_panel_shows_memory_and_a_first_guess_for_any_image_before_one_is_chosen(real_sizes):

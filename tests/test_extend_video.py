@@ -28,7 +28,7 @@ from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
 
 # Window 3, 0.8 s: 2 sections of 3 latents. A 96x72 clip lands in the 48x64 bucket at resolution 64.
-FAST = {"latent_window_size": 3, "steps": 1, "resolution": 64, "seconds": 0.8, "use_teacache": False}
+FAST = {"latent_window_size": 3, "steps": 1, "resolution": 64, "seconds": 0.8, "cache": "none"}
 CLIP_FRAMES = 80
 
 

@@ -22,7 +22,7 @@ from framepack_core.models.loading import ModelSource
 from framepack_core.models.store import ModelStore
 from framepack_core.pipeline.engine import FramePackEngine
 
-FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "use_teacache": False}
+FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "cache": "none"}
 USERS = (("alice", "wonderland"), ("bob", "builder"))
 
 

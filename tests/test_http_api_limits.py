@@ -28,7 +28,7 @@ from framepack_core.jobs.queue import JobQueue, JobState
 from framepack_core.jobs.spec import JobSpec, file_sha256
 from framepack_core.request import GenerationRequest
 
-FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "use_teacache": False}
+FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "cache": "none"}
 USERS = (("alice", "wonderland"), ("bob", "builder"))
 ALICE, BOB = USERS
 BOUNDARY = "framepackboundary"
@@ -372,7 +372,8 @@ def test_a_jobs_stored_error_shows_file_names_not_server_paths(tmp_path):
 @pytest.mark.parametrize(("settings", "field"), [
     ({"prompt": "\ud800"}, "prompt"),
     ({"negative_prompt": "a \udfff b"}, "negative_prompt"),
-    ({"use_teacache": "no"}, "use_teacache"),
+    ({"use_teacache": "no"}, "settings.use_teacache"),
+    ({"lora_fuse": "no"}, "lora_fuse"),
 ])
 def test_text_that_is_not_valid_unicode_and_quoted_booleans_are_refused_and_nothing_is_stored(tmp_path, settings,
                                                                                               field):

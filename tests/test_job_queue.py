@@ -32,7 +32,7 @@ def image(gradient_image: Path) -> Path:
 
 def _spec(image: Path, **settings) -> JobSpec:
     request = GenerationRequest(image=image, seconds=0.8, latent_window_size=3, steps=3, resolution=64,
-                                use_teacache=False, **settings)
+                                cache="none", **settings)
     return JobSpec.from_request(request, file_sha256(image))
 
 

@@ -108,7 +108,7 @@ def test_a_cli_video_carries_its_spec_and_fingerprint_in_the_mp4_and_an_equal_si
     description = read_output_description(video)
     settings = description.spec.settings
     assert settings["prompt"] == "a remembered prompt" and settings["seed"] == 4242 and settings["steps"] == 3
-    assert settings["use_teacache"] is False and settings["latent_window_size"] == 3
+    assert settings["cache"] == "none" and settings["latent_window_size"] == 3
     assert description.spec.image_sha256 == file_sha256(images["image"])
     assert description.spec.models == description.fingerprint["models"]
     assert "transformer:original" in description.spec.models
@@ -131,7 +131,7 @@ def test_the_fingerprint_has_every_listed_key(made):
     assert fingerprint["attention"]["backend"] == "native"
     assert fingerprint["attention"]["processors"]["HunyuanVideoAttnProcessor2_0"] == "native"
     assert fingerprint["attention"]["sdpa_kernels"] is None
-    assert fingerprint["cache"] == {"teacache": False, "teacache_threshold": None}
+    assert fingerprint["cache"] == {"method": "none", "threshold": None}
     plan = fingerprint["memory_plan"]  # the CLI plans every job
     assert plan["device_type"] == "cpu" and plan["fp8"] is False
     assert plan["components"]["transformer"]["placement"] == "cpu"
@@ -148,12 +148,12 @@ def test_the_fingerprint_without_a_plan_or_gradio_is_still_complete(tiny_models_
 
     monkeypatch.setattr(importlib.metadata, "version", version)
     store = ModelStore(ModelSource(models_dir=tiny_models_dir), resolve_device_config("cpu"))
-    request = GenerationRequest(image=images["image"], use_teacache=True, teacache_threshold=0.2)
+    request = GenerationRequest(image=images["image"], cache="teacache", cache_threshold=0.2)
     fingerprint = environment_fingerprint(store, None, request)
     json.dumps(fingerprint)  # plain JSON data
     assert fingerprint["versions"]["gradio"] is None and fingerprint["versions"]["torch"] == torch.__version__
     assert fingerprint["memory_plan"] is None
-    assert fingerprint["cache"] == {"teacache": True, "teacache_threshold": 0.2}
+    assert fingerprint["cache"] == {"method": "teacache", "threshold": 0.2}
     assert fingerprint["attention"] == {"backend": "native", "processors": {}, "sdpa_kernels": None}
     assert len(fingerprint["models"]) == 8
     assert package_versions()["python"].count(".") == 2
@@ -190,7 +190,7 @@ def test_a_cancelled_job_s_partial_video_describes_itself_too(tiny_models_dir, i
     engine = FramePackEngine(ModelStore(ModelSource(models_dir=tiny_models_dir), resolve_device_config("cpu")))
     cancel = CancelToken()
     request = GenerationRequest(image=images["image"], seconds=1.6, latent_window_size=3, steps=3, resolution=64,
-                                use_teacache=False, seed=9, output=tmp_path / "stopped.mp4")
+                                cache="none", seed=9, output=tmp_path / "stopped.mp4")
     events = []
     for event in engine.generate(request, cancel=cancel):
         events.append(event)
@@ -291,7 +291,7 @@ def test_from_with_typed_options_overrides_them_and_says_so(made, images, tiny_m
     assert note == ("note: options that override the video's settings: --seed 7 instead of 4242, --steps 3 instead "
                     "of 3, --teacache instead of --no-teacache")
     settings = read_output_description(video).spec.settings
-    assert settings["seed"] == 7 and settings["use_teacache"] is True
+    assert settings["seed"] == 7 and settings["cache"] == "teacache"
     assert settings["prompt"] == "a remembered prompt" and settings["resolution"] == 64  # the rest: the video's
 
 
@@ -350,7 +350,7 @@ def test_the_ui_loads_a_video_s_settings_into_the_form_and_refuses_other_files_r
     values, note = video_settings(made["video"], defaults)
     loaded = dict(zip(JOB_FIELDS, values))
     assert loaded["prompt"] == "a remembered prompt" and loaded["seed"] == 4242 and loaded["steps"] == 3
-    assert loaded["use_teacache"] is False and loaded["model"] == "original" and loaded["fp8"] == "auto"
+    assert loaded["cache"] == "none" and loaded["model"] == "original" and loaded["fp8"] == "auto"
     assert values == settings_to_inputs(dict(read_output_description(made["video"]).spec.settings), defaults)
     assert "first.mp4" in note and read_output_description(made["video"]).spec.image_sha256[:12] in note
 

@@ -42,7 +42,7 @@ def test_final_latents_match_the_official_app(engine, tmp_path, fixture, model, 
     request = GenerationRequest(
         image=ASSET, prompt=PROMPT, negative_prompt="blurry, static", model=model, seconds=3.6, seed=31337,
         steps=25, latent_window_size=9, distilled_guidance=10.0, cfg=cfg, cfg_rescale=rescale,
-        use_teacache=teacache, resolution=64, output=tmp_path / "out.mp4", save_latents=tmp_path / "latents.safetensors",
+        cache="teacache" if teacache else "none", resolution=64, output=tmp_path / "out.mp4", save_latents=tmp_path / "latents.safetensors",
     )
     last = list(engine.generate(request))[-1]
     assert isinstance(last, JobFinished), last
@@ -69,7 +69,7 @@ def test_bf16_transformer_matches_the_official_app_bit_for_bit(tiny_models_dir, 
     engine = FramePackEngine(ModelStore(ModelSource(models_dir=tiny_models_dir), config))
     request = GenerationRequest(
         image=ASSET, prompt=PROMPT, negative_prompt="blurry, static", seconds=3.6, seed=31337, cfg_rescale=0.5,
-        use_teacache=False, resolution=64, output=tmp_path / "out.mp4", save_latents=tmp_path / "latents.safetensors",
+        cache="none", resolution=64, output=tmp_path / "out.mp4", save_latents=tmp_path / "latents.safetensors",
     )
     assert isinstance(list(engine.generate(request))[-1], JobFinished)
     ours = load_file(str(tmp_path / "latents.safetensors"))["history_latents"]

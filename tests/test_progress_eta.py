@@ -18,8 +18,8 @@ from framepack_core.pipeline.timings import Speeds, StageTimings
 from framepack_core.request import GenerationRequest
 
 # 7.2 s at window 9 is 6 sections (7.2 * 30 / 36); base resolution 64 puts the gradient in the 48x64 bucket.
-SIX_SECTIONS = {"latent_window_size": 9, "seconds": 7.2, "steps": 6, "resolution": 64, "use_teacache": False}
-TWO_SECTIONS = {"latent_window_size": 3, "seconds": 0.8, "steps": 3, "resolution": 64, "use_teacache": False}
+SIX_SECTIONS = {"latent_window_size": 9, "seconds": 7.2, "steps": 6, "resolution": 64, "cache": "none"}
+TWO_SECTIONS = {"latent_window_size": 3, "seconds": 0.8, "steps": 3, "resolution": 64, "cache": "none"}
 
 
 def _engine(models_dir: Path, timings: StageTimings) -> FramePackEngine:

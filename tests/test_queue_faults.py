@@ -38,7 +38,7 @@ def image(gradient_image: Path) -> Path:
 
 
 def _spec(image: Path, **settings) -> JobSpec:
-    fast = dict(seconds=0.8, latent_window_size=3, steps=3, resolution=64, use_teacache=False)
+    fast = dict(seconds=0.8, latent_window_size=3, steps=3, resolution=64, cache="none")
     request = GenerationRequest(image=image, **{**fast, **settings})
     return JobSpec.from_request(request, file_sha256(image))
 

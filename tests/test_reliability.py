@@ -19,7 +19,7 @@ from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
 
 STEPS, SECTIONS = 3, 4
-JOB = dict(latent_window_size=3, steps=STEPS, resolution=64, seconds=1.6, use_teacache=False)
+JOB = dict(latent_window_size=3, steps=STEPS, resolution=64, seconds=1.6, cache="none")
 SHORT = dict(JOB, seconds=0.8)
 CANCEL_TRIES = 10
 

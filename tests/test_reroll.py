@@ -32,7 +32,7 @@ from framepack_core.sampling.rerolls import prompt_for_section, reroll_span, wit
 
 # 4 sections of 2 steps at 64 px: section 3 of 4 leaves two sections to keep.
 SETTINGS = {"prompt": "a cat walks", "seconds": 1.6, "latent_window_size": 3, "steps": 2, "resolution": 64,
-            "use_teacache": False}
+            "cache": "none"}
 NEW_PROMPT = "a dog runs"
 
 
@@ -288,7 +288,7 @@ def test_the_rest_api_rerolls_a_finished_job_as_a_new_one_for_its_owner_only(tin
     try:
         image = io.BytesIO()
         Image.new("RGB", (96, 64), (200, 40, 90)).save(image, format="PNG")
-        settings = {"latent_window_size": 3, "steps": 2, "resolution": 64, "seconds": 0.8, "use_teacache": False}
+        settings = {"latent_window_size": 3, "steps": 2, "resolution": 64, "seconds": 0.8, "cache": "none"}
         job_id = client.post("/jobs", files={"image": ("in.png", image.getvalue(), "image/png")},
                              data={"settings": json.dumps(settings)}, auth=alice).json()["id"]
         _wait(service, job_id)

@@ -106,7 +106,7 @@ def _engine(tiny_models_dir: Path) -> FramePackEngine:
 
 def _request(image: Path, folder: Path, **extra) -> GenerationRequest:
     return GenerationRequest(image=image, prompt="a cat walks", seconds=1.6, latent_window_size=3, steps=4,
-                             resolution=64, use_teacache=False, output=folder / "video.mp4",
+                             resolution=64, cache="none", output=folder / "video.mp4",
                              save_latents=folder / "latents.safetensors", **extra)
 
 

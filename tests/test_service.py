@@ -19,7 +19,7 @@ from framepack_core.models.store import ModelStore
 from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
 
-FAST = dict(latent_window_size=3, steps=3, resolution=64, seconds=0.8, use_teacache=False)
+FAST = dict(latent_window_size=3, steps=3, resolution=64, seconds=0.8, cache="none")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from bench.ui_latency import DemoServer, start_demo_server
 from tests.gradio_http import GradioSession
 
 ALICE, BOB, ROOT = ("alice", "pw-alice"), ("bob", "pw-bob"), ("root", "pw-root")
-FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "use_teacache": False}
+FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "cache": "none"}
 SECRET = f"ALICE-SECRET-{uuid.uuid4().hex[:8]}"
 
 
@@ -86,7 +86,7 @@ def alices_work(server: DemoServer, image_bytes: bytes, tmp_path_factory: pytest
     image_file.write_bytes(image_bytes)
     client = Client(server.url, auth=ALICE, verbose=False)
     video, status = client.predict(handle_file(str(image_file)), f"{SECRET} via generate", "original", 0.8, 2, 3,
-                                   10.0, 3, 1.0, 0.0, "", False, 0.15, 16, 64, None, "auto", api_name="/generate")
+                                   10.0, 3, 1.0, 0.0, "", "none", 0.15, 16, 64, None, "auto", api_name="/generate")
     generated = status["id"]
     assert status["state"] == "finished" and Path(video).is_file()
 

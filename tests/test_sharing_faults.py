@@ -21,7 +21,7 @@ from bench.ui_latency import start_demo_server
 from tests.gradio_http import GradioSession
 
 ALICE, BOB = ("alice", "pw-alice"), ("bob", "pw-bob")
-FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "use_teacache": False}
+FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "cache": "none"}
 BROKEN_TEXTS = ("\ud800", "ok \udfff then", "nul \x00 inside", "\x1b[31m escape")
 
 
@@ -81,7 +81,7 @@ def test_invalid_text_in_every_field_is_refused_by_name_and_a_restart_still_serv
             start = session.chained(session.dependency("start", "click"))  # after the step that disables Start
             for text in BROKEN_TEXTS:
                 for position in (1, 10):  # the prompt, the negative prompt
-                    settings = [upload, "", "original", 0.8, 1, 3, 10.0, 3, 1.0, 0.0, "", False, 0.15, 16, 64,
+                    settings = [upload, "", "original", 0.8, 1, 3, 10.0, 3, 1.0, 0.0, "", "none", 0.15, 16, 64,
                                 None, "auto"]
                     settings[position] = text
                     (failed,) = [m for m in session.call(session.by_api_name("generate"), settings)

@@ -26,7 +26,7 @@ from framepack_core.request import GenerationRequest, Reroll
 from framepack_core.sampling.timeline import section_spans
 
 # Window 3 at 1.6 s: four sections of 0.4 s (time indices 0-3), one step each.
-FOUR_SECTIONS = {"latent_window_size": 3, "steps": 1, "resolution": 64, "seconds": 1.6, "use_teacache": False}
+FOUR_SECTIONS = {"latent_window_size": 3, "steps": 1, "resolution": 64, "seconds": 1.6, "cache": "none"}
 # Sections by time: 0 walks, 1-2 turns, 3 waves (0.5 s is in section 1, 1.3 s in section 3).
 TIMED = "[0s: a man walks] [0.5s: he turns around] [1.3s: he waves]"
 WALKS, TURNS, WAVES = "a man walks", "he turns around", "he waves"

@@ -54,7 +54,7 @@ from app.service.generation import GenerationService
 from app.settings import Settings
 from framepack_core.errors import DiskFullError, InvalidInputError
 from framepack_core.jobs.queue import DamagedJob, QueuedJob, QueueError
-from framepack_core.jobs.spec import SETTINGS_FIELDS, JobSpec
+from framepack_core.jobs.spec import SETTINGS_FIELDS, JobSpec, settings_in_current_names
 from framepack_core.request import GenerationRequest
 
 API_PREFIX = "/api/v1"
@@ -391,6 +391,7 @@ def _request(image: Path, settings_json: str | None, spec_json: str | None,
                                 'Send a flat JSON object, e.g. {"seed": 7}.') from None
     if not isinstance(values, dict):
         raise InvalidInputError("settings", "must be a JSON object of generation settings")
+    values = settings_in_current_names(values)  # use_teacache from clients written before cache existed
     for name in values:
         if name not in SETTINGS_FIELDS:
             raise InvalidInputError(name, "is not a generation setting", f"Settings are: {', '.join(SETTINGS_FIELDS)}.")

@@ -48,7 +48,7 @@ def wire_endpoints(outputs: EndpointOutputs, form: JobForm, context: PageContext
     # The parameters are named after JOB_FIELDS: gradio_client passes the settings by these names.
     def generate(image: dict[str, Any] | None, prompt: str, model: str, seconds: float, seed: float,
                  steps: float, distilled_guidance: float, latent_window_size: float, cfg: float,
-                 cfg_rescale: float, negative_prompt: str, use_teacache: bool, teacache_threshold: float,
+                 cfg_rescale: float, negative_prompt: str, cache: str, cache_threshold: float | None,
                  crf: float, resolution: float, gpu_memory_preservation: float | None = None,
                  fp8: str = "auto", request: gr.Request = None) -> Iterator[tuple[str | None, dict[str, Any]]]:
         """Generate a video from a start image and a prompt; returns (mp4 file, status) when the job ends.
@@ -59,8 +59,8 @@ def wire_endpoints(outputs: EndpointOutputs, form: JobForm, context: PageContext
         """
         values = {"prompt": prompt, "model": model, "seconds": seconds, "seed": seed, "steps": steps,
                   "distilled_guidance": distilled_guidance, "latent_window_size": latent_window_size, "cfg": cfg,
-                  "cfg_rescale": cfg_rescale, "negative_prompt": negative_prompt, "use_teacache": use_teacache,
-                  "teacache_threshold": teacache_threshold, "crf": crf, "resolution": resolution,
+                  "cfg_rescale": cfg_rescale, "negative_prompt": negative_prompt, "cache": cache,
+                  "cache_threshold": cache_threshold, "crf": crf, "resolution": resolution,
                   "gpu_memory_preservation": gpu_memory_preservation, "fp8": fp8}
         viewer = context.viewer_of(request)
         path = upload_path(image)

@@ -22,7 +22,7 @@ from framepack_core.pipeline.estimate import JobEstimate, estimate_job, image_si
 logger = logging.getLogger(__name__)
 
 # The settings that change the plan or the time; the others (prompt, seed, CRF...) cost nothing to change.
-ESTIMATE_INPUTS = ("model", "seconds", "steps", "latent_window_size", "cfg", "use_teacache", "resolution",
+ESTIMATE_INPUTS = ("model", "seconds", "steps", "latent_window_size", "cfg", "cache", "resolution",
                    "gpu_memory_preservation", "fp8")
 # Before an image is chosen the request still needs one; it is never opened (the plan then holds for any image).
 NO_IMAGE = "no start image yet"

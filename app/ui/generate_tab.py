@@ -40,6 +40,7 @@ from app.ui.streams import StreamFrame, first_frame, idle_frame, next_frame, sna
 from framepack_core.errors import FramePackError, InvalidInputError
 from framepack_core.media.image_input import load_input_image
 from framepack_core.request import MAX_RESOLUTION, MAX_SECONDS, MAX_WINDOW, MIN_RESOLUTION
+from framepack_core.sampling.cache_methods import DEFAULT_CACHE_THRESHOLDS, CacheMethod
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ MEMORY_INFO = ("VRAM left free for other programs. Empty: chosen for you. More p
                "is offloaded to RAM: slower, never different.")
 # Seeds are drawn below 2**32 so they survive the browser's float64 numbers exactly.
 RANDOM_SEED_LIMIT = 2**32
+CACHE_CHOICES = [("TeaCache (the official app's)", CacheMethod.TEACACHE.value),
+                 ("None (full model, final quality)", CacheMethod.NONE.value),
+                 ("First-block cache", CacheMethod.FIRST_BLOCK.value), ("MagCache", CacheMethod.MAGCACHE.value),
+                 ("TaylorSeer", CacheMethod.TAYLORSEER.value)]
 # Progress and previews are redrawn at most this often (sections, state changes and the end go out at once).
 PAGE_UPDATE_INTERVAL_S = 0.2
 # A stream that has nothing new redraws its job this often anyway, so a page that something else drew over (a
@@ -77,8 +82,8 @@ class JobForm:
     cfg: gr.Slider
     cfg_rescale: gr.Slider
     negative_prompt: gr.Textbox
-    use_teacache: gr.Checkbox
-    teacache_threshold: gr.Slider
+    cache: gr.Dropdown
+    cache_threshold: gr.Slider
     crf: gr.Slider
     resolution: gr.Slider
     gpu_memory_preservation: gr.Number
@@ -163,13 +168,14 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                 negative_prompt = gr.Textbox(label="Negative prompt", value=defaults["negative_prompt"],
                                              info="Used only when the real CFG scale is above 1.",
                                              elem_id="negative-prompt")
-                use_teacache = gr.Checkbox(value=defaults["use_teacache"], label=FIELD_LABELS["use_teacache"],
-                                           info="Faster, but often makes hands and fingers slightly worse. "
-                                                "Turn it off for the final quality.", elem_id="teacache")
-                teacache_threshold = gr.Slider(0.01, 1.0, value=defaults["teacache_threshold"], step=0.01,
-                                               label="TeaCache threshold",
-                                               info="0.15 is the usual value; lower is closer to no cache.",
-                                               elem_id="teacache-threshold")
+                cache = gr.Dropdown(CACHE_CHOICES, value=CacheMethod(defaults["cache"]).value,
+                                    label=FIELD_LABELS["cache"],
+                                    info="Skips model work between steps: faster, but often makes hands and "
+                                         "fingers slightly worse. None gives the final quality.", elem_id="cache")
+                cache_threshold = gr.Slider(0.01, 1.0, value=_threshold_value(defaults), step=0.01,
+                                            label=FIELD_LABELS["cache_threshold"],
+                                            info="Higher is faster and drifts more; TeaCache's usual value is 0.15. "
+                                                 "TaylorSeer takes none.", elem_id="cache-threshold")
                 crf = gr.Slider(0, 51, value=defaults["crf"], step=1, label="MP4 compression (CRF)",
                                 info="Lower means better quality; 0 is lossless but some players show it "
                                      "black. 16 is the default.", elem_id="crf")
@@ -205,8 +211,8 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
 
     form = JobForm(image=image, prompt=prompt, model=model, seconds=seconds, seed=seed, steps=steps,
                    distilled_guidance=distilled_guidance, latent_window_size=latent_window_size, cfg=cfg,
-                   cfg_rescale=cfg_rescale, negative_prompt=negative_prompt, use_teacache=use_teacache,
-                   teacache_threshold=teacache_threshold, crf=crf, resolution=resolution,
+                   cfg_rescale=cfg_rescale, negative_prompt=negative_prompt, cache=cache,
+                   cache_threshold=cache_threshold, crf=crf, resolution=resolution,
                    gpu_memory_preservation=gpu_memory_preservation, fp8=fp8)
     return GenerateTab(form=form, image_check=image_check, quick_prompts=quick, model_note=model_note,
                        start=start_btn, stop=stop_btn, free_memory=free_btn, random_seed=random_seed_btn,
@@ -401,3 +407,11 @@ def _is_known(context: PageContext, job_id: str, viewer: Viewer) -> bool:
         return True
     except KeyError:
         return False
+
+
+def _threshold_value(defaults: dict[str, Any]) -> float:
+    """Where the threshold slider starts: the default's, or TeaCache's usual value for a method without one."""
+    threshold = defaults.get("cache_threshold")
+    if threshold is None:
+        threshold = DEFAULT_CACHE_THRESHOLDS[CacheMethod(defaults["cache"])]
+    return DEFAULT_CACHE_THRESHOLDS[CacheMethod.TEACACHE] if threshold is None else threshold

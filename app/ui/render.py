@@ -21,6 +21,7 @@ from framepack_core.jobs.batch import BatchSummary
 from framepack_core.jobs.output_description import read_output_description
 from framepack_core.jobs.queue import DamagedJob, QueuedJob
 from framepack_core.request import GenerationRequest
+from framepack_core.sampling.cache_methods import DEFAULT_CACHE_THRESHOLDS, CacheMethod
 
 FP8_CHOICES = [("Automatic (only when bf16 cannot fit)", "auto"), ("Always", "on"), ("Never", "off")]
 FP8_VALUES = {"auto": None, "on": True, "off": False}
@@ -29,14 +30,15 @@ FP8_CHOICE_OF = {value: choice for choice, value in FP8_VALUES.items()}
 # The job inputs after the image, in the order every handler and the /generate endpoint take them. The names
 # are GenerationRequest fields, so saved settings load back by name.
 JOB_FIELDS = ("prompt", "model", "seconds", "seed", "steps", "distilled_guidance", "latent_window_size", "cfg",
-              "cfg_rescale", "negative_prompt", "use_teacache", "teacache_threshold", "crf", "resolution",
+              "cfg_rescale", "negative_prompt", "cache", "cache_threshold", "crf", "resolution",
               "gpu_memory_preservation", "fp8")
 
 # What the page calls a setting that an error points at: the label of its control (the tab takes its labels from
 # here, so the two never differ), or, for what is set when the app starts (no control on the page), words that say
 # so. Never a command-line flag.
 FIELD_LABELS = {"seconds": "Video length (seconds)", "resolution": "Base resolution",
-                "latent_window_size": "Latent window size", "use_teacache": "Use TeaCache",
+                "latent_window_size": "Latent window size", "cache": "Step cache",
+                "cache_threshold": "Cache threshold",
                 "gpu_memory_preservation": "GPU memory to preserve (GB)", "fp8": "fp8 weight storage (transformer)",
                 # The Story panel's controls (app/ui/story_panel.py)
                 "end_image": "End image", "end_strength": "End strength",
@@ -68,6 +70,8 @@ def page_text(text: str) -> str:
 def build_request(image: str | None, values: dict[str, Any]) -> GenerationRequest:
     """The request for the page's (or the API's) inputs; ``InvalidInputError`` when there is no image."""
     values = {**values, "fp8": FP8_VALUES.get(values.get("fp8"), values.get("fp8"))}
+    if values.get("cache") is not None and _takes_no_threshold(values["cache"]):
+        values["cache_threshold"] = None  # the page's slider always sends a number
     known = {name: values[name] for name in (*JOB_FIELDS, *STORY_FIELDS) if values.get(name) is not None}
     if not image and known.get("extend_video"):
         return _clip_only_request(known)
@@ -75,6 +79,13 @@ def build_request(image: str | None, values: dict[str, Any]) -> GenerationReques
         raise InvalidInputError("image", "no start image was given", "Upload a start image first.")
     # Number components send floats (2.0); the request validates whole numbers itself.
     return GenerationRequest(image=Path(image), **known)
+
+
+def _takes_no_threshold(cache: Any) -> bool:
+    try:
+        return DEFAULT_CACHE_THRESHOLDS[CacheMethod(cache)] is None
+    except ValueError:  # an unknown method: the request names it
+        return False
 
 
 def _clip_only_request(known: dict[str, Any]) -> GenerationRequest:
@@ -101,11 +112,21 @@ def upload_path(value: Any) -> str | None:
 
 def settings_to_inputs(settings: dict[str, Any], defaults: dict[str, Any]) -> list[Any]:
     """Saved settings (a settings JSON) -> values for the JOB_FIELDS components; missing keys keep defaults."""
+    from framepack_core.jobs.spec import settings_in_current_names
+
+    try:
+        settings = settings_in_current_names(dict(settings))  # saved before the cache setting had its name
+    except InvalidInputError:
+        settings = {k: v for k, v in settings.items() if k not in ("use_teacache", "teacache_threshold")}
     values = []
     for name in JOB_FIELDS:
         value = settings.get(name, defaults.get(name))
         if name == "fp8":
             value = FP8_CHOICE_OF.get(value, "auto")
+        if name == "cache_threshold" and value is None:  # the method's default, on a slider that needs a number
+            method = settings.get("cache", defaults.get("cache"))
+            value = DEFAULT_CACHE_THRESHOLDS.get(CacheMethod(getattr(method, "value", method)), None) or \
+                DEFAULT_CACHE_THRESHOLDS[CacheMethod.TEACACHE]
         values.append(getattr(value, "value", value))  # the model enum -> "original" / "f1"
     return values
 

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 def setting_options() -> dict[str, str]:
     """Each setting's argparse dest -> its request field (``window`` -> ``latent_window_size``)."""
 
-    return {option_for_field(name)[2:].replace("-", "_"): name
-            for name in SETTINGS_FIELDS}
+    dests = {option_for_field(name)[2:].replace("-", "_"): name for name in SETTINGS_FIELDS}
+    return dests | {"teacache": "cache"}  # --teacache/--no-teacache say --cache teacache/none
 
 
 def typed_settings(argv: Sequence[str]) -> set[str]:
@@ -126,13 +126,15 @@ def environment_notes(description: OutputDescription, models: ModelsInfo, reques
 def _option_text(dest: str, value: Any) -> str:
     """How ``value`` is typed for the option of ``dest``: ``--seed 7``, ``--no-teacache``, ``--prompt 'a cat'``."""
     option = "--" + dest.replace("_", "-")
+    if dest == "teacache":  # --teacache/--no-teacache set the cache: say it as they were typed
+        value = value == "teacache"
     if isinstance(value, bool):
         return option if value else f"--no-{option[2:]}"
     return f"{option} {_value_text(dest, value)}"
 
 
 def _value_text(dest: str, value: Any) -> str:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or dest == "teacache":
         return _option_text(dest, value)
     if value is None:
         return "automatic"

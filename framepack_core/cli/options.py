@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from framepack_core.errors import FramePackError, InvalidInputError, render_fields
+from framepack_core.sampling.cache_methods import CacheMethod
+
+CACHE_CHOICES = tuple(CacheMethod)
 
 # The exit status of every command.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
@@ -47,11 +50,24 @@ def add_setting_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=float, default=1.0,
                    help="Real CFG scale; 1 turns it off, above 1 doubles the model calls per step (default 1).")
     p.add_argument("--rs", type=float, default=0.0, help="CFG rescale, 0 to 1; used only when --cfg > 1 (default 0).")
-    p.add_argument("--teacache", action=argparse.BooleanOptionalAction, default=True,
-                   help="TeaCache: faster, slightly different results (default on, as the official app).")
-    p.add_argument("--teacache-threshold", type=float, default=0.15,
-                   help="How much change TeaCache lets accumulate before running the model again: higher is "
-                        "faster and drifts more, 0.1 is closer to no cache (default 0.15).")
+    p.add_argument("--cache", choices=[m.value for m in CACHE_CHOICES], default=None,
+                   help="Skip transformer work between steps: teacache (the official app's, the default), "
+                        "first-block, magcache or taylorseer (diffusers' caches), or none (the full model at every "
+                        "step, exactly). Caches are faster and change the result slightly.")
+    p.add_argument("--cache-threshold", type=float, default=None,
+                   help="How much change the cache lets accumulate before running the model again: higher is "
+                        "faster and drifts more (default: the method's own, 0.15 for teacache).")
+    p.add_argument("--teacache", action=argparse.BooleanOptionalAction, default=None,
+                   help="Same as --cache teacache / --cache none (kept for the official app's users).")
+    p.add_argument("--teacache-threshold", dest="cache_threshold", type=float, default=None,
+                   help="Same as --cache-threshold.")
+    p.add_argument("--lora", dest="loras", action="append", type=lora_argument, default=None,
+                   metavar="PATH[:WEIGHT]",
+                   help="Apply this LoRA (.safetensors: diffusers, musubi-tuner or kohya keys) at WEIGHT (default "
+                        "1); repeat for several. Default: none.")
+    p.add_argument("--lora-fuse", action="store_true", default=False,
+                   help="Merge the LoRAs into the transformer's weights for the job: faster steps, results equal "
+                        "within float tolerance; they are unmerged after it (default off).")
     p.add_argument("--sampler-variant", choices=["bh1", "bh2"], default="bh1",
                    help="The UniPC sampler's B(h): bh1 (B(h) = h, the official app's) or bh2 (B(h) = e^h - 1); "
                         "default bh1.")
@@ -106,6 +122,30 @@ def keyframe_argument(text: str) -> tuple[float, Path]:
     return value, Path(path)
 
 
+def lora_argument(text: str) -> tuple[Path, float]:
+    """``style.safetensors:0.8`` -> (Path("style.safetensors"), 0.8); without a weight it is 1. The path may hold
+    colons (``C:/loras/style.safetensors``): only a number after the last colon is a weight."""
+    path, colon, weight = text.rpartition(":")
+    if colon:
+        try:
+            return Path(path), float(weight)
+        except ValueError:
+            pass
+    if not text:
+        raise argparse.ArgumentTypeError("names no file; give PATH or PATH:WEIGHT, such as style.safetensors:0.8")
+    return Path(text), 1.0
+
+
+def cache_from_args(args: argparse.Namespace) -> str:
+    """``--cache``, or ``--teacache``/``--no-teacache`` as the older way to say teacache or none."""
+    if args.teacache is not None and args.cache is not None:
+        raise InvalidInputError("cache", "is given together with --teacache/--no-teacache",
+                                "Give only --cache (--cache teacache or --cache none).")
+    if args.cache is not None:
+        return args.cache
+    return "none" if args.teacache is False else "teacache"
+
+
 def add_batch_options(p: argparse.ArgumentParser) -> None:
     """``jobs submit``'s batch: one job per image x prompt x seed (``framepack_core.jobs.batch``)."""
     p.add_argument("--image-dir", type=Path, default=None,
@@ -156,8 +196,8 @@ def request_from_args(args: argparse.Namespace, image: Path, output: Path | None
     return GenerationRequest(
         image=Path(image), prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model,
         seconds=args.seconds, seed=args.seed, steps=args.steps, latent_window_size=args.window,
-        distilled_guidance=args.gs, cfg=args.cfg, cfg_rescale=args.rs, use_teacache=args.teacache,
-        teacache_threshold=args.teacache_threshold, crf=args.crf, resolution=args.resolution,
+        distilled_guidance=args.gs, cfg=args.cfg, cfg_rescale=args.rs, cache=cache_from_args(args),
+        cache_threshold=args.cache_threshold, crf=args.crf, resolution=args.resolution,
         sampler_variant=args.sampler_variant, output=output, save_latents=save_latents,
         gpu_memory_preservation=args.preserve_gb, fp8=args.fp8,
         prompt_blend_sections=args.prompt_blend_sections,
@@ -167,9 +207,10 @@ def request_from_args(args: argparse.Namespace, image: Path, output: Path | None
 
 
 def _story_settings(args: argparse.Namespace) -> dict:
-    from framepack_core.request import Keyframe
+    from framepack_core.request import Keyframe, LoraChoice
 
-    return {"end_image": args.end_image, "end_strength": args.end_strength,
+    return {"loras": tuple(LoraChoice(path, weight) for path, weight in args.loras or ()),
+            "lora_fuse": args.lora_fuse, "end_image": args.end_image, "end_strength": args.end_strength,
             "end_image_embedding_weight": args.end_image_embedding_weight, "loop": args.loop,
             "keyframes": tuple(Keyframe(seconds, path) for seconds, path in args.keyframes or ())}
 
@@ -223,8 +264,8 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
 # Request fields whose command-line option is not simply "--" + the field name with dashes.
 OPTION_FOR_FIELD = {"latent_window_size": "--window", "distilled_guidance": "--gs", "cfg_rescale": "--rs",
                      "gpu_memory_preservation": "--preserve-gb",
-                     "use_teacache": "--teacache", "extend_video": "--extend", "keyframes": "--keyframe",
-                     "batch_size": "--image/--prompt-file/--seeds"}
+                     "extend_video": "--extend", "keyframes": "--keyframe",
+                     "batch_size": "--image/--prompt-file/--seeds", "loras": "--lora"}
 
 
 def option_for_field(field: str) -> str:

@@ -155,8 +155,8 @@ def environment_fingerprint(models: ModelsInfo, plan: MemoryPlan | None, request
         "dtypes": {name: str(getattr(config, f"{name}_dtype")).removeprefix("torch.")
                    for name in ("transformer", "text_encoder", "vae", "image_encoder")},
         "attention": attention_info(config.device, transformer),
-        "cache": {"teacache": bool(request.use_teacache),
-                  "teacache_threshold": float(request.teacache_threshold) if request.use_teacache else None},
+        "cache": {"method": str(getattr(request.cache, "value", request.cache)),
+                  "threshold": request.effective_cache_threshold},
         "memory_plan": plan_placements(plan),
     }
 

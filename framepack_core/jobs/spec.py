@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from framepack_core.errors import InvalidInputError
-from framepack_core.request import FILE_FIELDS, GenerationRequest, Keyframe
+from framepack_core.request import FILE_FIELDS, GenerationRequest, Keyframe, LoraChoice
 
 SPEC_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 had no input files but the start image, and fewer settings
@@ -30,13 +30,16 @@ SETTINGS_FIELDS = tuple(f.name for f in fields(GenerationRequest) if f.name not 
 # started by an older version still resumes, and an old video's settings still match a new run of them.
 _V1_SETTINGS = frozenset({
     "prompt", "negative_prompt", "model", "seconds", "seed", "steps", "latent_window_size", "distilled_guidance",
-    "cfg", "cfg_rescale", "use_teacache", "teacache_threshold", "crf", "resolution", "sampler_variant",
+    "cfg", "cfg_rescale", "cache", "cache_threshold", "crf", "resolution", "sampler_variant",
     "gpu_memory_preservation", "fp8"})
+# Versions 1 and 2 said TeaCache on or off with these two settings; ``cache`` and ``cache_threshold`` replace them.
+_LEGACY_CACHE_SETTINGS = ("use_teacache", "teacache_threshold")
+_TEACACHE_DEFAULT_THRESHOLD = 0.15
 _ADDED_DEFAULTS = {name: value for name, value in
                    GenerationRequest(image=Path("spec")).to_dict().items()
                    if name in SETTINGS_FIELDS and name not in _V1_SETTINGS}
 # Input files besides the start image, by role: one file each, or a list of timed keyframe images.
-INPUT_ROLES = ("end_image", "extend_video", "keyframes")
+INPUT_ROLES = ("end_image", "extend_video", "keyframes", "loras")
 # Settings that change where the weights live but never the video: a resumed job may change them.
 MEMORY_ONLY_SETTINGS = frozenset({"gpu_memory_preservation"})
 _HEX = frozenset("0123456789abcdef")
@@ -60,7 +63,8 @@ class JobSpec:
     models: Mapping[str, str] = field(default_factory=dict)
     version: int = SPEC_VERSION
     # The other input files' SHA-256 by role: {"end_image": sha, "extend_video": sha,
-    # "keyframes": [{"seconds": 3.0, "image_sha256": sha}, ...]}; a role not used is absent.
+    # "keyframes": [{"seconds": 3.0, "image_sha256": sha}, ...], "loras": [{"sha256": sha, "weight": 0.8}, ...]};
+    # a role not used is absent.
     inputs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,13 +85,15 @@ class JobSpec:
         if request.keyframes:
             inputs["keyframes"] = [{"seconds": k.seconds, "image_sha256": file_sha256(k.image)}
                                    for k in request.keyframes]
+        if request.loras:
+            inputs["loras"] = [{"sha256": file_sha256(lora.path), "weight": lora.weight} for lora in request.loras]
         return cls({name: data[name] for name in SETTINGS_FIELDS}, image_sha256, models or {}, inputs=inputs)
 
     @staticmethod
     def input_files_of(request: GenerationRequest) -> dict[str, Path]:
         """The request's input files besides the start image, by SHA-256 (what ``request`` and the queue take)."""
         paths = [p for p in (request.end_image, request.extend_video) if p is not None]
-        paths += [k.image for k in request.keyframes]
+        paths += [k.image for k in request.keyframes] + [lora.path for lora in request.loras]
         return {file_sha256(Path(path)): Path(path) for path in paths}
 
     def files_for(self, request: GenerationRequest) -> dict[str, Path]:
@@ -98,12 +104,15 @@ class JobSpec:
                  for role in ("end_image", "extend_video") if role in self.inputs}
         for listed, keyframe in zip(self.inputs.get("keyframes", ()), request.keyframes, strict=True):
             files[listed["image_sha256"]] = Path(keyframe.image)
+        for listed, lora in zip(self.inputs.get("loras", ()), request.loras, strict=True):
+            files[listed["sha256"]] = Path(lora.path)
         return files
 
     def input_sha256s(self) -> list[str]:
         """The SHA-256 of every input file besides the start image, each once, in role order."""
         found = [self.inputs[role] for role in ("end_image", "extend_video") if role in self.inputs]
         found += [k["image_sha256"] for k in self.inputs.get("keyframes", ())]
+        found += [lora["sha256"] for lora in self.inputs.get("loras", ())]
         return list(dict.fromkeys(found))
 
     def request(self, image: Path, output: Path | None = None, save_latents: Path | None = None,
@@ -125,6 +134,9 @@ class JobSpec:
         if "keyframes" in self.inputs:
             paths["keyframes"] = tuple(Keyframe(k["seconds"], path(k["image_sha256"], "keyframes"))
                                        for k in self.inputs["keyframes"])
+        if "loras" in self.inputs:
+            paths["loras"] = tuple(LoraChoice(path(lora["sha256"], "loras"), lora["weight"])
+                                   for lora in self.inputs["loras"])
         return paths
 
     def with_changes(self, changes: Mapping[str, Any]) -> JobSpec:
@@ -132,6 +144,7 @@ class JobSpec:
         or unknown setting."""
         if not isinstance(changes, Mapping):
             raise InvalidInputError("settings", "must be an object of the settings to change, such as {\"seed\": 7}")
+        changes = settings_in_current_names(dict(changes))  # {"use_teacache": false} from an older client
         return JobSpec.from_dict({**self.to_dict(), "settings": {**self.settings, **changes}})
 
     def check_image(self, image: Path) -> None:
@@ -159,6 +172,7 @@ class JobSpec:
         del data["version"]
         data["settings"] = {k: v for k, v in data["settings"].items() if k not in MEMORY_ONLY_SETTINGS
                             and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])}
+        data["settings"] = _with_legacy_cache_settings(data["settings"])
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def differences(self, other: JobSpec) -> list[str]:
@@ -198,6 +212,7 @@ class JobSpec:
         settings = data.get("settings")
         if not isinstance(settings, dict):
             raise InvalidInputError("settings", "must be an object of generation settings")
+        settings = settings_in_current_names(settings)
         for name in settings:
             if name not in SETTINGS_FIELDS:
                 raise InvalidInputError(f"settings.{name}", "is not a generation setting",
@@ -233,6 +248,35 @@ class JobSpec:
         return cls.from_dict(data)
 
 
+def _with_legacy_cache_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """TeaCache on or off said as versions 1 and 2 said it, so the digest of a job folder or video made before
+    ``cache`` existed is unchanged; the other caches are new and keep the new names."""
+    method, threshold = settings.get("cache"), settings.get("cache_threshold")
+    if method not in ("teacache", "none"):
+        return settings
+    rest = {k: v for k, v in settings.items() if k not in ("cache", "cache_threshold")}
+    used = threshold if method == "teacache" and threshold is not None else _TEACACHE_DEFAULT_THRESHOLD
+    return rest | {"use_teacache": method == "teacache", "teacache_threshold": used}
+
+
+def settings_in_current_names(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings with a version 1 or 2 spec's ``use_teacache``/``teacache_threshold`` said as ``cache`` and
+    ``cache_threshold`` (what older specs, saved settings and API clients send)."""
+    if not any(name in settings for name in _LEGACY_CACHE_SETTINGS):
+        return settings
+    if "cache" in settings or "cache_threshold" in settings:
+        raise InvalidInputError("settings.use_teacache", "is given together with cache",
+                                "Give only cache and cache_threshold.")
+    use_teacache = settings.get("use_teacache", True)
+    if not isinstance(use_teacache, bool):
+        raise InvalidInputError("settings.use_teacache", f"must be true or false, got {use_teacache!r}")
+    threshold = settings.get("teacache_threshold", _TEACACHE_DEFAULT_THRESHOLD)
+    rest = {k: v for k, v in settings.items() if k not in _LEGACY_CACHE_SETTINGS}
+    return rest | {"cache": "teacache" if use_teacache else "none",
+                   "cache_threshold": None if not use_teacache or threshold == _TEACACHE_DEFAULT_THRESHOLD
+                   else threshold}
+
+
 def _is_sha256(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
 
@@ -244,11 +288,16 @@ def _parsed_inputs(inputs: Any) -> dict[str, Any]:
         if role not in INPUT_ROLES:
             raise InvalidInputError(f"inputs.{role}", "is not an input role",
                                     f"Input roles are: {', '.join(INPUT_ROLES)}.")
-        if role != "keyframes" and not _is_sha256(value):
+        if role not in ("keyframes", "loras") and not _is_sha256(value):
             raise InvalidInputError(f"inputs.{role}", "must be 64 lowercase hex digits (the file's SHA-256)")
     keyframes = inputs.get("keyframes", [])
     if not isinstance(keyframes, list) or not all(
             isinstance(k, dict) and set(k) == {"seconds", "image_sha256"} and _is_sha256(k["image_sha256"])
             for k in keyframes):
         raise InvalidInputError("inputs.keyframes", "must be a list of {seconds, image_sha256} objects")
+    loras = inputs.get("loras", [])
+    if not isinstance(loras, list) or not all(
+            isinstance(item, dict) and set(item) == {"sha256", "weight"} and _is_sha256(item["sha256"])
+            for item in loras):
+        raise InvalidInputError("inputs.loras", "must be a list of {sha256, weight} objects")
     return {role: value for role, value in inputs.items() if value not in ([], None)}

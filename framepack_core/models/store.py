@@ -35,6 +35,7 @@ from framepack_core.models.loaders import (
 from framepack_core.models.loading import ModelSource
 from framepack_core.models.missing_weights import check_weights
 from framepack_core.models.precision import apply_fp32_output_projection
+from framepack_core.models.runtime import RuntimeOptions
 from framepack_core.models.text_encoding import PromptEmbeddings, encode_prompt
 
 logger = logging.getLogger(__name__)
@@ -48,9 +49,10 @@ _UNITS = {TE: (TE, TE2), TE2: (TE, TE2), IMAGE: (IMAGE,), VAE: (VAE,), DIT: (DIT
 
 class ModelStore:
     def __init__(self, source: ModelSource, config: DeviceConfig, plan: MemoryPlan | None = None, *,
-                 disk_offload_dir: Path | None = None) -> None:
+                 disk_offload_dir: Path | None = None, runtime: RuntimeOptions | None = None) -> None:
         self.source = source
         self.config = config
+        self.runtime = runtime if runtime is not None else RuntimeOptions()  # attention backend, compilation
         self.disk_offload_dir = disk_offload_dir  # for DISK placements; a temporary folder when None
         self._plan = plan
         self._text_encoders: Any = None

@@ -40,6 +40,7 @@ from framepack_core.models.components import ModelVariant
 from framepack_core.models.devices import DeviceConfig
 from framepack_core.models.identity import model_identities
 from framepack_core.models.loading import ModelSource
+from framepack_core.models.runtime import RuntimeOptions
 from framepack_core.models.store import ModelStore
 from framepack_core.pipeline.extension import ClipExtension
 from framepack_core.pipeline.failure import describe_failure, is_expected_failure, is_out_of_memory
@@ -51,6 +52,7 @@ from framepack_core.pipeline.sections import SectionLoop, SectionSampling
 from framepack_core.pipeline.story_inputs import StoryImages, check_story_images
 from framepack_core.pipeline.timings import DEFAULT_TIMINGS_PATH, StageTimings, job_shape
 from framepack_core.request import GenerationRequest
+from framepack_core.sampling.cache_methods import CacheMethod
 from framepack_core.sampling.packing import LatentHistory, plan_sections
 from framepack_core.sampling.rerolls import check_rerolls
 from framepack_core.sampling.sampler import (
@@ -67,11 +69,12 @@ logger = logging.getLogger(__name__)
 
 
 def create_engine(source: ModelSource, config: DeviceConfig,
-                  timings_path: Path = DEFAULT_TIMINGS_PATH) -> FramePackEngine:
-    """The engine as the app and the CLI run it: models from ``source`` on ``config``'s device, each job planning
-    where they live (``framepack_core.memory.job_planning``) and its ETA learned from this machine's earlier jobs,
-    kept in ``timings_path`` (``framepack_core.pipeline.timings``)."""
-    return FramePackEngine(ModelStore(source, config), JobPlanner(source, config.device),
+                  timings_path: Path = DEFAULT_TIMINGS_PATH, runtime: RuntimeOptions | None = None) -> FramePackEngine:
+    """The engine as the app and the CLI run it: models from ``source`` on ``config``'s device, run as ``runtime``
+    says (attention backend, compilation), each job planning where they live
+    (``framepack_core.memory.job_planning``) and its ETA learned from this machine's earlier jobs, kept in
+    ``timings_path`` (``framepack_core.pipeline.timings``)."""
+    return FramePackEngine(ModelStore(source, config, runtime=runtime), JobPlanner(source, config.device),
                            StageTimings.load(timings_path))
 
 
@@ -232,8 +235,8 @@ class _JobRun:
                           resume=resumed_writer(checkpoint, history, sections, window, order, models, vae))
 
         # 8. Section loop: sample, decode and write each section
-        teacache = apply_teacache(transformer, TeaCacheConfig(request.teacache_threshold, request.steps)) \
-            if request.use_teacache else None
+        teacache = apply_teacache(transformer, TeaCacheConfig(request.effective_cache_threshold, request.steps)) \
+            if request.cache == CacheMethod.TEACACHE else None
         sampling = SectionSampling(
             transformer=transformer, inputs=prepared, sampler=FlowMatchUniPC(variant=request.sampler_variant),
             sigmas=sigmas.to(models.config.device), guidance=GuidanceConfig(scale=request.cfg, rescale=request.cfg_rescale),

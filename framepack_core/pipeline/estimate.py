@@ -21,6 +21,7 @@ from framepack_core.durations import rough_duration_text
 from framepack_core.memory.plan import GIB, MemoryPlan, Workload
 from framepack_core.pipeline.progress import ProgressClock
 from framepack_core.pipeline.timings import StageTimings, job_shape
+from framepack_core.sampling.cache_methods import CacheMethod
 
 if TYPE_CHECKING:
     from framepack_core.memory.job_planning import JobPlanner
@@ -95,7 +96,7 @@ def estimate_job(request: GenerationRequest, image_size: tuple[int, int] | None,
             + sum(learned.setup_seconds(shape.warm) or [])
         source = TimeSource.LEARNED
     elif plan is not None and plan.device_type == "cuda" and plan.step_time_s > 0:
-        speedup = TEACACHE_SPEEDUP if request.use_teacache else 1.0
+        speedup = TEACACHE_SPEEDUP if request.cache == CacheMethod.TEACACHE else 1.0
         seconds, source = shape.sections * shape.steps * plan.step_time_s / speedup, TimeSource.FIRST_GUESS
     warnings = []
     if request.resolution > TRAINED_RESOLUTION:

@@ -30,5 +30,5 @@ def describe_failure(error: Exception, plan: MemoryPlan | None = None) -> tuple[
                     f"{plan.peak_vram_gb:.1f} GiB of VRAM and {plan.peak_ram_gb:.1f} GiB of RAM).",
                     next_plan_advice(plan))
         return ("The device ran out of memory.",
-                "Lower {resolution} or {seconds}, turn on {use_teacache}, or close other GPU programs.")
+                "Lower {resolution} or {seconds}, choose a {cache}, or close other GPU programs.")
     return f"{type(error).__name__}: {error}", "This is a bug; please report it with the log above."

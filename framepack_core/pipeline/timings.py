@@ -24,6 +24,7 @@ from framepack_core.media.buckets import find_nearest_bucket
 from framepack_core.models.components import ModelVariant
 from framepack_core.models.store import ModelStore
 from framepack_core.request import GenerationRequest
+from framepack_core.sampling.cache_methods import CacheMethod
 from framepack_core.sampling.sampler import main_token_count
 from framepack_core.sampling.schedule import total_latent_sections
 
@@ -70,7 +71,7 @@ def job_shape(request: GenerationRequest, image_size: tuple[int, int], models: M
     key = "|".join((platform.node(), str(config.device), str(config.transformer_dtype).removeprefix("torch."),
                     str(models.source.models_dir or "huggingface cache"), model.value,
                     "cfg" if request.cfg != 1.0 else "distilled",
-                    "teacache" if request.use_teacache else "full"))
+                    _cache_key(request)))
     return JobShape(key=key, sections=sections, steps=request.steps,
                     tokens=main_token_count(window, latent_height, latent_width),
                     section_units=tuple(frames * area for frames in decoded),
@@ -179,3 +180,9 @@ def _blend(old: float | None, new: float | None) -> float | None:
 
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _cache_key(request: GenerationRequest) -> str:
+    """A cache's speed is learned apart from the full model's ("full" and "teacache" as before there were others)."""
+    method = CacheMethod(request.cache)
+    return "full" if method == CacheMethod.NONE else method.value

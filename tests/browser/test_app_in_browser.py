@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from bench.ui_latency import (
+    CACHE_LABELS,
     IMAGE,
     RECORDER_JS,
     page_state,
@@ -232,7 +233,7 @@ def test_clicking_a_past_generation_loads_its_settings_back(page, shoot):
     page.click("#advanced button.label-wrap")
     assert float(page.locator("#window input[type=number]").input_value()) == 3
     assert float(page.locator("#resolution input[type=number]").input_value()) == 64
-    assert not page.locator("#teacache input[type=checkbox]").is_checked()
+    assert page.locator("#cache input").input_value() == CACHE_LABELS[False]
     assert page.locator("#start-image img").count() == 1
     assert "Loaded the settings of" in page.locator("#loaded-note").inner_text()
     shoot(page, "07-settings-loaded-from-gallery")
@@ -253,7 +254,7 @@ def test_loading_settings_from_a_video_fills_the_form_and_a_bad_file_reads_well(
     assert float(page.locator("#steps input[type=number]").input_value()) == 3
     page.click("#advanced button.label-wrap")
     assert float(page.locator("#resolution input[type=number]").input_value()) == 64
-    assert not page.locator("#teacache input[type=checkbox]").is_checked()
+    assert page.locator("#cache input").input_value() == CACHE_LABELS[False]
     assert "Loaded the settings of" in page.locator("#loaded-note").inner_text()
     shoot(page, "09-settings-loaded-from-a-video")
 
@@ -297,7 +298,7 @@ def test_the_generate_api_endpoint_returns_the_final_video_and_the_rest_apis_sta
     assert {"/generate", "/status", "/stop"} <= set(client.view_api(print_info=False,
                                                                      return_format="dict")["named_endpoints"])
     video, status = client.predict(handle_file(str(IMAGE)), "The cat turns its head", seconds=1, steps=3,
-                                   latent_window_size=3, resolution=64, seed=7, use_teacache=False,
+                                   latent_window_size=3, resolution=64, seed=7, cache="none",
                                    api_name="/generate")
     assert status["state"] == "finished" and status["video_frames"] == video_length(1, 3).pixel_frames
     assert probe_video(Path(video)).frame_count == status["video_frames"]

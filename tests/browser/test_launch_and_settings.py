@@ -114,8 +114,8 @@ def _has_cuda() -> bool:
 
 def test_a_request_is_built_from_the_page_inputs_and_saved_settings_load_back(tmp_path):
     values = {"prompt": "hi", "model": "f1", "seconds": 2.0, "seed": 5.0, "steps": 3.0, "distilled_guidance": 10.0,
-              "latent_window_size": 3.0, "cfg": 1.0, "cfg_rescale": 0.0, "negative_prompt": "", "use_teacache": False,
-              "teacache_threshold": 0.15, "crf": 16.0, "resolution": 64.0}
+              "latent_window_size": 3.0, "cfg": 1.0, "cfg_rescale": 0.0, "negative_prompt": "", "cache": "none",
+              "cache_threshold": 0.15, "crf": 16.0, "resolution": 64.0}
     request = build_request(str(tmp_path / "in.png"), values).validated()
     assert (request.model.value, request.seed, request.steps, request.latent_window_size) == ("f1", 5, 3, 3)
     saved = request.to_dict()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.ui_latency import IMAGE, page_state, set_job_inputs, wait_for_state
+from bench.ui_latency import CACHE_LABELS, IMAGE, page_state, set_job_inputs, wait_for_state
 from tests.browser.conftest import ARTIFACTS
 from tests.gradio_http import GradioSession
 
@@ -122,7 +122,7 @@ def test_two_starts_with_the_same_inputs_from_one_page_follow_one_job(demo_serve
     try:
         upload = session.upload(IMAGE.read_bytes(), "chelsea.jpg")
         start = session.chained(session.dependency("start", "click"))
-        settings = [upload, prompt, "original", 1, 23, 3, 10.0, 3, 1.0, 0.0, "", False, 0.15, 16, 64, None, "auto"]
+        settings = [upload, prompt, "original", 1, 23, 3, 10.0, 3, 1.0, 0.0, "", "none", 0.15, 16, 64, None, "auto"]
         settings += [None] * (len(start["inputs"]) - len(settings))  # the Story panel's inputs, untouched
         shown = session.call_at_once(start, [settings, settings])
         jobs = _jobs_with_prompt(demo_server.url, prompt)
@@ -160,7 +160,7 @@ def test_reloading_mid_job_brings_back_its_image_prompt_and_settings(page, demo_
         page.click("#advanced button.label-wrap")
         assert float(page.locator("#window input[type=number]").input_value()) == 3
         assert float(page.locator("#resolution input[type=number]").input_value()) == 64
-        assert not page.locator("#teacache input[type=checkbox]").is_checked()
+        assert page.locator("#cache input").input_value() == CACHE_LABELS[False]
         _window_shot(page, "13-form-restored-after-reload")
     finally:
         page.click("#stop")

@@ -16,7 +16,7 @@ from framepack_core.request import GenerationRequest
 
 pytestmark = pytest.mark.browser
 
-TINY = dict(latent_window_size=3, steps=3, resolution=64, use_teacache=False)
+TINY = dict(latent_window_size=3, steps=3, resolution=64, cache="none")
 
 
 def _queue_text(page: Any) -> str:
