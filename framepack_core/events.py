@@ -101,6 +101,8 @@ class JobFinished(EngineEvent):
     width: int
     height: int
     elapsed_s: float
+    transformer_calls: int | None = None  # this run's transformer calls, and how many the step cache skipped
+    skipped_calls: int | None = None
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from framepack_core.pipeline.sections import SectionLoop, SectionSampling
 from framepack_core.pipeline.story_inputs import StoryImages, check_story_images
 from framepack_core.pipeline.timings import DEFAULT_TIMINGS_PATH, StageTimings, job_shape
 from framepack_core.request import GenerationRequest
-from framepack_core.sampling.cache_methods import CacheMethod
+from framepack_core.sampling.caches import MagCacheCalibration, step_cache_for_job
 from framepack_core.sampling.packing import LatentHistory, plan_sections
 from framepack_core.sampling.rerolls import check_rerolls
 from framepack_core.sampling.sampler import (
@@ -63,7 +63,6 @@ from framepack_core.sampling.sampler import (
     shifted_sigmas,
 )
 from framepack_core.sampling.schedule import overlap_pixel_frames, total_latent_sections
-from framepack_core.sampling.teacache import TeaCacheConfig, apply_teacache
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +98,7 @@ class FramePackEngine:
         job_id: str | None = None,
         snapshot_dir: Path | None = None,
         job_dir: Path | None = None,
+        magcache_calibration: MagCacheCalibration | None = None,
     ) -> Iterator[EngineEvent]:
         """Yield events until exactly one terminal event (finished, cancelled or failed).
 
@@ -113,6 +113,9 @@ class FramePackEngine:
 
         Every mp4 it writes (final or partial) describes itself: the job spec and the environment fingerprint in
         its metadata and in a sidecar JSON next to it (``framepack_core.jobs.output_description``).
+
+        With ``magcache_calibration`` the job runs diffusers' MagCache in calibration mode (nothing skipped) and
+        fills it with the measured ratios (``python -m framepack_core calibrate-cache``).
         """
         request = request.validated()
         check_rerolls(request)
@@ -123,7 +126,7 @@ class FramePackEngine:
         cancel = cancel or CancelToken()
         files = JobFiles(job_id, request, JobDirectory(job_dir) if job_dir is not None else None, snapshot_dir)
         run = _JobRun(self.models, self.planner, request, image.pixels, job_id, cancel, files, self.timings,
-                      extension, story)
+                      extension, story, magcache_calibration)
         for note in image.notes:
             yield Notice(job_id, message=f"Input image: {note}")
         for note in story.notes:
@@ -141,7 +144,8 @@ class _JobRun:
 
     def __init__(self, models: ModelStore, planner: JobPlanner | None, request: GenerationRequest,
                  pixels: np.ndarray, job_id: str, cancel: CancelToken, files: JobFiles, timings: StageTimings,
-                 extension: ClipExtension | None = None, story: StoryImages | None = None) -> None:
+                 extension: ClipExtension | None = None, story: StoryImages | None = None,
+                 magcache_calibration: MagCacheCalibration | None = None) -> None:
         self.models = models
         self.planner = planner
         self.request = request
@@ -153,6 +157,7 @@ class _JobRun:
         self.timings = timings
         self.extension = extension
         self.story = story
+        self.magcache_calibration = magcache_calibration
         shape = job_shape(request, pixels.shape[:2], models)
         self.clock = ProgressClock(shape, timings.speeds(shape.key), self.started)
 
@@ -235,12 +240,12 @@ class _JobRun:
                           resume=resumed_writer(checkpoint, history, sections, window, order, models, vae))
 
         # 8. Section loop: sample, decode and write each section
-        teacache = apply_teacache(transformer, TeaCacheConfig(request.effective_cache_threshold, request.steps)) \
-            if request.cache == CacheMethod.TEACACHE else None
+        step_cache = step_cache_for_job(transformer, request, models.source.models_dir, models.source.cache_dir,
+                                        spec.models, self.magcache_calibration)
         sampling = SectionSampling(
             transformer=transformer, inputs=prepared, sampler=FlowMatchUniPC(variant=request.sampler_variant),
             sigmas=sigmas.to(models.config.device), guidance=GuidanceConfig(scale=request.cfg, rescale=request.cfg_rescale),
-            distilled_guidance=request.distilled_guidance, teacache=teacache,
+            distilled_guidance=request.distilled_guidance, cache=step_cache,
             noise_shape=(1, transformer.config.in_channels, window, latent_height, latent_width),
             rerolls=request.rerolls)
         loop = SectionLoop(self.job_id, models, sampling, vae, files, self.cancel, self.clock, window, request.steps)
@@ -248,9 +253,9 @@ class _JobRun:
             loop.first_section_skip = self.extension.first_section_skip(window)
         try:
             yield from loop.run(sections, files.sections_done, history, generator)
-        finally:
-            if teacache is not None:
-                teacache.remove()
+        finally:  # also on a failure or a cancel: the next job gets the bare transformer
+            files.record_cache(step_cache.describe())
+            step_cache.remove()
 
         # 9. Save the latents and write the video
         yield self._stage(Stage.WRITING, "Writing the video ...")
@@ -265,7 +270,8 @@ class _JobRun:
             yield Notice(self.job_id, message=files.sidecar_problem + "; the video's metadata still describes it.")
         yield JobFinished(self.job_id, output_path=output, latents_path=latents_path,
                           video_frames=video_frames, width=prepared.width, height=prepared.height,
-                          elapsed_s=time.perf_counter() - self.started)
+                          elapsed_s=time.perf_counter() - self.started,
+                          transformer_calls=step_cache.stats.transformer_calls, skipped_calls=step_cache.stats.skipped)
 
     def _stage(self, stage: Stage, message: str) -> StageChanged:
         return StageChanged(self.job_id, stage=stage, message=message)

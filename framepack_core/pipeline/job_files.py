@@ -6,7 +6,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,6 +65,15 @@ class JobFiles:
     def describe_as(self, description: OutputDescription) -> None:
         """From now on every mp4 carries ``description`` in its metadata and in a sidecar JSON."""
         self._description = description
+
+    def record_cache(self, stats: Mapping[str, Any]) -> None:
+        """Add the step cache's counts (transformer calls, skipped calls) to the fingerprint's ``cache``, for the
+        videos written from now on."""
+        if self._description is None:
+            return
+        fingerprint = dict(self._description.fingerprint)
+        fingerprint["cache"] = dict(fingerprint.get("cache") or {}) | dict(stats)
+        self._description = replace(self._description, fingerprint=fingerprint)
 
     def open_writer(self, order: Order, overlap_frames: int, crf: int, resume: WriterState | None = None) -> None:
         """Open the section writer: new, in the job folder, or resumed from a checkpoint's ``resume`` state."""

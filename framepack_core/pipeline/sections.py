@@ -25,11 +25,11 @@ from framepack_core.pipeline.job_files import JobFiles
 from framepack_core.pipeline.progress import ProgressClock
 from framepack_core.pipeline.story_inputs import anchored_context
 from framepack_core.request import Reroll
+from framepack_core.sampling.caches import StepCache
 from framepack_core.sampling.denoiser import PackedDenoiser, SectionConditioning
 from framepack_core.sampling.packing import LatentHistory, SectionPlan
 from framepack_core.sampling.rerolls import reseed_for_section
 from framepack_core.sampling.sampler import FlowMatchUniPC, GuidanceConfig
-from framepack_core.sampling.teacache import TeaCache
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class SectionSampling:
     guidance: GuidanceConfig
     distilled_guidance: float
     noise_shape: tuple[int, int, int, int, int]  # (1, latent channels, window, latent height, latent width)
-    teacache: TeaCache | None = None
+    cache: StepCache | None = None  # the job's step cache (sampling.caches); None: the full model
     rerolls: tuple[Reroll, ...] = ()  # re-seed the generator and change the prompt from a section on
 
 
@@ -99,13 +99,13 @@ class SectionLoop:
         """Denoise one section from fresh noise, yielding after every step; returns its latents."""
         sampling, inputs = self.sampling, self.sampling.inputs
         dtype, device = self.models.config.transformer_dtype, self.models.config.device
-        if sampling.teacache is not None:
-            sampling.teacache.reset()
+        if sampling.cache is not None:
+            sampling.cache.section_started()
         conditioning = SectionConditioning(inputs.positive.for_section(plan.number + 1), inputs.negative,
                                            inputs.image_embeddings,
                                            anchored_context(history.context(), plan.number, inputs.anchors), plan)
         denoiser = PackedDenoiser(sampling.transformer, conditioning, sampling.distilled_guidance, sampling.guidance,
-                                  dtype, device, sampling.teacache)
+                                  dtype, device, sampling.cache)
         # Drawn from the job's one CPU generator in section order, as the official app does, so the noise is the
         # same on every device.
         noise = torch.randn(sampling.noise_shape, generator=generator, device=generator.device)

@@ -7,15 +7,14 @@ does: in bf16 935.36 becomes 936, and a bf16 run only matches the official one i
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 
 from framepack_core.models.text_encoding import PromptEmbeddings
+from framepack_core.sampling.caches import StepCache
 from framepack_core.sampling.packing import PackedContext, SectionPlan
 from framepack_core.sampling.sampler import TIMESTEP_SCALE, GuidanceConfig, combine_guidance
-from framepack_core.sampling.teacache import TeaCache
 
 
 @dataclass(frozen=True)
@@ -36,12 +35,12 @@ class PackedDenoiser:
         guidance: GuidanceConfig,
         dtype: torch.dtype,
         device: torch.device,
-        teacache: TeaCache | None = None,
+        cache: StepCache | None = None,
     ) -> None:
         self.transformer = transformer
         self.guidance = guidance
         self.dtype = dtype
-        self.teacache = teacache
+        self.cache = cache if cache is not None else StepCache()
         context, plan = conditioning.context, conditioning.plan
         shared = dict(
             image_embeds=conditioning.image_embeddings.to(device=device, dtype=dtype),
@@ -69,8 +68,7 @@ class PackedDenoiser:
         )
 
     def _velocity(self, x: torch.Tensor, timestep: torch.Tensor, branch: str, step: int) -> torch.Tensor:
-        cache_scope = self.teacache.step(step, branch) if self.teacache is not None else contextlib.nullcontext()
-        with cache_scope:
+        with self.cache.call(step, branch):
             return self.transformer(hidden_states=x, timestep=timestep, return_dict=False,
                                     **self._branches[branch])[0].float()
 
