@@ -227,3 +227,12 @@ def test_calibrate_cache_writes_ratios_that_a_later_magcache_job_uses(tiny_model
     assert isinstance(finished, JobFinished), finished
     assert _cache_record(finished)["magcache_ratios"] == f"calibrated ({models / 'magcache_ratios.json'})"
     assert finished.skipped_calls > 0
+
+
+def test_choosing_a_cache_on_the_page_sets_its_threshold_or_hides_the_slider():
+    from app.ui.generate_tab import cache_threshold_update
+
+    assert cache_threshold_update("magcache") == {"__type__": "update", "visible": True, "value": 0.06}
+    assert cache_threshold_update("first-block")["value"] == 0.05
+    assert cache_threshold_update("taylorseer")["visible"] is False
+    assert cache_threshold_update("none")["visible"] is False

@@ -131,7 +131,9 @@ def test_the_fingerprint_has_every_listed_key(made):
     assert fingerprint["attention"]["backend"] == "native"
     assert fingerprint["attention"]["processors"]["HunyuanVideoAttnProcessor2_0"] == "native"
     assert fingerprint["attention"]["sdpa_kernels"] is None
-    assert fingerprint["cache"] == {"method": "none", "threshold": None}
+    # The step cache's counts (sampling/caches.py): every call of the job ran the full model.
+    assert fingerprint["cache"] == {"method": "none", "threshold": None, "transformer_calls": 6, "computed_calls": 6,
+                                    "skipped_calls": 0}
     plan = fingerprint["memory_plan"]  # the CLI plans every job
     assert plan["device_type"] == "cpu" and plan["fp8"] is False
     assert plan["components"]["transformer"]["placement"] == "cpu"

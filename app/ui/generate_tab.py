@@ -173,6 +173,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                                     info="Skips model work between steps: faster, but often makes hands and "
                                          "fingers slightly worse. None gives the final quality.", elem_id="cache")
                 cache_threshold = gr.Slider(0.01, 1.0, value=_threshold_value(defaults), step=0.01,
+                                            visible=_takes_threshold(defaults["cache"]),
                                             label=FIELD_LABELS["cache_threshold"],
                                             info="Higher is faster and drifts more; TeaCache's usual value is 0.15. "
                                                  "TaylorSeer takes none.", elem_id="cache-threshold")
@@ -324,6 +325,13 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
     tab.form.model.change(lambda choice: gr.update(visible=choice == "original"), inputs=[tab.form.model],
                           outputs=[tab.model_note], api_visibility="private", show_progress="hidden",
                           concurrency_limit=None)
+    # Choosing a cache sets its own default threshold (``input``: a user's choice only, so settings loaded from a
+    # video keep their threshold); the slider shows only for a method that takes one, however the method was set.
+    tab.form.cache.input(cache_threshold_update, inputs=[tab.form.cache], outputs=[tab.form.cache_threshold],
+                         api_visibility="private", show_progress="hidden", concurrency_limit=None)
+    tab.form.cache.change(lambda method: gr.update(visible=_takes_threshold(method)), inputs=[tab.form.cache],
+                          outputs=[tab.form.cache_threshold], api_visibility="private", show_progress="hidden",
+                          concurrency_limit=None)
     tab.random_seed.click(lambda: random.randrange(RANDOM_SEED_LIMIT), outputs=[tab.form.seed],
                           api_visibility="private", show_progress="hidden", concurrency_limit=None)
     return [load_event, started]
@@ -415,3 +423,16 @@ def _threshold_value(defaults: dict[str, Any]) -> float:
     if threshold is None:
         threshold = DEFAULT_CACHE_THRESHOLDS[CacheMethod(defaults["cache"])]
     return DEFAULT_CACHE_THRESHOLDS[CacheMethod.TEACACHE] if threshold is None else threshold
+
+
+def _takes_threshold(method: str) -> bool:
+    return DEFAULT_CACHE_THRESHOLDS[CacheMethod(method)] is not None
+
+
+def cache_threshold_update(method: str) -> dict[str, Any]:
+    """The threshold slider for a newly chosen cache ``method``: at the method's default, hidden for none and
+    TaylorSeer (they take no threshold)."""
+    threshold = DEFAULT_CACHE_THRESHOLDS[CacheMethod(method)]
+    if threshold is None:
+        return gr.update(visible=False)
+    return gr.update(visible=True, value=threshold)

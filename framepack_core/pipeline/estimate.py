@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 TRAINED_RESOLUTION = 640  # the models were trained on the 640 buckets
 # The README's RTX 4090 speeds: 2.5 s per frame without TeaCache, 1.5 s with it.
 TEACACHE_SPEEDUP = 2.5 / 1.5
+# A first guess of each cache's speed-up at its default threshold, until this machine has run one (then the learned
+# speed, kept per method, replaces it). MagCache: MagCache4FramePack's table gives 9 min -> 4 min 20 s at 0.1, less
+# at our 0.06; TaylorSeer: 12 of 25 steps computed (sampling/caches.py); first-block: no published FramePack number,
+# a cautious guess.
+FIRST_GUESS_SPEEDUPS = {CacheMethod.NONE: 1.0, CacheMethod.TEACACHE: TEACACHE_SPEEDUP, CacheMethod.FIRST_BLOCK: 1.5,
+                        CacheMethod.MAGCACHE: 1.8, CacheMethod.TAYLORSEER: 1.9}
 
 
 class TimeSource:
@@ -96,7 +102,7 @@ def estimate_job(request: GenerationRequest, image_size: tuple[int, int] | None,
             + sum(learned.setup_seconds(shape.warm) or [])
         source = TimeSource.LEARNED
     elif plan is not None and plan.device_type == "cuda" and plan.step_time_s > 0:
-        speedup = TEACACHE_SPEEDUP if request.cache == CacheMethod.TEACACHE else 1.0
+        speedup = FIRST_GUESS_SPEEDUPS[CacheMethod(request.cache)]
         seconds, source = shape.sections * shape.steps * plan.step_time_s / speedup, TimeSource.FIRST_GUESS
     warnings = []
     if request.resolution > TRAINED_RESOLUTION:
