@@ -41,12 +41,15 @@ def add_calibrate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
 def run_calibrate(args: argparse.Namespace) -> int:
     from framepack_core.events import JobCancelled, JobFailed, JobFinished, StageChanged
     from framepack_core.models.identity import model_identities
+    from framepack_core.pipeline.timings import StageTimings
     from framepack_core.sampling.caches import MagCacheCalibration
     from framepack_core.sampling.magcache_ratios import ratios_path, save_calibration
 
     engine = engine_from_args(args)
     if engine is None:
         return EXIT_BAD_INPUT
+    # Learned in memory only: an uncached calibration run must not become MagCache's learned speed.
+    engine.timings = StageTimings()
     source = engine.models.source
     target = args.ratios_file or ratios_path(source.models_dir, source.cache_dir)
     calibration = MagCacheCalibration()
