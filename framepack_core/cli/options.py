@@ -60,7 +60,8 @@ def add_setting_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacache", action=argparse.BooleanOptionalAction, default=None,
                    help="Same as --cache teacache / --cache none (kept for the official app's users).")
     p.add_argument("--teacache-threshold", dest="cache_threshold", type=float, default=None,
-                   help="Same as --cache-threshold.")
+                   help="Same as --cache-threshold, kept for the official app's users: TeaCache's threshold "
+                        "(default 0.15).")
     p.add_argument("--lora", dest="loras", action="append", type=lora_argument, default=None,
                    metavar="PATH[:WEIGHT]",
                    help="Apply this LoRA (.safetensors: diffusers, musubi-tuner or kohya keys) at WEIGHT (default "
