@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from framepack_core.cli import main as cli
 from framepack_core.errors import InvalidInputError
-from framepack_core.events import JobFinished, Notice
+from framepack_core.events import CancelToken, JobCancelled, JobFinished, Notice, StepProgress
 from framepack_core.jobs.output_description import read_output_description
 from framepack_core.jobs.spec import file_sha256
 from framepack_core.lora.keys import DIFFUSERS, HUNYUAN, MUSUBI
@@ -199,6 +199,27 @@ def test_fused_equals_unfused_and_the_weights_come_back_exactly(tiny_models_dir,
     assert read_output_description(events[-1].output_path).fingerprint["loras"][0]["fused"] is True
     without, _ = _latents(engine, gradient_image, tmp_path, "after-fuse")
     assert torch.equal(without, reference)
+
+
+def test_a_cancelled_fused_job_puts_the_weights_back_and_the_next_job_is_a_fresh_engines(
+        tiny_models_dir, reference, loras, gradient_image, tmp_path):
+    engine = _engine(tiny_models_dir)
+    cancel = CancelToken()
+    request = GenerationRequest(image=gradient_image, output=tmp_path / "cut.mp4", loras=[(loras[MUSUBI], 1.0)],
+                                lora_fuse=True, **FAST)
+    fresh = _base_weights(ModelStore(ModelSource(models_dir=tiny_models_dir), resolve_device_config("cpu"))
+                          .transformer(ModelVariant.ORIGINAL))
+    merged = None
+    for event in engine.generate(request, cancel=cancel):
+        if isinstance(event, StepProgress) and not cancel.cancelled:
+            merged = _base_weights(engine.models.transformer(ModelVariant.ORIGINAL))
+            cancel.cancel()
+    assert isinstance(event, JobCancelled)
+    to_q = "transformer_blocks.0.attn.to_q.weight"
+    assert merged is not None and not torch.equal(merged[to_q], fresh[to_q]), "fused while it ran"
+    after = _base_weights(engine.models.transformer(ModelVariant.ORIGINAL))
+    assert all(torch.equal(after[name], fresh[name]) for name in fresh)
+    assert torch.equal(_latents(engine, gradient_image, tmp_path, "next")[0], reference)
 
 
 def test_several_loras_at_once_add_their_changes(engine, loras, gradient_image, tmp_path):
