@@ -192,8 +192,9 @@ def test_fused_equals_unfused_and_the_weights_come_back_exactly(tiny_models_dir,
     transformer = engine.models.transformer(ModelVariant.ORIGINAL)
     before = _base_weights(transformer)
     fused, events = _latents(engine, gradient_image, tmp_path, "fused", [(loras[MUSUBI], 0.8)], lora_fuse=True)
-    # fp32 on the CPU: merging W + s * B @ A rounds differently from adding s * B(A x); measured max 2e-6 here.
-    assert torch.allclose(fused, unfused, rtol=0, atol=1e-4) and not torch.equal(fused, reference)
+    # fp32 on the CPU: merging W + s * B @ A rounds differently from adding s * B(A x). Measured: max |delta|
+    # 2.4e-7 (latents up to 4.5; the LoRA moves them by up to 0.075); the bound leaves a 40x margin.
+    assert torch.allclose(fused, unfused, rtol=0, atol=1e-5) and not torch.equal(fused, reference)
     after = _base_weights(transformer)
     assert all(torch.equal(before[name], after[name]) for name in before), "base weights restored bit for bit"
     assert read_output_description(events[-1].output_path).fingerprint["loras"][0]["fused"] is True
@@ -348,6 +349,7 @@ def test_fp8_storage_keeps_the_lora_in_the_compute_dtype_and_does_not_fuse(tiny_
         assert layer.weight.dtype == compute, name
         hooks = getattr(layer, "_diffusers_hook", None)
         assert hooks is None or hooks.get_hook("layerwise_casting") is None, name
-    # The LoRA's effect survives fp8 storage: it moves the latents as it does at full precision.
+    # The LoRA's effect survives fp8 storage: it moves the latents as it does at full precision. Measured: the
+    # two effects differ by 5.6% of the effect's norm (a LoRA lost in fp8 rounding would differ by about 100%).
     effect, fp8_effect = lora_reference - reference, latents - fp8_plain
-    assert (fp8_effect - effect).norm() <= 0.1 * effect.norm()
+    assert (fp8_effect - effect).norm() <= 0.25 * effect.norm()
