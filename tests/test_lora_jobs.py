@@ -13,6 +13,7 @@ from framepack_core.cli import main as cli
 from framepack_core.errors import InvalidInputError
 from framepack_core.events import CancelToken, JobCancelled, JobFinished, Notice, StepProgress
 from framepack_core.jobs.output_description import read_output_description
+from framepack_core.jobs.queue import JobQueue
 from framepack_core.jobs.spec import file_sha256
 from framepack_core.lora.keys import DIFFUSERS, HUNYUAN, MUSUBI
 from framepack_core.memory.hardware import fake_hardware
@@ -261,6 +262,11 @@ def test_a_bad_or_foreign_file_is_refused_before_any_model_loads(engine, loras, 
     err = capsys.readouterr().err
     assert code == cli.EXIT_BAD_INPUT and "--lora" in err and words in err and "Traceback" not in err
     assert not (tmp_path / "x.mp4").exists()
+    code = cli.main(["jobs", "--output-dir", str(tmp_path / "outputs"), "submit", "--image", str(gradient_image),
+                     "--lora", str(path)])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_BAD_INPUT and "--lora" in err and words in err and "Traceback" not in err
+    assert JobQueue.for_output_dir(tmp_path / "outputs").list() == [], "nothing queued"
 
 
 def test_generate_from_asks_for_the_lora_again_and_checks_it(loras, gradient_image, tiny_models_dir, tmp_path,

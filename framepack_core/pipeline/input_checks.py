@@ -20,6 +20,12 @@ def check_input_files(request: GenerationRequest, models_dir: Path | None = None
         from framepack_core.media.video_input import read_extend_clip
 
         read_extend_clip(Path(request.extend_video), request.context_frames)
+    check_lora_files(request, models_dir)
+
+
+def check_lora_files(request: GenerationRequest, models_dir: Path | None = None) -> None:
+    """Raise ``InvalidInputError`` (field ``loras``) for the first LoRA file that is missing, unreadable, foreign or
+    matches no layer of the transformer (from its config in ``models_dir``, else the built-in one)."""
     if request.loras:
         from framepack_core.lora.adapters import LoraLibrary, transformer_layers_for
 
