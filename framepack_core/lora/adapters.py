@@ -143,6 +143,8 @@ class TransformerLoras:
 
     def activate(self, loras: Sequence[LoraFile], fuse: bool, refusal: str | None) -> LoraActivation:
         """Switch on the job's adapters at their weights (every other adapter off), fused when asked and allowed."""
+        if self._fused:  # the last job was not ended (``deactivate``): never merge on top of merged weights
+            self.deactivate()
         activation = LoraActivation()
         for lora in loras:
             activation.notes += _notes(lora, self._loaded.get(lora.sha256, []))
@@ -159,7 +161,8 @@ class TransformerLoras:
             elif fuse:
                 self._fuse([lora.adapter_name for lora in active])
                 fused = True
-        activation.records = [lora.record(fused and lora in active) for lora in loras]
+        merged = {lora.sha256 for lora in active} if fused else set()
+        activation.records = [lora.record(lora.sha256 in merged) for lora in loras]
         return activation
 
     def deactivate(self) -> None:
