@@ -1,6 +1,6 @@
-"""``generate --from VIDEO``: the input files besides the start image (end image, keyframes) that the video's spec
-names by SHA-256. They are given again as ``--end-image`` / ``--keyframe``, and each must be the very file the
-video was made from, as ``--image`` must."""
+"""``generate --from VIDEO``: the input files besides the start image (end image, keyframes, LoRAs) that the
+video's spec names by SHA-256. They are given again as ``--end-image`` / ``--keyframe`` / ``--lora``, and each must
+be the very file the video was made from, as ``--image`` must."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from framepack_core.errors import InvalidInputError
 from framepack_core.jobs.spec import JobSpec, file_sha256
-from framepack_core.request import Keyframe
+from framepack_core.request import Keyframe, LoraChoice
 
 SAME_FILE_HINT = "Give the exact file the video was made from (a re-saved, resized or converted copy differs)."
 
@@ -47,7 +47,34 @@ def input_files_for(spec: JobSpec, args: argparse.Namespace, video: Path) -> tup
                      "without them")
     if given:
         fields["keyframes"] = tuple(Keyframe(seconds, path) for seconds, path in given.items())
+    loras = _loras_for(spec, args, video, notes)
+    if loras:
+        fields["loras"] = loras
     return fields, notes
+
+
+def _loras_for(spec: JobSpec, args: argparse.Namespace, video: Path, notes: list[str]) -> tuple[LoraChoice, ...]:
+    """The video's LoRAs, matched by SHA-256 among the ``--lora`` files, at the video's weights (a weight given
+    other than the default 1 overrides it); a ``--lora`` the video was made without is added, with a note."""
+    given = [(Path(path), float(weight)) for path, weight in getattr(args, "loras", None) or ()]
+    by_sha = {file_sha256(path): (path, weight) for path, weight in given if path.is_file()}
+    unreadable = [(path, weight) for path, weight in given if not path.is_file()]  # the engine says what is wrong
+    choices = []
+    for wanted in spec.inputs.get("loras", ()):
+        sha256, weight = wanted["sha256"], float(wanted["weight"])
+        if sha256 not in by_sha:
+            raise InvalidInputError("loras", f"{video.name} was made with a LoRA at weight {weight:g} (SHA-256 "
+                                             f"{sha256[:12]}...) that no --lora file is",
+                                    f"Give it again with --lora PATH. {SAME_FILE_HINT}")
+        path, given_weight = by_sha.pop(sha256)
+        if given_weight not in (1.0, weight):
+            notes.append(f"--lora {path} at weight {given_weight:g} instead of the video's {weight:g}")
+            weight = given_weight
+        choices.append(LoraChoice(path, weight))
+    for path, weight in [*by_sha.values(), *unreadable]:
+        notes.append(f"--lora {path} is used, though {video.name} was made without it")
+        choices.append(LoraChoice(path, weight))
+    return tuple(choices)
 
 
 def _check_same_file(field: str, path: Path, sha256: str, what: str, video: Path) -> None:

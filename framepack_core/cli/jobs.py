@@ -156,6 +156,7 @@ def _list(queue, as_json: bool) -> int:  # noqa: ANN001
 def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
     from framepack_core.jobs.spec import JobSpec, file_sha256
     from framepack_core.media.image_input import load_input_image
+    from framepack_core.pipeline.input_checks import check_lora_files
     from framepack_core.pipeline.story_inputs import check_story_images
 
     if len(args.image or []) > 1 or any(value is not None for value in (
@@ -168,6 +169,7 @@ def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
     typed = request_from_args(args, image).validated()
     # The end image and keyframes: a spec names them by SHA-256, the options give the files.
     check_story_images(typed, pixels)
+    check_lora_files(typed)  # a broken or foreign LoRA is refused now, not when the job's turn comes
     files = JobSpec.input_files_of(typed)
     if args.spec is not None:
         try:

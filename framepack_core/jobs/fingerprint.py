@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from framepack_core.memory.hardware import cpu_name
@@ -135,19 +135,21 @@ def plan_placements(plan: MemoryPlan | None) -> dict[str, Any] | None:
 
 def environment_fingerprint(models: ModelsInfo, plan: MemoryPlan | None, request: GenerationRequest, *,
                             identities: Mapping[str, str] | None = None,
-                            transformer: torch.nn.Module | None = None) -> dict[str, Any]:
+                            transformer: torch.nn.Module | None = None,
+                            loras: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The fingerprint of a job run with ``models`` (a ``ModelStore``), ``plan`` and ``request``, as JSON data.
 
     ``identities``: the components' identities when already known (the job spec's ``models``); computed from
     ``models.source`` otherwise. ``transformer``: the loaded transformer, to report the attention its processors
-    really use (without it, the dispatcher's default).
+    really use (without it, the dispatcher's default). ``loras``: each LoRA the job ran with (file name, SHA-256,
+    weight, detected format, whether fused); recorded only when there are any.
     """
     if identities is None:
         from framepack_core.models.identity import model_identities
 
         identities = model_identities(models.source, str(getattr(request.model, "value", request.model)))
     config = models.config
-    return {
+    fingerprint = {
         "models": dict(identities),
         "versions": package_versions(),
         "platform": platform.platform(),
@@ -159,6 +161,9 @@ def environment_fingerprint(models: ModelsInfo, plan: MemoryPlan | None, request
                   "threshold": request.effective_cache_threshold},
         "memory_plan": plan_placements(plan),
     }
+    if loras:
+        fingerprint["loras"] = [dict(lora) for lora in loras]
+    return fingerprint
 
 
 def fingerprint_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

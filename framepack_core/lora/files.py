@@ -61,35 +61,38 @@ def transformer_layers(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
             if isinstance(module, torch.nn.Linear)}
 
 
-def read_lora(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """The file's tensors and metadata, or an InvalidInputError that says why it is no readable safetensors file."""
+def read_lora(path: Path, field: str = _FIELD) -> tuple[dict[str, Any], dict[str, str]]:
+    """The file's tensors and metadata, or an InvalidInputError (naming ``field``) that says why it is no readable
+    safetensors file."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise InvalidInputError(_FIELD, f"no LoRA file at {path}", "Give the path of a .safetensors LoRA file.")
+        raise InvalidInputError(field, f"no LoRA file at {path}", "Give the path of a .safetensors LoRA file.")
     try:
         with safe_open(str(path), framework="pt") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})  # noqa: SIM118 (no __iter__)
     except Exception as error:  # safetensors raises its own and OS errors; any of them means "unreadable"
         raise InvalidInputError(
-            _FIELD, f"{path.name} is not a readable safetensors file ({error})",
+            field, f"{path.name} is not a readable safetensors file ({error})",
             "The file may be truncated (an interrupted download) or not a LoRA at all: download it again.",
         ) from error
 
 
-def inspect_lora(path: Path, layers: dict[str, tuple[int, int]], config_source: str = "") -> LoraDescription:
-    """Read the LoRA at ``path`` and match it against ``layers`` (from ``transformer_layers``)."""
-    tensors, metadata = read_lora(path)
+def inspect_lora(path: Path, layers: dict[str, tuple[int, int]], config_source: str = "",
+                 field: str = _FIELD) -> LoraDescription:
+    """Read the LoRA at ``path`` and match it against ``layers`` (from ``transformer_layers``). A refusal names
+    ``field``: ``lora`` for ``lora inspect``, ``loras`` for a job."""
+    tensors, metadata = read_lora(path, field)
     name = Path(path).name
     parsed = [parse_key(key) for key in tensors]
     keys = [key for key in parsed if key is not None]
     unmatched = {key: "not a LoRA weight" for key, parsed_key in zip(tensors, parsed) if parsed_key is None}
     if not keys:
-        raise InvalidInputError(_FIELD, f"{name} holds no LoRA weights (no lora_A/lora_B or lora_down/lora_up keys)",
+        raise InvalidInputError(field, f"{name} holds no LoRA weights (no lora_A/lora_B or lora_down/lora_up keys)",
                                 _WHICH_LORA)
     if looks_like_flux(list(tensors), metadata):
-        raise InvalidInputError(_FIELD, f"{name} is a Flux LoRA (its layer names are Flux's), not a FramePack one",
+        raise InvalidInputError(field, f"{name} is a Flux LoRA (its layer names are Flux's), not a FramePack one",
                                 _WHICH_LORA)
     description = LoraDescription(Path(path), Counter(key.family for key in keys).most_common(1)[0][0], {}, {}, [],
                                   unmatched, config_source)
@@ -108,7 +111,7 @@ def inspect_lora(path: Path, layers: dict[str, tuple[int, int]], config_source: 
     if not description.matched:
         shapes = any("shape" in why for why in description.unmatched.values())
         why = " (the layers it names have other sizes: a LoRA for another model)" if shapes else ""
-        raise InvalidInputError(_FIELD, f"{name} matches no layer of the FramePack transformer{why}", _WHICH_LORA)
+        raise InvalidInputError(field, f"{name} matches no layer of the FramePack transformer{why}", _WHICH_LORA)
     return description
 
 

@@ -229,6 +229,8 @@ def _offload_blocks(applied: AppliedPlacement, group_offloading: GroupOffloading
 def _store_in_fp8(module: torch.nn.Module, plan: ComponentPlan) -> None:
     from diffusers.hooks import apply_layerwise_casting
 
+    if _stored_in_fp8(module):  # placed again (new LoRA layers, a new plan): the casting hooks are still on
+        return
     storage = getattr(torch, plan.storage_dtype)
     compute = getattr(torch, plan.compute_dtype)
     if hasattr(module, "enable_layerwise_casting"):
@@ -236,3 +238,10 @@ def _store_in_fp8(module: torch.nn.Module, plan: ComponentPlan) -> None:
         module.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
     else:
         apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=compute, skip_modules_pattern="auto")
+
+
+def _stored_in_fp8(module: torch.nn.Module) -> bool:
+    """Whether diffusers' layerwise casting already stores ``module`` (registering its hooks twice is an error)."""
+    return any(getattr(submodule, "_diffusers_hook", None) is not None
+               and submodule._diffusers_hook.get_hook("layerwise_casting") is not None
+               for submodule in module.modules())

@@ -129,6 +129,11 @@ class ComponentPlan:
     def fp8(self) -> bool:
         return self.storage_dtype.startswith("float8")
 
+    @property
+    def group_offloaded(self) -> bool:
+        """Whether diffusers' group offloading hooks hold its blocks (they see only the layers there when placed)."""
+        return self.placement in (Placement.BLOCKS, Placement.STREAMED, Placement.DISK)
+
 
 @dataclass(frozen=True)
 class CostModel:

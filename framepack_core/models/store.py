@@ -15,13 +15,21 @@ import gc
 import logging
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from framepack_core.lora.adapters import (
+    LoraActivation,
+    LoraFile,
+    LoraLibrary,
+    TransformerLoras,
+    fuse_refusal,
+    transformer_layers_for,
+)
 from framepack_core.memory.offload import AppliedPlacement, apply_component_plan
 from framepack_core.memory.plan import ComponentPlan, MemoryPlan, Placement
 from framepack_core.models.components import DIT, IMAGE, TE, TE2, VAE, Component, ModelVariant, weight_component
@@ -37,6 +45,7 @@ from framepack_core.models.missing_weights import check_weights
 from framepack_core.models.precision import apply_fp32_output_projection
 from framepack_core.models.runtime import RuntimeOptions
 from framepack_core.models.text_encoding import PromptEmbeddings, encode_prompt
+from framepack_core.request import LoraChoice
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +71,8 @@ class ModelStore:
         self._placed: dict[Component, AppliedPlacement] = {}
         self._prompt_cache: OrderedDict[str, PromptEmbeddings] = OrderedDict()
         self._checked: set[ModelVariant] = set()
+        self.lora_library = LoraLibrary()  # LoRA files read once per process, kept across transformer reloads
+        self._loras: TransformerLoras | None = None  # the adapters in the loaded transformer
 
     # Plans ----------------------------------------------------------------------------------------------------
 
@@ -178,16 +189,50 @@ class ModelStore:
             self._place(IMAGE, self._image_encoder.image_encoder)
         return self._image_encoder.feature_extractor, self._image_encoder.image_encoder
 
-    def transformer(self, variant: ModelVariant) -> torch.nn.Module:
+    def transformer(self, variant: ModelVariant, loras: Sequence[LoraFile] = ()) -> torch.nn.Module:
+        """The transformer, with each of ``loras`` loaded as an adapter (off until ``use_loras`` switches it on)."""
         if variant not in self._transformers:
             # One DiT at a time: both would not fit on a consumer GPU.
             self._drop((DIT,))
             transformer = load_transformer(self.source, variant, self._load_device(DIT),
                                            self.config.transformer_dtype)
             apply_fp32_output_projection(transformer)  # as the official app, a no-op in fp32
+            plan = self._component_plan(DIT, self._plan)
+            compute = self.config.transformer_dtype if plan is None else getattr(torch, plan.compute_dtype)
+            self._loras = TransformerLoras(transformer, compute, fp8=plan is not None and plan.fp8)
+            self._loras.load(loras)  # before placing: fp8 casting skips the adapter layers, offloading moves them
             self._place(DIT, transformer)
             self._transformers[variant] = transformer
+        elif self._loras is not None and self._loras.missing(loras):
+            placed = self._placed.get(DIT)
+            if placed is not None and placed.plan.group_offloaded:
+                if not placed.reusable:  # its blocks live in files written without the new layers: load it again
+                    self._drop((DIT,))
+                    return self.transformer(variant, loras)
+                placed.remove()  # the offloading hooks are put on again below, over the new layers too
+            self._loras.load(loras)
+            if placed is not None and placed.plan.group_offloaded:
+                self._placed[DIT] = self._apply(DIT, self._transformers[variant])
         return self._transformers[variant]
+
+    # LoRA -----------------------------------------------------------------------------------------------------
+
+    def job_loras(self, choices: Sequence[LoraChoice], variant: ModelVariant) -> list[LoraFile]:
+        """A job's LoRA files, each read once per process and checked against the transformer's layers (from its
+        config: no weights load). Raises ``InvalidInputError`` (field ``loras``) for a file it cannot use."""
+        return self.lora_library.job_loras(
+            choices, lambda: transformer_layers_for(self.source.models_dir, ModelVariant(variant).value))
+
+    def use_loras(self, loras: Sequence[LoraFile], fuse: bool) -> LoraActivation:
+        """Switch on the job's adapters at their weights in the loaded transformer (loaded by ``transformer``)."""
+        if self._loras is None:
+            return LoraActivation()
+        return self._loras.activate(loras, fuse, fuse_refusal(self._component_plan(DIT, self._plan)))
+
+    def end_loras(self) -> None:
+        """After a job, also a failed one: fused weights put back exactly, every adapter off."""
+        if self._loras is not None:
+            self._loras.deactivate()
 
     def empty_device_cache(self) -> None:
         """Return the allocator's cached blocks to the driver (after an out-of-memory error, between jobs)."""
@@ -253,6 +298,7 @@ class ModelStore:
             self._vae = None
         if DIT in components:
             self._transformers.clear()
+            self._loras = None
 
     def _empty_device_cache(self) -> None:
         if self.config.device.type == "cuda":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from framepack_core.jobs.checkpoint import JobDirectory, SectionCheckpoint
 from framepack_core.jobs.fingerprint import environment_fingerprint
 from framepack_core.jobs.output_description import OutputDescription
 from framepack_core.jobs.spec import JobSpec, file_sha256
+from framepack_core.lora.adapters import LoraFile
 from framepack_core.media.image_input import load_input_image
 from framepack_core.media.video_io import probe_video
 from framepack_core.memory.job_planning import JobPlanner, plan_summary
@@ -122,11 +123,12 @@ class FramePackEngine:
         image = load_input_image(request.image)
         extension = ClipExtension.of(request)  # the clip is checked before anything loads
         story = check_story_images(request, image.pixels)  # end frame and keyframes, before any model loads
+        loras = self.models.job_loras(request.loras, request.model)  # each LoRA file read and matched, no weights
         job_id = job_id or uuid.uuid4().hex[:12]
         cancel = cancel or CancelToken()
         files = JobFiles(job_id, request, JobDirectory(job_dir) if job_dir is not None else None, snapshot_dir)
         run = _JobRun(self.models, self.planner, request, image.pixels, job_id, cancel, files, self.timings,
-                      extension, story, magcache_calibration)
+                      extension, story, magcache_calibration, loras)
         for note in image.notes:
             yield Notice(job_id, message=f"Input image: {note}")
         for note in story.notes:
@@ -145,7 +147,8 @@ class _JobRun:
     def __init__(self, models: ModelStore, planner: JobPlanner | None, request: GenerationRequest,
                  pixels: np.ndarray, job_id: str, cancel: CancelToken, files: JobFiles, timings: StageTimings,
                  extension: ClipExtension | None = None, story: StoryImages | None = None,
-                 magcache_calibration: MagCacheCalibration | None = None) -> None:
+                 magcache_calibration: MagCacheCalibration | None = None,
+                 loras: Sequence[LoraFile] = ()) -> None:
         self.models = models
         self.planner = planner
         self.request = request
@@ -158,6 +161,7 @@ class _JobRun:
         self.extension = extension
         self.story = story
         self.magcache_calibration = magcache_calibration
+        self.loras = loras
         shape = job_shape(request, pixels.shape[:2], models)
         self.clock = ProgressClock(shape, timings.speeds(shape.key), self.started)
 
@@ -185,6 +189,7 @@ class _JobRun:
                             partial_path=partial, sections_done=self.files.sections_done,
                             details=getattr(error, "details", ""))
         finally:
+            self.models.end_loras()  # fused weights back exactly, adapters off: the next job starts clean
             self.files.close()
             # Also when the caller stops reading at the terminal event (the generator is closed there).
             self.timings.learn(self.clock.shape.key, self.clock.measured())
@@ -216,9 +221,12 @@ class _JobRun:
 
         # 5. Load the transformer; with its identity known, every mp4 from now on describes the job
         yield self._stage(Stage.LOADING_MODELS, "Loading the transformer ...")
-        transformer = models.transformer(request.model)
+        transformer = models.transformer(request.model, self.loras)
+        applied = models.use_loras(self.loras, request.lora_fuse)  # the job's LoRAs on, at their weights
+        for note in applied.notes:
+            yield Notice(self.job_id, message=note)
         files.describe_as(OutputDescription(spec, environment_fingerprint(
-            models, plan, request, identities=spec.models, transformer=transformer)))
+            models, plan, request, identities=spec.models, transformer=transformer, loras=applied.records)))
         vae = models.vae()
 
         # 6. Sections, noise and sigmas; the latent shape comes from the models' configs
