@@ -24,6 +24,7 @@ import torch
 
 from framepack_core.memory.offload import AppliedPlacement, apply_component_plan
 from framepack_core.memory.plan import ComponentPlan, MemoryPlan, Placement
+from framepack_core.models.acceleration import Acceleration, apply_runtime_options
 from framepack_core.models.components import DIT, IMAGE, TE, TE2, VAE, Component, ModelVariant, weight_component
 from framepack_core.models.devices import DeviceConfig
 from framepack_core.models.loaders import (
@@ -59,6 +60,7 @@ class ModelStore:
         self._vae: Any = None
         self._image_encoder: Any = None
         self._transformers: dict[ModelVariant, torch.nn.Module] = {}
+        self._acceleration: dict[ModelVariant, Acceleration] = {}
         self._placed: dict[Component, AppliedPlacement] = {}
         self._prompt_cache: OrderedDict[str, PromptEmbeddings] = OrderedDict()
         self._checked: set[ModelVariant] = set()
@@ -186,8 +188,15 @@ class ModelStore:
                                            self.config.transformer_dtype)
             apply_fp32_output_projection(transformer)  # as the official app, a no-op in fp32
             self._place(DIT, transformer)
+            # After placing: the compiled blocks are traced with the offloading hooks they will run with.
+            self._acceleration[variant] = apply_runtime_options(transformer, self.runtime, self.config.device)
             self._transformers[variant] = transformer
         return self._transformers[variant]
+
+    def acceleration_notes(self, variant: ModelVariant) -> tuple[str, ...]:
+        """What the loaded ``variant`` runs with (attention backend, compilation), for the job to tell."""
+        applied = self._acceleration.get(variant)
+        return applied.notes if applied is not None else ()
 
     def empty_device_cache(self) -> None:
         """Return the allocator's cached blocks to the driver (after an out-of-memory error, between jobs)."""
@@ -253,6 +262,7 @@ class ModelStore:
             self._vae = None
         if DIT in components:
             self._transformers.clear()
+            self._acceleration.clear()
 
     def _empty_device_cache(self) -> None:
         if self.config.device.type == "cuda":

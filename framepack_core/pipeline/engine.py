@@ -212,6 +212,8 @@ class _JobRun:
         # 5. Load the transformer; with its identity known, every mp4 from now on describes the job
         yield self._stage(Stage.LOADING_MODELS, "Loading the transformer ...")
         transformer = models.transformer(request.model)
+        for note in models.acceleration_notes(request.model):  # attention backend and compilation
+            yield Notice(self.job_id, message=note)
         files.describe_as(OutputDescription(spec, environment_fingerprint(
             models, plan, request, identities=spec.models, transformer=transformer)))
         vae = models.vae()
