@@ -37,11 +37,13 @@ def check_runtime_options(runtime: RuntimeOptions, device: torch.device, dtype: 
     return resolve_attention(runtime.attention, environment or AttentionEnvironment.detect(device, dtype))
 
 
-def apply_runtime_options(transformer: torch.nn.Module, runtime: RuntimeOptions, device: torch.device, *,
+def apply_runtime_options(transformer: torch.nn.Module, runtime: RuntimeOptions, device: torch.device,
+                          dtype: torch.dtype | None = None, *,
                           attention_environment: AttentionEnvironment | None = None,
                           compile_environment: CompileEnvironment | None = None) -> Acceleration:
-    """Set the transformer's attention backend and, with ``runtime.compile``, compile its repeated blocks."""
-    dtype = next(transformer.parameters()).dtype
+    """Set the transformer's attention backend and, with ``runtime.compile``, compile its repeated blocks.
+    ``dtype``: the dtype it computes in (its parameters' by default; fp8-stored weights are cast up to it)."""
+    dtype = dtype if dtype is not None else next(transformer.parameters()).dtype
     backend = check_runtime_options(runtime, device, dtype, attention_environment)
     # Sets every dispatching processor's backend (and diffusers' process-wide active one); the token refiner's
     # processor calls torch's SDPA itself and is left as it is. Native where native already runs is left alone:

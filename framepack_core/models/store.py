@@ -189,7 +189,8 @@ class ModelStore:
             apply_fp32_output_projection(transformer)  # as the official app, a no-op in fp32
             self._place(DIT, transformer)
             # After placing: the compiled blocks are traced with the offloading hooks they will run with.
-            self._acceleration[variant] = apply_runtime_options(transformer, self.runtime, self.config.device)
+            self._acceleration[variant] = apply_runtime_options(transformer, self.runtime, self.config.device,
+                                                                 self.config.transformer_dtype)
             self._transformers[variant] = transformer
         return self._transformers[variant]
 
