@@ -219,3 +219,17 @@ def test_compile_with_teacache_matches_eager_teacache(engines, gradient_image, t
     assert not torch.allclose(reference, no_cache)  # the cache did skip work
     difference = (latents - reference).abs().max().item()
     assert difference <= FP32_TOLERANCE, difference
+
+
+def test_the_app_takes_both_from_flags_or_the_environment_and_refuses_a_missing_backend_at_start(tmp_path):
+    import launch
+    from app.settings import Settings
+
+    from_env = Settings.from_env({"FRAMEPACK_ATTENTION": "sage", "FRAMEPACK_COMPILE": "1"})
+    assert (from_env.attention, from_env.compile) == ("sage", True)
+    with pytest.raises(InvalidInputError, match="sage attention cannot run here"):
+        launch.check_attention(from_env, resolve_device_config("cpu"))
+    args = launch.build_parser().parse_args(["--attention", "native", "--compile", "--output-dir", str(tmp_path)])
+    settings = launch.settings_from_args(args)
+    engine = launch.engine_factory(settings, resolve_device_config("cpu"))()
+    assert engine.models.runtime == RuntimeOptions(attention="native", compile=True)
