@@ -57,7 +57,7 @@ def apply_runtime_options(transformer: torch.nn.Module, runtime: RuntimeOptions,
         if reason is None:
             compiled = compile_repeated_blocks(transformer)
             notes.append(f"Compiled {compiled} transformer blocks with torch.compile: the first steps of the first "
-                         "job also build the kernels (minutes on a GPU), later jobs reuse them")
+                         "job also build the kernels, later jobs of this process reuse them")
         else:
             notes.append(f"Compile skipped: {reason}")
     for note in notes:

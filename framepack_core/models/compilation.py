@@ -1,9 +1,10 @@
 """Regional compilation of the packed transformer: ``torch.compile`` on each of its repeated blocks, once per
 loaded transformer, so a process compiles its kernels once and every later job reuses them.
 
-Compiling the 60 blocks rather than the whole model keeps the compile short (the 20 dual-stream blocks share one
-graph, the 40 single-stream blocks another: dynamo caches by code and guards, not by module) and leaves the
-irregular parts, the packing of the clean latents and the token refiner, eager.
+Compiling the 60 blocks rather than the whole model keeps the compile short (blocks of one kind share their
+compiled graphs, since dynamo caches by code and guards, not by module: the tiny model's 4 blocks gave 3 graphs,
+the first single-stream block's input having other strides) and leaves the irregular parts, the packing of the
+clean latents and the token refiner, eager.
 
 What runs where (``compile_skip_reason``): dynamo needs a Python it supports; inductor needs a C++ compiler on the
 CPU and Triton on a CUDA GPU (on Windows the ``triton-windows`` package); on Apple GPUs its support is a prototype,
