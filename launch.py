@@ -37,6 +37,7 @@ logger = logging.getLogger("launch")
 
 def build_parser() -> argparse.ArgumentParser:
     from app.settings import Settings
+    from framepack_core.models.runtime import ATTENTION_CHOICES
 
     about = Settings.describe()
 
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help=described("device", "auto, the CUDA or MPS GPU if there is one"))
     p.add_argument("--dtype", default=None,
                    help=described("dtype", "auto: the official app's dtypes on a GPU, float32 on the CPU"))
+    p.add_argument("--attention", default=None, choices=ATTENTION_CHOICES,
+                   help=described("attention"))
+    p.add_argument("--compile", action="store_true", default=None, help=described("compile", "off"))
     p.add_argument("--keep-intermediates", action="store_true", default=None,
                    help=described("keep_intermediates", "off"))
     p.add_argument("--max-file-size-mb", type=float, default=None, help=described("max_file_size_mb"))
@@ -91,7 +95,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         host=args.host, port=args.port, share=args.share, auth=tuple(auth) or None, inbrowser=args.inbrowser,
         admins=tuple(args.admins) if args.admins else None, max_pending_per_user=args.max_pending_per_user,
         output_dir=args.output_dir, models_dir=args.models_dir, offline=args.offline, demo=args.demo,
-        device=args.device, dtype=args.dtype, keep_intermediates=args.keep_intermediates,
+        device=args.device, dtype=args.dtype, attention=args.attention, compile=args.compile,
+        keep_intermediates=args.keep_intermediates,
         max_file_size_mb=args.max_file_size_mb, concurrency_limit=args.concurrency_limit,
         idle_release_minutes=args.idle_release_minutes,
     )
@@ -134,6 +139,15 @@ def resolve_device(settings: Settings) -> DeviceConfig:
     from framepack_core.models.devices import resolve_device_config
 
     return resolve_device_config(settings.device, settings.dtype)
+
+
+def check_attention(settings: Settings, config: DeviceConfig) -> None:
+    """An explicit attention backend that cannot run here stops the start (``InvalidInputError``, with the command
+    that installs it), rather than every job."""
+    from framepack_core.models.acceleration import check_runtime_options
+    from framepack_core.models.runtime import RuntimeOptions
+
+    check_runtime_options(RuntimeOptions(attention=settings.attention), config.device, config.transformer_dtype)
 
 
 def describe_device(config: DeviceConfig, demo: bool = False, models_dir: Path | None = None) -> str:
@@ -182,13 +196,15 @@ def engine_factory(settings: Settings, config: DeviceConfig) -> Callable[[], Fra
     def create() -> FramePackEngine:
         from framepack_core.jobs.queue import QUEUE_FOLDER
         from framepack_core.models.loading import ModelSource
+        from framepack_core.models.runtime import RuntimeOptions
         from framepack_core.pipeline.engine import create_engine
         from framepack_core.pipeline.timings import TIMINGS_FILE_NAME
 
         # Each job plans where the models live from the machine's free memory and the UI's memory settings.
         # The learned stage times live beside the app's queue, in the output folder it was given.
         return create_engine(ModelSource(models_dir=settings.models_dir, offline=settings.offline), config,
-                             timings_path=settings.output_dir / QUEUE_FOLDER / TIMINGS_FILE_NAME)
+                             timings_path=settings.output_dir / QUEUE_FOLDER / TIMINGS_FILE_NAME,
+                             runtime=RuntimeOptions(attention=settings.attention, compile=settings.compile))
 
     return create
 
@@ -281,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         config = resolve_device(settings)
+        check_attention(settings, config)
     except ValueError as error:
-        from framepack_core.cli.options import with_option_name  # --device and --dtype are the CLI's flags too
+        from framepack_core.cli.options import with_option_name  # --device, --dtype, --attention: the CLI's too
 
         print(f"error: {with_option_name(error)}")
         return 2

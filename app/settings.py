@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 from framepack_core.jobs.output_naming import DEFAULT_OUTPUT_DIR as _CORE_DEFAULT_OUTPUT_DIR
+from framepack_core.models.runtime import ATTENTION_CHOICES
 
 ENV_PREFIX = "FRAMEPACK_"
 SCHEMA_VERSION = 1
@@ -60,6 +61,11 @@ class Settings:
     demo: bool = _describe("Run offline on CPU with the tiny random-weight models (the video is noise).", False)
     device: str = _describe("auto, cpu, cuda, cuda:N or mps.", "auto")
     dtype: str = _describe("auto, float32, bfloat16 or float16 (one dtype for every component).", "auto")
+    attention: str = _describe(
+        "The transformer's attention kernel: auto (the fastest one installed for this GPU), native, flash, sage or "
+        "xformers.", "auto")
+    compile: bool = _describe("Compile the transformer's blocks with torch.compile once per process (a slow first "
+                              "job, faster steps after).", False)
     keep_intermediates: bool = _describe("Keep the per-section snapshot videos after a job ends.", False)
     max_file_size_mb: float = _describe("Largest upload accepted, in MB.", 50.0)
     concurrency_limit: int = _describe(
@@ -79,6 +85,9 @@ class Settings:
             if value < low or (high is not None and value > high):
                 allowed = f"from {low} to {high}" if high is not None else f"at least {low}"
                 raise ValueError(f"{name.replace('_', '-')}: {value} is out of range; use a value {allowed}")
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention: {self.attention!r} is not an attention backend; use one of "
+                             + ", ".join(ATTENTION_CHOICES))
         users = {user for user, _ in self.auth}
         for admin in self.admins:
             if admin not in users:

@@ -118,8 +118,8 @@ def test_a_cli_video_carries_its_spec_and_fingerprint_in_the_mp4_and_an_equal_si
 
 def test_the_fingerprint_has_every_listed_key(made):
     fingerprint = read_output_description(made["video"]).fingerprint
-    assert set(fingerprint) == {"models", "versions", "platform", "device", "dtypes", "attention", "cache",
-                                "memory_plan"}
+    assert set(fingerprint) == {"models", "versions", "platform", "device", "dtypes", "attention", "runtime",
+                                "cache", "memory_plan"}
     assert set(fingerprint["versions"]) == {"python", "torch", "diffusers", "transformers", "gradio", "av"}
     assert fingerprint["versions"]["torch"] == torch.__version__
     assert fingerprint["versions"]["diffusers"] == importlib.metadata.version("diffusers")

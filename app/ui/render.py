@@ -52,7 +52,8 @@ STORY_FIELDS = ("end_image", "end_strength", "end_image_embedding_weight", "loop
                 "prompt_blend_sections", "extend_video", "context_frames", "extend_output")
 APP_SETTING_WORDS = {"save_latents": "latents file", "job_dir": "job folder",
                      "models_dir": "the app's models folder (a start-up setting)", "offline": "the app's offline mode",
-                     "device": "the app's device setting", "dtype": "the app's dtype setting"}
+                     "device": "the app's device setting", "dtype": "the app's dtype setting",
+                     "attention": "the app's attention setting (a start-up setting)"}
 
 
 def page_field_name(field: str) -> str | None:

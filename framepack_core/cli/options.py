@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from framepack_core.errors import FramePackError, InvalidInputError, render_fields
+from framepack_core.models.runtime import ATTENTION_CHOICES
 from framepack_core.sampling.cache_methods import CacheMethod
 
 CACHE_CHOICES = tuple(CacheMethod)
@@ -173,20 +174,32 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto",
                    help="auto, float32, bfloat16 or float16 for every component (default auto: the official app's "
                         "bf16 transformer and fp16 encoders and VAE on a GPU, float32 on the CPU).")
+    p.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
+                   help="The transformer's attention kernel: sage (SageAttention 2), flash (FlashAttention 3 on "
+                        "Hopper, else 2), xformers, or native (PyTorch's SDPA). Default auto: the fastest one "
+                        "installed that runs on this GPU, in that order; native on the CPU and on Apple GPUs.")
+    p.add_argument("--compile", action="store_true", default=False,
+                   help="Compile the transformer's blocks with torch.compile once per process: faster steps after "
+                        "a slow first job (default off).")
 
 
 def engine_from_args(args: argparse.Namespace) -> FramePackEngine | None:
-    """The engine ``add_runtime_options``' values describe, or None after printing why the device is refused."""
+    """The engine ``add_runtime_options``' values describe, or None after printing why the device or the attention
+    backend is refused."""
+    from framepack_core.models.acceleration import check_runtime_options
     from framepack_core.models.devices import resolve_device_config
     from framepack_core.models.loading import ModelSource
+    from framepack_core.models.runtime import RuntimeOptions
     from framepack_core.pipeline.engine import create_engine
 
+    runtime = RuntimeOptions(attention=args.attention, compile=args.compile)
     try:
         config = resolve_device_config(args.device, args.dtype)
-    except ValueError as error:
+        check_runtime_options(runtime, config.device, config.transformer_dtype)  # before any model loads
+    except ValueError as error:  # InvalidInputError is one too
         print(f"error: {with_option_name(error)}", file=sys.stderr)
         return None
-    return create_engine(ModelSource(models_dir=args.models_dir, offline=args.offline), config)
+    return create_engine(ModelSource(models_dir=args.models_dir, offline=args.offline), config, runtime=runtime)
 
 
 def request_from_args(args: argparse.Namespace, image: Path, output: Path | None = None,

@@ -1,5 +1,5 @@
 """What a video was made with, beyond its settings: model files, library versions, device, dtypes, attention,
-cache and memory placement.
+runtime options (attention choice, compilation), cache and memory placement.
 
 The official app's README says these change results, so every output carries them next to its job spec
 (``framepack_core.jobs.output_description``). A fingerprint is plain JSON data; comparing two tells why a video may
@@ -115,6 +115,19 @@ def attention_info(device: torch.device, transformer: torch.nn.Module | None = N
     return {"backend": backend, "processors": dict(sorted(processors.items())), "sdpa_kernels": kernels}
 
 
+def runtime_info(models: ModelsInfo, transformer: torch.nn.Module | None = None) -> dict[str, Any]:
+    """The process's runtime options as given (``--attention``, ``--compile``) and how many of the transformer's
+    blocks really are compiled (compiled kernels round differently from eager ones)."""
+    compiled = 0
+    if transformer is not None:
+        from framepack_core.models.compilation import compiled_block_count
+
+        compiled = compiled_block_count(transformer)
+    runtime = getattr(models, "runtime", None)
+    return {"attention": getattr(runtime, "attention", None), "compile": bool(getattr(runtime, "compile", False)),
+            "compiled_blocks": compiled}
+
+
 def plan_placements(plan: MemoryPlan | None) -> dict[str, Any] | None:
     """Where the memory plan put each component and in which dtype (None when no plan was used)."""
     if plan is None:
@@ -157,6 +170,7 @@ def environment_fingerprint(models: ModelsInfo, plan: MemoryPlan | None, request
         "dtypes": {name: str(getattr(config, f"{name}_dtype")).removeprefix("torch.")
                    for name in ("transformer", "text_encoder", "vae", "image_encoder")},
         "attention": attention_info(config.device, transformer),
+        "runtime": runtime_info(models, transformer),
         "cache": {"method": str(getattr(request.cache, "value", request.cache)),
                   "threshold": request.effective_cache_threshold},
         "memory_plan": plan_placements(plan),

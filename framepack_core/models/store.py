@@ -32,6 +32,7 @@ from framepack_core.lora.adapters import (
 )
 from framepack_core.memory.offload import AppliedPlacement, apply_component_plan
 from framepack_core.memory.plan import ComponentPlan, MemoryPlan, Placement
+from framepack_core.models.acceleration import Acceleration, apply_runtime_options
 from framepack_core.models.components import DIT, IMAGE, TE, TE2, VAE, Component, ModelVariant, weight_component
 from framepack_core.models.devices import DeviceConfig
 from framepack_core.models.loaders import (
@@ -68,6 +69,7 @@ class ModelStore:
         self._vae: Any = None
         self._image_encoder: Any = None
         self._transformers: dict[ModelVariant, torch.nn.Module] = {}
+        self._acceleration: dict[ModelVariant, Acceleration] = {}
         self._placed: dict[Component, AppliedPlacement] = {}
         self._prompt_cache: OrderedDict[str, PromptEmbeddings] = OrderedDict()
         self._checked: set[ModelVariant] = set()
@@ -202,6 +204,9 @@ class ModelStore:
             self._loras = TransformerLoras(transformer, compute, fp8=plan is not None and plan.fp8)
             self._loras.load(loras)  # before placing: fp8 casting skips the adapter layers, offloading moves them
             self._place(DIT, transformer)
+            # After placing: the compiled blocks are traced with the offloading hooks they will run with.
+            self._acceleration[variant] = apply_runtime_options(transformer, self.runtime, self.config.device,
+                                                                 self.config.transformer_dtype)
             self._transformers[variant] = transformer
         elif self._loras is not None and self._loras.missing(loras):
             placed = self._placed.get(DIT)
@@ -233,6 +238,11 @@ class ModelStore:
         """After a job, also a failed one: fused weights put back exactly, every adapter off."""
         if self._loras is not None:
             self._loras.deactivate()
+
+    def acceleration_notes(self, variant: ModelVariant) -> tuple[str, ...]:
+        """What the loaded ``variant`` runs with (attention backend, compilation), for the job to tell."""
+        applied = self._acceleration.get(variant)
+        return applied.notes if applied is not None else ()
 
     def empty_device_cache(self) -> None:
         """Return the allocator's cached blocks to the driver (after an out-of-memory error, between jobs)."""
@@ -299,6 +309,7 @@ class ModelStore:
         if DIT in components:
             self._transformers.clear()
             self._loras = None
+            self._acceleration.clear()
 
     def _empty_device_cache(self) -> None:
         if self.config.device.type == "cuda":

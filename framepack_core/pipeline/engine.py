@@ -223,7 +223,8 @@ class _JobRun:
         yield self._stage(Stage.LOADING_MODELS, "Loading the transformer ...")
         transformer = models.transformer(request.model, self.loras)
         applied = models.use_loras(self.loras, request.lora_fuse)  # the job's LoRAs on, at their weights
-        for note in applied.notes:
+        # attention backend and compilation, then what the LoRAs say
+        for note in (*models.acceleration_notes(request.model), *applied.notes):
             yield Notice(self.job_id, message=note)
         files.describe_as(OutputDescription(spec, environment_fingerprint(
             models, plan, request, identities=spec.models, transformer=transformer, loras=applied.records)))
