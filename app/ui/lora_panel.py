@@ -52,7 +52,9 @@ def build_lora_panel(folder: LoraFolder, *, show_path: bool) -> LoraPanel:
     files = folder.files(with_sha256=False)
     rows = panel_rows(files)
     with gr.Accordion("LoRA", open=False, elem_id="lora"):
-        note = gr.Markdown(panel_note(files, folder_words(folder, show_path=show_path)), elem_id="lora-note")
+        with gr.Row(equal_height=False, elem_id="lora-head"):
+            note = gr.Markdown(panel_note(files, folder_words(folder, show_path=show_path)), elem_id="lora-note")
+            refresh = gr.Button("Refresh", size="sm", scale=0, min_width=90, elem_id="lora-refresh")
         names = gr.State([row.name for row in rows])
         weights = []
         for index in range(MAX_LORA_ROWS):
@@ -60,10 +62,8 @@ def build_lora_panel(folder: LoraFolder, *, show_path: bool) -> LoraPanel:
             weights.append(gr.Slider(*WEIGHT_RANGE, value=0.0, step=0.05, label=row.name if row else "",
                                      info=row.info if row else None, visible=row is not None,
                                      elem_id=f"lora-weight-{index}", elem_classes=["fp-lora-row"]))
-        with gr.Row(equal_height=True):
-            fuse = gr.Checkbox(value=False, label=FIELD_LABELS["lora_fuse"], scale=3, elem_id="lora-fuse",
-                               info="Merges the LoRAs into the model's weights for the job: faster steps.")
-            refresh = gr.Button("Refresh", size="sm", scale=1, min_width=100, elem_id="lora-refresh")
+        fuse = gr.Checkbox(value=False, label=FIELD_LABELS["lora_fuse"], elem_id="lora-fuse",
+                           info="Merges the LoRAs into the model's weights for the job: faster steps.")
     return LoraPanel(note=note, names=names, weights=weights, fuse=fuse, refresh=refresh)
 
 

@@ -66,6 +66,8 @@ CSS = """
 /* The Story panel's timeline: one compact row per section, its times on the left. */
 .fp-section-row { align-items: center; border-top: 1px solid var(--border-color-primary); padding-top: 0.3rem; }
 .fp-section-row > .prose { flex: 0 0 7rem !important; min-width: 7rem !important; }
+/* The LoRA panel's head: its note, and Refresh at the note's height on the right. */
+#lora-head { align-items: center; flex-wrap: nowrap; }
 """
 
 
