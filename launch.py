@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inbrowser", action="store_true", default=None, help=described("inbrowser", "off"))
     p.add_argument("--output-dir", type=Path, default=None, help=about["output_dir"] + " Default: outputs/ beside launch.py.")
     p.add_argument("--models-dir", type=Path, default=None, help=described("models_dir", "the Hugging Face cache"))
-    p.add_argument("--loras-dir", type=Path, default=None,
-                   help=about["loras_dir"])
+    p.add_argument("--loras-dir", type=Path, default=None, metavar="DIR",
+                   help=described("loras_dir", "loras/ next to the --models-dir folder when one is given, else "
+                                               "loras/ beside launch.py"))
     p.add_argument("--offline", action="store_true", default=None, help=described("offline", "off"))
     p.add_argument("--demo", action="store_true", default=None,
                    help=about["demo"] + f" Builds them into {DEFAULT_TINY_MODELS.name}/ on first use. Default: off.")

@@ -58,8 +58,8 @@ class Settings:
         metadata={"description": "Folder with the models in org/name/subfolder layout (None: the Hugging Face cache)."})
     loras_dir: Path | None = field(
         default=None,
-        metadata={"description": "Folder of LoRA .safetensors files the page and the API offer (None: loras/ next "
-                                 "to the models folder when one is given, else loras/ beside launch.py)."})
+        metadata={"description": "Folder of the LoRA .safetensors files that the page's LoRA panel and "
+                                 "GET /api/v1/loras offer (None: see Settings.lora_folder)."})
     offline: bool = _describe("Never download weights; use local files only.", False)
     demo: bool = _describe("Run offline on CPU with the tiny random-weight models (the video is noise).", False)
     device: str = _describe("auto, cpu, cuda, cuda:N or mps.", "auto")

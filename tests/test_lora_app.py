@@ -241,3 +241,29 @@ def test_the_lora_folder_defaults_beside_the_models_folder_else_beside_the_code(
     args = launch.build_parser().parse_args(["--loras-dir", str(tmp_path / "flag")])
     monkeypatch.delenv("FRAMEPACK_LORAS_DIR", raising=False)
     assert launch.settings_from_args(args).lora_folder == tmp_path / "flag"
+
+
+def test_the_page_batch_gives_every_job_the_lora_panels_loras(tmp_path, lora_dir, image):
+    from app.access import Viewer
+    from app.api.status import JobStatuses
+    from app.service.outputs import ServedFiles
+    from app.ui.batch_panel import queue_page_batch
+    from app.ui.context import PageContext
+    from app.ui.render import JOB_FIELDS
+
+    out = tmp_path / "outputs"
+    service = GenerationService(lambda: None, out, queue=JobQueue.for_output_dir(out))
+    page = PageContext(settings=Settings(output_dir=out, loras_dir=lora_dir), service=service, served=ServedFiles(),
+                       statuses=JobStatuses(service, out))
+    values = {**{name: page.defaults.get(name) for name in JOB_FIELDS}, **FAST, "fp8": "auto", "model": "original"}
+    panel = [["Motion.safetensors", "style.safetensors"], True, 0.4, 0.0]  # LoraPanel.inputs(): names, fuse, weights
+    note = queue_page_batch(page, Viewer.of(None, logins_on=False), [str(image)], "", "1,2", None, values, lora_values=panel)
+    assert note.startswith("Queued **batch "), note
+    jobs = service.queue_rows()
+    assert len(jobs) == 2
+    for job in jobs:
+        assert job.spec.inputs["loras"] == [{"sha256": file_sha256(lora_dir / "Motion.safetensors"), "weight": 0.4}]
+        assert job.spec.settings["lora_fuse"] is True
+    refused = queue_page_batch(page, Viewer.of(None, logins_on=False), [str(image)], "", "", None, values,
+                               lora_values=[["../outside.safetensors"], False, 1.0])
+    assert "is a path" in refused and len(service.queue_rows()) == 2

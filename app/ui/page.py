@@ -116,7 +116,7 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
         wire_lora_panel(demo, generate.lora, context.loras, show_path=not settings.logins_on)
         wire_reroll(generate.story, stream_outputs, context, shown_jobs=[shown_job, queue.job],
                     after_streams=stream_events)
-        wire_batch_panel(generate.batch, generate.form.settings(), context)
+        wire_batch_panel(generate.batch, generate.form.settings(), context, generate.lora)
         wire_gallery_tab(gallery, generate, context)
         wire_queue_tab(demo, queue, health_note, stream_outputs, context)
         wire_models_tab(demo, models, context)
