@@ -59,7 +59,7 @@ class Settings:
     loras_dir: Path | None = field(
         default=None,
         metadata={"description": "Folder of the LoRA .safetensors files that the page's LoRA panel and "
-                                 "GET /api/v1/loras offer (None: see Settings.lora_folder)."})
+                                 "GET /api/v1/loras offer."})
     offline: bool = _describe("Never download weights; use local files only.", False)
     demo: bool = _describe("Run offline on CPU with the tiny random-weight models (the video is noise).", False)
     device: str = _describe("auto, cpu, cuda, cuda:N or mps.", "auto")
