@@ -190,6 +190,7 @@ def test_the_panels_weights_become_the_requests_loras_and_a_zero_weight_is_off(l
         lora_request_values(folder, ["../outside.safetensors"], [1.0], False)
     assert gone.value.field == "loras"
     assert build_request(str(image), dict(FAST)).loras == ()  # no LoRA panel values: as before
+    assert lora_request_values(folder, ["style.safetensors"], [0.0], True) == {"loras": (), "lora_fuse": False}
 
 
 def test_the_panel_rows_and_note_follow_the_folder(lora_dir, tmp_path):

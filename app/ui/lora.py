@@ -63,9 +63,11 @@ def folder_words(folder: LoraFolder, *, show_path: bool) -> str:
 def lora_request_values(folder: LoraFolder, names: Sequence[str], weights: Sequence[float | None],
                         fuse: bool) -> dict[str, Any]:
     """The request fields the panel sets: each row with a weight becomes a LoRA, resolved by name in the folder
-    (``InvalidInputError`` naming ``loras`` for a file gone since the panel was drawn)."""
+    (``InvalidInputError`` naming ``loras`` for a file gone since the panel was drawn). Fuse without a LoRA is
+    left off: it would change nothing but the job's settings (and so its spec's digest)."""
     chosen = {name: float(weight) for name, weight in zip(names, weights, strict=False) if weight}
-    return {"loras": folder.choices(chosen), "lora_fuse": bool(fuse)}
+    loras = folder.choices(chosen)
+    return {"loras": loras, "lora_fuse": bool(fuse) and bool(loras)}
 
 
 def weights_from_spec(inputs: Mapping[str, Any], files: Sequence[LoraFile]) -> tuple[dict[str, float], str]:
