@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inbrowser", action="store_true", default=None, help=described("inbrowser", "off"))
     p.add_argument("--output-dir", type=Path, default=None, help=about["output_dir"] + " Default: outputs/ beside launch.py.")
     p.add_argument("--models-dir", type=Path, default=None, help=described("models_dir", "the Hugging Face cache"))
+    p.add_argument("--loras-dir", type=Path, default=None, metavar="DIR",
+                   help=described("loras_dir", "loras/ next to the --models-dir folder when one is given, else "
+                                               "loras/ beside launch.py"))
     p.add_argument("--offline", action="store_true", default=None, help=described("offline", "off"))
     p.add_argument("--demo", action="store_true", default=None,
                    help=about["demo"] + f" Builds them into {DEFAULT_TINY_MODELS.name}/ on first use. Default: off.")
@@ -94,8 +97,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     settings = Settings.from_env(
         host=args.host, port=args.port, share=args.share, auth=tuple(auth) or None, inbrowser=args.inbrowser,
         admins=tuple(args.admins) if args.admins else None, max_pending_per_user=args.max_pending_per_user,
-        output_dir=args.output_dir, models_dir=args.models_dir, offline=args.offline, demo=args.demo,
-        device=args.device, dtype=args.dtype, attention=args.attention, compile=args.compile,
+        output_dir=args.output_dir, models_dir=args.models_dir, loras_dir=args.loras_dir, offline=args.offline,
+        demo=args.demo, device=args.device, dtype=args.dtype, attention=args.attention, compile=args.compile,
         keep_intermediates=args.keep_intermediates,
         max_file_size_mb=args.max_file_size_mb, concurrency_limit=args.concurrency_limit,
         idle_release_minutes=args.idle_release_minutes,
@@ -236,8 +239,11 @@ def _serve(settings: Settings, service: GenerationService, served: ServedFiles) 
     from app.api.routes import API_PREFIX, build_api
     from app.logins import LoginGuard
     from app.ui.page import build_app, page_style
+    from framepack_core.lora.library import LoraFolder
 
-    demo = build_app(settings, service, served)
+    # One LoRA folder for the page and the API, so each file is hashed once.
+    loras = LoraFolder(settings.lora_folder)
+    demo = build_app(settings, service, served, loras=loras)
     demo.queue(default_concurrency_limit=settings.concurrency_limit)
     # One guard for the page's login and the API's: failed logins back off, whichever door they knock on.
     guard = LoginGuard(settings.auth)
@@ -257,7 +263,7 @@ def _serve(settings: Settings, service: GenerationService, served: ServedFiles) 
         **page_style(),
     )
     # The job API on the same server (and share link), with the same logins; see app/api/routes.py.
-    demo.app.mount(API_PREFIX, build_api(service, settings, guard=guard))
+    demo.app.mount(API_PREFIX, build_api(service, settings, guard=guard, loras=loras))
     print(startup_lines(demo.local_url, f"{demo.local_url.rstrip('/')}{API_PREFIX}/docs", settings.share), flush=True)
     demo.block_thread()
 

@@ -57,6 +57,10 @@ class Settings:
     models_dir: Path | None = field(
         default=None,
         metadata={"description": "Folder with the models in org/name/subfolder layout (None: the Hugging Face cache)."})
+    loras_dir: Path | None = field(
+        default=None,
+        metadata={"description": "Folder of the LoRA .safetensors files that the page's LoRA panel and "
+                                 "GET /api/v1/loras offer."})
     offline: bool = _describe("Never download weights; use local files only.", False)
     demo: bool = _describe("Run offline on CPU with the tiny random-weight models (the video is noise).", False)
     device: str = _describe("auto, cpu, cuda, cuda:N or mps.", "auto")
@@ -115,6 +119,13 @@ class Settings:
         return bool(self.auth)
 
     @property
+    def lora_folder(self) -> Path:
+        """Where the LoRA files are: ``loras_dir``, else ``loras/`` beside the models folder or the code."""
+        if self.loras_dir is not None:
+            return Path(self.loras_dir)
+        return (Path(self.models_dir).parent if self.models_dir is not None else REPO_ROOT) / "loras"
+
+    @property
     def max_file_size_bytes(self) -> int:
         return int(self.max_file_size_mb * 1024 * 1024)
 
@@ -159,7 +170,9 @@ class Settings:
         settings = cls(**values)
         return replace(settings, output_dir=Path(settings.output_dir).expanduser().resolve(),
                        models_dir=None if settings.models_dir is None
-                       else Path(settings.models_dir).expanduser().resolve())
+                       else Path(settings.models_dir).expanduser().resolve(),
+                       loras_dir=None if settings.loras_dir is None
+                       else Path(settings.loras_dir).expanduser().resolve())
 
 
 def parse_credentials(text: str, where: str) -> tuple[str, str]:

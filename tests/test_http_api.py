@@ -203,7 +203,8 @@ def test_the_openapi_description_lists_every_operation(api):
                           ("/jobs/{job_id}/retry", "post"), ("/jobs/{job_id}/reroll", "post"),
                           ("/jobs/{job_id}/video", "get"),
                           ("/jobs/{job_id}/events", "get"), ("/health", "get"), ("/batches", "post"),
-                          ("/batches", "get"), ("/batches/{batch_id}", "get"), ("/batches/{batch_id}/cancel", "post")}
+                          ("/batches", "get"), ("/batches/{batch_id}", "get"), ("/batches/{batch_id}/cancel", "post"),
+                          ("/loras", "get")}
 
 
 def test_the_openapi_description_documents_each_field_of_the_one_job_status(api):

@@ -69,7 +69,7 @@ def test_no_generated_request_gets_a_server_error(fuzzed_app):
                 assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
 
         check()
-    assert len(calls) == 15, calls  # the job routes (re-roll among them), the four batch routes and health
+    assert len(calls) == 16, calls  # the job routes (re-roll among them), the four batch routes, health, loras
     print(f"fuzzed {sum(calls.values())} requests over {len(calls)} operations; status codes: {sorted(statuses.items())}")
 
 

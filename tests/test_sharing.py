@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.ui.lora import MAX_LORA_ROWS
 from bench.ui_latency import DemoServer, start_demo_server
 from tests.gradio_http import GradioSession
+from tests.lora_fixtures import write_tiny_lora
 
 ALICE, BOB, ROOT = ("alice", "pw-alice"), ("bob", "pw-bob"), ("root", "pw-root")
 FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "cache": "none"}
@@ -32,6 +34,10 @@ SECRET = f"ALICE-SECRET-{uuid.uuid4().hex[:8]}"
 def server(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     work = tmp_path_factory.mktemp("shared-server")
     logins = [arg for user, password in (ALICE, BOB, ROOT) for arg in ("--auth", f"{user}:{password}")]
+    # The LoRA folder every user shares, and a LoRA file beside it that no request may reach.
+    write_tiny_lora(work / "loras" / "shared.safetensors", tiny_models_dir, seed=1)
+    write_tiny_lora(work / "private.safetensors", tiny_models_dir, seed=2)
+    logins += ["--loras-dir", str(work / "loras")]
     with start_demo_server(work, models_dir=tiny_models_dir, extra_args=(*logins, "--admin", "root")) as running:
         yield running
 
@@ -264,3 +270,33 @@ def test_the_admin_sees_and_manages_every_users_jobs(server, alices_work):
         assert alices_work["running"] in json.dumps(done["output"])
     finally:
         admin.close()
+
+
+def test_the_lora_folder_is_shared_read_only_and_no_user_names_a_file_outside_it(server, image_bytes):
+    loras = server.output_dir.parent / "loras"
+    private = server.output_dir.parent / "private.safetensors"
+    with rest(server, ALICE) as alice, rest(server, BOB) as bob, rest(server, None) as nobody:
+        assert nobody.get("/loras").status_code == 401
+        listed = alice.get("/loras").json()
+        assert listed == bob.get("/loras").json() and [lora["name"] for lora in listed["loras"]] == ["shared.safetensors"]
+        for method in ("post", "put", "delete"):
+            assert getattr(bob, method)("/loras").status_code in (401, 404, 405), method
+        for name in ("../private.safetensors", str(private), "private.safetensors", "..", "/etc/passwd"):
+            answer = bob.post("/jobs", files={"image": ("in.png", image_bytes, "image/png")},
+                              data={"settings": json.dumps({**FAST, "loras": [{"name": name, "weight": 1.0}]})})
+            assert answer.status_code == 422 and answer.json()["field"] == "loras", (name, answer.text)
+            assert str(loras) not in answer.text
+        answer = bob.post("/jobs", files={"image": ("in.png", image_bytes, "image/png")},
+                          data={"settings": json.dumps({**FAST, "loras": [{"name": "shared.safetensors"}]})})
+        assert answer.status_code == 201, answer.text
+        bob.post(f"/jobs/{answer.json()['id']}/cancel")
+        assert answer.json()["spec"]["inputs"]["loras"][0]["sha256"] == listed["loras"][0]["sha256"]
+
+    # The page: bob's Refresh lists the shared files, and with logins on the page never shows the folder's path.
+    bob_page = GradioSession(server.url, BOB)
+    try:
+        assert str(loras) not in bob_page.http.get("/config").text
+        refreshed = json.dumps(bob_page.fire("lora-refresh", "click", [None, *[0.0] * MAX_LORA_ROWS])["output"])
+        assert "shared.safetensors" in refreshed and str(loras) not in refreshed
+    finally:
+        bob_page.close()

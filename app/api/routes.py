@@ -13,6 +13,8 @@
     DELETE /api/v1/jobs/{id}            forget an ended, pending or damaged job
     GET    /api/v1/jobs/{id}/video      the finished video (else the partial one of a stopped attempt)
     GET    /api/v1/health               whether the worker is alive and what it last failed on
+    GET    /api/v1/loras                the LoRA folder's files, which settings.loras names
+                                        (``app.api.lora_routes``)
     POST   /api/v1/batches, GET /api/v1/batches[/{id}], POST /api/v1/batches/{id}/cancel: batches
                                         (``app.api.batch_routes``)
 
@@ -47,6 +49,7 @@ from app.access import Viewer
 from app.api.batch_routes import MAX_BATCH_IMAGES, add_batch_routes
 from app.api.errors import ApiRefusal, PathHider, default_hidden_folders, install_error_handlers
 from app.api.limits import LOGIN_SCOPE_KEY, ApiDoor
+from app.api.lora_routes import add_lora_routes, lora_settings, spec_lora_files
 from app.api.status import JobStatus, JobStatuses, served_video
 from app.api.story_uploads import story_uploads
 from app.logins import LoginGuard
@@ -55,6 +58,7 @@ from app.settings import Settings
 from framepack_core.errors import DiskFullError, InvalidInputError
 from framepack_core.jobs.queue import DamagedJob, QueuedJob, QueueError
 from framepack_core.jobs.spec import SETTINGS_FIELDS, JobSpec, settings_in_current_names
+from framepack_core.lora.library import LoraFolder
 from framepack_core.request import GenerationRequest
 
 API_PREFIX = "/api/v1"
@@ -132,10 +136,12 @@ class _LoginInTheDocs(HTTPBasic):
 LOGIN_IN_THE_DOCS = _LoginInTheDocs(scheme_name="login", description="One of the app's --auth users and its password.")
 
 
-def build_api(service: GenerationService, settings: Settings, guard: LoginGuard | None = None) -> FastAPI:
+def build_api(service: GenerationService, settings: Settings, guard: LoginGuard | None = None,
+              loras: LoraFolder | None = None) -> FastAPI:
     """The API over ``service`` and its queue, with the app's ``settings``' logins,
     upload limit and output folder. ``guard``: the app's login checker, shared with the page so that failed
-    logins back off across both (default: one for ``settings.auth``)."""
+    logins back off across both (default: one for ``settings.auth``). ``loras``: the LoRA folder, shared with the
+    page (default: the settings' folder)."""
     store = service.store
     # No ReDoc page: its bundle fetches a logo from the internet; Swagger UI's loads nothing from outside.
     api = FastAPIOffline(title="FramePack job API", version="1", static_url=DOCS_ASSETS, redoc_url=None,
@@ -143,7 +149,8 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
                          description="Submit image-to-video jobs, follow them, download the videos. " + (__doc__ or ""))
     guard = guard if guard is not None else LoginGuard(settings.auth)
     output_dir = Path(settings.output_dir).resolve()
-    hide_paths = PathHider(default_hidden_folders(output_dir, store.root))
+    lora_folder = loras if loras is not None else LoraFolder(settings.lora_folder)
+    hide_paths = PathHider(default_hidden_folders(output_dir, store.root, lora_folder.folder))
     install_error_handlers(api, hide_paths)
     status = JobStatuses(service, output_dir, hide_paths).of
     limit_text = f"{settings.max_file_size_mb:g} MB"
@@ -182,7 +189,8 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
                          "The input image (PNG, JPEG, WebP, ...); optional with extend_video (then: the clip's "
                          "last frame)."))] = None,
                      settings_json: Annotated[str | None, Form(alias="settings", description=(
-                         "Generation settings as a JSON object; any of: " + ", ".join(SETTINGS_FIELDS)))] = None,
+                         "Generation settings as a JSON object; any of: " + ", ".join(SETTINGS_FIELDS) +
+                         ', and loras: [{"name": "style.safetensors", "weight": 0.8}], files of GET /loras'))] = None,
                      spec_json: Annotated[str | None, Form(alias="spec", description=(
                          "A whole job spec (JSON); its image_sha256 must be the uploaded image's."))] = None,
                      extend_video: Annotated[UploadFile | None, File(description=(
@@ -221,7 +229,7 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
                                   story_paths[end_image is not None:], keyframe_seconds)
             if clip is not None:
                 story["extend_video"] = clip
-            job_request = _request(path, settings_json, spec_json, story)
+            job_request = await asyncio.to_thread(_request, path, settings_json, spec_json, lora_folder, story)
             job_id = await asyncio.to_thread(service.submit, job_request, who.submitter,
                                              max_pending=settings.max_pending_per_user)
         finally:
@@ -331,8 +339,9 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     add_batch_routes(api, service, viewer, status,
                      lambda upload: _store_upload(upload, store.root / "uploads", settings.max_file_size_bytes,
                                                   limit_text),
-                     lambda image, settings_json: _request(image, settings_json, None),
+                     lambda image, settings_json: _request(image, settings_json, None, lora_folder),
                      settings.max_pending_per_user, {**_ERRORS, 413: {"model": ApiError}, 507: {"model": ApiError}})
+    add_lora_routes(api, lora_folder, viewer, _ERRORS)
     return api
 
 
@@ -372,8 +381,10 @@ def _clip_last_frame(clip: Path, folder: Path) -> Path:
     return write_last_frame(clip, folder)
 
 
-def _request(image: Path, settings_json: str | None, spec_json: str | None,
+def _request(image: Path, settings_json: str | None, spec_json: str | None, loras: LoraFolder,
              story: dict[str, Any] | None = None) -> GenerationRequest:
+    """The request of a submission: its ``settings`` (LoRAs by name in ``loras``) or its ``spec`` (LoRAs by
+    SHA-256, found in ``loras``), with the uploads in ``story``."""
     story = story or {}
     if spec_json is not None and settings_json is not None:
         raise InvalidInputError("spec", "give either settings or a spec, not both")
@@ -381,7 +392,8 @@ def _request(image: Path, settings_json: str | None, spec_json: str | None,
         spec = JobSpec.from_json(spec_json)
         spec.check_image(image)
         # A spec names its other input files by SHA-256: the uploads are matched to them so.
-        return spec.request(image, files=JobSpec.input_files_of(GenerationRequest(image=image, **story)))
+        files = JobSpec.input_files_of(GenerationRequest(image=image, **story)) | spec_lora_files(loras, spec)
+        return spec.request(image, files=files)
     try:
         values = json.loads(settings_json) if settings_json else {}
     except ValueError as error:
@@ -393,8 +405,10 @@ def _request(image: Path, settings_json: str | None, spec_json: str | None,
         raise InvalidInputError("settings", "must be a JSON object of generation settings")
     values = settings_in_current_names(values)  # use_teacache from clients written before cache existed
     for name in values:
-        if name not in SETTINGS_FIELDS:
-            raise InvalidInputError(name, "is not a generation setting", f"Settings are: {', '.join(SETTINGS_FIELDS)}.")
+        if name not in SETTINGS_FIELDS and name != "loras":
+            raise InvalidInputError(name, "is not a generation setting",
+                                    f"Settings are: {', '.join(SETTINGS_FIELDS)}, loras.")
+    values = lora_settings(loras, values)
     try:
         return GenerationRequest(image=image, **values, **story).validated()
     except TypeError as error:

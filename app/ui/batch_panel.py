@@ -17,6 +17,8 @@ from gradio.components import Component
 from app.access import Viewer
 from app.service.batches import queue_batch
 from app.ui.context import PageContext
+from app.ui.lora import lora_request_values
+from app.ui.lora_panel import LoraPanel, lora_inputs
 from app.ui.render import JOB_FIELDS, build_request, readable_error
 from framepack_core.errors import FramePackError, InvalidInputError
 from framepack_core.jobs.batch import MAX_BATCH_JOBS, BatchJob, expand_batch, parse_seeds, prompt_lines, seed_run
@@ -59,9 +61,12 @@ def build_batch_panel() -> BatchPanel:
                       queue=queue_btn, note=note)
 
 
-def wire_batch_panel(panel: BatchPanel, settings: Sequence[Component], context: PageContext) -> None:
+def wire_batch_panel(panel: BatchPanel, settings: Sequence[Component], context: PageContext,
+                     lora: LoraPanel | None = None) -> None:
     """The count kept current as the panel changes, and "Queue batch". ``settings``: the form's components in
-    ``JOB_FIELDS`` order, whose values every job of the batch takes."""
+    ``JOB_FIELDS`` order, whose values every job of the batch takes; ``lora``: the LoRA panel, whose LoRAs every
+    job takes too."""
+    lora_components = lora.inputs() if lora is not None else []
     for component in panel.inputs():
         component.change(batch_size_text, inputs=panel.inputs(), outputs=[panel.count], api_visibility="private",
                          queue=False, show_progress="hidden")
@@ -69,9 +74,10 @@ def wire_batch_panel(panel: BatchPanel, settings: Sequence[Component], context: 
     def on_queue(request: gr.Request, images: Any, prompts: str, seeds: str, seed_count: float | None,
                  *values: Any) -> str:
         return queue_page_batch(context, context.viewer_of(request), images, prompts, seeds, seed_count,
-                                dict(zip(JOB_FIELDS, values, strict=True)))
+                                dict(zip(JOB_FIELDS, values[:len(JOB_FIELDS)], strict=True)),
+                                lora_values=values[len(JOB_FIELDS):])
 
-    panel.queue.click(on_queue, inputs=[*panel.inputs(), *settings], outputs=[panel.note],
+    panel.queue.click(on_queue, inputs=[*panel.inputs(), *settings, *lora_components], outputs=[panel.note],
                       api_visibility="private", show_progress="minimal", concurrency_limit=None)
 
 
@@ -113,9 +119,12 @@ def plan_page_batch(images: Sequence[str] | None, prompts: str, seeds: str, seed
 
 
 def queue_page_batch(context: PageContext, viewer: Viewer, images: Sequence[str] | None, prompts: str, seeds: str,
-                     seed_count: float | None, values: dict[str, Any]) -> str:
-    """Queue the panel's batch as ``viewer``: the note to show (what was queued, or what to fix)."""
+                     seed_count: float | None, values: dict[str, Any], lora_values: Sequence[Any] = ()) -> str:
+    """Queue the panel's batch as ``viewer``: the note to show (what was queued, or what to fix). ``lora_values``:
+    the LoRA panel's inputs (``LoraPanel.inputs()``), if any."""
     try:
+        if lora_values:
+            values = {**values, **lora_request_values(context.loras, *lora_inputs(lora_values))}
         jobs = plan_page_batch(images, prompts, seeds, seed_count, values)
         batch = queue_batch(context.service, jobs, viewer, context.settings.max_pending_per_user)
     except (FramePackError, RuntimeError) as error:

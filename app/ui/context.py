@@ -19,6 +19,7 @@ from app.settings import Settings
 from app.ui.render import build_request, gallery_items
 from app.ui.streams import LatestStreams
 from framepack_core.jobs.spec import file_sha256
+from framepack_core.lora.library import LoraFolder
 from framepack_core.request import GenerationRequest
 
 # A second Start with the same image and settings from the same page within this time is the same intent (a double
@@ -42,12 +43,15 @@ class PageContext:
     served: ServedFiles  # how output files reach a browser: see ServedFiles and docs/security.md
     statuses: JobStatuses  # a job's status as the API endpoints return it, the REST API's shape
     streams: LatestStreams = field(default_factory=LatestStreams)
+    loras: LoraFolder | None = None  # the LoRA folder the page offers (None: the settings' ``lora_folder``)
     defaults: dict[str, Any] = field(init=False)  # the form's initial values
     _recent_starts: dict[str, _RecentStart] = field(default_factory=dict, init=False, repr=False)
     _starts_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.defaults = self.settings.job_defaults()
+        if self.loras is None:
+            self.loras = LoraFolder(self.settings.lora_folder)
 
     def viewer_of(self, request: gr.Request | None) -> Viewer:
         """Who is asking: with logins on, a request without a login sees nothing."""

@@ -11,6 +11,7 @@ import gradio as gr
 
 from app.ui.context import PageContext
 from app.ui.generate_tab import GenerateTab
+from app.ui.lora_panel import video_lora_updates
 from app.ui.render import readable_error, settings_to_inputs, video_settings
 from app.ui.story import story_settings_to_inputs, video_story_settings
 from framepack_core.errors import InvalidInputError
@@ -48,6 +49,17 @@ def wire_gallery_tab(tab: GalleryTab, generate: GenerateTab, context: PageContex
     # What loading settings fills in: the form (the image first), the video player and file, and the note.
     loaded_outputs = [generate.form.image, *settings_inputs, generate.video, generate.final_file, tab.loaded_note]
     story_outputs = generate.story.settings()  # after the note, so the lists above keep their places
+    # Then the LoRA panel: its rows set as the video's job had them (found in the folder by SHA-256), and Fuse.
+    story_outputs += [*generate.lora.rows(), generate.lora.fuse]
+    show_lora_path = not context.settings.logins_on
+
+    def lora_part(video: Path) -> tuple[list[Any], str]:
+        """The LoRA panel's updates and the note's words for ``video``; the panel as it is when the video carries
+        no valid description (the caller has said so, or found the settings in the gallery's records)."""
+        try:
+            return video_lora_updates(context.loras, video, show_path=show_lora_path)
+        except InvalidInputError:
+            return [gr.skip()] * (len(generate.lora.rows()) + 1), ""
 
     def on_refresh_gallery(request: gr.Request) -> tuple[Any, list[dict[str, Any]]]:
         return context.past_generations(context.viewer_of(request))
@@ -65,8 +77,9 @@ def wire_gallery_tab(tab: GalleryTab, generate: GenerateTab, context: PageContex
             note += video_story_settings(Path(record["video"]))[1]  # the input files to add again, if any
         except InvalidInputError:
             pass  # the gallery found its settings: the note only lacks the files
-        return [image_copy or gr.skip(), *values, video_copy, video_copy, note,
-                *story_settings_to_inputs(record["settings"])]
+        lora_values, lora_note = lora_part(Path(record["video"]))
+        return [image_copy or gr.skip(), *values, video_copy, video_copy, note + lora_note,
+                *story_settings_to_inputs(record["settings"]), *lora_values]
 
     def load_from_video(path: str | None) -> list[Any]:
         """The settings of an uploaded video into the form (the start image stays as it is), as the gallery does;
@@ -76,12 +89,13 @@ def wire_gallery_tab(tab: GalleryTab, generate: GenerateTab, context: PageContex
         try:
             values, note = video_settings(Path(path), defaults)
             story_values, add_again = video_story_settings(Path(path))
+            lora_values, lora_note = video_lora_updates(context.loras, Path(path), show_path=show_lora_path)
         except InvalidInputError as error:
             message, hint = readable_error(error, path)
             gr.Warning(f"{message} How to fix: {hint}" if hint else message)
             note = f"**Could not load settings:** {message}" + (f" How to fix: {hint}" if hint else "")
             return [gr.skip()] * (len(loaded_outputs) - 1) + [note] + [gr.skip()] * len(story_outputs)
-        return [gr.skip(), *values, gr.skip(), gr.skip(), note + add_again, *story_values]
+        return [gr.skip(), *values, gr.skip(), gr.skip(), note + add_again + lora_note, *story_values, *lora_values]
 
     tab.refresh.click(on_refresh_gallery, outputs=[tab.gallery, tab.records], api_visibility="private",
                       concurrency_limit=None)

@@ -23,6 +23,8 @@ from app.settings import REPO_ROOT
 from app.ui.batch_panel import BatchPanel, build_batch_panel
 from app.ui.context import PageContext
 from app.ui.estimate_panel import build_estimate_panel, wire_estimate_panel
+from app.ui.lora import lora_request_values
+from app.ui.lora_panel import LoraPanel, build_lora_panel, lora_inputs
 from app.ui.render import (
     FIELD_LABELS,
     FP8_CHOICE_OF,
@@ -38,6 +40,7 @@ from app.ui.story import story_request_values, story_settings_to_inputs
 from app.ui.story_panel import StoryPanel, build_story_panel, story_inputs
 from app.ui.streams import StreamFrame, first_frame, idle_frame, next_frame, snapshots_to_show
 from framepack_core.errors import FramePackError, InvalidInputError
+from framepack_core.lora.library import LoraFolder
 from framepack_core.media.image_input import load_input_image
 from framepack_core.request import MAX_RESOLUTION, MAX_SECONDS, MAX_WINDOW, MIN_RESOLUTION
 from framepack_core.sampling.cache_methods import DEFAULT_CACHE_THRESHOLDS, CacheMethod
@@ -114,10 +117,11 @@ class GenerateTab:
     final_file: gr.File
     estimate: gr.HTML  # the job's memory and time, under Start (estimate_panel)
     story: StoryPanel
+    lora: LoraPanel
     batch: BatchPanel | None = None  # several images, prompts and seeds at once (``batch_panel``)
 
 
-def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
+def build_generate_tab(defaults: dict[str, Any], loras: LoraFolder, *, show_lora_path: bool = True) -> GenerateTab:
     """The form (left) and the job's progress, preview and video (right), laid out in the current Blocks.
 
     What a new user needs (the image, the prompt, Start, and where the video appears) fits in a 1366x768 window
@@ -155,6 +159,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
                                            info="10 is the official default; changing it is not recommended.",
                                            elem_id="distilled-guidance")
             story = build_story_panel(defaults)
+            lora = build_lora_panel(loras, show_path=show_lora_path)
             with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                 latent_window_size = gr.Slider(1, MAX_WINDOW, value=defaults["latent_window_size"], step=1,
                                                label=FIELD_LABELS["latent_window_size"],
@@ -218,7 +223,7 @@ def build_generate_tab(defaults: dict[str, Any]) -> GenerateTab:
     return GenerateTab(form=form, image_check=image_check, quick_prompts=quick, model_note=model_note,
                        start=start_btn, stop=stop_btn, free_memory=free_btn, random_seed=random_seed_btn,
                        preview=preview, video=video, progress=progress, final_file=final_file, estimate=estimate,
-                       story=story, batch=batch)
+                       story=story, lora=lora, batch=batch)
 
 
 def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Component],
@@ -237,8 +242,10 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
         token = context.streams.begin(session)  # from here on, the page-load stream draws nothing more
         path = upload_path(image)
         values = dict(zip(JOB_FIELDS, settings[:len(JOB_FIELDS)], strict=True))
-        values.update(story_request_values(story_inputs(settings[len(JOB_FIELDS):]), values))
+        story_end = len(JOB_FIELDS) + len(tab.story.inputs())
+        values.update(story_request_values(story_inputs(settings[len(JOB_FIELDS):story_end]), values))
         try:
+            values.update(lora_request_values(context.loras, *lora_inputs(settings[story_end:])))
             job_id, repeated = context.submit_once(session, path, values, viewer)
         except (FramePackError, RuntimeError) as error:
             # A refused request is the user's to fix: say what and how, in the page, and stay ready.
@@ -305,7 +312,7 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
     # preprocess=False: the handlers get the upload as Gradio stored it, unopened (see upload_path).
     started = tab.start.click(lambda: gr.update(interactive=False), outputs=[tab.start], api_visibility="private",
                               queue=False, show_progress="hidden").then(
-        on_start, inputs=form_inputs + tab.story.inputs(), outputs=stream_outputs, show_progress="hidden",
+        on_start, inputs=form_inputs + tab.story.inputs() + tab.lora.inputs(), outputs=stream_outputs, show_progress="hidden",
         api_visibility="private",
         concurrency_id="stream", cancels=[load_event], preprocess=False, trigger_mode="multiple")
     # A job that ends has taught the machine its speed: the estimate follows.

@@ -22,6 +22,7 @@ from app.ui.context import PageContext
 from app.ui.endpoints import build_endpoint_outputs, wire_endpoints
 from app.ui.gallery_tab import build_gallery_tab, wire_gallery_tab
 from app.ui.generate_tab import build_generate_tab, wire_generate_tab
+from app.ui.lora_panel import wire_lora_panel
 from app.ui.models_tab import build_models_tab, wire_models_tab
 from app.ui.queue_tab import build_queue_tab, wire_queue_tab
 
@@ -37,6 +38,7 @@ from app.ui.render import (  # noqa: F401
 from app.ui.reroll_panel import wire_reroll
 from app.ui.story_panel import wire_story_panel
 from app.ui.streams import StreamFrame
+from framepack_core.lora.library import LoraFolder
 
 DEMO_BANNER = ("**demo mode: random tiny weights, the video is noise.** Everything else is real: the models are "
                "loaded, sampled, decoded and written exactly as with the real weights, on the CPU.")
@@ -64,6 +66,8 @@ CSS = """
 /* The Story panel's timeline: one compact row per section, its times on the left. */
 .fp-section-row { align-items: center; border-top: 1px solid var(--border-color-primary); padding-top: 0.3rem; }
 .fp-section-row > .prose { flex: 0 0 7rem !important; min-width: 7rem !important; }
+/* The LoRA panel's head: its note, and Refresh at the note's height on the right. */
+#lora-head { align-items: center; flex-wrap: nowrap; }
 """
 
 
@@ -77,11 +81,13 @@ def page_style() -> dict[str, Any]:
     return {"theme": gr.themes.Default(font=fonts, font_mono=mono), "css": CSS}
 
 
-def build_app(settings: Settings, service: GenerationService, served: ServedFiles | None = None) -> gr.Blocks:
+def build_app(settings: Settings, service: GenerationService, served: ServedFiles | None = None,
+              loras: LoraFolder | None = None) -> gr.Blocks:
     """The whole page and its API endpoints. The service must be started by the caller. ``served``: where output
-    files are linked for Gradio to copy (``ServedFiles``; the caller closes it when the app stops)."""
+    files are linked for Gradio to copy (``ServedFiles``; the caller closes it when the app stops). ``loras``: the
+    LoRA folder, shared with the job API so each file is hashed once (default: the settings' folder)."""
     context = PageContext(settings=settings, service=service, served=served or ServedFiles(),
-                          statuses=JobStatuses(service, Path(settings.output_dir)))
+                          statuses=JobStatuses(service, Path(settings.output_dir)), loras=loras)
 
     with gr.Blocks(title="FramePack", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         shown_job = gr.State(None)  # the job this tab shows
@@ -95,7 +101,7 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
         if settings.demo:
             gr.Markdown(DEMO_BANNER, elem_id="demo-banner")
 
-        generate = build_generate_tab(context.defaults)
+        generate = build_generate_tab(context.defaults, context.loras, show_lora_path=not settings.logins_on)
         gallery = build_gallery_tab(gallery_records)
         queue = build_queue_tab(settings.logins_on)
         models = build_models_tab()
@@ -107,9 +113,10 @@ def build_app(settings: Settings, service: GenerationService, served: ServedFile
                                      gallery=gallery.gallery, gallery_records=gallery.records)
         stream_events = wire_generate_tab(demo, generate, stream_outputs, context)
         wire_story_panel(generate.story, generate.form)
+        wire_lora_panel(demo, generate.lora, context.loras, show_path=not settings.logins_on)
         wire_reroll(generate.story, stream_outputs, context, shown_jobs=[shown_job, queue.job],
                     after_streams=stream_events)
-        wire_batch_panel(generate.batch, generate.form.settings(), context)
+        wire_batch_panel(generate.batch, generate.form.settings(), context, generate.lora)
         wire_gallery_tab(gallery, generate, context)
         wire_queue_tab(demo, queue, health_note, stream_outputs, context)
         wire_models_tab(demo, models, context)

@@ -46,10 +46,14 @@ FIELD_LABELS = {"seconds": "Video length (seconds)", "resolution": "Base resolut
                 "keyframes": "Keyframe (section timeline)", "prompt_blend_sections": "Prompt blend (sections)",
                 "extend_video": "Video to extend", "context_frames": "Context frames",
                 "extend_output": "Extended video's output", "reroll_from": "Re-roll from here",
-                "rerolls": "Re-roll from here", "model": "Model"}
+                "rerolls": "Re-roll from here", "model": "Model",
+                # The LoRA panel's (app/ui/lora_panel.py)
+                "loras": "LoRA", "lora_fuse": "Fuse LoRAs (faster, slightly different)"}
 # The request fields the Story panel fills (app/ui/story.py story_request_values), besides JOB_FIELDS.
 STORY_FIELDS = ("end_image", "end_strength", "end_image_embedding_weight", "loop", "keyframes",
                 "prompt_blend_sections", "extend_video", "context_frames", "extend_output")
+# The request fields the LoRA panel fills (app/ui/lora.py lora_request_values), besides JOB_FIELDS.
+LORA_FIELDS = ("loras", "lora_fuse")
 APP_SETTING_WORDS = {"save_latents": "latents file", "job_dir": "job folder",
                      "models_dir": "the app's models folder (a start-up setting)", "offline": "the app's offline mode",
                      "device": "the app's device setting", "dtype": "the app's dtype setting",
@@ -73,7 +77,7 @@ def build_request(image: str | None, values: dict[str, Any]) -> GenerationReques
     values = {**values, "fp8": FP8_VALUES.get(values.get("fp8"), values.get("fp8"))}
     if values.get("cache") is not None and _takes_no_threshold(values["cache"]):
         values["cache_threshold"] = None  # the page's slider always sends a number
-    known = {name: values[name] for name in (*JOB_FIELDS, *STORY_FIELDS) if values.get(name) is not None}
+    known = {name: values[name] for name in (*JOB_FIELDS, *STORY_FIELDS, *LORA_FIELDS) if values.get(name) is not None}
     if not image and known.get("extend_video"):
         return _clip_only_request(known)
     if not image:
