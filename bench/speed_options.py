@@ -1,4 +1,4 @@
-"""Benchmark (x): the speed options (step caches and compile) side by side on a medium random DiT.
+"""Benchmark (h): the speed options (step caches and compile) side by side on a medium random DiT.
 
 One fixed job (one image, one prompt, one seed) runs in one process under each cache method and threshold, with
 compile off and on: it reports the DiT wall time (the sum of the ``SectionFinished.dit_s``), how many transformer
