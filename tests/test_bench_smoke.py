@@ -77,3 +77,31 @@ def test_offload_overhead_script_runs_every_placement(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and " x" in line]
     assert [row.split(" | ")[0].lstrip("| ") for row in rows] == [
         "no plan", "cpu", "swap", "blocks, 1 of 4 resident", "blocks, none resident", "disk", "fp8 storage, resident"]
+
+
+def test_speed_options_script_counts_skipped_calls_and_checks_determinism(capsys, tiny_models_dir):
+    from bench import speed_options
+
+    # Tiny transformer, 3 steps x 2 sections: TeaCache at a loose threshold skips each section's middle step
+    # (its first and last steps always compute), and the hooks on the transformer count exactly that.
+    assert speed_options.main(["--quick", "--models-dir", str(tiny_models_dir),
+                               "--grid", "none", "teacache:5", "first-block:0.1"]) == 0
+    out = capsys.readouterr().out
+    rows = {row.split(" | ")[0].lstrip("| "): row for row in out.splitlines() if row.startswith("| ")}
+    assert list(rows) == ["method", "none", "teacache", "first-block"]
+    assert rows["none"].startswith("| none | - | off |") and "| x1.00 | 0 of 6 | 0.00e+00 |" in rows["none"]
+    assert "| 2 of 6 |" in rows["teacache"]
+    assert "Uncached run bit-identical to a second uncached run: yes" in out
+    assert "bit-identical to the engine's default path" in out and "options): yes" in out
+
+
+def test_speed_options_grid_entries_parse_and_bad_ones_are_refused():
+    import argparse
+
+    from bench.speed_options import Variant
+
+    assert Variant.parse("magcache:0.12+compile") == Variant("magcache", 0.12, True)
+    assert Variant.parse("taylorseer") == Variant("taylorseer", None, False)
+    for bad in ("teacache:fast", "none+fast"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            Variant.parse(bad)

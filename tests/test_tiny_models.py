@@ -260,3 +260,45 @@ def test_transformer_and_vae_stay_finite_and_unit_scale_over_25_sampling_steps(t
     pixels = vae.decode(latents / vae.config.scaling_factor).sample
     assert pixels.shape == (1, 3, 9, 8 * h, 8 * w)
     assert torch.isfinite(pixels).all() and pixels.abs().max() < 10
+
+
+def test_the_medium_transformer_has_about_80m_parameters_and_still_fits_the_tiny_encoders() -> None:
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    tokens = {"vocab_size": 300, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}
+    tiny = tiny_models.tiny_configs(tokens, tokens)
+    medium = tiny_models.tiny_configs(tokens, tokens, transformer="medium")
+    t = medium["transformer"]
+    assert sum(t["rope_axes_dim"]) == t["attention_head_dim"] and all(a % 2 == 0 for a in t["rope_axes_dim"])
+    for key in ("text_embed_dim", "pooled_projection_dim", "image_proj_dim", "in_channels", "out_channels"):
+        assert t[key] == tiny["transformer"][key], key
+    assert {name: c for name, c in medium.items() if name != "transformer"} == {
+        name: c for name, c in tiny.items() if name != "transformer"}
+    with torch.device("meta"):  # no memory, no init time
+        model = HunyuanVideoFramepackTransformer3DModel(**t)
+    assert 75e6 < sum(p.numel() for p in model.parameters()) < 85e6
+    with pytest.raises(ValueError, match="unknown transformer size 'huge'"):
+        tiny_models.tiny_configs(tokens, tokens, transformer="huge")
+
+
+def test_the_transformer_size_is_built_recorded_and_loaded_through_the_real_loader(
+        tmp_path: Path, tiny_models_dir: Path, monkeypatch, capsys) -> None:
+    from framepack_core.cli.main import main
+    from framepack_core.models.components import ModelVariant
+    from framepack_core.models.loaders import load_transformer
+    from framepack_core.models.loading import ModelSource
+
+    # A stand-in for "medium" that builds in a second: the plumbing is what is tested, not the 600 MB of weights.
+    monkeypatch.setitem(tiny_models.TRANSFORMER_SIZES, "medium", {"num_single_layers": 3})
+    root = tmp_path / "models"
+    assert main(["tiny-models", str(root), "--transformer", "medium"]) == 0
+    assert "(medium transformer)" in capsys.readouterr().out
+    assert _json(root / "tiny_models.json")["transformer_size"] == "medium"
+    assert tiny_models.is_complete_build(root, 0, "medium") and not tiny_models.is_complete_build(root, 0)
+    assert not tiny_models.is_complete_build(tiny_models_dir, 0, "medium")
+    assert "transformer_size" not in _json(tiny_models_dir / "tiny_models.json")  # tiny builds are as before
+    transformer = load_transformer(ModelSource(models_dir=root), ModelVariant.ORIGINAL, "cpu", torch.float32)
+    assert len(transformer.single_transformer_blocks) == 3
+    # Asking for the tiny size again replaces the build rather than reusing the medium one.
+    build_tiny_models(root, seed=0)
+    assert _hashes(root) == _hashes(tiny_models_dir)

@@ -45,13 +45,23 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST_NAME = TINY_MANIFEST_NAME
 
+# The transformer sizes the builder knows, as changes to the tiny config. "medium" (about 79M parameters: 8 heads
+# of 64, 4 double-stream and 8 single-stream blocks) makes the DiT dominate a job's time, as the real 13B model
+# does, for speed benchmarks (bench/speed_options.py); the encoders and the VAE stay tiny, so it still runs on a CPU.
+TRANSFORMER_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "medium": {"num_attention_heads": 8, "attention_head_dim": 64, "num_layers": 4, "num_single_layers": 8,
+               "rope_axes_dim": [16, 24, 24]},
+}
+
 # --------------------------------------------------------------------------------------------------------------
 # Configs
 # --------------------------------------------------------------------------------------------------------------
 
 
-def tiny_configs(llama_tokens: dict[str, int], clip_tokens: dict[str, int]) -> dict[str, dict[str, Any]]:
-    """The component configs, fresh on every call. Dimensions follow the constraints that tie the parts together:
+def tiny_configs(llama_tokens: dict[str, int], clip_tokens: dict[str, int],
+                 transformer: str = "tiny") -> dict[str, dict[str, Any]]:
+    """The component configs, fresh on every call; ``transformer`` is one of ``TRANSFORMER_SIZES``. Dimensions follow the constraints that tie the parts together:
 
     transformer ``text_embed_dim`` = LLaMA hidden size, ``pooled_projection_dim`` = CLIP hidden size,
     ``image_proj_dim`` = SigLIP hidden size, ``in_channels`` = VAE latent channels (16, as the real VAE),
@@ -59,8 +69,10 @@ def tiny_configs(llama_tokens: dict[str, int], clip_tokens: dict[str, int]) -> d
     (index -3) and >= 351 positions (template prefix + 256); the vocab sizes and special ids come from the
     tokenizers (CLIP's pooler looks for the real eos id).
     """
+    if transformer not in TRANSFORMER_SIZES:
+        raise ValueError(f"unknown transformer size {transformer!r}; choose one of {', '.join(TRANSFORMER_SIZES)}")
     text_dim, clip_dim, image_dim = 32, 32, 32
-    return {
+    configs = {
         "transformer": {
             "in_channels": 16,
             "out_channels": 16,
@@ -82,6 +94,7 @@ def tiny_configs(llama_tokens: dict[str, int], clip_tokens: dict[str, int]) -> d
             "has_image_proj": True,
             "image_proj_dim": image_dim,
             "has_clean_x_embedder": True,
+            **TRANSFORMER_SIZES[transformer],
         },
         "vae": {
             "in_channels": 3,
@@ -142,6 +155,7 @@ def tiny_configs(llama_tokens: dict[str, int], clip_tokens: dict[str, int]) -> d
             "image_std": [0.5, 0.5, 0.5],
         },
     }
+    return configs
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -219,7 +233,7 @@ def _model_index() -> dict[str, Any]:
     }
 
 
-def _build_tree(root: Path, seed: int) -> dict[str, Any]:
+def _build_tree(root: Path, seed: int, transformer: str) -> dict[str, Any]:
     """Write every component under ``root``; return the manifest data (without the file list)."""
     from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler
     from transformers import (
@@ -237,7 +251,7 @@ def _build_tree(root: Path, seed: int) -> dict[str, Any]:
     redux = root / REDUX_REPO
     llama_tokens = build_llama_tokenizer(base / "tokenizer")
     clip_tokens = build_clip_tokenizer(base / "tokenizer_2")
-    configs = tiny_configs(llama_tokens, clip_tokens)
+    configs = tiny_configs(llama_tokens, clip_tokens, transformer)
     weighted = ("text_encoder", "text_encoder_2", "vae", "image_encoder", "transformer:original", "transformer:f1")
     seeds = {name: component_seed(seed, name) for name in weighted}
 
@@ -271,7 +285,10 @@ def _build_tree(root: Path, seed: int) -> dict[str, Any]:
     for variant, repo in TRANSFORMER_REPOS.items():
         _save_transformer(root / repo, configs["transformer"], seeds[f"transformer:{variant}"])
 
-    return {"format_version": FORMAT_VERSION, "seed": seed, "component_seeds": seeds, "configs": configs}
+    manifest = {"format_version": FORMAT_VERSION, "seed": seed, "component_seeds": seeds, "configs": configs}
+    if transformer != "tiny":  # a tiny build's manifest stays as it was, so existing builds are still complete
+        manifest["transformer_size"] = transformer
+    return manifest
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -291,8 +308,8 @@ def _file_list(root: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def is_complete_build(root: Path, seed: int) -> bool:
-    """True when ``root`` holds a finished, undamaged build of this format for ``seed``.
+def is_complete_build(root: Path, seed: int, transformer: str = "tiny") -> bool:
+    """True when ``root`` holds a finished, undamaged build of this format for ``seed`` and ``transformer`` size.
 
     Every file is hashed against the manifest (4 MB, a few milliseconds), so a damaged tiny set is rebuilt by
     running the build again, which is what the loader's error message tells the user to do.
@@ -300,6 +317,8 @@ def is_complete_build(root: Path, seed: int) -> bool:
     try:
         manifest = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
         if manifest.get("format_version") != FORMAT_VERSION or manifest.get("seed") != seed:
+            return False
+        if manifest.get("transformer_size", "tiny") != transformer:
             return False
         files = manifest["files"]
         return bool(files) and all(
@@ -310,15 +329,20 @@ def is_complete_build(root: Path, seed: int) -> bool:
         return False
 
 
-def build_tiny_models(root: Path, seed: int = 0) -> Path:
+def build_tiny_models(root: Path, seed: int = 0, transformer: str = "tiny") -> Path:
     """Build the tiny model set into ``root`` (or reuse a complete build for ``seed``) and return ``root``.
+
+    ``transformer`` "medium" gives both transformer variants about 79M parameters (``TRANSFORMER_SIZES``): some
+    300 MB each instead of a few hundred kB, for benchmarks where the DiT must dominate the time.
 
     The tree is written into a temporary folder beside ``root`` and renamed into place, so an interrupted build
     never leaves a half tree. An existing build for another seed (or an older format) is replaced; a folder that
     is not a tiny-model build at all is left alone and refused.
     """
     root = Path(root).expanduser().resolve()
-    if is_complete_build(root, seed):
+    if transformer not in TRANSFORMER_SIZES:
+        raise ValueError(f"unknown transformer size {transformer!r}; choose one of {', '.join(TRANSFORMER_SIZES)}")
+    if is_complete_build(root, seed, transformer):
         logger.info("Tiny models for seed %d already in %s", seed, root)
         return root
     if root.exists() and not _replaceable(root):
@@ -329,11 +353,11 @@ def build_tiny_models(root: Path, seed: int = 0) -> Path:
     started = time.perf_counter()
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
     try:
-        manifest = _build_tree(staging, seed)
+        manifest = _build_tree(staging, seed, transformer)
         manifest["files"] = _file_list(staging)
         # The manifest is written last: its presence (with matching hashes) is what marks a build complete.
         _write_json(staging / MANIFEST_NAME, manifest)
-        _move_into_place(staging, root, seed)
+        _move_into_place(staging, root, seed, transformer)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -345,9 +369,9 @@ def _replaceable(root: Path) -> bool:
     return root.is_dir() and (not any(root.iterdir()) or (root / MANIFEST_NAME).is_file())
 
 
-def _move_into_place(staging: Path, root: Path, seed: int) -> None:
+def _move_into_place(staging: Path, root: Path, seed: int, transformer: str) -> None:
     if root.exists():
-        if is_complete_build(root, seed):  # another process finished the same build first
+        if is_complete_build(root, seed, transformer):  # another process finished the same build first
             return
         # Swap via a side folder: root holds either the old tree or the new one, never a mix, and the old tree
         # is put back if the new one cannot be moved in.
@@ -366,5 +390,5 @@ def _move_into_place(staging: Path, root: Path, seed: int) -> None:
         os.replace(staging, root)
     except OSError:
         # Lost a race with a concurrent build of the same folder; theirs is as good as ours.
-        if not is_complete_build(root, seed):
+        if not is_complete_build(root, seed, transformer):
             raise
