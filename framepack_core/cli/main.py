@@ -1,5 +1,5 @@
 """Command line: ``python -m framepack_core generate ...``, ``tiny-models DIR``, ``plan ...``, ``jobs ...``,
-``models ...`` and ``lora inspect PATH``. This module only dispatches; each command lives in its own module."""
+``models ...``, ``lora inspect PATH`` and ``doctor``. This module only dispatches; each command lives in its own module."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from framepack_core.cli.doctor import add_doctor_parser, run_doctor_command
 from framepack_core.cli.extend import with_clip_start_image
 from framepack_core.cli.generate import run_generate
 from framepack_core.cli.jobs import add_jobs_parser, run_jobs
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_jobs_parser(sub)
     add_models_parser(sub)
     add_lora_parser(sub)
+    add_doctor_parser(sub)
     return parser
 
 
@@ -71,6 +73,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         return run_models(args)
     if args.command == "lora":
         return run_lora(args)
+    if args.command == "doctor":
+        return run_doctor_command(args)
     return run_tiny_models(args)
 
 
