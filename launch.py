@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 
 MIN_PYTHON = (3, 10)
 REPO_ROOT = Path(__file__).resolve().parent
-DEFAULT_TINY_MODELS = REPO_ROOT / "tiny_models"
+DEFAULT_TINY_MODELS = REPO_ROOT / "tiny_models"  # framepack_core.models.tiny.DEFAULT_TINY_MODELS_DIR
 
 if TYPE_CHECKING:
     from app.service.generation import GenerationService
@@ -125,11 +124,16 @@ def check_environment(settings: Settings) -> tuple[list[str], list[str]]:
         problems.append("PyTorch is not installed. Fix: install a CUDA build for your GPU first, e.g. "
                         "'pip install torch --index-url https://download.pytorch.org/whl/cu128' "
                         "(or 'pip install torch' for CPU only), then 'pip install -r requirements.txt'.")
-    missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
-    if missing:
-        warnings.append(f"{' and '.join(missing)} not found on PATH. The app still works (videos are written "
-                        "with PyAV), but Gradio cannot check or convert videos for the browser. Fix: install "
-                        "FFmpeg ('sudo apt-get install ffmpeg', 'brew install ffmpeg' or 'winget install ffmpeg').")
+    if not problems:  # doctor's fast part: the GPU and torch build, driver, memory, disk, ffmpeg, output folder
+        from framepack_core.doctor import fast_checks
+
+        report = fast_checks(settings.models_dir, settings.output_dir, settings.device, demo=settings.demo)
+        # Only what makes every job fail stops the app; memory and disk may suit smaller jobs. "No GPU" is said by
+        # the Device line already.
+        stopping = [r for r in report.failed if r.name in ("GPU support", "NVIDIA driver", "Output folder")]
+        problems += [f"{r.name}: {r.found} Fix: {r.fix}" for r in stopping]
+        warnings += [f"{r.name}: {r.found} Fix: {r.fix}" for r in (*report.failed, *report.warnings)
+                     if r not in stopping and r.name != "GPU support"]
     if settings.exposed_without_auth:
         where = "a public share link" if settings.share else f"every network interface of {settings.host}"
         warnings.append(f"SECURITY: the app is reachable through {where} and asks for NO login. Anyone who can "

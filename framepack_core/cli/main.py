@@ -1,5 +1,6 @@
 """Command line: ``python -m framepack_core generate ...``, ``tiny-models DIR``, ``plan ...``, ``jobs ...``,
-``models ...``, ``lora inspect PATH`` and ``calibrate-cache``. This module only dispatches; each command lives in its own module."""
+``models ...``, ``lora inspect PATH``, ``calibrate-cache`` and ``doctor``. This module only dispatches; each command
+lives in its own module."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 from pathlib import Path
 
 from framepack_core.cli.calibrate import add_calibrate_parser, run_calibrate
+from framepack_core.cli.doctor import add_doctor_parser, run_doctor_command
 from framepack_core.cli.extend import with_clip_start_image
 from framepack_core.cli.generate import run_generate
 from framepack_core.cli.jobs import add_jobs_parser, run_jobs
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(sub)
     add_lora_parser(sub)
     add_calibrate_parser(sub)
+    add_doctor_parser(sub)
     return parser
 
 
@@ -79,6 +82,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         return run_lora(args)
     if args.command == "calibrate-cache":
         return run_calibrate(args)
+    if args.command == "doctor":
+        return run_doctor_command(args)
     return run_tiny_models(args)
 
 

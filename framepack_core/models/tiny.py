@@ -329,6 +329,10 @@ def is_complete_build(root: Path, seed: int, transformer: str = "tiny") -> bool:
         return False
 
 
+# Where launch.py --demo and doctor --demo keep the set: tiny_models/ beside the code.
+DEFAULT_TINY_MODELS_DIR = Path(__file__).resolve().parents[2] / "tiny_models"
+
+
 def build_tiny_models(root: Path, seed: int = 0, transformer: str = "tiny") -> Path:
     """Build the tiny model set into ``root`` (or reuse a complete build for ``seed``) and return ``root``.
 

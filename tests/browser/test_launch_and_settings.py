@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+
 import pytest
 
 import launch
@@ -90,7 +92,7 @@ def test_reachable_without_login_gives_a_security_warning(monkeypatch, argv, exp
 
 
 def test_missing_ffmpeg_is_reported_with_how_to_install_it(monkeypatch):
-    monkeypatch.setattr(launch.shutil, "which", lambda tool: None if tool == "ffprobe" else f"/usr/bin/{tool}")
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "ffprobe" else f"/usr/bin/{tool}")
     problems, warnings = launch.check_environment(_settings([], monkeypatch))
     assert problems == []
     (message,) = [w for w in warnings if "ffprobe" in w]
