@@ -103,7 +103,7 @@ def test_no_gpu_at_all_is_a_warning_that_demo_mode_still_works(healthy):
     cpu = replace(healthy, torch=TorchFacts("2.13.0+cpu", None, (), False), nvidia_gpus=(), driver_version=None,
                   hardware=fake_hardware(0, 24, "cpu"))
     result = check_gpu_support(cpu)
-    assert result.status == CheckStatus.WARNING and "--demo" in result.found
+    assert result.status == CheckStatus.WARNING and "demo mode" in result.found
     assert check_driver(cpu).status == CheckStatus.SKIPPED
 
 
@@ -139,7 +139,7 @@ def test_a_transformer_streamed_from_disk_warns_that_more_ram_is_faster(healthy,
 
 def test_a_full_output_drive_fails_and_a_nearly_full_one_warns(healthy):
     full = check_disk(replace(healthy, output_free_bytes=100 * 1024**2))
-    assert full.status == CheckStatus.FAILED and "--output-dir" in full.fix
+    assert full.status == CheckStatus.FAILED and "output folder" in full.fix
     assert check_disk(replace(healthy, output_free_bytes=3 * GIB)).status == CheckStatus.WARNING
 
 
@@ -147,7 +147,7 @@ def test_weights_that_do_not_fit_the_drive_fail_before_the_download(healthy, tmp
     inventory = replace(_inventory(tmp_path, {"transformer:original": (False, "not in the Hugging Face cache")}),
                         free_bytes=10 * GIB)
     result = check_disk(replace(healthy, models=inventory, download_bytes=25 * GIB))
-    assert result.status == CheckStatus.FAILED and "25.0 GiB" in result.found and "--models-dir" in result.fix
+    assert result.status == CheckStatus.FAILED and "25.0 GiB" in result.found and "models folder" in result.fix
 
 
 @pytest.mark.parametrize(("system", "command"), [("Linux", "sudo apt-get install ffmpeg"),
@@ -177,7 +177,7 @@ def test_damaged_model_files_fail_and_missing_ones_warn_with_the_download_comman
 
 def test_an_output_folder_that_cannot_be_written_fails(healthy):
     result = check_output_folder(replace(healthy, output_write_error="PermissionError: [Errno 13] denied"))
-    assert result.status == CheckStatus.FAILED and "Errno 13" in result.found and "--output-dir" in result.fix
+    assert result.status == CheckStatus.FAILED and "Errno 13" in result.found and "output folder" in result.fix
 
 
 def test_old_python_and_missing_or_old_torch_fail(healthy):
@@ -191,7 +191,7 @@ def test_old_python_and_missing_or_old_torch_fail(healthy):
 def test_the_table_shows_each_failure_with_its_fix_and_json_has_every_check(healthy):
     report = DoctorReport(tuple(run_checks(replace(healthy, ffmpeg=None, output_write_error="denied"))))
     table = report.table()
-    assert "Output folder" in table and "FAILED" in table and "Fix: Choose a folder" in table
+    assert "Output folder" in table and "FAILED" in table and "Fix: Choose an output folder" in table
     assert "1 check(s) failed" in table
     data = json.loads(report.to_json())
     assert data["passed"] is False and len(data["checks"]) == len(report.results)
@@ -214,7 +214,7 @@ def test_the_command_prints_json_and_exits_1_on_a_failure(tiny_models_dir, tmp_p
                      "--output-dir", str(tmp_path / "out"), "--device", "cpu"])
     data = json.loads(capsys.readouterr().out)
     assert code == cli.EXIT_OK and data["passed"] is True
-    assert data["checks"][-1] == {"check": "End-to-end job", "status": "skipped", "found": "--quick", "fix": ""}
+    assert data["checks"][-1] == {"check": "End-to-end job", "status": "skipped", "found": "quick check: not run", "fix": ""}
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     code = cli.main(["doctor", "--quick", "--demo", "--models-dir", str(tiny_models_dir),

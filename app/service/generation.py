@@ -196,6 +196,10 @@ class GenerationService(QueueManagementMixin, RerollMixin):
         """The engine the jobs run on, made now if no job has run yet (that loads no model): for estimates."""
         return self._ensure_runner().engine
 
+    def _models_dir(self) -> Path | None:
+        models = getattr(self.engine(), "models", None)  # None: a service made without an engine (tests)
+        return models.source.models_dir if models is not None else None
+
     def _ensure_runner(self) -> QueueRunner:
         # Its own lock: the page may ask for the engine while the worker starts its first job.
         with self._runner_lock:
@@ -221,7 +225,8 @@ class GenerationService(QueueManagementMixin, RerollMixin):
         from framepack_core.pipeline.input_checks import check_input_files
 
         request = request.validated()
-        check_input_files(request)  # refuse broken files now, not when the job's turn comes
+        # Refuse broken files now, not when the job's turn comes; LoRAs are matched to this engine's transformer.
+        check_input_files(request, self._models_dir() if request.loras else None)
         with self._condition:
             if self._stopping:
                 raise RuntimeError("The service is shutting down")

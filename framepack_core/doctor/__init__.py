@@ -20,7 +20,7 @@ def run_doctor(models_dir: Path | None, output_dir: Path, device: str = "auto", 
 
     results = run_checks(gather_facts(models_dir, output_dir, device, demo=demo))
     if quick:
-        results.append(CheckResult(NAME, CheckStatus.SKIPPED, "--quick"))
+        results.append(CheckResult(NAME, CheckStatus.SKIPPED, "quick check: not run"))
     else:
         results.append(check_tiny_job(device, models_dir if demo else None))
     return DoctorReport(tuple(results))

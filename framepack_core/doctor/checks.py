@@ -82,7 +82,7 @@ def check_gpu_support(facts: SystemFacts) -> CheckResult:
     if torch.mps_available:
         return CheckResult(name, CheckStatus.OK, "Apple GPU (MPS)")
     return CheckResult(name, CheckStatus.WARNING, "No GPU that torch can use: jobs run on the CPU. That is fine for "
-                       "--demo; the real 13B model would take hours per second of video.",
+                       "demo mode; the real 13B model would take hours per second of video.",
                        "On a PC with an NVIDIA GPU, install its driver, then a CUDA build of torch: " + TORCH_CU128)
 
 
@@ -161,13 +161,13 @@ def check_disk(facts: SystemFacts) -> CheckResult:
         if facts.download_bytes and facts.models.free_bytes < facts.download_bytes + GIB:
             return CheckResult(name, CheckStatus.FAILED, "; ".join(found) + f": the missing weights need "
                                f"{facts.download_bytes / GIB:.1f} GiB.",
-                               "Free space on that drive, or keep the weights on another one with --models-dir DIR.")
+                               "Free space on that drive, or keep the weights on another drive (the models folder setting).")
     if facts.output_free_bytes < OUTPUT_FAIL_BYTES:
         return CheckResult(name, CheckStatus.FAILED, "; ".join(found) + ": the drive of the output folder is full.",
-                           "Free space on that drive, or choose another with --output-dir DIR.")
+                           "Free space on that drive, or choose an output folder on another drive.")
     if facts.output_free_bytes < OUTPUT_WARN_BYTES:
         return CheckResult(name, CheckStatus.WARNING, "; ".join(found) + ": a few long videos will fill it.",
-                           "Free space on that drive, or choose another with --output-dir DIR.")
+                           "Free space on that drive, or choose an output folder on another drive.")
     return CheckResult(name, CheckStatus.OK, "; ".join(found))
 
 
@@ -202,7 +202,7 @@ def check_models(facts: SystemFacts) -> CheckResult:
     name = "Model files" + (" (demo set)" if facts.demo else "")
     if facts.models is None:
         return CheckResult(name, CheckStatus.FAILED, f"could not look at the model files ({facts.models_error}).",
-                           "Check that --models-dir names a folder you can read.")
+                           "Check that the models folder setting names a folder you can read.")
     damaged = [s for s in facts.models.incomplete if s.present]
     missing = [s for s in facts.models.incomplete if not s.present]
     if damaged:
@@ -223,7 +223,7 @@ def check_output_folder(facts: SystemFacts) -> CheckResult:
     if facts.output_write_error is not None:
         return CheckResult("Output folder", CheckStatus.FAILED, f"cannot write in {facts.output_dir} "
                            f"({facts.output_write_error}).",
-                           "Choose a folder you can write with --output-dir DIR (or FRAMEPACK_OUTPUT_DIR).")
+                           "Choose an output folder you can write (the output folder setting, FRAMEPACK_OUTPUT_DIR).")
     return CheckResult("Output folder", CheckStatus.OK, f"{facts.output_dir} is writable")
 
 

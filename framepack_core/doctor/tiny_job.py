@@ -30,7 +30,7 @@ def check_tiny_job(device: str = "auto", models_dir: Path | None = None) -> Chec
         except Exception as error:  # noqa: BLE001 - any failure is the finding
             return CheckResult(NAME, CheckStatus.FAILED, f"a tiny job failed: {type(error).__name__}: {error}"[:600],
                                "Fix the failures above first; if there are none, run the tiny job with "
-                               "'python launch.py --demo' and report the error it prints.")
+                               "the demo mode of launch.py and report the error it prints.")
         seconds = time.perf_counter() - started
     return CheckResult(NAME, CheckStatus.OK, f"a tiny job ran on {where} and wrote a {finished.video_frames}-frame "
                                              f"video in {seconds:.1f} s")
