@@ -221,3 +221,19 @@ def test_the_command_prints_json_and_exits_1_on_a_failure(tiny_models_dir, tmp_p
                      "--output-dir", str(blocked / "out"), "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == cli.EXIT_FAILED and "Output folder" in out and "FAILED" in out
+
+
+def test_the_pages_system_check_shows_the_table_to_an_admin_only(tiny_models_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from app.access import Viewer
+    from app.ui.system_check_panel import system_check
+
+    context = SimpleNamespace(settings=SimpleNamespace(models_dir=tiny_models_dir, output_dir=tmp_path / "out",
+                                                       device="cpu", demo=True))
+    rows, summary = system_check(False, Viewer.of("bob", logins_on=True, admins=("alice",)), context)
+    assert rows == [] and "Only an admin" in summary
+    rows, summary = system_check(False, Viewer.of("alice", logins_on=True, admins=("alice",)), context)
+    checks = {row[0]: row[1] for row in rows}
+    assert checks["Output folder"] == "ok" and checks["End-to-end job"] == "skipped"
+    assert checks["Model files (demo set)"] == "ok" and "No failures" in summary

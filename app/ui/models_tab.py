@@ -1,6 +1,7 @@
 """The Models tab: which model components are on disk (the table ``python -m framepack_core models status``
 prints) and a Download button that fetches the missing ones, with the bytes as they arrive. With logins on, only
-an admin may start a download: it writes tens of GB to the server's disk."""
+an admin may start a download: it writes tens of GB to the server's disk. Under them, the System check
+(``app.ui.system_check_panel``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import gradio as gr
 from app.access import Viewer
 from app.ui.context import PageContext
 from app.ui.render import page_text
+from app.ui.system_check_panel import SystemCheckPanel, build_system_check_panel, wire_system_check_panel
 from framepack_core.errors import FramePackError
 from framepack_core.models.download import DownloadPlan, check_space, download, plan_download
 from framepack_core.models.hub_files import download_bytes, format_gb
@@ -31,6 +33,7 @@ class ModelsTab:
     check: gr.Button
     download: gr.Button
     progress: gr.Markdown
+    system_check: SystemCheckPanel
 
 
 def build_models_tab() -> ModelsTab:
@@ -46,8 +49,9 @@ def build_models_tab() -> ModelsTab:
         table = gr.Dataframe(headers=list(MODEL_COLUMNS), value=[], interactive=False, wrap=True,
                              elem_id="models-table")
         progress = gr.Markdown("", elem_id="models-progress")
+        system_check = build_system_check_panel()
     return ModelsTab(model=model, summary=summary, table=table, check=check, download=download_btn,
-                     progress=progress)
+                     progress=progress, system_check=system_check)
 
 
 def status_rows(inventory: ModelInventory) -> list[list[str]]:
@@ -163,6 +167,7 @@ def wire_models_tab(demo: gr.Blocks, tab: ModelsTab, context: PageContext) -> No
     for trigger in (demo.load, tab.check.click, tab.model.change):
         trigger(show, inputs=[tab.model], outputs=[tab.table, tab.summary, tab.download], api_visibility="private",
                 show_progress="hidden")
+    wire_system_check_panel(tab.system_check, context)
     tab.download.click(start, inputs=[tab.model], outputs=[tab.table, tab.summary, tab.progress],
                        api_visibility="private", show_progress="hidden").then(
         show, inputs=[tab.model], outputs=[tab.table, tab.summary, tab.download], api_visibility="private",

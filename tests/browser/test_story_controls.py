@@ -82,7 +82,9 @@ def test_the_end_image_and_the_loop_toggle_reach_the_job(page, demo_server, tmp_
     assert spec["settings"]["loop"] is True and "end_image" not in spec.get("inputs", {})
     assert wait_for_state(page, DONE) == "finished", _progress(page)
     page.locator("#loop input[type=checkbox]").uncheck()
-    assert page.locator("#end-image input[type=file]").count() == 1  # the box takes an image again
+    # The box takes an image again once the page has applied the toggle (a round trip to the server).
+    page.locator("#end-image input[type=file]").wait_for(state="attached", timeout=10_000)
+    assert page.locator("#end-image input[type=file]").count() == 1
 
 
 def test_a_reload_during_a_job_brings_its_story_settings_back(page, tmp_path):
