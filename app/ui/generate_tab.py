@@ -34,6 +34,8 @@ from app.ui.render import (
     render_image_check,
     render_message,
     settings_to_inputs,
+    slider_threshold,
+    takes_threshold,
     upload_path,
 )
 from app.ui.story import story_request_values, story_settings_to_inputs
@@ -177,8 +179,8 @@ def build_generate_tab(defaults: dict[str, Any], loras: LoraFolder, *, show_lora
                                     label=FIELD_LABELS["cache"],
                                     info="Skips model work between steps: faster, but often makes hands and "
                                          "fingers slightly worse. None gives the final quality.", elem_id="cache")
-                cache_threshold = gr.Slider(0.01, 1.0, value=_threshold_value(defaults), step=0.01,
-                                            visible=_takes_threshold(defaults["cache"]),
+                cache_threshold = gr.Slider(0.01, 1.0, value=slider_threshold(defaults["cache"], defaults.get("cache_threshold")), step=0.01,
+                                            visible=takes_threshold(defaults["cache"]),
                                             label=FIELD_LABELS["cache_threshold"],
                                             info="Higher is faster and drifts more; TeaCache's usual value is 0.15. "
                                                  "TaylorSeer takes none.", elem_id="cache-threshold")
@@ -336,7 +338,7 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
     # video keep their threshold); the slider shows only for a method that takes one, however the method was set.
     tab.form.cache.input(cache_threshold_update, inputs=[tab.form.cache], outputs=[tab.form.cache_threshold],
                          api_visibility="private", show_progress="hidden", concurrency_limit=None)
-    tab.form.cache.change(lambda method: gr.update(visible=_takes_threshold(method)), inputs=[tab.form.cache],
+    tab.form.cache.change(lambda method: gr.update(visible=takes_threshold(method)), inputs=[tab.form.cache],
                           outputs=[tab.form.cache_threshold], api_visibility="private", show_progress="hidden",
                           concurrency_limit=None)
     tab.random_seed.click(lambda: random.randrange(RANDOM_SEED_LIMIT), outputs=[tab.form.seed],
@@ -422,18 +424,6 @@ def _is_known(context: PageContext, job_id: str, viewer: Viewer) -> bool:
         return True
     except KeyError:
         return False
-
-
-def _threshold_value(defaults: dict[str, Any]) -> float:
-    """Where the threshold slider starts: the default's, or TeaCache's usual value for a method without one."""
-    threshold = defaults.get("cache_threshold")
-    if threshold is None:
-        threshold = DEFAULT_CACHE_THRESHOLDS[CacheMethod(defaults["cache"])]
-    return DEFAULT_CACHE_THRESHOLDS[CacheMethod.TEACACHE] if threshold is None else threshold
-
-
-def _takes_threshold(method: str) -> bool:
-    return DEFAULT_CACHE_THRESHOLDS[CacheMethod(method)] is not None
 
 
 def cache_threshold_update(method: str) -> dict[str, Any]:

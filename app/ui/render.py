@@ -75,7 +75,7 @@ def page_text(text: str) -> str:
 def build_request(image: str | None, values: dict[str, Any]) -> GenerationRequest:
     """The request for the page's (or the API's) inputs; ``InvalidInputError`` when there is no image."""
     values = {**values, "fp8": FP8_VALUES.get(values.get("fp8"), values.get("fp8"))}
-    if values.get("cache") is not None and _takes_no_threshold(values["cache"]):
+    if values.get("cache") is not None and not takes_threshold(values["cache"]):
         values["cache_threshold"] = None  # the page's slider always sends a number
     known = {name: values[name] for name in (*JOB_FIELDS, *STORY_FIELDS, *LORA_FIELDS) if values.get(name) is not None}
     if not image and known.get("extend_video"):
@@ -86,11 +86,20 @@ def build_request(image: str | None, values: dict[str, Any]) -> GenerationReques
     return GenerationRequest(image=Path(image), **known)
 
 
-def _takes_no_threshold(cache: Any) -> bool:
+def takes_threshold(cache: Any) -> bool:
+    """Whether the cache method uses the threshold slider (none and TaylorSeer do not)."""
     try:
-        return DEFAULT_CACHE_THRESHOLDS[CacheMethod(cache)] is None
+        return DEFAULT_CACHE_THRESHOLDS[CacheMethod(getattr(cache, "value", cache))] is not None
     except ValueError:  # an unknown method: the request names it
-        return False
+        return True
+
+
+def slider_threshold(cache: Any, threshold: float | None) -> float:
+    """The threshold slider's value: the one given, else the method's default, else TeaCache's usual value (the
+    slider needs a number even for a method that takes none)."""
+    if threshold is None:
+        threshold = DEFAULT_CACHE_THRESHOLDS[CacheMethod(getattr(cache, "value", cache))]
+    return DEFAULT_CACHE_THRESHOLDS[CacheMethod.TEACACHE] if threshold is None else threshold
 
 
 def _clip_only_request(known: dict[str, Any]) -> GenerationRequest:
@@ -128,10 +137,8 @@ def settings_to_inputs(settings: dict[str, Any], defaults: dict[str, Any]) -> li
         value = settings.get(name, defaults.get(name))
         if name == "fp8":
             value = FP8_CHOICE_OF.get(value, "auto")
-        if name == "cache_threshold" and value is None:  # the method's default, on a slider that needs a number
-            method = settings.get("cache", defaults.get("cache"))
-            value = DEFAULT_CACHE_THRESHOLDS.get(CacheMethod(getattr(method, "value", method)), None) or \
-                DEFAULT_CACHE_THRESHOLDS[CacheMethod.TEACACHE]
+        if name == "cache_threshold":
+            value = slider_threshold(settings.get("cache", defaults.get("cache")), value)
         values.append(getattr(value, "value", value))  # the model enum -> "original" / "f1"
     return values
 
