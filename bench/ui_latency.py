@@ -221,10 +221,13 @@ def start_job(page: Any, other_than: tuple[str, ...] = ()) -> str:
     so may ``other_than``: jobs another stream of this tab drew a moment ago, which the page draws over again)."""
     before = page.locator("#progress .fp-progress").get_attribute("data-job")
     page.click("#start")
-    page.wait_for_function(
+    # The id is taken from the same look that found it new: read again a moment later, a frame of a stream this
+    # tab has replaced may have drawn an old job over it for an instant.
+    found = page.wait_for_function(
         "(old) => { const p = document.querySelector('#progress .fp-progress');"
-        " return p && p.dataset.job && !old.includes(p.dataset.job); }", arg=[before, *other_than])
-    return page.locator("#progress .fp-progress").get_attribute("data-job")
+        " return p && p.dataset.job && !old.includes(p.dataset.job) ? p.dataset.job : null; }",
+        arg=[before, *other_than])
+    return found.json_value()
 
 
 def recorded_events(page: Any) -> list[dict[str, Any]]:

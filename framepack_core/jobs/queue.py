@@ -300,17 +300,17 @@ class JobQueue:
 
     # The worker's side ---------------------------------------------------------------------------------------
 
-    def claim_next(self) -> QueuedJob | None:
-        """Take the first pending job and mark it running, atomically; None when nothing is pending. Damaged
-        rows are passed over: they stay in ``damaged`` until deleted."""
+    def claim_next(self, worker: str | None = None) -> QueuedJob | None:
+        """Take the first pending job and mark it running on ``worker`` (its name), atomically; None when nothing
+        is pending. Damaged rows are passed over: they stay in ``damaged`` until deleted."""
         with self._transaction() as connection:
             rows = connection.execute("SELECT * FROM jobs WHERE state = 'queued' ORDER BY position").fetchall()
             job_id = next((row["id"] for row in rows if _readable(row)), None)
             if job_id is None:
                 return None
             connection.execute(
-                "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1 "
-                "WHERE id = ? AND state = 'queued'", (time.time(), job_id))
+                "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1, worker = ? "
+                "WHERE id = ? AND state = 'queued'", (time.time(), worker, job_id))
         return self.get(job_id)
 
     def record_progress(self, job_id: str, sections_done: int, total_sections: int | None) -> bool:

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     hint TEXT,
     partial TEXT,
     batch_id TEXT,
-    label TEXT
+    label TEXT,
+    worker TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, position);
 -- Who made the videos of deleted jobs: deleting a job forgets the job, not whose videos are in the folder.
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS output_owners (
 );
 """
 # Columns added after the first release: (name, declaration), added to older databases when they are opened.
-ADDED_COLUMNS = (("partial", "TEXT"), ("batch_id", "TEXT"), ("label", "TEXT"))
+ADDED_COLUMNS = (("partial", "TEXT"), ("batch_id", "TEXT"), ("label", "TEXT"), ("worker", "TEXT"))
 # States renamed after the first release: (old, new). Older versions stored a waiting job as "pending"; the one
 # job-state vocabulary (``queue_rows.JobState``) says "queued", as the REST API always did.
 RENAMED_STATES = (("pending", "queued"),)

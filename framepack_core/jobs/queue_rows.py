@@ -57,6 +57,7 @@ class QueuedJob:
     partial: Path | None = None  # the playable part an attempt that did not finish left behind
     batch_id: str | None = None  # the batch it was queued with (``jobs.batch``), None for a job of its own
     label: str | None = None  # a batch job's image and prompt, in its output's name (``output_naming.batch_label``)
+    worker: str | None = None  # the worker that runs it, or ran it last (``framepack_core.workers``)
 
     def input_files(self) -> dict[str, Path]:
         """The stored copy of each input file besides the start image, by SHA-256 (stored next to the image)."""
@@ -80,7 +81,7 @@ class QueuedJob:
                 "cancel_requested": self.cancel_requested, "error": self.error, "hint": self.hint,
                 "output": None if self.output is None else self.output.name,
                 "partial": None if self.partial is None else self.partial.name, "batch_id": self.batch_id,
-                "label": self.label, "spec": self.spec.to_dict()}
+                "label": self.label, "worker": self.worker, "spec": self.spec.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -163,4 +164,4 @@ def read_job(row: sqlite3.Row) -> QueuedJob:
         attempts=row["attempts"], cancel_requested=bool(row["cancel_requested"]),
         sections_done=row["sections_done"], total_sections=row["total_sections"], error=row["error"],
         hint=row["hint"], partial=None if row["partial"] is None else Path(row["partial"]),
-        batch_id=row["batch_id"], label=row["label"])
+        batch_id=row["batch_id"], label=row["label"], worker=row["worker"])

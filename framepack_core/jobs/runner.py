@@ -28,6 +28,7 @@ from framepack_core.events import (
 from framepack_core.jobs.output_naming import output_path
 from framepack_core.jobs.queue import JobQueue, JobState, QueuedJob
 from framepack_core.pipeline.engine import FramePackEngine
+from framepack_core.workers.remote import Worker, WorkerLost, WorkerLostError
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,14 @@ EventCallback = Callable[[QueuedJob, EngineEvent], None]
 class QueueRunner:
     """Runs the queue's claimed jobs through one engine: the one runner of ``jobs run`` and of the app's service."""
 
-    def __init__(self, queue: JobQueue, engine: FramePackEngine, output_dir: Path) -> None:
+    def __init__(self, queue: JobQueue, engine: FramePackEngine | Worker, output_dir: Path,
+                 worker_name: str | None = None) -> None:
+        """``engine``: this process's engine, or a worker that runs one elsewhere (``framepack_core.workers``);
+        ``worker_name``: what the queue's rows say runs the jobs claimed here."""
         self.queue = queue
         self.engine = engine
         self.output_dir = Path(output_dir)
+        self.worker_name = worker_name if worker_name is not None else getattr(engine, "name", None)
 
     def run_job(self, job: QueuedJob, on_event: EventCallback | None = None, cancel: CancelToken | None = None, *,
                 snapshot_dir: Callable[[Path], Path] | None = None,
@@ -62,14 +67,21 @@ class QueueRunner:
             return self.queue.end(job.id, JobState.FAILED, error=error.message, hint=error.hint)
         job = replace(job, output=request.output)
         last: EngineEvent | None = None
-        for event in refused_as_failed(job.id, self.engine.generate(
-                request, cancel=cancel, job_id=job.id, job_dir=self.queue.job_dir(job.id),
-                snapshot_dir=None if snapshot_dir is None else snapshot_dir(request.output))):
-            last = event
-            record_event(self.queue, job.id, event, cancel,
-                         requeue_if_cancelled=isinstance(event, JobCancelled) and requeue_if_cancelled())
+        try:
+            for event in refused_as_failed(job.id, self.engine.generate(
+                    request, cancel=cancel, job_id=job.id, job_dir=self.queue.job_dir(job.id),
+                    snapshot_dir=None if snapshot_dir is None else snapshot_dir(request.output))):
+                last = event
+                record_event(self.queue, job.id, event, cancel,
+                             requeue_if_cancelled=isinstance(event, JobCancelled) and requeue_if_cancelled())
+                if on_event is not None:
+                    on_event(job, event)
+        except WorkerLostError as error:
+            # Its folder keeps the checkpoint of the last finished section: the next free worker resumes it.
+            logger.warning("%s; job %s goes back to the front of the queue", error.message, job.id)
             if on_event is not None:
-                on_event(job, event)
+                on_event(job, WorkerLost(job.id, worker=error.worker, message=error.message))
+            return self.queue.requeue(job.id)
         if not isinstance(last, (JobFinished, JobCancelled, JobFailed)):
             return self.queue.end(job.id, JobState.FAILED, error="The job ended without a result.",
                                   hint="This is a bug; please report it with the log.")
@@ -84,7 +96,7 @@ class QueueRunner:
                 logger.info("Job %s was interrupted; it resumes from its last finished section", job_id)
             done = []
             while not should_stop():
-                job = self.queue.claim_next()
+                job = self.queue.claim_next(self.worker_name)
                 if job is None:
                     break
                 done.append(self.run_job(job, on_event))
