@@ -28,6 +28,7 @@ from framepack_core.cli.options import (
     request_notes,
     with_option_name,
 )
+from framepack_core.cli.workers import add_worker_options, workers_from_args
 from framepack_core.errors import FramePackError, InvalidInputError, render_fields
 from framepack_core.jobs.output_naming import DEFAULT_OUTPUT_DIR
 
@@ -74,6 +75,7 @@ def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
 
     run = verbs.add_parser("run", help="Run the pending jobs (interrupted ones first) until the queue is empty.")
     add_runtime_options(run)
+    add_worker_options(run)
     run.add_argument("--quiet", action="store_true", help="Only the result of each job.")
 
 
@@ -120,7 +122,7 @@ def run_jobs(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
-def _list(queue, as_json: bool) -> int:  # noqa: ANN001
+def _list(queue, as_json: bool) -> int:
     jobs, damaged = queue.list(), queue.damaged()
     if as_json:
         for job in jobs:
@@ -153,7 +155,7 @@ def _list(queue, as_json: bool) -> int:  # noqa: ANN001
     return EXIT_OK
 
 
-def _submit(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
+def _submit(queue, args: argparse.Namespace) -> int:
     from framepack_core.jobs.spec import JobSpec, file_sha256
     from framepack_core.media.image_input import load_input_image
     from framepack_core.pipeline.input_checks import check_lora_files
@@ -257,7 +259,7 @@ def _cancel_batch(queue, batch_id: str | None, job_id: str | None) -> int:
     return EXIT_OK
 
 
-def _edit(queue, job_id: str, text: str) -> int:  # noqa: ANN001
+def _edit(queue, job_id: str, text: str) -> int:
     try:
         changes = json.loads(text)
     except ValueError as error:
@@ -267,34 +269,47 @@ def _edit(queue, job_id: str, text: str) -> int:  # noqa: ANN001
     return EXIT_OK
 
 
-def _run(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
+def _run(queue, args: argparse.Namespace) -> int:
     with queue.require_ownership():  # refused (naming the owner) before any model loads
         return _run_owned(queue, args)
 
 
-def _run_owned(queue, args: argparse.Namespace) -> int:  # noqa: ANN001
+def _run_owned(queue, args: argparse.Namespace) -> int:
     from framepack_core.events import JobFailed, Notice, SectionFinished
     from framepack_core.jobs.queue import JobState
     from framepack_core.jobs.runner import QueueRunner
+    from framepack_core.workers.pool import WorkerPool
+    from framepack_core.workers.remote import WorkerLost
 
-    engine = engine_from_args(args)
-    if engine is None:
+    workers = workers_from_args(args)  # refused (naming --devices) before any process starts
+    engine = engine_from_args(args) if workers is None else None
+    if workers is None and engine is None:
         return EXIT_BAD_INPUT
 
-    def show(job, event) -> None:  # noqa: ANN001
+    def show(job, event) -> None:
         if args.quiet:
             return
         if isinstance(event, Notice):
             print(f"{job.id}: note: {event.message}", file=sys.stderr)
         elif isinstance(event, SectionFinished):
-            print(f"{job.id}: section {event.section}/{event.total_sections} done", file=sys.stderr)
+            on = f" on {job.worker}" if workers is not None else ""
+            print(f"{job.id}: section {event.section}/{event.total_sections} done{on}", file=sys.stderr)
+        elif isinstance(event, WorkerLost):
+            print(f"{job.id}: {event.message}; it goes back to the queue", file=sys.stderr)
         elif isinstance(event, JobFailed):
             print(f"{job.id}: error: {option_text(event.message)}", file=sys.stderr)
 
     with contextlib.ExitStack() as quiet:
         if args.quiet:
             quiet.enter_context(library_progress_bars_off())
-        done = QueueRunner(queue, engine, args.output_dir).run_pending(show)
+        if workers is None:
+            done = QueueRunner(queue, engine, args.output_dir).run_pending(show)
+        else:
+            pool = WorkerPool(queue, workers, args.output_dir)
+            try:
+                done = pool.run_pending(show)
+            finally:
+                pool.close()
     for job in done:
         video = job.output if job.state == JobState.FINISHED else job.partial  # a stopped job's output is unmade
         where = f": {video}" if video else ""

@@ -43,3 +43,33 @@ class EngineRecipe:
             engine.timings = StageTimings()
             return engine
         return create_engine(source, config, timings_path=self.timings_path, runtime=runtime)
+
+
+def worker_devices(devices: str) -> list[str]:
+    """The devices named by ``--devices``: a comma-separated list (``cuda:0,cuda:1``; a device may repeat, for
+    several CPU workers), or ``auto`` for every visible GPU (the CPU when there is none). ``InvalidInputError``
+    (field ``devices``) for a name that is not a device of this machine."""
+    import torch
+
+    from framepack_core.errors import InvalidInputError
+    from framepack_core.models.devices import detect_device, resolve_device_config
+
+    text = devices.strip()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+        return [str(detect_device())]
+    names = [name.strip() for name in text.split(",")]
+    if not text or any(not name for name in names):
+        raise InvalidInputError("devices", f"{devices!r} is not a list of devices",
+                                "Give devices separated by commas, e.g. cuda:0,cuda:1, or auto for every GPU.")
+    for name in names:
+        if name == "auto":
+            raise InvalidInputError("devices", "auto stands alone: it means every GPU",
+                                    "Give either auto or a list of devices such as cuda:0,cuda:1.")
+        try:
+            resolve_device_config(name)
+        except InvalidInputError as error:
+            raise InvalidInputError("devices", error.message.removeprefix("device: "),
+                                    error.hint.replace("{device}", "{devices}")) from error
+    return names
