@@ -75,7 +75,10 @@ class ProcessWorker:
                     continue
                 message = from_child.recv()
             except (EOFError, OSError) as error:
-                code = self._process.exitcode if self._process is not None else None
+                code = None
+                if self._process is not None:
+                    self._process.join(5)  # its pipe closes a moment before its exit code is known
+                    code = self._process.exitcode
                 self._forget()
                 why = f"its process exited with code {code}" if code is not None else "its process is gone"
                 raise WorkerLostError(self.name, why) from error
