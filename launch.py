@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from framepack_core.memory.hardware import HardwareInfo
     from framepack_core.models.devices import DeviceConfig
     from framepack_core.pipeline.engine import FramePackEngine
+    from framepack_core.workers.recipe import EngineRecipe
+    from framepack_core.workers.remote import Worker
 
 logger = logging.getLogger("launch")
 
@@ -72,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", default=None,
                    help=about["demo"] + f" Builds them into {DEFAULT_TINY_MODELS.name}/ on first use. Default: off.")
     p.add_argument("--device", default=None, help=described("device", "auto, the CUDA or MPS GPU if there is one"))
+    p.add_argument("--devices", default=None, metavar="LIST",
+                   help=described("devices", "one job at a time on --device"))
     p.add_argument("--dtype", default=None,
                    help=described("dtype", "auto: the official app's dtypes on a GPU, float32 on the CPU"))
     p.add_argument("--attention", default=None, choices=ATTENTION_CHOICES,
@@ -97,7 +101,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         host=args.host, port=args.port, share=args.share, auth=tuple(auth) or None, inbrowser=args.inbrowser,
         admins=tuple(args.admins) if args.admins else None, max_pending_per_user=args.max_pending_per_user,
         output_dir=args.output_dir, models_dir=args.models_dir, loras_dir=args.loras_dir, offline=args.offline,
-        demo=args.demo, device=args.device, dtype=args.dtype, attention=args.attention, compile=args.compile,
+        demo=args.demo, device=args.device, devices=args.devices, dtype=args.dtype, attention=args.attention, compile=args.compile,
         keep_intermediates=args.keep_intermediates,
         max_file_size_mb=args.max_file_size_mb, concurrency_limit=args.concurrency_limit,
         idle_release_minutes=args.idle_release_minutes,
@@ -127,6 +131,7 @@ def check_environment(settings: Settings) -> tuple[list[str], list[str]]:
     if not problems:  # doctor's fast part: the GPU and torch build, driver, memory, disk, ffmpeg, output folder
         from framepack_core.doctor import fast_checks
 
+        prepare_models(settings)  # demo mode: checks measure the tiny set, not the real one it stands in for
         report = fast_checks(settings.models_dir, settings.output_dir, settings.device, demo=settings.demo)
         # Only what makes every job fail stops the app; memory and disk may suit smaller jobs. "No GPU" is said by
         # the Device line already.
@@ -216,7 +221,32 @@ def engine_factory(settings: Settings, config: DeviceConfig) -> Callable[[], Fra
     return create
 
 
-def build_service(settings: Settings, config: DeviceConfig) -> GenerationService:
+def engine_recipe(settings: Settings) -> EngineRecipe:
+    """The engine ``engine_factory`` makes, as a recipe a worker process builds on its own device."""
+    from framepack_core.jobs.queue import QUEUE_FOLDER
+    from framepack_core.pipeline.timings import TIMINGS_FILE_NAME
+    from framepack_core.workers.recipe import EngineRecipe
+
+    return EngineRecipe(device=settings.device, dtype=settings.dtype, models_dir=settings.models_dir,
+                        offline=settings.offline, attention=settings.attention, compile=settings.compile,
+                        timings_path=settings.output_dir / QUEUE_FOLDER / TIMINGS_FILE_NAME)
+
+
+def build_workers(settings: Settings) -> list[Worker]:
+    """The workers ``--devices`` asks for (none: the app runs one job at a time itself). ``InvalidInputError``
+    (field ``devices``) for a device this machine does not have."""
+    if settings.devices is None:
+        return []
+    from framepack_core.workers.process import ProcessWorker
+    from framepack_core.workers.recipe import worker_devices
+    from framepack_core.workers.remote import unique_names
+
+    devices = worker_devices(settings.devices)
+    recipe = engine_recipe(settings)
+    return [ProcessWorker(recipe.on_device(device), name) for device, name in zip(devices, unique_names(devices))]
+
+
+def build_service(settings: Settings, config: DeviceConfig, workers: Sequence[Worker] = ()) -> GenerationService:
     from app.service.generation import GenerationService
     from framepack_core.jobs.queue import JobQueue
 
@@ -225,7 +255,7 @@ def build_service(settings: Settings, config: DeviceConfig) -> GenerationService
     return GenerationService(engine_factory(settings, config), settings.output_dir,
                              keep_intermediates=settings.keep_intermediates,
                              idle_release_s=None if idle is None else idle * 60,
-                             queue=JobQueue.for_output_dir(settings.output_dir))
+                             queue=JobQueue.for_output_dir(settings.output_dir), workers=workers)
 
 
 def serve(settings: Settings, service: GenerationService) -> None:
@@ -308,12 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve_device(settings)
         check_attention(settings, config)
+        workers = build_workers(settings)
     except ValueError as error:
         from framepack_core.cli.options import with_option_name  # --device, --dtype, --attention: the CLI's too
 
         print(f"error: {with_option_name(error)}")
         return 2
     print(f"Device: {describe_device(config, settings.demo, settings.models_dir)}")
+    if workers:
+        print(f"Workers: {', '.join(worker.name for worker in workers)} (one job at a time each, side by side)")
     if settings.demo:
         print(f"Demo mode: tiny random-weight models in {settings.models_dir} (the video is noise).")
     settings.output_dir.mkdir(parents=True, exist_ok=True)
@@ -323,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     from framepack_core.errors import FramePackError
 
     try:
-        service = build_service(settings, config)
+        service = build_service(settings, config, workers)
     except FramePackError as error:  # e.g. an output folder that cannot hold the queue
         print(f"error: {error}")
         return 1

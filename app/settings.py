@@ -65,6 +65,13 @@ class Settings:
     demo: bool = _describe("Run offline on CPU with the tiny random-weight models (the video is noise).", False)
     device: str = _describe("auto, cpu, cuda, cuda:N or mps.", "auto")
     dtype: str = _describe("auto, float32, bfloat16 or float16 (one dtype for every component).", "auto")
+    devices: str | None = _describe(
+        "Run jobs side by side, a worker process per device, each with its own copy of the models: a list such as "
+        "cuda:0,cuda:1 (a device may repeat), or auto for every GPU. None: one job at a time on the device.", None)
+    ray: str | None = _describe(
+        "Run jobs on a Ray cluster's actors: local (a private Ray on this PC), auto, or an address such as "
+        "ray://host:10001. Needs pip install -r requirements-ray.txt. None: no Ray.", None)
+    ray_workers: int | None = _describe("How many Ray actors run jobs (None: one per GPU of the cluster).", None)
     attention: str = _describe(
         "The transformer's attention kernel: auto (the fastest one installed for this GPU), native, flash, sage or "
         "xformers.", "auto")

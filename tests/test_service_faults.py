@@ -42,11 +42,11 @@ def test_the_worker_survives_sqlite_errors_while_it_waits_and_shows_them(tiny_mo
     real_claim = service.store.claim_next
     failures = {"left": 3}
 
-    def flaky_claim():  # noqa: ANN202 - a disk I/O error while the disk is momentarily full
+    def flaky_claim(worker=None):  # noqa: ANN001, ANN202 - a disk I/O error while the disk is momentarily full
         if failures["left"]:
             failures["left"] -= 1
             raise sqlite3.OperationalError("disk I/O error")
-        return real_claim()
+        return real_claim(worker)
 
     monkeypatch.setattr(service.store, "claim_next", flaky_claim)
     service.start()
@@ -70,11 +70,11 @@ def test_a_job_that_crashes_the_worker_is_failed_in_the_queue_and_the_next_job_r
     original_run = service._run
     calls = {"n": 0}
 
-    def crash_first(job):  # noqa: ANN001, ANN202
+    def crash_first(job, slot):  # noqa: ANN001, ANN202
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("injected crash")
-        return original_run(job)
+        return original_run(job, slot)
 
     monkeypatch.setattr(service, "_run", crash_first)
     service.start()

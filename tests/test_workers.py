@@ -26,7 +26,7 @@ from framepack_core.workers.recipe import EngineRecipe, worker_devices
 from framepack_core.workers.remote import WorkerLost, unique_names
 
 # 4 sections of 3 steps: long enough to kill a worker inside its third section.
-JOB = dict(latent_window_size=3, steps=3, resolution=64, seconds=1.6, cache="none")
+JOB = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 1.6, "cache": "none"}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_a_killed_worker_s_job_resumes_on_a_worker_bit_identically(tiny_models_d
     killed: list[str] = []
     seen: list[object] = []
 
-    def kill_at_section_2(job, event) -> None:  # noqa: ANN001
+    def kill_at_section_2(job, event) -> None:
         seen.append(event)
         if isinstance(event, SectionFinished) and event.section == 2 and not killed:
             killed.append(job.worker)
@@ -114,11 +114,11 @@ def test_a_killed_worker_s_job_resumes_on_a_worker_bit_identically(tiny_models_d
 
 def test_a_cancel_reaches_the_job_in_a_worker_process(tiny_models_dir, image, tmp_path):
     queue = JobQueue.for_output_dir(tmp_path)
-    job_id = _submit(queue, image, seed=3)
+    _submit(queue, image, seed=3)
     pool = WorkerPool(queue, [ProcessWorker(EngineRecipe(device="cpu", models_dir=tiny_models_dir, offline=True))],
                       tmp_path)
 
-    def cancel_after_section_1(job, event) -> None:  # noqa: ANN001
+    def cancel_after_section_1(job, event) -> None:
         if isinstance(event, SectionFinished) and event.section == 1:
             queue.cancel(job.id)  # as another process would: seen at the worker's next step
 

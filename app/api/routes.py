@@ -42,7 +42,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.security import HTTPBasic
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import HTTPConnection
 
 from app.access import Viewer
@@ -92,6 +92,13 @@ class JobList(BaseModel):
     damaged: list[DamagedJobRow]  # stored rows of yours that cannot be read
 
 
+class WorkerReport(BaseModel):
+    name: str = Field(description="The worker: a device such as cuda:1, or a Ray actor.")
+    busy: bool = Field(description="Whether it runs a job now.")
+    job_id: str | None = Field(None, description="The job it runs, when the caller may see that job.")
+    retired: bool = Field(False, description="Lost too often in a row: it takes no more jobs until a restart.")
+
+
 class WorkerHealthReport(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -101,6 +108,7 @@ class WorkerHealthReport(BaseModel):
     last_error_at: float | None = None
     queue_owner: str | None = None
     queue_note: str | None = None
+    workers: list[WorkerReport] = []
 
 
 class Health(BaseModel):
@@ -305,8 +313,21 @@ def build_api(service: GenerationService, settings: Settings, guard: LoginGuard 
     @api.get("/health", response_model=Health, responses=_ERRORS, summary="Whether the worker runs jobs")
     def health(who: Who) -> Health:
         report = service.health().to_dict()
+        # Which worker runs which job: a job another user owns is only "busy" (its id is not revealed).
+        report["workers"] = [
+            {"name": worker["name"], "busy": worker["job_id"] is not None, "retired": worker["retired"],
+             "job_id": worker["job_id"] if worker["job_id"] is not None and _sees_job(worker["job_id"], who)
+             else None}
+            for worker in report["workers"]]
         return Health(worker={name: hide_paths(value) if isinstance(value, str) else value
                               for name, value in report.items()})
+
+    def _sees_job(job_id: str, who: Viewer) -> bool:
+        try:
+            own_job(job_id, who)
+        except (ApiRefusal, QueueError):
+            return False
+        return True
 
     @api.get("/jobs/{job_id}/events", responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
              summary="Follow a job: server-sent events")

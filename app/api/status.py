@@ -39,6 +39,8 @@ class JobStatus(BaseModel):
     notices: list[str] = Field([], description="Things worth knowing about the run (e.g. the memory plan).")
     spec: dict[str, Any] | None = Field(None, description="The job's spec: its settings and input image hash.")
     batch_id: str | None = Field(None, description="The batch it was queued with (GET /batches/{id}), if any.")
+    worker: str | None = Field(None, description="The worker that runs it (or ran it last), when the app runs "
+                                                 "jobs on several workers: a device such as cuda:1, or a Ray actor.")
 
 
 
@@ -108,11 +110,13 @@ def _live_status(snapshot: JobSnapshot, job: QueuedJob | None, output_dir: Path)
                      eta_s=None if snapshot.eta_s is None else round(snapshot.eta_s, 3),
                      video_frames=snapshot.video_frames, video=None if video is None else video.name,
                      error=snapshot.error, hint=snapshot.error_hint, notices=list(snapshot.notices),
-                     spec=None if job is None else job.spec.to_dict(), batch_id=None if job is None else job.batch_id)
+                     spec=None if job is None else job.spec.to_dict(), batch_id=None if job is None else job.batch_id,
+                     worker=snapshot.worker or (None if job is None else job.worker))
 
 
 def _stored_status(job: QueuedJob, output_dir: Path) -> JobStatus:
     video = served_video(job, output_dir) if job.state.done else None
     return JobStatus(id=job.id, state=job.state.value, section=job.sections_done or None,
                      total_sections=job.total_sections, error=job.error, hint=job.hint,
-                     video=None if video is None else video.name, spec=job.spec.to_dict(), batch_id=job.batch_id)
+                     video=None if video is None else video.name, spec=job.spec.to_dict(), batch_id=job.batch_id,
+                     worker=job.worker)

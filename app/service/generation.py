@@ -17,54 +17,32 @@ unless ``keep_intermediates`` is set.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from app.access import Viewer
-from app.service.job_status import JobSnapshot, JobState, LiveJob, WorkerHealth, event_changes, stored_changes
-from app.service.outputs import (
-    INPUT_SUFFIX,
-    OutputRecord,
-    list_outputs,
-    snapshot_dir,
-    sweep_snapshot_dirs,
-    write_png_atomically,
-)
-from app.service.queue_management import QueueManagementMixin, describe_error, fail_crashed_job, sees
+from app.service.job_status import JobSnapshot, JobState, LiveJob, WorkerHealth, stored_changes
+from app.service.outputs import OutputRecord, list_outputs, sweep_snapshot_dirs
+from app.service.queue_management import QueueManagementMixin, sees
 from app.service.reroll import RerollMixin
+from app.service.worker_slots import WorkerSlot, WorkerSlotsMixin
 from framepack_core.errors import FramePackError
-from framepack_core.events import (
-    EngineEvent,
-    InputPrepared,
-    JobCancelled,
-    JobFailed,
-    JobFinished,
-    Notice,
-)
-from framepack_core.jobs.output_naming import output_base
 from framepack_core.jobs.queue import JobQueue, QueuedJob, QueueError, QueueOwnership
-from framepack_core.jobs.runner import QueueRunner
 from framepack_core.jobs.spec import JobSpec, file_sha256
 from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
+from framepack_core.workers.remote import Worker
 
 logger = logging.getLogger(__name__)
 
-STORE_POLL_S = 2.0  # how often an idle worker looks for jobs queued by other processes
-# After an error in the worker's own loop (not in a job: the queue's database, the disk), it waits this long
-# before trying again, doubling up to the maximum, so a full disk or a locked database is not hammered.
-WORKER_RETRY_FIRST_S = 0.5
-WORKER_RETRY_MAX_S = 30.0
 
-
-class GenerationService(QueueManagementMixin, RerollMixin):
-    """Owns the engine and one worker thread; every public method is thread-safe.
+class GenerationService(QueueManagementMixin, RerollMixin, WorkerSlotsMixin):
+    """Owns the engine (or the workers) and a thread per worker; every public method is thread-safe.
 
     Methods that take a ``viewer`` act only on jobs that viewer may see (``app.access``); a job hidden from the
     viewer is reported exactly like an unknown one, so ids of other users' jobs are not revealed. ``viewer=None``
@@ -79,6 +57,7 @@ class GenerationService(QueueManagementMixin, RerollMixin):
         max_finished_jobs: int = 200,
         idle_release_s: float | None = None,
         queue: JobQueue | None = None,
+        workers: Sequence[Worker] = (),
     ) -> None:
         """``idle_release_s``: release the models' memory after this many seconds without a job (None: never).
 
@@ -88,25 +67,27 @@ class GenerationService(QueueManagementMixin, RerollMixin):
         at a time owns a queue and runs its jobs; while another one does, this service only submits and reports
         the stored state, and takes over when the other one stops. Without a queue the service keeps one of its
         own in a temporary folder, removed with the service: the same runner, but no job outlives the process.
+
+        ``workers``: run jobs on these (``framepack_core.workers``: a process per device, Ray actors), as many at
+        once as there are workers, instead of one at a time on ``engine_factory``'s engine, which then only
+        answers estimates. The service closes them when it stops.
         """
         if queue is None:
             self._temporary_queue_dir = tempfile.TemporaryDirectory(prefix="framepack-queue-")
             queue = JobQueue(Path(self._temporary_queue_dir.name))
         self.store = queue
         self._engine_factory = engine_factory
-        self._runner: QueueRunner | None = None  # made with the engine, by the first job or the first estimate
+        self._slots = [WorkerSlot(worker) for worker in workers] or [WorkerSlot()]
+        self._estimates: FramePackEngine | None = None  # with workers: an engine of this process that loads nothing
         self._runner_lock = threading.Lock()
         self._idle_release_s = idle_release_s
         self._release_requested = False
-        self._models_loaded = False
         self.output_dir = Path(output_dir)
         self.keep_intermediates = keep_intermediates
         self._max_finished = max_finished_jobs
         self._jobs: dict[str, LiveJob] = {}
-        self._running: str | None = None
         self._condition = threading.Condition()
         self._stopping = False
-        self._worker: threading.Thread | None = None
         self._ownership: QueueOwnership | None = None
         self._health = WorkerHealth(queue_note=queue.recovery_note)
 
@@ -114,13 +95,16 @@ class GenerationService(QueueManagementMixin, RerollMixin):
 
     def start(self) -> None:
         with self._condition:
-            if self._worker is not None:
+            if any(slot.thread is not None for slot in self._slots):
                 return
             self._stopping = False
             self._take_ownership()
             self._refresh_from_store()
-            self._worker = threading.Thread(target=self._work, name="framepack-worker", daemon=True)
-            self._worker.start()
+            for slot in self._slots:
+                slot.retired, slot.losses = False, 0
+                slot.thread = threading.Thread(target=self._work, args=(slot,), daemon=True,
+                                               name=f"framepack-worker-{slot.name or 'app'}")
+                slot.thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the running job (it goes back to the front of the queue) and wait for the worker; queued jobs stay
@@ -133,14 +117,19 @@ class GenerationService(QueueManagementMixin, RerollMixin):
                                  stage_message="The app is shutting down; the job stays queued and runs when it "
                                                "starts again.")
             # A job that has just finished may already be deleted while its worker is still winding down.
-            running = self._jobs.get(self._running) if self._running else None
-            if running is not None:
-                running.cancel.cancel()
+            for job_id in self._running_ids():
+                if job_id in self._jobs:
+                    self._jobs[job_id].cancel.cancel()
             self._condition.notify_all()
-            worker = self._worker
-        if worker is not None:
-            worker.join(timeout)
-        self._worker = None
+            threads = [slot.thread for slot in self._slots if slot.thread is not None]
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for slot in self._slots:
+            slot.thread = None
+            if slot.worker is not None:
+                slot.worker.close()
+                slot.models_loaded = False
         with self._condition:
             if self._ownership is not None:
                 self._ownership.release()
@@ -183,37 +172,30 @@ class GenerationService(QueueManagementMixin, RerollMixin):
         Models are loaded again by the next job (prompt embeddings stay cached). Returns what happened, in words.
         """
         with self._condition:
-            if self._running is not None or self.store.count(states=(JobState.QUEUED,)):
+            if self._running_ids() or self.store.count(states=(JobState.QUEUED,)):
                 self._release_requested = True
                 self._condition.notify_all()
                 return "Memory will be freed when the queued jobs are done."
-            if not self._models_loaded:
+            loaded = [slot for slot in self._slots if slot.models_loaded]
+            if not loaded:
                 return "No models are loaded; nothing to free."
-            self._release_models()
+            for slot in loaded:
+                self._release_models(slot)
         return "Freed the models' memory; the next job loads them again."
 
     def engine(self) -> FramePackEngine:
-        """The engine the jobs run on, made now if no job has run yet (that loads no model): for estimates."""
-        return self._ensure_runner().engine
+        """The engine the jobs run on, made now if no job has run yet (that loads no model): for estimates. With
+        workers, an engine of this process made the same way, which never loads a model."""
+        if self._slots[0].worker is None:
+            return self._ensure_runner(self._slots[0]).engine
+        with self._runner_lock:
+            if self._estimates is None:
+                self._estimates = self._engine_factory()
+            return self._estimates
 
     def _models_dir(self) -> Path | None:
         models = getattr(self.engine(), "models", None)  # None: a service made without an engine (tests)
         return models.source.models_dir if models is not None else None
-
-    def _ensure_runner(self) -> QueueRunner:
-        # Its own lock: the page may ask for the engine while the worker starts its first job.
-        with self._runner_lock:
-            if self._runner is None:
-                self._runner = QueueRunner(self.store, self._engine_factory(), self.output_dir)
-            return self._runner
-
-    def _release_models(self) -> None:
-        """Caller holds ``self._condition`` and no job is running, so the worker cannot use the models meanwhile."""
-        if self._runner is not None:
-            self._runner.engine.models.release_all()
-        self._models_loaded = False
-        self._release_requested = False
-        logger.info("Released the models' memory")
 
     # Jobs ------------------------------------------------------------------------------------------------------
 
@@ -255,7 +237,7 @@ class GenerationService(QueueManagementMixin, RerollMixin):
                              stage_message="Stopped before it started.")
                 self._refresh_from_store()
             else:  # run here, or by another process, which sees the stored request at its next step
-                if job_id == self._running:
+                if job_id in self._running_ids():
                     job.cancel.cancel()
                 self._update(job, stage_message="Stopping after the current step ...")
             self._condition.notify_all()
@@ -284,9 +266,10 @@ class GenerationService(QueueManagementMixin, RerollMixin):
         with self._condition:
             queued = [job_id for job_id in self.queued_job_ids()  # not those stop() has shown as stopped
                       if job_id in self._jobs and self._jobs[job_id].snapshot.state == JobState.QUEUED]
-            candidates = ([self._running] if self._running in self._jobs else []) + queued  # may be deleted
+            running_here = [job_id for job_id in self._running_ids() if job_id in self._jobs]  # may be deleted
+            candidates = running_here + queued
             candidates += [job_id for job_id, job in self._jobs.items()  # run by another process
-                           if job.snapshot.state == JobState.RUNNING and job_id != self._running]
+                           if job.snapshot.state == JobState.RUNNING and job_id not in running_here]
             return next((job_id for job_id in candidates if sees(viewer, self._jobs[job_id].snapshot.owner)), None)
 
     def queued_job_ids(self) -> list[str]:
@@ -311,7 +294,13 @@ class GenerationService(QueueManagementMixin, RerollMixin):
 
     def health(self) -> WorkerHealth:
         with self._condition:
-            return replace(self._health, alive=self._worker is not None and self._worker.is_alive())
+            alive = [slot.thread is not None and slot.thread.is_alive() and not slot.retired for slot in self._slots]
+            return replace(self._health, alive=any(alive), workers=self._worker_states())
+
+    @property
+    def worker_count(self) -> int:
+        """How many jobs run at once: one per worker."""
+        return len(self._slots)
 
     # Snapshots from the queue ----------------------------------------------------------------------------------
 
@@ -353,8 +342,9 @@ class GenerationService(QueueManagementMixin, RerollMixin):
                 self._update(job, state=JobState.QUEUED, queue_position=place,
                              stage_message=f"Waiting in the queue: position {place}")
         waiting = {stored.id for stored in queued}
+        running_here = set(self._running_ids())
         for job_id, job in list(self._jobs.items()):
-            if job.snapshot.state.done or job_id == self._running or job_id in waiting:
+            if job.snapshot.state.done or job_id in running_here or job_id in waiting:
                 continue
             try:
                 stored = self.store.get(job_id)
@@ -370,131 +360,3 @@ class GenerationService(QueueManagementMixin, RerollMixin):
         finished = [j for j, job in self._jobs.items() if job.snapshot.state.done]
         for job_id in finished[: max(0, len(finished) - self._max_finished)]:
             del self._jobs[job_id]
-
-    # Worker ----------------------------------------------------------------------------------------------------
-
-    def _work(self) -> None:
-        """Run jobs until stopped. An error in the loop itself (the queue's database, the disk) is logged, shown
-        in ``health()`` and retried with back-off: the worker never dies while the app runs."""
-        failures = 0
-        while True:
-            try:
-                claimed = self._wait_for_job()
-            except Exception as error:  # noqa: BLE001 - see the docstring
-                failures += 1
-                delay = min(WORKER_RETRY_MAX_S, WORKER_RETRY_FIRST_S * 2 ** (failures - 1))
-                logger.exception("The job worker hit an error; retrying in %.1f s", delay)
-                with self._condition:
-                    self._health.last_error = describe_error(error)
-                    self._health.last_error_at = time.time()
-                    self._condition.wait(delay)  # stop() wakes it
-                    if self._stopping:
-                        return
-                continue
-            if claimed is None:
-                return
-            if failures:
-                failures = 0
-                with self._condition:
-                    self._health.last_error = None
-                    logger.info("The job worker recovered")
-            job = self._jobs[claimed.id]
-            try:
-                self._run(claimed)
-            except Exception as error:  # noqa: BLE001 - the worker must survive any job
-                logger.exception("Job %s crashed the worker", claimed.id)
-                fail_crashed_job(self.store, claimed.id, error)  # first: a watcher that sees "failed" may act
-                with self._condition:
-                    self._update(job, state=JobState.FAILED, error=f"{type(error).__name__}: {error}",
-                                 error_hint="This is a bug; please report it with the log.")
-            finally:
-                with self._condition:
-                    self._running = None
-                    self._forget_old_jobs()
-                    self._condition.notify_all()
-                self._remove_work_dir(job)  # after a crash; normally already gone
-
-    def _wait_for_job(self) -> QueuedJob | None:
-        """Block until a job is claimed from the queue (marked running, returned) or the service stops (None)."""
-        with self._condition:
-            idle_since = time.monotonic()
-            while not self._stopping:
-                claimed = self._claim_next()
-                if claimed is not None:
-                    return claimed
-                if self._models_loaded and self._release_requested:
-                    self._release_models()
-                timeout = STORE_POLL_S  # jobs may arrive from (or be run by) other processes
-                if self._models_loaded and self._idle_release_s is not None:
-                    left = idle_since + self._idle_release_s - time.monotonic()
-                    if left <= 0:
-                        self._release_models()
-                        continue
-                    timeout = min(timeout, left)
-                self._condition.wait(timeout)
-            return None
-
-    def _claim_next(self) -> QueuedJob | None:
-        """Claim the queue's next job to run here, when this process owns the queue; caller holds the lock."""
-        if not self._take_ownership():
-            self._refresh_from_store()
-            return None
-        claimed = self.store.claim_next()
-        if claimed is None:
-            self._refresh_from_store()
-            return None
-        try:
-            job = self._track(claimed)
-        except FramePackError as error:
-            logger.warning("Queued job %s cannot run: %s", claimed.id, error)
-            self.store.end(claimed.id, JobState.FAILED, error=error.message, hint=error.hint)
-            return None
-        self._running = claimed.id
-        self._update(job, state=JobState.RUNNING, queue_position=None, started_at=time.time(),
-                     stage_message="Starting ...")
-        self._refresh_from_store()
-        return claimed
-
-    def _run(self, claimed: QueuedJob) -> None:
-        job = self._jobs[claimed.id]
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        if not self._models_loaded:  # the first job, or the first after the memory was freed
-            with self._condition:
-                self._update(job, stage_message="Loading models ...")
-        self._ensure_runner()
-        self._models_loaded = True
-        started = time.perf_counter()
-
-        def open_snapshot_dir(video: Path) -> Path:
-            job.work_dir = snapshot_dir(self.output_dir, output_base(video))
-            return job.work_dir
-
-        def on_event(named: QueuedJob, event: EngineEvent) -> None:
-            if isinstance(event, (JobFinished, JobCancelled, JobFailed)):
-                # Clean up before the job is seen as done: its terminal videos live in the output folder, and a
-                # watcher that sees "finished" must also see a tidy folder.
-                self._remove_work_dir(job)
-            with self._condition:
-                self._apply(job, event, output_base(named.output), started)
-
-        # A job stopped because the app shuts down goes back to the queue, to resume at the next start.
-        ended = self._runner.run_job(claimed, on_event, job.cancel, snapshot_dir=open_snapshot_dir,
-                                     requeue_if_cancelled=lambda: self._stopping)
-        if ended.state.done and not job.snapshot.state.done:  # the runner ended it without an event
-            with self._condition:
-                self._update(job, **stored_changes(job.snapshot, ended, run_here=True))
-
-    def _remove_work_dir(self, job: LiveJob) -> None:
-        if job.work_dir is not None and not self.keep_intermediates:
-            shutil.rmtree(job.work_dir, ignore_errors=True)
-
-    def _apply(self, job: LiveJob, event: object, base: str, started: float) -> None:
-        if isinstance(event, InputPrepared):  # the cropped input image, kept beside the video
-            image_path = self.output_dir / f"{base}{INPUT_SUFFIX}"
-            write_png_atomically(event.image, image_path)
-            self._update(job, input_image=image_path, total_sections=event.total_sections,
-                         video_frames=event.video_frames, elapsed_s=time.perf_counter() - started)
-            return
-        if isinstance(event, Notice):
-            job.snapshot.notices.append(event.message)
-        self._update(job, **event_changes(event, time.perf_counter() - started))

@@ -35,6 +35,7 @@ class JobSnapshot:
     state: JobState
     request: GenerationRequest
     owner: str | None = None  # the login that submitted it (None: no logins, or the CLI)
+    worker: str | None = None  # the worker that runs it, when the app has several (``framepack_core.workers``)
     queue_position: int | None = None  # 1-based among queued jobs
     stage_message: str = "Waiting in the queue ..."
     section: int | None = None
@@ -80,10 +81,13 @@ class WorkerHealth:
     last_error_at: float | None = None
     queue_owner: str | None = None  # who runs the jobs, when another process does
     queue_note: str | None = None  # e.g. a damaged queue database that was moved aside at start
+    # With several workers: each one's name, the job it runs (None: idle) and whether it was lost too often.
+    workers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"alive": self.alive, "running_here": self.running_here, "last_error": self.last_error,
-                "last_error_at": self.last_error_at, "queue_owner": self.queue_owner, "queue_note": self.queue_note}
+                "last_error_at": self.last_error_at, "queue_owner": self.queue_owner, "queue_note": self.queue_note,
+                "workers": [dict(worker) for worker in self.workers]}
 
     @property
     def problem(self) -> str | None:
@@ -92,6 +96,10 @@ class WorkerHealth:
             return "The job worker is not running: queued jobs will not start. Restart the app."
         if self.last_error:
             return f"The job worker hit an error and keeps retrying: {self.last_error}"
+        retired = [worker["name"] for worker in self.workers if worker.get("retired")]
+        if retired:
+            return (f"Worker {', '.join(retired)} stopped too often in a row and takes no more jobs; the other "
+                    "workers carry on. Restart the app to use it again.")
         if not self.running_here and self.queue_owner:
             return f"Jobs on this output folder are run by another process ({self.queue_owner})."
         return None

@@ -185,7 +185,8 @@ def queue_table_rows(jobs: list[QueuedJob], damaged: list[DamagedJob] = (),
         progress = f"{job.sections_done}/{job.total_sections} sections" if job.total_sections else ""
         prompt = str(settings.get("prompt", ""))
         rows.append([place if job.state == JobState.QUEUED else "", job.id,
-                     job.state.value + (" (stopping)" if job.cancel_requested else ""), progress,
+                     job.state.value + (f" on {job.worker}" if job.state == JobState.RUNNING and job.worker else "")
+                     + (" (stopping)" if job.cancel_requested else ""), progress,
                      prompt if len(prompt) <= 60 else prompt[:57] + "...", settings.get("seconds"),
                      settings.get("seed"), time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at)),
                      page_text(job.error or ""), job.batch_id or ""])
@@ -232,14 +233,15 @@ def render_progress(snapshot: JobSnapshot, *, own: bool = True, now: float | Non
     now = time.time() if now is None else now
     s = snapshot.ticking(now)
     if s.queue_position:
-        stage = (f"Place in the queue: <b>{s.queue_position}</b> (one job runs at a time; this one starts when "
-                 "the jobs before it end)")
+        stage = (f"Place in the queue: <b>{s.queue_position}</b> (jobs start in this order as soon as a worker "
+                 "is free)")
     else:
         stage = html.escape(s.stage_message)
         quiet_s = now - s.news_at if s.news_at is not None else 0.0
         if s.state == JobState.RUNNING and s.stage_started_at is not None and quiet_s >= STAGE_TIMER_AFTER_S:
             stage += f' <span class="fp-muted">({duration_text(now - s.stage_started_at)} in this stage)</span>'
-    lines = [f"<b>{_STATE_LABELS[s.state]}</b> &middot; {stage}"]
+    on = f" on <b>{html.escape(s.worker)}</b>" if s.worker and s.state == JobState.RUNNING else ""
+    lines = [f"<b>{_STATE_LABELS[s.state]}</b>{on} &middot; {stage}"]
     if not own:
         lines.append('<span class="fp-muted">This job was started from another tab or by an API client.</span>')
     counters = []

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from framepack_core.workers.recipe import EngineRecipe
-from framepack_core.workers.remote import Worker
+if TYPE_CHECKING:
+    from framepack_core.workers.recipe import EngineRecipe
+    from framepack_core.workers.remote import Worker
 
 
 def add_worker_options(p: argparse.ArgumentParser) -> None:
@@ -18,6 +20,7 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
 def recipe_from_args(args: argparse.Namespace) -> EngineRecipe:
     """The engine ``add_runtime_options``' values describe, as a recipe a worker builds where it runs."""
     from framepack_core.pipeline.timings import DEFAULT_TIMINGS_PATH
+    from framepack_core.workers.recipe import EngineRecipe
 
     return EngineRecipe(device=args.device, dtype=args.dtype, models_dir=args.models_dir, offline=args.offline,
                         attention=args.attention, compile=args.compile, timings_path=DEFAULT_TIMINGS_PATH)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from framepack_core.pipeline.engine import FramePackEngine
+if TYPE_CHECKING:
+    from framepack_core.pipeline.engine import FramePackEngine
 
 
 @dataclass(frozen=True)
@@ -71,5 +73,5 @@ def worker_devices(devices: str) -> list[str]:
             resolve_device_config(name)
         except InvalidInputError as error:
             raise InvalidInputError("devices", error.message.removeprefix("device: "),
-                                    error.hint.replace("{device}", "{devices}")) from error
+                                    error.hint.replace("set {device} to cpu", "list cpu devices")) from error
     return names
