@@ -17,7 +17,7 @@ from app.api.routes import build_api
 from app.service.generation import GenerationService
 from app.service.job_status import JobState
 from app.settings import Settings
-from app.ui.render import queue_table_rows, render_progress
+from app.ui.render import queue_table_rows, render_progress, workers_markdown
 from framepack_core.jobs.queue import JobQueue
 from framepack_core.jobs.runner import QueueRunner
 from framepack_core.media.video_io import read_video_frames
@@ -80,6 +80,7 @@ def test_the_app_runs_a_job_per_worker_at_once_and_says_which_worker_runs_which(
     assert f"on <b>{running[ann_job]}</b>" in render_progress(service.snapshot(ann_job))
     rows = {row[1]: row for row in queue_table_rows(service.queue_rows())}
     assert rows[ann_job][2] == f"running on {running[ann_job]}"
+    assert workers_markdown(service.health()).endswith("cpu#1 busy · cpu#2 busy")
 
     for job_id in (ann_job, bob_job):
         _wait(service, job_id, (JobState.FINISHED,))

@@ -23,6 +23,7 @@ from app.ui.render import (
     batches_markdown,
     health_markdown,
     queue_table_rows,
+    workers_markdown,
 )
 from app.ui.streams import StreamFrame
 from framepack_core.errors import FramePackError
@@ -90,8 +91,9 @@ def wire_queue_tab(demo: gr.Blocks, tab: QueueTab, health_note: gr.Markdown, out
         at page load."""
         jobs, damaged = service.queue_listing(context.viewer_of(request))  # one read for the rows and the groups
         places = {job_id: place for place, job_id in enumerate(service.queued_job_ids(), start=1)}
-        return (queue_table_rows(jobs, damaged, places), health_markdown(service.health()),
-                batches_markdown(batch_summaries(jobs)))
+        health = service.health()
+        above = (workers_markdown(health), batches_markdown(batch_summaries(jobs)))
+        return queue_table_rows(jobs, damaged, places), health_markdown(health), "\n\n".join(filter(None, above))
 
     def pick_queued_job(rows: Any, event: gr.SelectData) -> str:
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index

@@ -163,7 +163,7 @@ _STATE_LABELS = {JobState.QUEUED: "Queued", JobState.RUNNING: "Running", JobStat
 
 QUEUE_COLUMNS = ("#", "id", "state", "progress", "prompt", "seconds", "seed", "submitted", "error", "batch")
 # Wide enough at 1366 px that no header breaks inside a word and a date fits; the prompt and the error share the rest.
-QUEUE_COLUMN_WIDTHS = ("3%", "10%", "8%", "11%", "18%", "7%", "8%", "13%", "14%", "8%")
+QUEUE_COLUMN_WIDTHS = ("3%", "10%", "11%", "11%", "15%", "7%", "8%", "13%", "14%", "8%")
 # Batches named above the Queue tab's table: those with jobs waiting or running come first in the listing.
 QUEUE_BATCHES_SHOWN = 6
 QUEUE_REFRESH_S = 2.0
@@ -305,6 +305,16 @@ def readable_error(error: Exception, image: str | None) -> tuple[str, str]:
     if image:
         message = message.replace(str(image), Path(image).name)
     return message, hint
+
+
+def workers_markdown(health: WorkerHealth) -> str:
+    """With several workers, one line saying which are busy (whose job is not said: the table names the viewer's
+    own jobs' workers). Empty when the app runs one job at a time itself."""
+    if not health.workers:
+        return ""
+    states = [f"{html.escape(w['name'])} " + ("stopped (lost too often)" if w["retired"]
+                                               else "busy" if w["job_id"] else "idle") for w in health.workers]
+    return f"**Workers** ({len(states)}, a job each at a time): " + " · ".join(states)
 
 
 def health_markdown(health: WorkerHealth) -> str:
