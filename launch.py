@@ -202,27 +202,15 @@ def prepare_models(settings: Settings) -> None:
         build_tiny_models(settings.models_dir)
 
 
-def engine_factory(settings: Settings, config: DeviceConfig) -> Callable[[], FramePackEngine]:
+def engine_factory(settings: Settings) -> Callable[[], FramePackEngine]:
     """What the service calls on the first job: nothing heavy is loaded before someone asks for a video."""
-
-    def create() -> FramePackEngine:
-        from framepack_core.jobs.queue import QUEUE_FOLDER
-        from framepack_core.models.loading import ModelSource
-        from framepack_core.models.runtime import RuntimeOptions
-        from framepack_core.pipeline.engine import create_engine
-        from framepack_core.pipeline.timings import TIMINGS_FILE_NAME
-
-        # Each job plans where the models live from the machine's free memory and the UI's memory settings.
-        # The learned stage times live beside the app's queue, in the output folder it was given.
-        return create_engine(ModelSource(models_dir=settings.models_dir, offline=settings.offline), config,
-                             timings_path=settings.output_dir / QUEUE_FOLDER / TIMINGS_FILE_NAME,
-                             runtime=RuntimeOptions(attention=settings.attention, compile=settings.compile))
-
-    return create
+    return engine_recipe(settings).build
 
 
 def engine_recipe(settings: Settings) -> EngineRecipe:
-    """The engine ``engine_factory`` makes, as a recipe a worker process builds on its own device."""
+    """The app's engine, as a recipe that this process or a worker process builds on its device. Each job plans
+    where the models live from the machine's free memory and the page's memory settings; the learned stage times
+    live beside the app's queue, in the output folder it was given."""
     from framepack_core.jobs.queue import QUEUE_FOLDER
     from framepack_core.pipeline.timings import TIMINGS_FILE_NAME
     from framepack_core.workers.recipe import EngineRecipe
@@ -246,13 +234,13 @@ def build_workers(settings: Settings) -> list[Worker]:
     return [ProcessWorker(recipe.on_device(device), name) for device, name in zip(devices, unique_names(devices))]
 
 
-def build_service(settings: Settings, config: DeviceConfig, workers: Sequence[Worker] = ()) -> GenerationService:
+def build_service(settings: Settings, workers: Sequence[Worker] = ()) -> GenerationService:
     from app.service.generation import GenerationService
     from framepack_core.jobs.queue import JobQueue
 
     idle = settings.idle_release_minutes
     # The queue persists under the output folder: queued jobs survive a restart, interrupted ones resume.
-    return GenerationService(engine_factory(settings, config), settings.output_dir,
+    return GenerationService(engine_factory(settings), settings.output_dir,
                              keep_intermediates=settings.keep_intermediates,
                              idle_release_s=None if idle is None else idle * 60,
                              queue=JobQueue.for_output_dir(settings.output_dir), workers=workers)
@@ -356,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     from framepack_core.errors import FramePackError
 
     try:
-        service = build_service(settings, config, workers)
+        service = build_service(settings, workers)
     except FramePackError as error:  # e.g. an output folder that cannot hold the queue
         print(f"error: {error}")
         return 1

@@ -231,5 +231,5 @@ def test_the_app_takes_both_from_flags_or_the_environment_and_refuses_a_missing_
         launch.check_attention(from_env, resolve_device_config("cpu"))
     args = launch.build_parser().parse_args(["--attention", "native", "--compile", "--output-dir", str(tmp_path)])
     settings = launch.settings_from_args(args)
-    engine = launch.engine_factory(settings, resolve_device_config("cpu"))()
+    engine = launch.engine_factory(settings)()
     assert engine.models.runtime == RuntimeOptions(attention="native", compile=True)

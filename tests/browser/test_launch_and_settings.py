@@ -167,16 +167,16 @@ def test_a_served_section_video_outlives_the_service_deleting_its_original(tmp_p
 
 def test_keep_intermediates_reaches_the_service(monkeypatch, tmp_path):
     settings = _settings(["--keep-intermediates", "--output-dir", str(tmp_path), "--device", "cpu"], monkeypatch)
-    assert launch.build_service(settings, launch.resolve_device(settings)).keep_intermediates is True
+    assert launch.build_service(settings).keep_intermediates is True
     plain = _settings(["--output-dir", str(tmp_path), "--device", "cpu"], monkeypatch)
-    assert launch.build_service(plain, launch.resolve_device(plain)).keep_intermediates is False
+    assert launch.build_service(plain).keep_intermediates is False
 
 
 def test_build_app_exposes_the_named_api_endpoints(tmp_path, tiny_models_dir):
     from app.ui.page import build_app
 
     settings = Settings(output_dir=tmp_path, models_dir=tiny_models_dir, demo=True, device="cpu")
-    service = launch.build_service(settings, launch.resolve_device(settings))
+    service = launch.build_service(settings)
     demo = build_app(settings, service)
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert public == {"generate", "status", "stop", "free_memory"}
