@@ -225,13 +225,9 @@ def build_workers(settings: Settings) -> list[Worker]:
     (field ``devices``) for a device this machine does not have."""
     if settings.devices is None:
         return []
-    from framepack_core.workers.process import ProcessWorker
-    from framepack_core.workers.recipe import worker_devices
-    from framepack_core.workers.remote import unique_names
+    from framepack_core.workers.process import local_workers
 
-    devices = worker_devices(settings.devices)
-    recipe = engine_recipe(settings)
-    return [ProcessWorker(recipe.on_device(device), name) for device, name in zip(devices, unique_names(devices))]
+    return local_workers(engine_recipe(settings), settings.devices)
 
 
 def build_service(settings: Settings, workers: Sequence[Worker] = ()) -> GenerationService:

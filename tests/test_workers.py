@@ -139,3 +139,24 @@ def test_worker_devices_are_named_apart_and_bad_lists_are_refused_with_the_flag(
         err = capsys.readouterr().err
         assert code == cli.EXIT_BAD_INPUT and err.startswith("error: --devices: ") and said in err, err
         assert "Traceback" not in err
+
+
+def test_local_workers_each_plan_for_their_share_of_the_ram(tiny_models_dir, image):
+    from framepack_core.memory.hardware import FakeHardwareProbe, fake_hardware
+    from framepack_core.memory.job_planning import JobPlanner
+    from framepack_core.memory.plan import GIB
+    from framepack_core.models.loading import ModelSource
+    from framepack_core.workers.process import local_workers
+
+    workers = local_workers(EngineRecipe(models_dir=tiny_models_dir, offline=True), "cpu,cpu")
+    assert [(w.name, w.recipe.device, w.recipe.ram_share) for w in workers] == [("cpu#1", "cpu", 0.5),
+                                                                              ("cpu#2", "cpu", 0.5)]
+    assert workers[0].recipe.build().planner.ram_share == 0.5
+
+    # Both load at once and each sees 32 GiB of 32 free: each plans for 16.
+    probe = FakeHardwareProbe(fake_hardware(8, 32, device_type="cuda"))
+    source = ModelSource(models_dir=tiny_models_dir, offline=True)
+    request = GenerationRequest(image=image, **JOB)
+    alone = JobPlanner(source, "cuda", probe=probe).plan(request, None)
+    shared = JobPlanner(source, "cuda", probe=probe, ram_share=0.5).plan(request, None)
+    assert alone.ram_budget_bytes - shared.ram_budget_bytes == 16 * GIB

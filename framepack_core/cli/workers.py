@@ -31,11 +31,6 @@ def workers_from_args(args: argparse.Namespace) -> list[Worker] | None:
     ``InvalidInputError`` (field ``devices``) for a device this machine does not have."""
     if args.devices is None:
         return None
-    from framepack_core.workers.process import ProcessWorker
-    from framepack_core.workers.recipe import worker_devices
-    from framepack_core.workers.remote import unique_names
+    from framepack_core.workers.process import local_workers
 
-    devices = worker_devices(args.devices)
-    recipe = recipe_from_args(args)
-    return [ProcessWorker(recipe.on_device(device), name)
-            for device, name in zip(devices, unique_names(devices))]
+    return local_workers(recipe_from_args(args), args.devices)

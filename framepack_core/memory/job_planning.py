@@ -28,11 +28,16 @@ class JobPlanner:
     """Makes a ``MemoryPlan`` per job for one device. ``probe`` defaults to the real machine (through torch)."""
 
     def __init__(self, source: ModelSource, device: torch.device | str, *, probe: HardwareProbe | None = None,
-                 cost: CostModel = CostModel()) -> None:
+                 cost: CostModel = CostModel(), ram_share: float = 1.0) -> None:
+        """``ram_share``: the part of the machine's RAM this engine may plan for, when several workers on one
+        machine share it (``framepack_core.workers``): two that load at the same moment each see all of it free."""
+        if not 0 < ram_share <= 1:
+            raise ValueError(f"ram_share must be in (0, 1], not {ram_share}")
         self.source = source
         self.device = str(device)
         self.probe = probe or TorchHardwareProbe()
         self.cost = cost
+        self.ram_share = ram_share
         self._sizes: dict[ModelVariant, tuple[ModelSizes, tuple[str, ...]]] = {}
 
     def sizes(self, variant: ModelVariant | str) -> tuple[ModelSizes, tuple[str, ...]]:
@@ -57,6 +62,9 @@ class JobPlanner:
                                             latent_window_size=request.latent_window_size, variant=variant,
                                             real_cfg=request.cfg != 1.0)
         hardware = _with_held_memory(self.probe.probe(self.device), held_device_bytes, held_host_bytes)
+        if self.ram_share < 1:
+            hardware = replace(hardware, ram_available_bytes=min(hardware.ram_available_bytes,
+                                                                 int(hardware.ram_total_bytes * self.ram_share)))
         preserve = None if request.gpu_memory_preservation is None else int(request.gpu_memory_preservation * GIB)
         return plan_memory(sizes, hardware, workload, preserve_bytes=preserve, fp8=request.fp8, cost=self.cost)
 

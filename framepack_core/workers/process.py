@@ -22,8 +22,8 @@ from typing import Any
 from framepack_core.errors import InvalidInputError
 from framepack_core.events import CancelToken, EngineEvent, JobCancelled, JobFailed, JobFinished
 from framepack_core.request import GenerationRequest
-from framepack_core.workers.recipe import EngineRecipe
-from framepack_core.workers.remote import WorkerLostError
+from framepack_core.workers.recipe import EngineRecipe, worker_devices
+from framepack_core.workers.remote import WorkerLostError, unique_names
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,15 @@ class ProcessWorker:
             if connection is not None:
                 connection.close()
         self._process = self._to_child = self._from_child = None
+
+
+def local_workers(recipe: EngineRecipe, devices: str) -> list[ProcessWorker]:
+    """A worker process per device ``--devices`` names (``worker_devices``), named apart, each planning its jobs
+    for its share of this machine's RAM. ``InvalidInputError`` (field ``devices``) for a device this machine
+    does not have."""
+    names = worker_devices(devices)
+    return [ProcessWorker(recipe.on_device(device, ram_share=1 / len(names)), name)
+            for device, name in zip(names, unique_names(names))]
 
 
 def serve(recipe: EngineRecipe, requests: Connection, replies: Connection) -> None:

@@ -24,9 +24,10 @@ class EngineRecipe:
     attention: str = "auto"
     compile: bool = False
     timings_path: Path | None = None
+    ram_share: float = 1.0  # the part of its machine's RAM its jobs plan for (several workers on one machine)
 
-    def on_device(self, device: str) -> EngineRecipe:
-        return replace(self, device=device)
+    def on_device(self, device: str, ram_share: float = 1.0) -> EngineRecipe:
+        return replace(self, device=device, ram_share=ram_share)
 
     def build(self) -> FramePackEngine:
         """The engine; loads no model (the first job does). ``InvalidInputError`` (field ``device``) for a device
@@ -41,10 +42,11 @@ class EngineRecipe:
         runtime = RuntimeOptions(attention=self.attention, compile=self.compile)
         source = ModelSource(models_dir=self.models_dir, offline=self.offline)
         if self.timings_path is None:
-            engine = create_engine(source, config, runtime=runtime)
+            engine = create_engine(source, config, runtime=runtime, ram_share=self.ram_share)
             engine.timings = StageTimings()
             return engine
-        return create_engine(source, config, timings_path=self.timings_path, runtime=runtime)
+        return create_engine(source, config, timings_path=self.timings_path, runtime=runtime,
+                             ram_share=self.ram_share)
 
 
 def worker_devices(devices: str) -> list[str]:
