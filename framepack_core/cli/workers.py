@@ -1,9 +1,12 @@
-"""``--devices`` for ``jobs run``: a worker process per device, all claiming jobs from the one queue."""
+"""``--devices`` and ``--ray`` for ``jobs run``: workers that claim jobs from the one queue, a process per local
+device or a Ray actor per GPU of a cluster."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
+from framepack_core.errors import InvalidInputError
 from framepack_core.workers.recipe import EngineRecipe
 from framepack_core.workers.remote import Worker
 
@@ -13,6 +16,13 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
                    help="Run jobs side by side, one worker process per device, each with its own copy of the "
                         "models: cuda:0,cuda:1, or auto for every GPU. A device may repeat (cpu,cpu). Default: "
                         "one job at a time on --device, in this process.")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="Run jobs on a Ray cluster, one actor per GPU, each with its own copy of the models: local "
+                        "starts Ray on this machine; auto, HOST:PORT or ray://HOST:PORT joins a running cluster. "
+                        "--device is the actors' device (cpu for CPU actors). Needs pip install -r "
+                        "requirements-ray.txt. Default: no Ray.")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="With --ray: how many actors (default: one per GPU of the cluster, or one on CPU).")
 
 
 def recipe_from_args(args: argparse.Namespace) -> EngineRecipe:
@@ -24,8 +34,23 @@ def recipe_from_args(args: argparse.Namespace) -> EngineRecipe:
 
 
 def workers_from_args(args: argparse.Namespace) -> list[Worker] | None:
-    """The workers ``--devices`` asks for, None when it is not given (the jobs run in this process).
-    ``InvalidInputError`` (field ``devices``) for a device this machine does not have."""
+    """The workers ``--devices`` or ``--ray`` ask for, None when neither is given (the jobs run in this process).
+    ``InvalidInputError`` (field ``devices`` or ``ray``) for a device this machine does not have, both options
+    together, Ray missing or its cluster out of reach."""
+    ray_address = getattr(args, "ray", None)
+    ray_count = getattr(args, "ray_workers", None)
+    if ray_address is not None:
+        if args.devices is not None:
+            raise InvalidInputError("ray", "cannot be combined with --devices",
+                                    "Give --ray to run the jobs on Ray actors, or --devices for worker processes "
+                                    "on this machine, not both.")
+        from framepack_core.workers.ray_actors import ray_workers
+
+        # Timings learned on the cluster's nodes would not describe this machine: the actors keep theirs in memory.
+        recipe = replace(recipe_from_args(args), timings_path=None)
+        return list(ray_workers(recipe, ray_address, ray_count))
+    if ray_count is not None:
+        raise InvalidInputError("ray_workers", "is given without --ray", "Add --ray local or a cluster's address.")
     if args.devices is None:
         return None
     from framepack_core.workers.process import ProcessWorker
