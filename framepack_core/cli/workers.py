@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from framepack_core.errors import InvalidInputError
 from framepack_core.workers.recipe import EngineRecipe
-from framepack_core.workers.remote import Worker
+
+if TYPE_CHECKING:  # events (numpy) load only when workers are made, so the CLI's help stays instant
+    from framepack_core.workers.remote import Worker
 
 
 def add_worker_options(p: argparse.ArgumentParser) -> None:

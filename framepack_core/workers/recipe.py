@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from framepack_core.pipeline.engine import FramePackEngine
+if TYPE_CHECKING:  # the CLI imports this module to parse its options: torch loads only when an engine is built
+    from framepack_core.pipeline.engine import FramePackEngine
 
 
 @dataclass(frozen=True)
