@@ -3,6 +3,7 @@ bit-identically, a cancel reaches the remote job, and files travel as bytes (no 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -143,6 +144,13 @@ def test_a_killed_actor_s_job_resumes_on_the_other_one_bit_identically(workers, 
     history, frames = reference
     assert torch.equal(_history(queue.job_dir(job_id)), history)
     assert np.array_equal(read_video_frames(row.output), frames)
+    record = json.loads((queue.job_dir(job_id) / "job.json").read_text())
+    assert record["output"] == str(row.output), "the job folder here names the video here"
+
+    # Run again, the finished job is reported, not made again: its checkpoint and video travel to the actor.
+    events = list(workers[0].generate(row.request(), job_id=job_id, job_dir=queue.job_dir(job_id)))
+    assert f"This job already finished: {row.output}" in [e.message for e in events if isinstance(e, Notice)]
+    assert events[-1].output_path == row.output and events[-1].video_frames == len(frames)
 
 
 def _lock_is_free(job_dir: Path) -> bool:
@@ -169,3 +177,18 @@ def test_ray_together_with_devices_is_refused(tmp_path, capsys):
     code = cli.main(["jobs", "--output-dir", str(tmp_path), "run", "--ray-workers", "2"])
     err = capsys.readouterr().err
     assert code == cli.EXIT_BAD_INPUT and "--ray-workers: is given without --ray" in err, err
+
+
+def test_jobs_run_with_ray_runs_the_queue_on_actors(ray_cluster, tiny_models_dir, gradient_image, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["jobs", "--output-dir", str(out), "submit", "--image", str(gradient_image), "--prompt", "cli",
+                     "--seconds", "0.8", "--window", "3", "--steps", "3", "--resolution", "64", "--no-teacache"]
+                    ) == cli.EXIT_OK
+    capsys.readouterr()
+    code = cli.main(["jobs", "--output-dir", str(out), "run", "--ray", "local", "--ray-workers", "1", "--device",
+                     "cpu", "--models-dir", str(tiny_models_dir), "--offline"])
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_OK, captured.err
+    assert "section 2/2 done on ray-1" in captured.err and " finished: " in captured.out, captured
+    video = Path(captured.out.split(" finished: ")[1].split()[0])
+    assert video.parent == out and probe_video(video).frame_count == 25
