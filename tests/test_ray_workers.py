@@ -118,6 +118,15 @@ def test_a_cancel_reaches_the_remote_job_and_its_files_come_back(workers, gradie
     assert _lock_is_free(job_dir), "the job folder's lock was held while the job ran, and released after it"
 
 
+def test_a_cancel_given_before_the_actor_has_the_job_is_not_lost(workers, gradient_image, tmp_path):
+    cancel = CancelToken()
+    cancel.cancel()
+    request = GenerationRequest(image=gradient_image, output=tmp_path / "video.mp4", **LONG)
+    events = list(workers[1].generate(request, cancel=cancel, job_id="early", job_dir=tmp_path / "job"))
+    assert isinstance(events[-1], JobCancelled) and events[-1].sections_done == 0, events[-1]
+    assert not any(isinstance(event, SectionFinished) for event in events)
+
+
 def test_a_killed_actor_s_job_resumes_on_the_other_one_bit_identically(workers, gradient_image, reference,
                                                                          tmp_path):
     queue = JobQueue(tmp_path / "queue")

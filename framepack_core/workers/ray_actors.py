@@ -43,6 +43,7 @@ from framepack_core.workers.remote import WorkerLostError
 logger = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.1  # how often the app looks for a cancel to pass on to the actor
+CANCEL_ANSWER_S = 10.0  # how long it waits for the actor to take a cancel before it asks again
 TERMINAL = (JobFinished, JobCancelled, JobFailed)
 _REMOTE_ENGINE_ACTOR: Any = None  # ``ray.remote(EngineActor)``, made once Ray is imported
 INSTALL_HINT = "Install Ray on this machine: pip install -r requirements-ray.txt"
@@ -203,7 +204,7 @@ class RayWorker:
     def _stream(self, ray: ModuleType, actor: Any, job: RemoteJob, layout: AppLayout,
                 cancel: CancelToken) -> Iterator[EngineEvent]:
         ended = threading.Event()
-        watcher = threading.Thread(target=_pass_cancel_on, args=(actor, job.job_id, cancel, ended),
+        watcher = threading.Thread(target=_pass_cancel_on, args=(ray, actor, job.job_id, cancel, ended),
                                    name=f"framepack-ray-cancel-{self.name}", daemon=True)
         remote_root = ""
         finished = False
@@ -271,11 +272,18 @@ class RayWorker:
         return WorkerLostError(self.name, f"its Ray actor is gone ({why})")
 
 
-def _pass_cancel_on(actor: Any, job_id: str, cancel: CancelToken, ended: threading.Event) -> None:
-    """The app's cancel, passed on to the actor (once) while the job runs."""
+def _pass_cancel_on(ray: ModuleType, actor: Any, job_id: str, cancel: CancelToken, ended: threading.Event) -> None:
+    """The app's cancel, passed on to the actor while the job runs. Asked again until the actor has the job (a
+    cancel that arrives while the actor still starts, or still receives the files, would otherwise be lost)."""
     while not ended.wait(CANCEL_POLL_S):
-        if cancel.cancelled:
-            _quietly(lambda: actor.cancel.remote(job_id))
+        if not cancel.cancelled:
+            continue
+        try:
+            if ray.get(actor.cancel.remote(job_id), timeout=CANCEL_ANSWER_S):
+                return
+        except ray.exceptions.GetTimeoutError:
+            continue
+        except ray.exceptions.RayError:  # the actor is gone: the job's stream says so
             return
 
 
