@@ -201,3 +201,18 @@ def test_jobs_run_with_ray_runs_the_queue_on_actors(ray_cluster, tiny_models_dir
     assert "section 2/2 done on ray-1" in captured.err and " finished: " in captured.out, captured
     video = Path(captured.out.split(" finished: ")[1].split()[0])
     assert video.parent == out and probe_video(video).frame_count == 25
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("127.0.0.1:1", "ray: cannot reach the Ray cluster at 127.0.0.1:1: Connection refused"),
+    ("ray://127.0.0.1:1", "ray: cannot reach the Ray cluster at ray://127.0.0.1:1: Connection refused"),
+    ("my-cluster", "ray: 'my-cluster' is not a Ray address"),
+])
+def test_an_address_nothing_answers_at_is_refused_at_once(monkeypatch, address, expected):
+    from framepack_core.errors import InvalidInputError
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a process that has not connected yet
+    started = time.monotonic()
+    with pytest.raises(InvalidInputError) as refused:
+        connect_ray(address)
+    assert refused.value.message == expected and time.monotonic() - started < 10

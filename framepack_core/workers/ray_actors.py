@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import tempfile
 import threading
 import traceback
@@ -46,7 +47,10 @@ CANCEL_POLL_S = 0.1  # how often the app looks for a cancel to pass on to the ac
 CANCEL_ANSWER_S = 10.0  # how long it waits for the actor to take a cancel before it asks again
 TERMINAL = (JobFinished, JobCancelled, JobFailed)
 _REMOTE_ENGINE_ACTOR: Any = None  # ``ray.remote(EngineActor)``, made once Ray is imported
+REACH_TIMEOUT_S = 5.0  # for the cluster's address to answer at all
 INSTALL_HINT = "Install Ray on this machine: pip install -r requirements-ray.txt"
+CONNECT_HINT = ("Check that the cluster runs (ray status on its head node) and that this machine can reach that "
+                "address, or give local to start Ray here.")
 
 
 def import_ray() -> ModuleType:
@@ -77,15 +81,31 @@ def connect_ray(address: str, num_cpus: int | None = None) -> None:
         raise InvalidInputError("ray", "no address given",
                                 "Give local to start Ray on this machine, or the address of a Ray cluster "
                                 "(auto, host:port or ray://host:port).")
+    if text != "local" and text != "auto":
+        _check_reachable(text)
     try:
         if text == "local":
             ray.init(num_cpus=num_cpus, **options)
         else:
             ray.init(address=text, **options)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
-        raise InvalidInputError("ray", f"cannot connect to the Ray cluster at {text}: {error}",
-                                "Check that the cluster runs (ray status on its head node) and that this machine "
-                                "can reach that address, or give local to start Ray here.") from None
+        reason = str(error).strip().split(". ")[0]  # Ray's advice after it names its own options
+        raise InvalidInputError("ray", f"cannot connect to the Ray cluster at {text}: {reason}",
+                                CONNECT_HINT) from None
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse an address nothing listens on at once: Ray itself retries it for minutes before it gives up."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidInputError("ray", f"{address!r} is not a Ray address",
+                                "Give local, auto, host:port (the head node's GCS port, 6379 by default) or "
+                                "ray://host:port (Ray Client, 10001 by default).")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as error:
+        raise InvalidInputError("ray", f"cannot reach the Ray cluster at {address}: {error.strerror or error}",
+                                CONNECT_HINT) from None
 
 
 def ray_workers(recipe: EngineRecipe, address: str, count: int | None = None) -> list[RayWorker]:
