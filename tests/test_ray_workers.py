@@ -102,6 +102,7 @@ def test_a_cancel_reaches_the_remote_job_and_its_files_come_back(workers, gradie
                                                   and event.segment_path.is_file())
             assert event.snapshot_path.parent == tmp_path / "snapshots" and event.snapshot_path.is_file()
             assert (job_dir / "checkpoint.safetensors").is_file() and (job_dir / "job.json").is_file()
+            assert not _lock_is_free(job_dir), "the job folder here is locked while the job runs there"
             if event.section == 2:  # the first section that makes final frames (a segment)
                 cancel.cancel()
     end = events[-1]
@@ -163,12 +164,26 @@ def test_a_killed_actor_s_job_resumes_on_the_other_one_bit_identically(workers, 
 
 
 def _lock_is_free(job_dir: Path) -> bool:
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     lock = FileLock(str(job_dir / ".lock"), timeout=0)
-    lock.acquire()
+    try:
+        lock.acquire()
+    except Timeout:
+        return False
     lock.release()
     return True
+
+
+def test_a_job_without_a_job_folder_sends_back_its_video_and_latents(workers, gradient_image, tmp_path):
+    request = GenerationRequest(image=gradient_image, output=tmp_path / "out" / "clip.mp4",
+                                save_latents=tmp_path / "latents" / "clip.safetensors", **SHORT)
+    events = list(workers[1].generate(request))
+    end = events[-1]
+    assert end.output_path == tmp_path / "out" / "clip.mp4" and probe_video(end.output_path).frame_count == 25
+    assert end.latents_path == tmp_path / "latents" / "clip.safetensors"
+    assert set(load_file(str(end.latents_path))) == {"history_latents", "start_latent"}
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["clip.json", "clip.mp4"]
 
 
 def test_ray_without_ray_installed_says_how_to_install_it(monkeypatch, tmp_path, capsys):
