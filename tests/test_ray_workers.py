@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -119,13 +120,23 @@ def test_a_cancel_reaches_the_remote_job_and_its_files_come_back(workers, gradie
     assert _lock_is_free(job_dir), "the job folder's lock was held while the job ran, and released after it"
 
 
-def test_a_cancel_given_before_the_actor_has_the_job_is_not_lost(workers, gradient_image, tmp_path):
-    cancel = CancelToken()
-    cancel.cancel()
+def test_a_cancel_given_before_the_job_reaches_the_actor_is_not_lost(workers, tiny_models_dir, gradient_image,
+                                                                     tmp_path):
     request = GenerationRequest(image=gradient_image, output=tmp_path / "video.mp4", **LONG)
+    cancel = CancelToken()
+    cancel.cancel()  # before it is sent
     events = list(workers[1].generate(request, cancel=cancel, job_id="early", job_dir=tmp_path / "job"))
     assert isinstance(events[-1], JobCancelled) and events[-1].sections_done == 0, events[-1]
-    assert not any(isinstance(event, SectionFinished) for event in events)
+
+    # While a new actor still starts (it loads its libraries for seconds): asked again until it has the job.
+    cold = RayWorker(EngineRecipe(device="cpu", models_dir=tiny_models_dir, offline=True), "ray-cold")
+    cancel = CancelToken()
+    threading.Timer(1.0, cancel.cancel).start()
+    try:
+        events = list(cold.generate(request, cancel=cancel, job_id="starting", job_dir=tmp_path / "job2"))
+    finally:
+        cold.close()
+    assert isinstance(events[-1], JobCancelled) and events[-1].sections_done == 0, events[-1]
 
 
 def test_a_killed_actor_s_job_resumes_on_the_other_one_bit_identically(workers, gradient_image, reference,
@@ -134,12 +145,14 @@ def test_a_killed_actor_s_job_resumes_on_the_other_one_bit_identically(workers, 
     job_id = _submit(queue, gradient_image, **LONG)
     by_name = {worker.name: worker for worker in workers}
     killed: list[str] = []
+    killed_folders: list[Path] = []
     seen = []
 
     def kill_after_first_section(job, event) -> None:
         seen.append(event)
         if isinstance(event, SectionFinished) and not killed:
             killed.append(job.worker)
+            killed_folders.append(Path(by_name[job.worker].last_remote_root))
             ray.kill(by_name[job.worker].actor, no_restart=True)
 
     started = time.monotonic()
@@ -157,8 +170,11 @@ def test_a_killed_actor_s_job_resumes_on_the_other_one_bit_identically(workers, 
     record = json.loads((queue.job_dir(job_id) / "job.json").read_text())
     assert record["output"] == str(row.output), "the job folder here names the video here"
 
-    # Run again, the finished job is reported, not made again: its checkpoint and video travel to the actor.
-    events = list(workers[0].generate(row.request(), job_id=job_id, job_dir=queue.job_dir(job_id)))
+    # Run again, the finished job is reported, not made again: its checkpoint and video travel to the actor. The
+    # killed worker's fresh actor runs it, and removes the folder its killed actor could not.
+    assert killed_folders[0].is_dir()
+    events = list(by_name[killed[0]].generate(row.request(), job_id=job_id, job_dir=queue.job_dir(job_id)))
+    assert not killed_folders[0].exists()
     assert f"This job already finished: {row.output}" in [e.message for e in events if isinstance(e, Notice)]
     assert events[-1].output_path == row.output and events[-1].video_frames == len(frames)
 

@@ -13,6 +13,7 @@ Ray is imported only here, and only when a Ray worker is asked for: the app runs
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import tempfile
@@ -47,6 +48,7 @@ CANCEL_POLL_S = 0.1  # how often the app looks for a cancel to pass on to the ac
 CANCEL_ANSWER_S = 10.0  # how long it waits for the actor to take a cancel before it asks again
 TERMINAL = (JobFinished, JobCancelled, JobFailed)
 _REMOTE_ENGINE_ACTOR: Any = None  # ``ray.remote(EngineActor)``, made once Ray is imported
+ACTOR_FOLDER_PREFIX = "framepack-ray-actor-"  # then the actor's process id: see _remove_folders_of_dead_actors
 REACH_TIMEOUT_S = 5.0  # for the cluster's address to answer at all
 INSTALL_HINT = "Install Ray on this machine: pip install -r requirements-ray.txt"
 CONNECT_HINT = ("Check that the cluster runs (ray status on its head node) and that this machine can reach that "
@@ -135,7 +137,8 @@ class EngineActor:
     def __init__(self, recipe: EngineRecipe) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s ray actor %(process)d %(levelname)s %(message)s")
         self.engine = recipe.build()
-        self.work_root = Path(tempfile.mkdtemp(prefix="framepack-ray-actor-"))
+        _remove_folders_of_dead_actors()
+        self.work_root = Path(tempfile.mkdtemp(prefix=f"{ACTOR_FOLDER_PREFIX}{os.getpid()}-"))
         self._tokens: dict[str, CancelToken] = {}
         self._lock = threading.Lock()
 
@@ -157,6 +160,8 @@ class EngineActor:
         request the engine refuses, or ``("crashed", traceback)``. The job's folder is removed at the end."""
         root = Path(tempfile.mkdtemp(prefix=f"job-{job.job_id}-", dir=self.work_root))
         token = CancelToken()
+        if job.cancelled:
+            token.cancel()
         with self._lock:
             self._tokens[job.job_id] = token
         try:
@@ -213,7 +218,8 @@ class RayWorker:
         layout = AppLayout(output, job_dir, snapshot_dir, request.save_latents)
         folder_lock = _hold_job_folder(job_dir)
         try:
-            job = outbound_job(replace(request, output=output), job_id, layout, job_dir, snapshot_dir)
+            job = replace(outbound_job(replace(request, output=output), job_id, layout, job_dir, snapshot_dir),
+                          cancelled=cancel.cancelled)
             with self._lock:
                 actor = self._ensure_actor(ray)
             yield from self._stream(ray, actor, job, layout, cancel)
@@ -295,16 +301,16 @@ class RayWorker:
 def _pass_cancel_on(ray: ModuleType, actor: Any, job_id: str, cancel: CancelToken, ended: threading.Event) -> None:
     """The app's cancel, passed on to the actor while the job runs. Asked again until the actor has the job (a
     cancel that arrives while the actor still starts, or still receives the files, would otherwise be lost)."""
-    while not ended.wait(CANCEL_POLL_S):
-        if not cancel.cancelled:
-            continue
-        try:
-            if ray.get(actor.cancel.remote(job_id), timeout=CANCEL_ANSWER_S):
+    while not ended.is_set():
+        if cancel.cancelled:
+            try:
+                if ray.get(actor.cancel.remote(job_id), timeout=CANCEL_ANSWER_S):
+                    return
+            except ray.exceptions.GetTimeoutError:
+                pass
+            except ray.exceptions.RayError:  # the actor is gone: the job's stream says so
                 return
-        except ray.exceptions.GetTimeoutError:
-            continue
-        except ray.exceptions.RayError:  # the actor is gone: the job's stream says so
-            return
+        ended.wait(CANCEL_POLL_S)
 
 
 def _hold_job_folder(job_dir: Path | None) -> Any:
@@ -344,6 +350,21 @@ def _default_output(request: GenerationRequest, job_dir: Path | None) -> Path:
             return Path(recorded)
     request = request.validated()
     return output_path(DEFAULT_OUTPUT_DIR, seed=request.seed, model=request.model.value)
+
+
+def _remove_folders_of_dead_actors() -> None:
+    """A killed actor cannot clean up: the next actor on the node removes the folders of actors whose process is
+    gone (each folder's name holds its actor's process id), with whatever job files they still held."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{ACTOR_FOLDER_PREFIX}*-*"):
+        pid = folder.name.removeprefix(ACTOR_FOLDER_PREFIX).split("-")[0]
+        if not pid.isdigit() or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue  # alive, under another user
 
 
 def _first_line(error: BaseException) -> str:

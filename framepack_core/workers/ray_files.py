@@ -45,6 +45,7 @@ class RemoteJob:
     files: FileBatch
     has_job_dir: bool
     has_snapshot_dir: bool
+    cancelled: bool = False  # cancelled before it was sent: the engine stops before its first model loads
 
 
 def map_request_paths(request: GenerationRequest, move: Callable[[Path], Path]) -> GenerationRequest:
