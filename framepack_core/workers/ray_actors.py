@@ -251,7 +251,7 @@ class RayWorker:
                         return
                 elif kind == "refused":
                     finished = True
-                    raise InvalidInputError(message[1], message[2], message[3])
+                    raise InvalidInputError(message[1], layout.text_for_app(message[2], remote_root), message[3])
                 else:  # "crashed": the engine raised what it should have reported; the caller treats it as a bug
                     finished = True
                     raise RuntimeError(f"The engine on worker {self.name} crashed:\n{message[1]}")

@@ -114,10 +114,11 @@ class AppLayout:
             if isinstance(value, Path):
                 changes[item.name] = self.from_remote(value, remote_root)
             elif isinstance(value, str) and remote_root in value:
-                changes[item.name] = self._text_for_app(value, remote_root)
+                changes[item.name] = self.text_for_app(value, remote_root)
         return replace(event, **changes) if changes else event
 
-    def _text_for_app(self, text: str, remote_root: str) -> str:
+    def text_for_app(self, text: str, remote_root: str) -> str:
+        """``text`` with the actor's folders it quotes named as the app's."""
         for name, root in self.roots.items():
             if root is not None:
                 text = text.replace(f"{remote_root}/{name}", str(root))
