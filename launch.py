@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help=described("device", "auto, the CUDA or MPS GPU if there is one"))
     p.add_argument("--devices", default=None, metavar="LIST",
                    help=described("devices", "one job at a time on --device"))
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help=described("ray", "no Ray") + " See docs/scaling.md.")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N", help=described("ray_workers", "one per GPU "
+                                                                                       "of the cluster"))
     p.add_argument("--dtype", default=None,
                    help=described("dtype", "auto: the official app's dtypes on a GPU, float32 on the CPU"))
     p.add_argument("--attention", default=None, choices=ATTENTION_CHOICES,
@@ -101,7 +105,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         host=args.host, port=args.port, share=args.share, auth=tuple(auth) or None, inbrowser=args.inbrowser,
         admins=tuple(args.admins) if args.admins else None, max_pending_per_user=args.max_pending_per_user,
         output_dir=args.output_dir, models_dir=args.models_dir, loras_dir=args.loras_dir, offline=args.offline,
-        demo=args.demo, device=args.device, devices=args.devices, dtype=args.dtype, attention=args.attention, compile=args.compile,
+        demo=args.demo, device=args.device, devices=args.devices, ray=args.ray,
+        ray_workers=args.ray_workers, dtype=args.dtype, attention=args.attention, compile=args.compile,
         keep_intermediates=args.keep_intermediates,
         max_file_size_mb=args.max_file_size_mb, concurrency_limit=args.concurrency_limit,
         idle_release_minutes=args.idle_release_minutes,
@@ -221,13 +226,13 @@ def engine_recipe(settings: Settings) -> EngineRecipe:
 
 
 def build_workers(settings: Settings) -> list[Worker]:
-    """The workers ``--devices`` asks for (none: the app runs one job at a time itself). ``InvalidInputError``
-    (field ``devices``) for a device this machine does not have."""
-    if settings.devices is None:
-        return []
-    from framepack_core.workers.process import local_workers
+    """The workers ``--devices`` or ``--ray`` ask for (none: the app runs one job at a time itself).
+    ``InvalidInputError`` (field ``devices``, ``ray`` or ``ray_workers``) for a device this machine does not have,
+    both at once, Ray missing or its cluster out of reach."""
+    from framepack_core.workers.selection import make_workers
 
-    return local_workers(engine_recipe(settings), settings.devices)
+    return make_workers(engine_recipe(settings), devices=settings.devices, ray=settings.ray,
+                        ray_workers=settings.ray_workers)
 
 
 def build_service(settings: Settings, workers: Sequence[Worker] = ()) -> GenerationService:

@@ -281,7 +281,7 @@ def _run_owned(queue, args: argparse.Namespace) -> int:
     from framepack_core.workers.pool import WorkerPool
     from framepack_core.workers.remote import WorkerLost
 
-    workers = workers_from_args(args)  # refused (naming --devices) before any process starts
+    workers = workers_from_args(args)  # refused (naming --devices or --ray) before any worker starts
     engine = engine_from_args(args) if workers is None else None
     if workers is None and engine is None:
         return EXIT_BAD_INPUT

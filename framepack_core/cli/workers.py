@@ -1,12 +1,14 @@
-"""``--devices`` for ``jobs run``: a worker process per device, all claiming jobs from the one queue."""
+"""``--devices`` and ``--ray`` for ``jobs run``: workers that claim jobs from the one queue, a process per local
+device or a Ray actor per GPU of a cluster."""
 
 from __future__ import annotations
 
 import argparse
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from framepack_core.workers.recipe import EngineRecipe
+from framepack_core.workers.recipe import EngineRecipe
+
+if TYPE_CHECKING:  # events (numpy) load only when workers are made, so the CLI's help stays instant
     from framepack_core.workers.remote import Worker
 
 
@@ -15,22 +17,28 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
                    help="Run jobs side by side, one worker process per device, each with its own copy of the "
                         "models: cuda:0,cuda:1, or auto for every GPU. A device may repeat (cpu,cpu). Default: "
                         "one job at a time on --device, in this process.")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="Run jobs on a Ray cluster, one actor per GPU, each with its own copy of the models: local "
+                        "starts Ray on this machine; auto, HOST:PORT or ray://HOST:PORT joins a running cluster. "
+                        "--device is the actors' device (cpu for CPU actors). Needs pip install -r "
+                        "requirements-ray.txt. Default: no Ray.")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="With --ray: how many actors (default: one per GPU of the cluster, or one on CPU).")
 
 
 def recipe_from_args(args: argparse.Namespace) -> EngineRecipe:
     """The engine ``add_runtime_options``' values describe, as a recipe a worker builds where it runs."""
     from framepack_core.pipeline.timings import DEFAULT_TIMINGS_PATH
-    from framepack_core.workers.recipe import EngineRecipe
 
     return EngineRecipe(device=args.device, dtype=args.dtype, models_dir=args.models_dir, offline=args.offline,
                         attention=args.attention, compile=args.compile, timings_path=DEFAULT_TIMINGS_PATH)
 
 
 def workers_from_args(args: argparse.Namespace) -> list[Worker] | None:
-    """The workers ``--devices`` asks for, None when it is not given (the jobs run in this process).
-    ``InvalidInputError`` (field ``devices``) for a device this machine does not have."""
-    if args.devices is None:
-        return None
-    from framepack_core.workers.process import local_workers
+    """The workers ``--devices`` or ``--ray`` ask for, None when neither is given (the jobs run in this process).
+    ``InvalidInputError`` (field ``devices``, ``ray`` or ``ray_workers``): see ``make_workers``."""
+    from framepack_core.workers.selection import make_workers
 
-    return local_workers(recipe_from_args(args), args.devices)
+    workers = make_workers(recipe_from_args(args), devices=args.devices, ray=getattr(args, "ray", None),
+                           ray_workers=getattr(args, "ray_workers", None))
+    return workers or None

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the CLI imports this module to parse its options: torch loads only when an engine is built
     from framepack_core.pipeline.engine import FramePackEngine
 
 
