@@ -12,6 +12,7 @@ Ray is imported only here, and only when a Ray worker is asked for: the app runs
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -47,7 +48,6 @@ logger = logging.getLogger(__name__)
 CANCEL_POLL_S = 0.1  # how often the app looks for a cancel to pass on to the actor
 CANCEL_ANSWER_S = 10.0  # how long it waits for the actor to take a cancel before it asks again
 TERMINAL = (JobFinished, JobCancelled, JobFailed)
-_REMOTE_ENGINE_ACTOR: Any = None  # ``ray.remote(EngineActor)``, made once Ray is imported
 ACTOR_FOLDER_PREFIX = "framepack-ray-actor-"  # then the actor's process id: see _remove_folders_of_dead_actors
 REACH_TIMEOUT_S = 5.0  # for the cluster's address to answer at all
 INSTALL_HINT = "Install Ray on this machine: pip install -r requirements-ray.txt"
@@ -248,6 +248,7 @@ class RayWorker:
                     yield layout.event_for_app(event, remote_root)
                     if isinstance(event, TERMINAL):
                         finished = True
+                        _wait_for_the_end(ray, stream)
                         return
                 elif kind == "refused":
                     finished = True
@@ -280,11 +281,7 @@ class RayWorker:
 
     def _ensure_actor(self, ray: ModuleType) -> Any:
         if self._actor is None:
-            global _REMOTE_ENGINE_ACTOR
-            if _REMOTE_ENGINE_ACTOR is None:
-                _REMOTE_ENGINE_ACTOR = ray.remote(EngineActor)
-            actor_class = _REMOTE_ENGINE_ACTOR
-            self._actor = actor_class.options(**self.actor_options()).remote(self.recipe)
+            self._actor = _engine_actor_class().options(**self.actor_options()).remote(self.recipe)
             logger.info("Started Ray actor for worker %s", self.name)
         return self._actor
 
@@ -296,6 +293,22 @@ class RayWorker:
             ray = import_ray()
             _quietly(lambda: ray.kill(actor, no_restart=True))
         return WorkerLostError(self.name, f"its Ray actor is gone ({why})")
+
+
+@functools.cache
+def _engine_actor_class() -> Any:
+    """``ray.remote(EngineActor)``, made once Ray is imported (only when a Ray worker is asked for)."""
+    return import_ray().remote(EngineActor)
+
+
+def _wait_for_the_end(ray: ModuleType, stream: Any) -> None:
+    """Read the actor's stream to its end, which comes after the actor has removed the job's folder: the worker is
+    free, and its node tidy, once ``generate`` returns. The job has ended already, so a loss now changes nothing."""
+    try:
+        for reference in stream:
+            ray.get(reference)
+    except ray.exceptions.RayError:
+        logger.debug("The actor went away after its job ended", exc_info=True)
 
 
 def _pass_cancel_on(ray: ModuleType, actor: Any, job_id: str, cancel: CancelToken, ended: threading.Event) -> None:
