@@ -92,7 +92,8 @@ def test_two_jobs_run_at_the_same_time_on_two_actors(workers, gradient_image, tm
 def test_a_cancel_reaches_the_remote_job_and_its_files_come_back(workers, gradient_image, tmp_path):
     worker, cancel = workers[0], CancelToken()
     job_dir, output = tmp_path / "job", tmp_path / "out" / "video.mp4"
-    request = GenerationRequest(image=gradient_image, output=output, **LONG)
+    # 8 sections: a cancel given after the second has the rest of the job to arrive in, however loaded the machine.
+    request = GenerationRequest(image=gradient_image, output=output, **{**LONG, "seconds": 3.2})
     events = []
     for event in worker.generate(request, cancel=cancel, job_id="cancelled-job", job_dir=job_dir,
                                  snapshot_dir=tmp_path / "snapshots"):
@@ -108,7 +109,7 @@ def test_a_cancel_reaches_the_remote_job_and_its_files_come_back(workers, gradie
                 cancel.cancel()
     end = events[-1]
     assert isinstance(end, JobCancelled), end
-    assert 2 <= end.sections_done < 4
+    assert 2 <= end.sections_done < 8
     assert end.partial_path == tmp_path / "out" / "video.partial.mp4" and probe_video(end.partial_path).frame_count
     assert end.partial_path.with_suffix(".json").is_file()
     # No shared folder: the actor worked in a folder of its own, removed at the end; the job folder here got the

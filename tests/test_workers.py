@@ -4,6 +4,7 @@ bit-identically from its last finished section."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -107,7 +108,8 @@ def test_a_killed_worker_s_job_resumes_on_a_worker_bit_identically(tiny_models_d
     lost = [event for event in seen if isinstance(event, WorkerLost)]
     assert [event.worker for event in lost] == killed and "exited with code -9" in lost[0].message
     resumed = [event.message for event in seen if isinstance(event, Notice) and "Resuming" in event.message]
-    assert resumed and resumed[0].startswith("Resuming from section 3 of 4: 2 finished section(s) kept")
+    # Killed while it sampled section 3; on a loaded machine section 3 may just have been checkpointed.
+    assert resumed and re.match(r"Resuming from section [34] of 4: [23] finished section\(s\) kept", resumed[0])
     assert torch.equal(_latents(queue, job_id), uninterrupted[1][0])
     assert np.array_equal(read_video_frames(job.output), uninterrupted[1][1])
 

@@ -4,6 +4,7 @@ page and in the REST API (only to who may see the job), a killed worker's job re
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -116,7 +117,8 @@ def test_a_worker_killed_mid_job_in_the_app_gives_the_job_back_and_it_resumes_bi
     stored = service.store.get(job_id)
     assert snapshot.state == JobState.FINISHED and stored.attempts == 2, snapshot
     assert any("stopped while running the job" in notice for notice in snapshot.notices)
-    assert any(notice.startswith("Resuming from section 3 of 4") for notice in snapshot.notices)
+    # Killed while it sampled section 3; on a loaded machine section 3 may just have been checkpointed.
+    assert any(re.match(r"Resuming from section [34] of 4", notice) for notice in snapshot.notices)
 
     alone = tmp_path / "alone"
     queue = JobQueue.for_output_dir(alone)
