@@ -90,3 +90,12 @@ def test_inputs_and_the_job_folder_go_out_and_what_comes_back_lands_in_the_app_s
     section = layout.event_for_app(SectionFinished("j1", 1, 2, actor / "job" / "segments" / "seg_00001.mp4", 9, 1,
                                                    0.1, 0.1, 0.1, snapshot_path=None), str(actor))
     assert section.segment_path == job_dir / "segments" / "seg_00001.mp4" and section.snapshot_path is None
+
+
+def test_a_name_that_climbs_out_of_its_folder_is_never_written_here(tmp_path):
+    from framepack_core.workers.ray_files import AppLayout
+
+    layout = AppLayout(tmp_path / "out" / "video.mp4", tmp_path / "job", None, None)
+    layout.write({"job/../../escaped.txt": b"x", "/etc/escaped.txt": b"x", "job/segments/ok.mp4": b"ok"}, "/remote")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path.parent / "escaped.txt").exists()
+    assert (tmp_path / "job" / "segments" / "ok.mp4").read_bytes() == b"ok"

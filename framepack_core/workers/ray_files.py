@@ -75,7 +75,8 @@ class AppLayout:
     def app_path(self, relative: str) -> Path | None:
         """The app's path for a relative name (None for one the app has no place for)."""
         parts = PurePosixPath(relative).parts
-        if not parts:
+        # A name that climbs out of its folder is never written, whatever a node sends.
+        if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
             return None
         if parts[0] == INPUTS:
             return self.inputs.get(relative)
