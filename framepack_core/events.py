@@ -124,6 +124,15 @@ class JobFailed(EngineEvent):
 TerminalEvent = JobFinished | JobCancelled | JobFailed
 
 
+@dataclass(frozen=True)
+class WorkerLost(EngineEvent):
+    """Told to the runner's listener, never yielded by an engine: ``worker`` (``framepack_core.workers``) died
+    mid-job, and the job is queued again at the front, to resume from its last finished section."""
+
+    worker: str
+    message: str
+
+
 class CancelToken:
     """Set from any thread; the engine checks it before every denoising step."""
 

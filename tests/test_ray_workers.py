@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 ray = pytest.importorskip("ray")
 
 from framepack_core.cli import main as cli  # after the skip: the module needs Ray
-from framepack_core.events import CancelToken, JobCancelled, Notice, SectionFinished
+from framepack_core.events import CancelToken, JobCancelled, Notice, SectionFinished, WorkerLost
 from framepack_core.jobs.queue import JobQueue, JobState
 from framepack_core.jobs.spec import JobSpec, file_sha256
 from framepack_core.media.video_io import probe_video, read_video_frames
@@ -29,7 +29,6 @@ from framepack_core.request import GenerationRequest
 from framepack_core.workers.pool import WorkerPool
 from framepack_core.workers.ray_actors import RayWorker, connect_ray
 from framepack_core.workers.recipe import EngineRecipe
-from framepack_core.workers.remote import WorkerLost
 
 # 4 sections of 4 steps: long enough to stop a job between its first and its last section.
 LONG = {"prompt": "a cat walks", "seconds": 1.6, "latent_window_size": 3, "steps": 4, "resolution": 64,

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from framepack_core.cli import main as cli
-from framepack_core.events import Notice, SectionFinished
+from framepack_core.events import Notice, SectionFinished, WorkerLost
 from framepack_core.jobs.queue import JobQueue, JobState
 from framepack_core.jobs.runner import QueueRunner
 from framepack_core.jobs.spec import JobSpec, file_sha256
@@ -24,7 +24,7 @@ from framepack_core.request import GenerationRequest
 from framepack_core.workers.pool import WorkerPool
 from framepack_core.workers.process import ProcessWorker
 from framepack_core.workers.recipe import EngineRecipe, worker_devices
-from framepack_core.workers.remote import WorkerLost, unique_names
+from framepack_core.workers.remote import unique_names
 
 # 4 sections of 3 steps: long enough to kill a worker inside its third section.
 JOB = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 1.6, "cache": "none"}

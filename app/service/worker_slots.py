@@ -24,13 +24,21 @@ from app.service.job_status import JobState, LiveJob, WorkerHealth, event_change
 from app.service.outputs import INPUT_SUFFIX, snapshot_dir, write_png_atomically
 from app.service.queue_management import describe_error, fail_crashed_job
 from framepack_core.errors import FramePackError
-from framepack_core.events import EngineEvent, InputPrepared, JobCancelled, JobFailed, JobFinished, Notice
+from framepack_core.events import (
+    EngineEvent,
+    InputPrepared,
+    JobCancelled,
+    JobFailed,
+    JobFinished,
+    Notice,
+    WorkerLost,
+)
 from framepack_core.jobs.output_naming import output_base
 from framepack_core.jobs.queue import JobQueue, QueuedJob
 from framepack_core.jobs.runner import QueueRunner
 from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.workers.pool import MAX_LOSSES_IN_A_ROW, lost_wait_s
-from framepack_core.workers.remote import Worker, WorkerLost
+from framepack_core.workers.remote import Worker
 
 logger = logging.getLogger(__name__)
 

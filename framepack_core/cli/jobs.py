@@ -275,11 +275,10 @@ def _run(queue, args: argparse.Namespace) -> int:
 
 
 def _run_owned(queue, args: argparse.Namespace) -> int:
-    from framepack_core.events import JobFailed, Notice, SectionFinished
+    from framepack_core.events import JobFailed, Notice, SectionFinished, WorkerLost
     from framepack_core.jobs.queue import JobState
     from framepack_core.jobs.runner import QueueRunner
     from framepack_core.workers.pool import WorkerPool
-    from framepack_core.workers.remote import WorkerLost
 
     workers = workers_from_args(args)  # refused (naming --devices or --ray) before any worker starts
     engine = engine_from_args(args) if workers is None else None

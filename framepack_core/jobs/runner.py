@@ -24,11 +24,12 @@ from framepack_core.events import (
     JobFinished,
     SectionFinished,
     StepProgress,
+    WorkerLost,
 )
 from framepack_core.jobs.output_naming import output_path
 from framepack_core.jobs.queue import JobQueue, JobState, QueuedJob
 from framepack_core.pipeline.engine import FramePackEngine
-from framepack_core.workers.remote import Worker, WorkerLost, WorkerLostError
+from framepack_core.workers.remote import Worker, WorkerLostError
 
 logger = logging.getLogger(__name__)
 

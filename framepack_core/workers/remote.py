@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -44,11 +43,3 @@ def unique_names(names: list[str]) -> list[str]:
     queue, the page and the API say which one runs a job."""
     return [f"{name}#{names[:i + 1].count(name)}" if names.count(name) > 1 else name for i, name in enumerate(names)]
 
-
-@dataclass(frozen=True)
-class WorkerLost(EngineEvent):
-    """Told to the runner's listener (not yielded by an engine) when ``worker`` died mid-job: the job is queued
-    again, at the front, and resumes from its last finished section."""
-
-    worker: str
-    message: str
