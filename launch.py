@@ -238,10 +238,15 @@ def build_workers(settings: Settings) -> list[Worker]:
 def build_service(settings: Settings, workers: Sequence[Worker] = ()) -> GenerationService:
     from app.service.generation import GenerationService
     from framepack_core.jobs.queue import JobQueue
+    from framepack_core.workers.process import ProcessWorker
 
     idle = settings.idle_release_minutes
+    # Estimates plan as a worker of this machine does, for its share of the RAM (a Ray actor's device and RAM are
+    # another machine's: those are estimated for this one's).
+    local = [worker for worker in workers if isinstance(worker, ProcessWorker)]
+    factory = local[0].recipe.build if local else engine_factory(settings)
     # The queue persists under the output folder: queued jobs survive a restart, interrupted ones resume.
-    return GenerationService(engine_factory(settings), settings.output_dir,
+    return GenerationService(factory, settings.output_dir,
                              keep_intermediates=settings.keep_intermediates,
                              idle_release_s=None if idle is None else idle * 60,
                              queue=JobQueue.for_output_dir(settings.output_dir), workers=workers)

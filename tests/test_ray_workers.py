@@ -214,9 +214,14 @@ def test_ray_together_with_devices_is_refused(tmp_path, capsys):
     code = cli.main(["jobs", "--output-dir", str(tmp_path), "run", "--ray", "local", "--devices", "cpu,cpu"])
     err = capsys.readouterr().err
     assert code == cli.EXIT_BAD_INPUT and "--ray: cannot be combined with worker devices" in err, err
+    assert "How to fix: Give either --ray (Ray actors) or --devices (worker processes" in err, err
     code = cli.main(["jobs", "--output-dir", str(tmp_path), "run", "--ray-workers", "2"])
     err = capsys.readouterr().err
     assert code == cli.EXIT_BAD_INPUT and "--ray-workers: is given without a Ray address" in err, err
+    assert "How to fix: Also set --ray: local, or a cluster's address." in err, err
+    code = cli.main(["jobs", "--output-dir", str(tmp_path), "run", "--ray", "local", "--ray-workers", "0"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_BAD_INPUT and "--ray-workers: asks for 0 workers" in err, err
 
 
 def test_jobs_run_with_ray_runs_the_queue_on_actors(ray_cluster, tiny_models_dir, gradient_image, tmp_path, capsys):

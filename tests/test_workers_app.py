@@ -130,3 +130,21 @@ def test_a_worker_killed_mid_job_in_the_app_gives_the_job_back_and_it_resumes_bi
     assert torch.equal(*latents)
     assert np.array_equal(read_video_frames(stored.output), read_video_frames(queue.get(alone_id).output))
     assert service.health().problem is None, "one loss does not retire a worker"
+
+
+def test_with_several_workers_a_tab_may_start_another_job_while_its_own_runs(app_with_two_workers):
+    from app.service.job_status import JobSnapshot
+    from app.service.outputs import ServedFiles
+    from app.ui.streams import first_frame
+
+    _, service, _ = app_with_two_workers
+    running = JobSnapshot(job_id="j", state=JobState.RUNNING, request=None, worker="cpu#1")
+    served = ServedFiles()
+    try:
+        assert first_frame(running, True, served, one_at_a_time=True).start["interactive"] is False
+        assert first_frame(running, True, served, one_at_a_time=False).start["interactive"] is True
+    finally:
+        served.close()
+    assert service.worker_count == 2
+    finished = JobSnapshot(job_id="j", state=JobState.FINISHED, request=None, worker="cpu#1")
+    assert "<b>Finished</b> on <b>cpu#1</b>" in render_progress(finished)

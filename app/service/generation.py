@@ -35,6 +35,7 @@ from framepack_core.errors import FramePackError
 from framepack_core.jobs.queue import JobQueue, QueuedJob, QueueError, QueueOwnership
 from framepack_core.jobs.spec import JobSpec, file_sha256
 from framepack_core.pipeline.engine import FramePackEngine
+from framepack_core.pipeline.timings import StageTimings
 from framepack_core.request import GenerationRequest
 from framepack_core.workers.remote import Worker
 
@@ -191,6 +192,8 @@ class GenerationService(QueueManagementMixin, RerollMixin, WorkerSlotsMixin):
         with self._runner_lock:
             if self._estimates is None:
                 self._estimates = self._engine_factory()
+            elif self._estimates.timings.path is not None:  # the worker processes learn into the same file
+                self._estimates.timings = StageTimings.load(self._estimates.timings.path)
             return self._estimates
 
     def _models_dir(self) -> Path | None:

@@ -384,7 +384,8 @@ def _stream(context: PageContext, job_id: str, session: str, token: int, viewer:
     try:
         updates = snapshots_to_show(context.service, job_id, PAGE_UPDATE_INTERVAL_S, PAGE_REDRAW_INTERVAL_S, viewer)
         snapshot = next(updates)
-        frame = first_frame(snapshot, own, served)
+        one_at_a_time = context.service.worker_count == 1
+        frame = first_frame(snapshot, own, served, one_at_a_time)
         if with_gallery:
             frame.gallery, frame.gallery_records = context.past_generations(viewer)
         if not streams.is_current(session, token):
@@ -392,7 +393,7 @@ def _stream(context: PageContext, job_id: str, session: str, token: int, viewer:
             return
         yield frame.values()
         for previous, latest in itertools.pairwise(itertools.chain([snapshot], updates)):
-            frame = next_frame(previous, latest, own, served)
+            frame = next_frame(previous, latest, own, served, one_at_a_time)
             if latest.state.done:
                 frame.gallery, frame.gallery_records = context.past_generations(viewer)
             if not streams.is_current(session, token):

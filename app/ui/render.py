@@ -57,7 +57,10 @@ LORA_FIELDS = ("loras", "lora_fuse")
 APP_SETTING_WORDS = {"save_latents": "latents file", "job_dir": "job folder",
                      "models_dir": "the app's models folder (a start-up setting)", "offline": "the app's offline mode",
                      "device": "the app's device setting", "dtype": "the app's dtype setting",
-                     "attention": "the app's attention setting (a start-up setting)"}
+                     "attention": "the app's attention setting (a start-up setting)",
+                     "devices": "the app's worker devices (a start-up setting)",
+                     "ray": "the app's Ray address (a start-up setting)",
+                     "ray_workers": "the app's number of Ray workers (a start-up setting)"}
 
 
 def page_field_name(field: str) -> str | None:
@@ -185,7 +188,7 @@ def queue_table_rows(jobs: list[QueuedJob], damaged: list[DamagedJob] = (),
         progress = f"{job.sections_done}/{job.total_sections} sections" if job.total_sections else ""
         prompt = str(settings.get("prompt", ""))
         rows.append([place if job.state == JobState.QUEUED else "", job.id,
-                     job.state.value + (f" on {job.worker}" if job.state == JobState.RUNNING and job.worker else "")
+                     job.state.value + (f" on {job.worker}" if job.state != JobState.QUEUED and job.worker else "")
                      + (" (stopping)" if job.cancel_requested else ""), progress,
                      prompt if len(prompt) <= 60 else prompt[:57] + "...", settings.get("seconds"),
                      settings.get("seed"), time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at)),
@@ -240,7 +243,7 @@ def render_progress(snapshot: JobSnapshot, *, own: bool = True, now: float | Non
         quiet_s = now - s.news_at if s.news_at is not None else 0.0
         if s.state == JobState.RUNNING and s.stage_started_at is not None and quiet_s >= STAGE_TIMER_AFTER_S:
             stage += f' <span class="fp-muted">({duration_text(now - s.stage_started_at)} in this stage)</span>'
-    on = f" on <b>{html.escape(s.worker)}</b>" if s.worker and s.state == JobState.RUNNING else ""
+    on = f" on <b>{html.escape(s.worker)}</b>" if s.worker and s.state != JobState.QUEUED else ""
     lines = [f"<b>{_STATE_LABELS[s.state]}</b>{on} &middot; {stage}"]
     if not own:
         lines.append('<span class="fp-muted">This job was started from another tab or by an API client.</span>')

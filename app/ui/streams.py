@@ -107,10 +107,11 @@ def idle_frame(message: str = "Upload an image, write a prompt and press Start."
                        start=gr.update(interactive=True), stop=gr.update(interactive=False))
 
 
-def _buttons(snapshot: JobSnapshot, own: bool) -> tuple[Any, Any]:
+def _buttons(snapshot: JobSnapshot, own: bool, one_at_a_time: bool) -> tuple[Any, Any]:
     running = not snapshot.state.done
-    # Another tab's job does not block this tab from queueing its own.
-    return gr.update(interactive=not (own and running)), gr.update(interactive=running)
+    # Another tab's job does not block this tab from queueing its own; nor does its own when the app has several
+    # workers (``one_at_a_time`` False), where the next job starts on a free one at once.
+    return gr.update(interactive=not (own and running and one_at_a_time)), gr.update(interactive=running)
 
 
 def _shown_video(snapshot: JobSnapshot, served: ServedFiles) -> str | None:
@@ -122,9 +123,10 @@ def _shown_video(snapshot: JobSnapshot, served: ServedFiles) -> str | None:
     return served.serve(snapshot.partial_video)
 
 
-def first_frame(snapshot: JobSnapshot, own: bool, served: ServedFiles) -> StreamFrame[Any]:
+def first_frame(snapshot: JobSnapshot, own: bool, served: ServedFiles, one_at_a_time: bool = True
+                ) -> StreamFrame[Any]:
     shown = _shown_video(snapshot, served)
-    start, stop = _buttons(snapshot, own)
+    start, stop = _buttons(snapshot, own, one_at_a_time)
     return StreamFrame(
         shown_job=snapshot.job_id, browser_job=snapshot.job_id if own else gr.skip(),
         preview=gr.update(value=snapshot.preview, visible=snapshot.preview is not None and not snapshot.state.done),
@@ -132,7 +134,8 @@ def first_frame(snapshot: JobSnapshot, own: bool, served: ServedFiles) -> Stream
         final_file=shown if snapshot.state.done else None, start=start, stop=stop)
 
 
-def next_frame(previous: JobSnapshot, snapshot: JobSnapshot, own: bool, served: ServedFiles) -> StreamFrame[Any]:
+def next_frame(previous: JobSnapshot, snapshot: JobSnapshot, own: bool, served: ServedFiles,
+               one_at_a_time: bool = True) -> StreamFrame[Any]:
     # shown_job every time: cheap, and puts the tab's Stop back on its own job should anything change it.
     frame = StreamFrame[Any](shown_job=snapshot.job_id, progress=render_progress(snapshot, own=own))
     if snapshot.state.done:
@@ -146,5 +149,5 @@ def next_frame(previous: JobSnapshot, snapshot: JobSnapshot, own: bool, served: 
         if snapshot.state.done:
             frame.final_file = shown
     if snapshot.state.done != previous.state.done or snapshot is previous:  # a change, or a redraw
-        frame.start, frame.stop = _buttons(snapshot, own)
+        frame.start, frame.stop = _buttons(snapshot, own, one_at_a_time)
     return frame

@@ -118,7 +118,7 @@ class ProcessWorker:
         context = multiprocessing.get_context("spawn")
         child_reads, parent_writes = context.Pipe(duplex=False)
         parent_reads, child_writes = context.Pipe(duplex=False)
-        process = context.Process(target=serve, args=(self.recipe, child_reads, child_writes),
+        process = context.Process(target=serve, args=(self.recipe, child_reads, child_writes, self.name),
                                   name=f"framepack-worker-{self.name}", daemon=True)
         process.start()
         child_reads.close()
@@ -142,10 +142,11 @@ def local_workers(recipe: EngineRecipe, devices: str) -> list[ProcessWorker]:
             for device, name in zip(names, unique_names(names))]
 
 
-def serve(recipe: EngineRecipe, requests: Connection, replies: Connection) -> None:
+def serve(recipe: EngineRecipe, requests: Connection, replies: Connection, name: str = "") -> None:
     """The child process: build the engine, then run each job asked for, sending its events back. A reader thread
-    takes the parent's messages, so a cancel arrives while the engine is busy."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
+    takes the parent's messages, so a cancel arrives while the engine is busy. Its log lines carry ``name``."""
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s worker {name.replace('%', '%%') or '%(process)d'} %(levelname)s %(message)s")
     engine = recipe.build()
     jobs: list[tuple] = []
     arrived = threading.Condition()

@@ -52,7 +52,7 @@ ACTOR_FOLDER_PREFIX = "framepack-ray-actor-"  # then the actor's process id: see
 REACH_TIMEOUT_S = 5.0  # for the cluster's address to answer at all
 INSTALL_HINT = "Install Ray on this machine: pip install -r requirements-ray.txt"
 CONNECT_HINT = ("Check that the cluster runs (ray status on its head node) and that this machine can reach that "
-                "address, or give local to start Ray here.")
+                "address, or set {ray} to local to start Ray here.")
 
 
 def import_ray() -> ModuleType:
@@ -81,8 +81,8 @@ def connect_ray(address: str, num_cpus: int | None = None) -> None:
     text = address.strip()
     if not text:
         raise InvalidInputError("ray", "no address given",
-                                "Give local to start Ray on this machine, or the address of a Ray cluster "
-                                "(auto, host:port or ray://host:port).")
+                                "Set {ray} to local to start Ray on this machine, or to the address of a Ray "
+                                "cluster (auto, host:port or ray://host:port).")
     if text != "local" and text != "auto":
         _check_reachable(text)
     try:
@@ -101,8 +101,8 @@ def _check_reachable(address: str) -> None:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise InvalidInputError("ray", f"{address!r} is not a Ray address",
-                                "Give local, auto, host:port (the head node's GCS port, 6379 by default) or "
-                                "ray://host:port (Ray Client, 10001 by default).")
+                                "Set {ray} to local, auto, host:port (the head node's GCS port, 6379 by "
+                                "default) or ray://host:port (Ray Client, 10001 by default).")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
     except OSError as error:
@@ -116,7 +116,7 @@ def ray_workers(recipe: EngineRecipe, address: str, count: int | None = None) ->
     a CPU recipe (or a GPU-less cluster with the device ``auto``). ``InvalidInputError`` (field ``ray``) for a
     count below 1 or a GPU device on a cluster without GPUs."""
     if count is not None and count < 1:
-        raise InvalidInputError("ray", f"asks for {count} workers", "Give at least 1 worker.")
+        raise InvalidInputError("ray_workers", f"asks for {count} workers", "Give at least 1 worker.")
     connect_ray(address)
     gpus = int(import_ray().cluster_resources().get("GPU", 0))
     device = recipe.device.split(":")[0]

@@ -21,15 +21,15 @@ def make_workers(recipe: EngineRecipe, *, devices: str | None = None, ray: str |
     if ray is not None:
         if devices is not None:
             raise InvalidInputError("ray", "cannot be combined with worker devices",
-                                    "Run the jobs either on Ray actors or on worker processes of this machine, "
-                                    "not both.")
+                                    "Give either {ray} (Ray actors) or {devices} (worker processes on this "
+                                    "machine), not both.")
         from framepack_core.workers.ray_actors import ray_workers as make_ray_workers
 
         # Timings learned on the cluster's nodes would not describe this machine: the actors keep theirs in memory.
         return list(make_ray_workers(replace(recipe, timings_path=None), ray, ray_workers))
     if ray_workers is not None:
         raise InvalidInputError("ray_workers", "is given without a Ray address",
-                                "Add local, or a cluster's address, as the Ray address.")
+                                "Also set {ray}: local, or a cluster's address.")
     if devices is None:
         return []
     from framepack_core.workers.process import local_workers
