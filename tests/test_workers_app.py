@@ -130,6 +130,8 @@ def test_a_worker_killed_mid_job_in_the_app_gives_the_job_back_and_it_resumes_bi
     assert torch.equal(*latents)
     assert np.array_equal(read_video_frames(stored.output), read_video_frames(queue.get(alone_id).output))
     assert service.health().problem is None, "one loss does not retire a worker"
+    said = service.free_memory()
+    assert said.startswith("Stopped ") and "worker(s) (cpu#" in said and all(w.pid is None for w in workers), said
 
 
 def test_with_several_workers_a_tab_may_start_another_job_while_its_own_runs(app_with_two_workers):

@@ -182,6 +182,9 @@ class GenerationService(QueueManagementMixin, RerollMixin, WorkerSlotsMixin):
                 return "No models are loaded; nothing to free."
             for slot in loaded:
                 self._release_models(slot)
+        if self._slots[0].worker is not None:
+            return (f"Stopped {len(loaded)} worker(s) ({', '.join(slot.name for slot in loaded)}) and freed their "
+                    "models' memory; the next job starts them again.")
         return "Freed the models' memory; the next job loads them again."
 
     def engine(self) -> FramePackEngine:
