@@ -26,6 +26,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 if TYPE_CHECKING:
     from framepack_core.pipeline.engine import FramePackEngine
     from framepack_core.request import GenerationRequest
+    from framepack_core.workers.recipe import EngineRecipe
 
 
 def add_setting_options(p: argparse.ArgumentParser) -> None:
@@ -183,14 +184,21 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                         "a slow first job (default off).")
 
 
+def recipe_from_args(args: argparse.Namespace) -> EngineRecipe:
+    """The engine ``add_runtime_options``' values describe, as a recipe that this process or a worker builds."""
+    from framepack_core.pipeline.timings import DEFAULT_TIMINGS_PATH
+    from framepack_core.workers.recipe import EngineRecipe
+
+    return EngineRecipe(device=args.device, dtype=args.dtype, models_dir=args.models_dir, offline=args.offline,
+                        attention=args.attention, compile=args.compile, timings_path=DEFAULT_TIMINGS_PATH)
+
+
 def engine_from_args(args: argparse.Namespace) -> FramePackEngine | None:
     """The engine ``add_runtime_options``' values describe, or None after printing why the device or the attention
     backend is refused."""
     from framepack_core.models.acceleration import check_runtime_options
     from framepack_core.models.devices import resolve_device_config
-    from framepack_core.models.loading import ModelSource
     from framepack_core.models.runtime import RuntimeOptions
-    from framepack_core.pipeline.engine import create_engine
 
     runtime = RuntimeOptions(attention=args.attention, compile=args.compile)
     try:
@@ -199,7 +207,7 @@ def engine_from_args(args: argparse.Namespace) -> FramePackEngine | None:
     except ValueError as error:  # InvalidInputError is one too
         print(f"error: {with_option_name(error)}", file=sys.stderr)
         return None
-    return create_engine(ModelSource(models_dir=args.models_dir, offline=args.offline), config, runtime=runtime)
+    return recipe_from_args(args).build()
 
 
 def request_from_args(args: argparse.Namespace, image: Path, output: Path | None = None,

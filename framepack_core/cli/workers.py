@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from framepack_core.workers.recipe import EngineRecipe
-
 if TYPE_CHECKING:  # events (numpy) load only when workers are made, so the CLI's help stays instant
     from framepack_core.workers.remote import Worker
 
@@ -26,17 +24,10 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
                    help="With --ray: how many actors (default: one per GPU of the cluster, or one on CPU).")
 
 
-def recipe_from_args(args: argparse.Namespace) -> EngineRecipe:
-    """The engine ``add_runtime_options``' values describe, as a recipe a worker builds where it runs."""
-    from framepack_core.pipeline.timings import DEFAULT_TIMINGS_PATH
-
-    return EngineRecipe(device=args.device, dtype=args.dtype, models_dir=args.models_dir, offline=args.offline,
-                        attention=args.attention, compile=args.compile, timings_path=DEFAULT_TIMINGS_PATH)
-
-
 def workers_from_args(args: argparse.Namespace) -> list[Worker] | None:
     """The workers ``--devices`` or ``--ray`` ask for, None when neither is given (the jobs run in this process).
     ``InvalidInputError`` (field ``devices``, ``ray`` or ``ray_workers``): see ``make_workers``."""
+    from framepack_core.cli.options import recipe_from_args
     from framepack_core.workers.selection import make_workers
 
     workers = make_workers(recipe_from_args(args), devices=args.devices, ray=getattr(args, "ray", None),

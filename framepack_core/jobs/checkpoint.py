@@ -73,6 +73,17 @@ class JobDirectory:
         """Claim the folder for ``spec``: returns the output path (``output`` if given, else the one recorded when
         the job was first started, else ``default_output``) and the last checkpoint, if any. A folder holding another job, or one in use by
         another process, is refused with ``InvalidInputError`` (field ``job_dir``)."""
+        self.hold()
+        try:
+            return self._claim(spec, output, default_output)
+        except BaseException:
+            self.close()
+            raise
+
+    def hold(self) -> None:
+        """Take the folder's lock (made if missing) until ``close``: a second run of the job is refused, and the
+        queue knows the job is alive. ``InvalidInputError`` (field ``job_dir``) when it cannot be made or another
+        process holds it."""
         from filelock import FileLock, Timeout
 
         if self.path.exists() and not self.path.is_dir():
@@ -89,11 +100,6 @@ class JobDirectory:
             raise InvalidInputError("job_dir", f"{self.path} is in use by another running job",
                                     "Wait for it to end, or give another {job_dir}.") from None
         self._lock = lock
-        try:
-            return self._claim(spec, output, default_output)
-        except BaseException:
-            self.close()
-            raise
 
     def _claim(self, spec: JobSpec, output: Path | None, default_output: Path) -> tuple[Path, SectionCheckpoint | None]:
         if not self._job_file.exists():

@@ -69,16 +69,16 @@ logger = logging.getLogger(__name__)
 
 
 def create_engine(source: ModelSource, config: DeviceConfig,
-                  timings_path: Path = DEFAULT_TIMINGS_PATH, runtime: RuntimeOptions | None = None,
+                  timings_path: Path | None = DEFAULT_TIMINGS_PATH, runtime: RuntimeOptions | None = None,
                   ram_share: float = 1.0) -> FramePackEngine:
     """The engine as the app and the CLI run it: models from ``source`` on ``config``'s device, run as ``runtime``
     says (attention backend, compilation), each job planning where they live
     (``framepack_core.memory.job_planning``) and its ETA learned from this machine's earlier jobs, kept in
-    ``timings_path`` (``framepack_core.pipeline.timings``). ``ram_share``: the part of the RAM its jobs may plan
+    ``timings_path`` (``framepack_core.pipeline.timings``; None: in memory only). ``ram_share``: the part of the RAM its jobs may plan
     for, when several workers share the machine."""
     return FramePackEngine(ModelStore(source, config, runtime=runtime),
                            JobPlanner(source, config.device, ram_share=ram_share),
-                           StageTimings.load(timings_path))
+                           StageTimings() if timings_path is None else StageTimings.load(timings_path))
 
 
 class FramePackEngine:

@@ -28,6 +28,7 @@ from typing import Any
 
 from framepack_core.errors import InvalidInputError
 from framepack_core.events import CancelToken, EngineEvent, JobCancelled, JobFailed, JobFinished, SectionFinished
+from framepack_core.jobs.checkpoint import JobDirectory
 from framepack_core.jobs.output_naming import DEFAULT_OUTPUT_DIR, output_path
 from framepack_core.request import GenerationRequest
 from framepack_core.workers.ray_files import (
@@ -216,7 +217,7 @@ class RayWorker:
         job_id = job_id or uuid.uuid4().hex[:12]
         output = Path(request.output) if request.output is not None else _default_output(request, job_dir)
         layout = AppLayout(output, job_dir, snapshot_dir, request.save_latents)
-        folder_lock = _hold_job_folder(job_dir)
+        held_folder = _hold_job_folder(job_dir)
         try:
             job = replace(outbound_job(replace(request, output=output), job_id, layout, job_dir, snapshot_dir),
                           cancelled=cancel.cancelled)
@@ -224,8 +225,8 @@ class RayWorker:
                 actor = self._ensure_actor(ray)
             yield from self._stream(ray, actor, job, layout, cancel)
         finally:
-            if folder_lock is not None:
-                folder_lock.release()
+            if held_folder is not None:
+                held_folder.close()
 
     def _stream(self, ray: ModuleType, actor: Any, job: RemoteJob, layout: AppLayout,
                 cancel: CancelToken) -> Iterator[EngineEvent]:
@@ -326,26 +327,14 @@ def _pass_cancel_on(ray: ModuleType, actor: Any, job_id: str, cancel: CancelToke
         ended.wait(CANCEL_POLL_S)
 
 
-def _hold_job_folder(job_dir: Path | None) -> Any:
-    """The app-side job folder's lock, held while the job runs elsewhere, so the queue knows the job is alive
-    (and a second run of it here is refused, as the engine refuses one)."""
+def _hold_job_folder(job_dir: Path | None) -> JobDirectory | None:
+    """The app-side job folder, held while the job runs elsewhere, so the queue knows the job is alive (and a
+    second run of it here is refused, as the engine refuses one)."""
     if job_dir is None:
         return None
-    from filelock import FileLock, Timeout
-
-    job_dir = Path(job_dir)
-    try:
-        job_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InvalidInputError("job_dir", f"cannot create {job_dir}: {error.strerror or error}",
-                                "Give a folder you can write to.") from error
-    lock = FileLock(str(job_dir / ".lock"), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise InvalidInputError("job_dir", f"{job_dir} is in use by another running job",
-                                "Wait for it to end, or give another {job_dir}.") from None
-    return lock
+    folder = JobDirectory(job_dir)
+    folder.hold()
+    return folder
 
 
 def _default_output(request: GenerationRequest, job_dir: Path | None) -> Path:

@@ -36,15 +36,10 @@ class EngineRecipe:
         from framepack_core.models.loading import ModelSource
         from framepack_core.models.runtime import RuntimeOptions
         from framepack_core.pipeline.engine import create_engine
-        from framepack_core.pipeline.timings import StageTimings
 
         config = resolve_device_config(self.device, self.dtype)
         runtime = RuntimeOptions(attention=self.attention, compile=self.compile)
         source = ModelSource(models_dir=self.models_dir, offline=self.offline)
-        if self.timings_path is None:
-            engine = create_engine(source, config, runtime=runtime, ram_share=self.ram_share)
-            engine.timings = StageTimings()
-            return engine
         return create_engine(source, config, timings_path=self.timings_path, runtime=runtime,
                              ram_share=self.ram_share)
 
