@@ -209,11 +209,13 @@ def page_state(page: Any) -> str | None:
 
 def wait_for_state(page: Any, states: tuple[str, ...], timeout_s: float = 60.0) -> str:
     """Wait until the progress box says one of ``states`` (running, queued, finished, cancelled, failed ...)."""
-    wanted = ",".join(f"'{s}'" for s in states)
-    page.wait_for_function(
-        f"() => {{ const p = document.querySelector('#progress .fp-progress');"
-        f" return p && [{wanted}].includes(p.dataset.state); }}", timeout=timeout_s * 1000)
-    return page_state(page)
+    # The state is taken from the same look that found it, as in ``start_job``: read again a moment later, a frame
+    # of a stream this tab has replaced may have drawn another job's state for an instant.
+    found = page.wait_for_function(
+        "(wanted) => { const p = document.querySelector('#progress .fp-progress');"
+        " return p && wanted.includes(p.dataset.state) ? p.dataset.state : null; }",
+        arg=list(states), timeout=timeout_s * 1000)
+    return found.json_value()
 
 
 def start_job(page: Any, other_than: tuple[str, ...] = ()) -> str:
