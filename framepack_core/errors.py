@@ -19,7 +19,7 @@ from collections.abc import Callable
 MARKED_FIELDS = frozenset({
     "seconds", "resolution", "latent_window_size", "cache", "gpu_memory_preservation", "fp8",
     "save_latents", "job_dir", "models_dir", "offline", "device", "dtype",
-    "model", "attention", "devices", "ray", "ray_workers",
+    "model", "attention", "compile", "devices", "ray", "ray_workers",
 })
 
 # What an edge calls a field, or None when it has no name for it (the marker is then shown as it is).

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch._inductor.exc
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -35,6 +36,7 @@ from framepack_core.models.missing_weights import check_weights
 from framepack_core.models.store import ModelStore
 from framepack_core.pipeline import engine as engine_module
 from framepack_core.pipeline.engine import FramePackEngine
+from framepack_core.pipeline.failure import describe_failure
 from framepack_core.request import GenerationRequest
 
 CORE = Path(__file__).resolve().parent.parent / "framepack_core"
@@ -180,6 +182,8 @@ def test_no_core_module_outside_the_cli_names_a_flag_of_the_cli():
     pytest.param(InvalidInputError("job_dir", "is in use", "Give another {job_dir}."), True, id="bad input"),
     pytest.param(DiskFullError("the video"), True, id="full disk"),
     pytest.param(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True, id="out of memory"),
+    pytest.param(torch._inductor.exc.InductorError(RuntimeError("C++ compile error\ncc1plus: fatal error"), None),
+                 True, id="torch.compile failed"),
     pytest.param(RuntimeError("an index went wrong"), False, id="a bug"),
 ])
 def test_expected_failures_are_logged_in_one_line_and_bugs_keep_their_traceback(monkeypatch, caplog, tmp_path,
@@ -201,3 +205,15 @@ def test_expected_failures_are_logged_in_one_line_and_bugs_keep_their_traceback(
         assert not tracebacks and all("\n" not in line for line in lines), lines
     else:
         assert tracebacks, "a bug keeps its traceback in the log"
+
+
+def test_a_torch_compile_failure_says_what_failed_and_to_start_without_compile():
+    error = torch._inductor.exc.InductorError(
+        RuntimeError("C++ compile error\n\nCommand:\ng++ kernel.cpp\ncc1plus: fatal error: Python.h: No such file"),
+        None)
+    message, hint = describe_failure(error)
+    assert message == ("torch.compile could not compile the transformer's blocks: "
+                       "cc1plus: fatal error: Python.h: No such file")
+    assert render_fields(hint, option_for_field).startswith("Start again without --compile:")
+    assert page_text(hint).startswith("Start again without the app's compile setting (a start-up setting):")
+

@@ -58,6 +58,7 @@ APP_SETTING_WORDS = {"save_latents": "latents file", "job_dir": "job folder",
                      "models_dir": "the app's models folder (a start-up setting)", "offline": "the app's offline mode",
                      "device": "the app's device setting", "dtype": "the app's dtype setting",
                      "attention": "the app's attention setting (a start-up setting)",
+                     "compile": "the app's compile setting (a start-up setting)",
                      "devices": "the app's worker devices (a start-up setting)",
                      "ray": "the app's Ray address (a start-up setting)",
                      "ray_workers": "the app's number of Ray workers (a start-up setting)"}

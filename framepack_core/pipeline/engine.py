@@ -179,13 +179,12 @@ class _JobRun:
             partial = self.files.close_partial()
             yield JobCancelled(self.job_id, partial_path=partial, sections_done=self.files.sections_done)
         except Exception as error:  # noqa: BLE001 - every failure must end as an event, the app stays up
+            message, hint = describe_failure(error, self.models.plan)
             if is_expected_failure(error):  # its event says the fix
-                logger.error("Job %s failed: %s", self.job_id, getattr(error, "message", error),
-                             extra={EXPECTED_FAILURE_RECORD: True})
+                logger.error("Job %s failed: %s", self.job_id, message, extra={EXPECTED_FAILURE_RECORD: True})
             else:  # a bug: keep the traceback
                 logger.exception("Job %s failed", self.job_id)
             partial = self.files.close_partial()
-            message, hint = describe_failure(error, self.models.plan)
             if is_out_of_memory(error):
                 self.models.empty_device_cache()  # the app stays up and the next job gets the memory back
             yield JobFailed(self.job_id, message=message, hint=hint, error_type=type(error).__name__,
