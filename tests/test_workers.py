@@ -75,6 +75,10 @@ def test_two_cpu_workers_run_two_queued_jobs_at_the_same_time(tiny_models_dir, i
     # Side by side: each started before the other finished.
     assert first.started_at < second.ended_at and second.started_at < first.ended_at, (first, second)
     assert f"section 1/4 done on {first.worker}" in err
+    # Each job's start is told once, naming its worker, before its first section.
+    for job in (first, second):
+        started = f"{job.id}: started on {job.worker}\n"
+        assert err.count(started) == 1 and err.index(started) < err.index(f"{job.id}: section 1/4 done"), err
     for seed, job in ((1, first), (2, second)):
         assert job.state == JobState.FINISHED and f"{job.id} finished: {job.output}" in out
         assert torch.equal(_latents(queue, job.id), uninterrupted[seed][0])

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -285,9 +286,20 @@ def _run_owned(queue, args: argparse.Namespace) -> int:
     if workers is None and engine is None:
         return EXIT_BAD_INPUT
 
+    running: set[str] = set()  # jobs whose start was told; the pool calls ``show`` from a thread per worker
+    running_lock = threading.Lock()
+
     def show(job, event) -> None:
         if args.quiet:
             return
+        with running_lock:
+            starting = job.id not in running and not isinstance(event, WorkerLost)
+            running.add(job.id)
+            if isinstance(event, WorkerLost):
+                running.discard(job.id)  # it starts again, here or on another worker
+        if starting:
+            on = f" on {job.worker}" if workers is not None and job.worker else ""
+            print(f"{job.id}: started{on}", file=sys.stderr)
         if isinstance(event, Notice):
             print(f"{job.id}: note: {event.message}", file=sys.stderr)
         elif isinstance(event, SectionFinished):
