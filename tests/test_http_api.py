@@ -97,6 +97,27 @@ def test_submit_follow_with_server_sent_events_and_download_the_video(api, tmp_p
     assert [j["id"] for j in api.get("/jobs").json()["jobs"]] == [job["id"]]
 
 
+def test_a_finished_job_reports_the_transformer_calls_its_step_cache_skipped(api, tiny_models_dir, tmp_path):
+    # TeaCache with a threshold nothing stays under past its warm-up: most calls are answered from the cache.
+    job = submit(api, {"seed": 5, "cache": "teacache", "cache_threshold": 10.0}).json()
+    updates = follow(api, job["id"])
+    assert all(u["transformer_calls"] is None for u in updates if u["state"] != "finished")
+    final = api.get(f"/jobs/{job['id']}").json()
+    assert final["state"] == "finished"
+    sidecar = json.loads((tmp_path / "outputs" / final["video"]).with_suffix(".json").read_text())
+    counts = sidecar["fingerprint"]["cache"]
+    assert final["transformer_calls"] == counts["transformer_calls"] == 3 * final["total_sections"]
+    assert final["skipped_calls"] == counts["skipped_calls"] and 0 < final["skipped_calls"] < final["transformer_calls"]
+    # A later process, which did not run the job, reads the same counts from what the job left on disk.
+    later, service = make_client(tiny_models_dir, tmp_path / "outputs", start=False)
+    try:
+        stored = later.get(f"/jobs/{job['id']}").json()
+    finally:
+        service.stop()
+    assert (stored["transformer_calls"], stored["skipped_calls"]) == (final["transformer_calls"],
+                                                                        final["skipped_calls"])
+
+
 def test_a_whole_spec_can_be_submitted_and_must_match_the_image(api):
     first = submit(api, {"seed": 8}).json()
     spec = json.dumps(first["spec"])

@@ -8,6 +8,7 @@ is one, else as the queue stored it, with server paths cut to file names.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from app.api.errors import PathHider, api_text, default_hidden_folders
 from app.service.generation import GenerationService, JobSnapshot
+from framepack_core.jobs.output_description import sidecar_path
 from framepack_core.jobs.queue import QueuedJob, QueueError
 
 
@@ -41,6 +43,11 @@ class JobStatus(BaseModel):
     batch_id: str | None = Field(None, description="The batch it was queued with (GET /batches/{id}), if any.")
     worker: str | None = Field(None, description="The worker that runs it (or ran it last), when the app runs "
                                                  "jobs on several workers: a device such as cuda:1, or a Ray actor.")
+    transformer_calls: int | None = Field(None, description="Once the job has ended with a video: the transformer "
+                                                           "calls its last run's sampling made (both guidance "
+                                                           "passes count).")
+    skipped_calls: int | None = Field(None, description="Of those, the calls the step cache (the job's spec.cache: "
+                                                       "TeaCache, MagCache ...) answered without running the model.")
 
 
 
@@ -100,6 +107,22 @@ def _inside(output_dir: Path, *candidates: Path | str | None) -> Path | None:
     return None
 
 
+def cache_counts(video: Path | None) -> dict[str, int | None]:
+    """The transformer calls and skipped calls the sidecar of ``video`` records (None each where it records none:
+    no video, or one made before the counts were kept)."""
+    counts: dict[str, int | None] = {"transformer_calls": None, "skipped_calls": None}
+    if video is None:
+        return counts
+    try:
+        cache = json.loads(sidecar_path(video).read_text(encoding="utf-8"))["fingerprint"]["cache"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return counts
+    for key in counts:
+        value = cache.get(key) if isinstance(cache, dict) else None
+        counts[key] = value if isinstance(value, int) and not isinstance(value, bool) else None
+    return counts
+
+
 def _live_status(snapshot: JobSnapshot, job: QueuedJob | None, output_dir: Path) -> JobStatus:
     video = None
     if snapshot.state.done:
@@ -111,7 +134,7 @@ def _live_status(snapshot: JobSnapshot, job: QueuedJob | None, output_dir: Path)
                      video_frames=snapshot.video_frames, video=None if video is None else video.name,
                      error=snapshot.error, hint=snapshot.error_hint, notices=list(snapshot.notices),
                      spec=None if job is None else job.spec.to_dict(), batch_id=None if job is None else job.batch_id,
-                     worker=snapshot.worker or (None if job is None else job.worker))
+                     worker=snapshot.worker or (None if job is None else job.worker), **cache_counts(video))
 
 
 def _stored_status(job: QueuedJob, output_dir: Path) -> JobStatus:
@@ -119,4 +142,4 @@ def _stored_status(job: QueuedJob, output_dir: Path) -> JobStatus:
     return JobStatus(id=job.id, state=job.state.value, section=job.sections_done or None,
                      total_sections=job.total_sections, error=job.error, hint=job.hint,
                      video=None if video is None else video.name, spec=job.spec.to_dict(), batch_id=job.batch_id,
-                     worker=job.worker)
+                     worker=job.worker, **cache_counts(video))
