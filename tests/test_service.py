@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from framepack_core.models.store import ModelStore
 from framepack_core.pipeline.engine import FramePackEngine
 from framepack_core.request import GenerationRequest
 
-FAST = dict(latent_window_size=3, steps=3, resolution=64, seconds=0.8, cache="none")
+FAST = {"latent_window_size": 3, "steps": 3, "resolution": 64, "seconds": 0.8, "cache": "none"}
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +208,55 @@ def test_free_memory_releases_the_models_when_idle_and_waits_for_a_running_job(t
             time.sleep(0.02)
         assert "Freed" in service.free_memory() and stores[0].releases == 2
     finally:
+        service.stop()
+
+
+class _SlowReleaseStore(_CountingStore):
+    """A store whose release takes until the test says so, as a worker process's stop can take seconds."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.releasing = threading.Event()
+        self.may_finish = threading.Event()
+
+    def release_all(self) -> None:
+        self.releasing.set()
+        assert self.may_finish.wait(30)
+        super().release_all()
+
+
+def test_the_page_reads_on_while_the_models_are_released_and_no_job_starts_on_them_meanwhile(tiny_models_dir, image,
+                                                                                             tmp_path):
+    stores: list[_SlowReleaseStore] = []
+
+    def factory() -> FramePackEngine:
+        stores.append(_SlowReleaseStore(ModelSource(models_dir=tiny_models_dir), resolve_device_config("cpu")))
+        return FramePackEngine(stores[-1])
+
+    service = GenerationService(factory, tmp_path)
+    service.start()
+    try:
+        first = service.submit(GenerationRequest(image=image, **FAST))
+        assert _wait_done(service, first).state == JobState.FINISHED
+        while service.active_job_id() is not None:
+            time.sleep(0.02)
+        said: list[str] = []
+        freeing = threading.Thread(target=lambda: said.append(service.free_memory()))
+        freeing.start()
+        assert stores[0].releasing.wait(30)
+        # The release holds no lock the page needs: reads and a submit answer at once.
+        started = time.monotonic()
+        assert service.snapshot(first).state == JobState.FINISHED and service.health() is not None
+        second = service.submit(GenerationRequest(image=image, seed=2, **FAST))
+        time.sleep(0.5)
+        assert time.monotonic() - started < 5
+        assert service.snapshot(second).state == JobState.QUEUED, "no job runs on models being released"
+        stores[0].may_finish.set()
+        freeing.join(30)
+        assert said == ["Freed the models' memory; the next job loads them again."]
+        assert _wait_done(service, second).state == JobState.FINISHED and stores[0].releases == 1
+    finally:
+        stores[0].may_finish.set()
         service.stop()
 
 

@@ -177,11 +177,10 @@ class GenerationService(QueueManagementMixin, RerollMixin, WorkerSlotsMixin):
                 self._release_requested = True
                 self._condition.notify_all()
                 return "Memory will be freed when the queued jobs are done."
-            loaded = [slot for slot in self._slots if slot.models_loaded]
+            loaded = self._mark_for_release(self._slots)
             if not loaded:
                 return "No models are loaded; nothing to free."
-            for slot in loaded:
-                self._release_models(slot)
+        self._release_marked(loaded)  # outside the lock: the page's reads go on meanwhile
         if self._slots[0].worker is not None:
             return (f"Stopped {len(loaded)} worker(s) ({', '.join(slot.name for slot in loaded)}) and freed their "
                     "models' memory; the next job starts them again.")

@@ -58,6 +58,7 @@ class WorkerSlot:
     runner: QueueRunner | None = None  # made with the engine, by the first job or the first estimate
     running: str | None = None  # the job it runs now
     models_loaded: bool = False
+    releasing: bool = False  # its models are being released (outside the lock): it claims no job meanwhile
     losses: int = 0  # times in a row its worker was lost mid-job
     retired: bool = False  # lost too often: it takes no more jobs
     thread: threading.Thread | None = None
@@ -98,15 +99,30 @@ class WorkerSlotsMixin:
                 slot.runner = QueueRunner(self.store, engine, self.output_dir, worker_name=slot.name)
             return slot.runner
 
-    def _release_models(self, slot: WorkerSlot) -> None:
-        """Caller holds ``self._condition`` and ``slot`` runs no job, so it cannot use the models meanwhile."""
-        if slot.runner is not None:
-            if slot.worker is None:
-                slot.runner.engine.models.release_all()
-            else:
-                slot.worker.release()
-        slot.models_loaded = False
-        logger.info("Released the models' memory%s", f" of worker {slot.name}" if slot.name else "")
+    def _mark_for_release(self, slots: list[WorkerSlot]) -> list[WorkerSlot]:
+        """Of ``slots``, those with models loaded and no job, marked as releasing so they claim no job until
+        ``_release_marked`` is done with them; caller holds ``self._condition``."""
+        chosen = [slot for slot in slots if slot.models_loaded and slot.running is None and not slot.releasing]
+        for slot in chosen:
+            slot.releasing = True
+        return chosen
+
+    def _release_marked(self, slots: list[WorkerSlot]) -> None:
+        """Release the models of ``slots`` (marked by ``_mark_for_release``). Caller does not hold the lock: a
+        worker process takes up to seconds to stop, and the page's reads must not wait for it."""
+        for slot in slots:
+            try:
+                if slot.runner is not None:
+                    if slot.worker is None:
+                        slot.runner.engine.models.release_all()
+                    else:
+                        slot.worker.release()
+                logger.info("Released the models' memory%s", f" of worker {slot.name}" if slot.name else "")
+            finally:
+                with self._condition:
+                    slot.models_loaded = False
+                    slot.releasing = False
+                    self._condition.notify_all()
 
     def _worker_states(self) -> list[dict[str, Any]]:
         """Each worker's name, the job it runs and whether it still takes jobs; caller holds the lock."""
@@ -178,27 +194,37 @@ class WorkerSlotsMixin:
             return not self._stopping
 
     def _wait_for_job(self, slot: WorkerSlot) -> QueuedJob | None:
-        """Block until a job is claimed from the queue (marked running, returned) or the service stops (None)."""
-        with self._condition:
-            idle_since = time.monotonic()
-            while not self._stopping:
-                claimed = self._claim_next(slot)
-                if claimed is not None:
-                    return claimed
-                if self._release_requested and not self._running_ids():
-                    for each in self._slots:
-                        if each.models_loaded:
-                            self._release_models(each)
-                    self._release_requested = False
-                timeout = STORE_POLL_S  # jobs may arrive from (or be run by) other processes
-                if slot.models_loaded and self._idle_release_s is not None:
-                    left = idle_since + self._idle_release_s - time.monotonic()
-                    if left <= 0:
-                        self._release_models(slot)
-                        continue
-                    timeout = min(timeout, left)
-                self._condition.wait(timeout)
-            return None
+        """Block until a job is claimed from the queue (marked running, returned) or the service stops (None).
+        Meanwhile release the models when asked to or after the idle time, outside the lock."""
+        idle_since = time.monotonic()
+        while True:
+            with self._condition:
+                releasing = self._next_release(slot, idle_since)
+                while not releasing:
+                    if self._stopping:
+                        return None
+                    if not slot.releasing:  # another thread may be releasing this slot's models
+                        claimed = self._claim_next(slot)
+                        if claimed is not None:
+                            return claimed
+                    releasing = self._next_release(slot, idle_since)
+                    if not releasing:
+                        timeout = STORE_POLL_S  # jobs may arrive from (or be run by) other processes
+                        if slot.models_loaded and self._idle_release_s is not None:
+                            timeout = max(0.0, min(timeout, idle_since + self._idle_release_s - time.monotonic()))
+                        self._condition.wait(timeout)
+            self._release_marked(releasing)
+
+    def _next_release(self, slot: WorkerSlot, idle_since: float) -> list[WorkerSlot]:
+        """The slots whose models to release now (marked): every loaded one once a requested release is due (no
+        job runs), else ``slot`` once it has been idle long enough; caller holds ``self._condition``."""
+        if self._release_requested and not self._running_ids():
+            self._release_requested = False
+            return self._mark_for_release(self._slots)
+        if (slot.models_loaded and self._idle_release_s is not None
+                and time.monotonic() >= idle_since + self._idle_release_s):
+            return self._mark_for_release([slot])
+        return []
 
     def _claim_next(self, slot: WorkerSlot) -> QueuedJob | None:
         """Claim the queue's next job for ``slot``, when this process owns the queue; caller holds the lock."""
