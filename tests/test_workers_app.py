@@ -150,3 +150,24 @@ def test_with_several_workers_a_tab_may_start_another_job_while_its_own_runs(app
     assert service.worker_count == 2
     finished = JobSnapshot(job_id="j", state=JobState.FINISHED, request=None, worker="cpu#1")
     assert "<b>Finished</b> on <b>cpu#1</b>" in render_progress(finished)
+
+
+def test_a_job_goes_to_the_first_free_worker_in_the_order_given():
+    from types import SimpleNamespace
+
+    from app.service.worker_slots import WorkerSlot, WorkerSlotsMixin
+
+    first, second, third = (WorkerSlot(worker=SimpleNamespace(name=name)) for name in ("cuda:0", "cuda:1", "cuda:2"))
+    service = SimpleNamespace(_slots=[first, second, third])
+
+    def may_claim(slot: WorkerSlot) -> bool:
+        return WorkerSlotsMixin._may_claim(service, slot)
+
+    for slot in (first, second, third):
+        slot.waiting = True
+    # Whichever thread the news wakes first, only the first waiting worker claims.
+    assert [may_claim(slot) for slot in (third, second, first)] == [False, False, True]
+    first.waiting = False  # it runs a job now
+    assert [may_claim(slot) for slot in (second, third)] == [True, False]
+    second.releasing = True  # another thread frees its memory: it takes nothing meanwhile, the next one does
+    assert [may_claim(slot) for slot in (second, third)] == [False, True]

@@ -59,6 +59,7 @@ class WorkerSlot:
     running: str | None = None  # the job it runs now
     models_loaded: bool = False
     releasing: bool = False  # its models are being released (outside the lock): it claims no job meanwhile
+    waiting: bool = False  # its thread waits for a job (not running one, not pausing after a loss)
     losses: int = 0  # times in a row its worker was lost mid-job
     retired: bool = False  # lost too often: it takes no more jobs
     thread: threading.Thread | None = None
@@ -199,21 +200,35 @@ class WorkerSlotsMixin:
         idle_since = time.monotonic()
         while True:
             with self._condition:
-                releasing = self._next_release(slot, idle_since)
-                while not releasing:
-                    if self._stopping:
-                        return None
-                    if not slot.releasing:  # another thread may be releasing this slot's models
-                        claimed = self._claim_next(slot)
-                        if claimed is not None:
-                            return claimed
+                slot.waiting = True
+                try:
                     releasing = self._next_release(slot, idle_since)
-                    if not releasing:
-                        timeout = STORE_POLL_S  # jobs may arrive from (or be run by) other processes
-                        if slot.models_loaded and self._idle_release_s is not None:
-                            timeout = max(0.0, min(timeout, idle_since + self._idle_release_s - time.monotonic()))
-                        self._condition.wait(timeout)
+                    while not releasing:
+                        if self._stopping:
+                            return None
+                        if self._may_claim(slot):
+                            claimed = self._claim_next(slot)
+                            if claimed is not None:
+                                self._condition.notify_all()  # a worker after this one may take the next job
+                                return claimed
+                        releasing = self._next_release(slot, idle_since)
+                        if not releasing:
+                            timeout = STORE_POLL_S  # jobs may arrive from (or be run by) other processes
+                            if slot.models_loaded and self._idle_release_s is not None:
+                                timeout = max(0.0, min(timeout, idle_since + self._idle_release_s - time.monotonic()))
+                            self._condition.wait(timeout)
+                finally:
+                    slot.waiting = False
             self._release_marked(releasing)
+
+    def _may_claim(self, slot: WorkerSlot) -> bool:
+        """Whether ``slot`` may claim the next job: not while another thread releases its models, nor while a
+        worker listed before it waits too (that one takes it: jobs go to the first free worker, cuda:0 before
+        cuda:1, whichever thread the news wakes first); caller holds ``self._condition``."""
+        if slot.releasing:
+            return False
+        earlier = self._slots[:self._slots.index(slot)]
+        return not any(other.waiting and not other.releasing for other in earlier)
 
     def _next_release(self, slot: WorkerSlot, idle_since: float) -> list[WorkerSlot]:
         """The slots whose models to release now (marked): every loaded one once a requested release is due (no
