@@ -210,7 +210,9 @@ def build_generate_tab(defaults: dict[str, Any], loras: LoraFolder, *, show_lora
             progress = gr.HTML(render_message("Upload an image, write a prompt and press Start."),
                                elem_id="progress")
             with gr.Row(elem_id="job-media"):
-                preview = gr.Image(label="Preview (latents, every step)", interactive=False, visible=False,
+                # A short label and one button: at 1366 px the column is about 190 px wide, and Gradio's
+                # buttons lie over the label's right end (sharing or downloading a latent preview is of no use).
+                preview = gr.Image(label="Latent preview", interactive=False, visible=False, buttons=["fullscreen"],
                                    height=240, format="png", scale=1, min_width=160, elem_id="preview")
                 video = gr.Video(label="Video so far (a new section appears as soon as it is written)",
                                  autoplay=True, loop=False, height=400, interactive=False, buttons=["download"],

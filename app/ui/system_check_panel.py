@@ -13,6 +13,7 @@ from app.ui.context import PageContext
 from framepack_core.doctor.report import CheckStatus, DoctorReport
 
 CHECK_COLUMNS = ("check", "status", "found", "fix")
+CHECK_COLUMN_WIDTHS = ("16%", "9%", "40%", "35%")
 INTRO = ("Checks what generating needs on the machine that runs the app: torch's build against the GPU (the RTX 50 "
          "'no kernel image' error), the driver, memory and page file, disk, FFmpeg, attention packages, the model "
          "files and the output folder, each with its fix. The same as `python -m framepack_core doctor`.")
@@ -35,7 +36,11 @@ def build_system_check_panel() -> SystemCheckPanel:
                                    elem_id="system-check-job", scale=3)
             run = gr.Button("Run system check", size="sm", elem_id="system-check-run", scale=1)
         summary = gr.Markdown("", elem_id="system-check-summary")
+        # Fixed shares of the table's width: sized from their content, the long "found" and "fix" texts make
+        # columns wider than the page, and wrap=True only wraps inside a width it has been given. Wrapped rows are
+        # taller: the height fits every check, so no row hides under an inner scroll bar.
         table = gr.Dataframe(headers=list(CHECK_COLUMNS), value=[], interactive=False, wrap=True,
+                             column_widths=list(CHECK_COLUMN_WIDTHS), max_height=1200,
                              elem_id="system-check-table")
     return SystemCheckPanel(with_job=with_job, run=run, summary=summary, table=table)
 
