@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from framepack_core.workers.remote import Worker
 
 logger = logging.getLogger("launch")
+# "(None: the Hugging Face cache)" or "None: no Ray." in a setting's description.
+_WHAT_NONE_MEANS = re.compile(r" ?\(None: [^)]*\)| ?None: [^.]*\.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         if default is None:
             value = next(f.default for f in fields(Settings) if f.name == name)
             default = f"{value:g}" if isinstance(value, float) else str(value)
-        return f"{about[name]} Default: {default}."
+        # What None means is the default here, said once: "Default: no Ray", not "None: no Ray. Default: no Ray".
+        return f"{_WHAT_NONE_MEANS.sub('', about[name])} Default: {default}."
 
     p = argparse.ArgumentParser(prog="launch.py", description="FramePack image-to-video app (Gradio).",
                                 epilog="Every option can also be set as an environment variable FRAMEPACK_<NAME>, "

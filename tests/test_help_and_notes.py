@@ -52,6 +52,15 @@ def test_every_option_of_every_command_has_help_and_says_its_default(parser, com
     assert not missing_default, f"options whose help gives no default: {missing_default}"
 
 
+def test_launch_help_says_each_default_once():
+    helps = {action.option_strings[0]: action.help for _, action in _options(launch.build_parser(), "launch.py")
+             if action.option_strings}
+    assert not [name for name, text in helps.items() if "None:" in text or text.count("Default") > 1]
+    assert helps["--ray"].endswith("ray.txt. Default: no Ray. See docs/scaling.md.")
+    assert helps["--models-dir"] == ("Folder with the models in org/name/subfolder layout. "
+                                     "Default: the Hugging Face cache.")
+
+
 def test_generate_help_names_the_defaults_of_seed_steps_and_teacache_threshold_and_sampler_variant(capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["generate", "--help"])
