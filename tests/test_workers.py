@@ -61,14 +61,15 @@ def uninterrupted(tiny_models_dir, image, tmp_path_factory) -> dict[int, tuple[t
 
 
 def test_two_cpu_workers_run_two_queued_jobs_at_the_same_time(tiny_models_dir, image, uninterrupted, tmp_path,
-                                                               capsys):
+                                                               capfd):
     queue = JobQueue.for_output_dir(tmp_path)
     ids = {seed: _submit(queue, image, seed) for seed in (1, 2)}
 
     code = cli.main(["jobs", "--output-dir", str(tmp_path), "run", "--devices", "cpu,cpu", "--device", "cpu",
                      "--models-dir", str(tiny_models_dir), "--offline"])
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()  # the worker processes' output too: they write to the same terminal
     assert code == cli.EXIT_OK, err
+    assert "Loading weights" not in err, "two workers' loading bars would interleave line by line"
 
     first, second = (queue.get(ids[seed]) for seed in (1, 2))
     assert {first.worker, second.worker} == {"cpu#1", "cpu#2"}

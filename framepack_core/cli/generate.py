@@ -16,7 +16,6 @@ from framepack_core.cli.options import (
     EXIT_FAILED,
     EXIT_OK,
     engine_from_args,
-    library_progress_bars_off,
     option_text,
     request_from_args,
     request_notes,
@@ -24,6 +23,7 @@ from framepack_core.cli.options import (
 )
 from framepack_core.durations import duration_text
 from framepack_core.errors import FramePackError, InvalidInputError
+from framepack_core.models.progress_bars import library_progress_bars_off
 
 # tqdm's own time left counts only the steps; the engine's ETA (in the postfix) counts every stage.
 BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"

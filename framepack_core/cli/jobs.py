@@ -23,7 +23,6 @@ from framepack_core.cli.options import (
     add_runtime_options,
     add_setting_options,
     engine_from_args,
-    library_progress_bars_off,
     option_text,
     request_from_args,
     request_notes,
@@ -32,6 +31,7 @@ from framepack_core.cli.options import (
 from framepack_core.cli.workers import add_worker_options, workers_from_args
 from framepack_core.errors import FramePackError, InvalidInputError, render_fields
 from framepack_core.jobs.output_naming import DEFAULT_OUTPUT_DIR
+from framepack_core.models.progress_bars import library_progress_bars_off
 
 JOB_ID_HELP = "The job's id, as `jobs list` shows it."
 

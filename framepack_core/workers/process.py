@@ -10,6 +10,7 @@ exits when the parent goes away (its pipe closes), so a killed app leaves no wor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 
 from framepack_core.errors import InvalidInputError
 from framepack_core.events import CancelToken, EngineEvent, JobCancelled, JobFailed, JobFinished
+from framepack_core.models.progress_bars import library_progress_bars_off
 from framepack_core.request import GenerationRequest
 from framepack_core.workers.recipe import EngineRecipe, worker_devices
 from framepack_core.workers.remote import WorkerLostError, unique_names
@@ -35,9 +37,11 @@ class ProcessWorker:
     """A ``Worker`` (``framepack_core.workers.remote``) whose engine runs in a child process built from
     ``recipe``. Thread-safe for one job at a time, which is how the pool and the service use it."""
 
-    def __init__(self, recipe: EngineRecipe, name: str | None = None) -> None:
+    def __init__(self, recipe: EngineRecipe, name: str | None = None, *, progress_bars: bool = True) -> None:
         self.recipe = recipe
         self.name = name or recipe.device
+        # Several workers share one terminal, where their weight-loading bars would interleave line by line.
+        self.progress_bars = progress_bars
         self._process: Any = None
         self._to_child: Connection | None = None
         self._from_child: Connection | None = None
@@ -118,7 +122,7 @@ class ProcessWorker:
         context = multiprocessing.get_context("spawn")
         child_reads, parent_writes = context.Pipe(duplex=False)
         parent_reads, child_writes = context.Pipe(duplex=False)
-        process = context.Process(target=serve, args=(self.recipe, child_reads, child_writes, self.name),
+        process = context.Process(target=serve, args=(self.recipe, child_reads, child_writes, self.name, self.progress_bars),
                                   name=f"framepack-worker-{self.name}", daemon=True)
         process.start()
         child_reads.close()
@@ -138,15 +142,24 @@ def local_workers(recipe: EngineRecipe, devices: str) -> list[ProcessWorker]:
     for its share of this machine's RAM. ``InvalidInputError`` (field ``devices``) for a device this machine
     does not have."""
     names = worker_devices(devices)
-    return [ProcessWorker(recipe.on_device(device, ram_share=1 / len(names)), name)
+    return [ProcessWorker(recipe.on_device(device, ram_share=1 / len(names)), name, progress_bars=len(names) == 1)
             for device, name in zip(names, unique_names(names))]
 
 
-def serve(recipe: EngineRecipe, requests: Connection, replies: Connection, name: str = "") -> None:
+def serve(recipe: EngineRecipe, requests: Connection, replies: Connection, name: str = "",
+          progress_bars: bool = True) -> None:
     """The child process: build the engine, then run each job asked for, sending its events back. A reader thread
-    takes the parent's messages, so a cancel arrives while the engine is busy. Its log lines carry ``name``."""
+    takes the parent's messages, so a cancel arrives while the engine is busy. Its log lines carry ``name``;
+    ``progress_bars`` False hides the libraries' download and loading bars (its log says what it loads)."""
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s worker {name.replace('%', '%%') or '%(process)d'} %(levelname)s %(message)s")
+    with contextlib.ExitStack() as quiet:
+        if not progress_bars:
+            quiet.enter_context(library_progress_bars_off())
+        _serve(recipe, requests, replies)
+
+
+def _serve(recipe: EngineRecipe, requests: Connection, replies: Connection) -> None:
     engine = recipe.build()
     jobs: list[tuple] = []
     arrived = threading.Condition()
