@@ -359,3 +359,45 @@ def test_fp8_storage_keeps_the_lora_in_the_compute_dtype_and_does_not_fuse(tiny_
     # two effects differ by 5.6% of the effect's norm (a LoRA lost in fp8 rounding would differ by about 100%).
     effect, fp8_effect = lora_reference - reference, latents - fp8_plain
     assert (fp8_effect - effect).norm() <= 0.25 * effect.norm()
+
+
+@pytest.mark.parametrize("lora_first", [True, False], ids=["lora-in-first-job", "lora-after-placing"])
+def test_fp8_leaves_out_the_output_projections_lora_layer_and_keeps_the_block_layers_in_the_compute_dtype(
+        tiny_models_dir, cpu_plan, gradient_image, tmp_path, lora_first):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from framepack_core.lora.files import transformer_config, transformer_layers
+
+    shapes = transformer_layers(transformer_config(tiny_models_dir)[0])
+    targets = ("proj_out", "transformer_blocks.0.attn.to_q", "single_transformer_blocks.0.proj_mlp")
+    generator = torch.Generator().manual_seed(5)
+    tensors = {}
+    for target in targets:
+        out_features, in_features = shapes[target]
+        tensors[f"transformer.{target}.lora_A.weight"] = torch.randn(RANK, in_features, generator=generator) * 0.3
+        tensors[f"transformer.{target}.lora_B.weight"] = torch.randn(out_features, RANK, generator=generator) * 0.3
+    lora = _save(tmp_path, "with_proj_out.safetensors", tensors)
+    plan = uniform_plan(cpu_plan, Placement.RESIDENT, fp8=True)
+    compute = getattr(torch, plan.component(Component.TRANSFORMER).compute_dtype)
+    engine = _planned(tiny_models_dir, plan, tmp_path)
+    if not lora_first:
+        _latents(engine, gradient_image, tmp_path, "fp8")  # cast to fp8 and placed before the LoRA arrives
+    _, events = _latents(engine, gradient_image, tmp_path, "fp8-proj-out", [(lora, 1.0)])
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert ("LoRA with_proj_out.safetensors: its layer(s) proj_out are left out: the transformer is stored in fp8 "
+            "and keeps those layers out of the fp8 casting only by their exact names") in notices
+    transformer = engine.models.transformer(ModelVariant.ORIGINAL)
+    # The output projection is the plain layer, in the dtype it was loaded in (fp32, the official app's output
+    # projection), outside the fp8 casting.
+    proj_out = transformer.proj_out
+    assert type(proj_out) is torch.nn.Linear and not isinstance(proj_out, BaseTunerLayer)
+    assert proj_out.weight.dtype == torch.float32
+    hooks = getattr(proj_out, "_diffusers_hook", None)
+    assert hooks is None or hooks.get_hook("layerwise_casting") is None
+    # The block layers carry the adapter, over fp8 base weights, in the compute dtype.
+    wrapped = sorted({name.rsplit(".", 2)[0] for name, _ in _lora_layers(transformer)})  # less lora_A.<adapter>
+    assert wrapped == ["single_transformer_blocks.0.proj_mlp", "transformer_blocks.0.attn.to_q"]
+    for name in wrapped:
+        assert transformer.get_submodule(name).base_layer.weight.dtype == torch.float8_e4m3fn, name
+    for name, layer in _lora_layers(transformer):
+        assert layer.weight.dtype == compute, name

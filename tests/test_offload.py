@@ -60,7 +60,9 @@ class FixedPlanner:
         self.fixed = plan
         self.held: list[tuple[int, int]] = []
 
-    def plan(self, request, image_size, *, held_device_bytes=0, held_host_bytes=0) -> MemoryPlan:  # noqa: ANN001
+    plan_job = JobPlanner.plan_job  # as the engine asks: what the store holds, then ``plan``
+
+    def plan(self, request, image_size, *, held_device_bytes=0, held_host_bytes=0, loras=()) -> MemoryPlan:
         self.held.append((held_device_bytes, held_host_bytes))
         return self.fixed
 

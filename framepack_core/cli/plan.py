@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from framepack_core.cli.options import EXIT_BAD_INPUT, EXIT_OK, with_option_name
+from framepack_core.cli.options import EXIT_BAD_INPUT, EXIT_OK, lora_argument, with_option_name
 from framepack_core.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from framepack_core.memory.plan import MemoryPlan
+    from framepack_core.models.store import ModelStore
     from framepack_core.pipeline.estimate import JobEstimate
+    from framepack_core.request import GenerationRequest
 
 
 def add_plan_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +39,10 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models-dir", type=Path, default=None,
                    help="Read the sizes from this org/name tree (default: the local Hugging Face cache, else the "
                         "built-in real configs). Nothing is downloaded.")
+    p.add_argument("--lora", dest="loras", action="append", type=lora_argument, default=None,
+                   metavar="PATH[:WEIGHT]",
+                   help="Plan for a job with this LoRA (as generate's --lora): its adapter layers count in the "
+                        "transformer's size; repeat for several. Default: none.")
     p.add_argument("--json", action="store_true", help="Print the plan as JSON.")
 
 
@@ -49,11 +55,8 @@ def _plan_input_problem(args: argparse.Namespace) -> str | None:
         if value is not None and (not math.isfinite(value) or value < low or (option == "--ram-gb" and value == 0)):
             return f"{option}: {value} is not a usable amount of memory (a number of GiB, at least 0)"
     # The job's own numbers are checked by the request, as for generate, so both commands accept the same values.
-    from framepack_core.request import GenerationRequest
-
     try:
-        GenerationRequest(image=Path("plan"), model=args.model, latent_window_size=args.window,
-                          resolution=args.resolution, cfg=args.cfg).validated()
+        _request(args)
     except InvalidInputError as error:
         return with_option_name(error)
     if args.models_dir is not None and not args.models_dir.is_dir():
@@ -63,21 +66,33 @@ def _plan_input_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _request(args: argparse.Namespace) -> GenerationRequest:
+    """The job ``plan`` plans for: generate's defaults with the options given."""
+    from framepack_core.request import GenerationRequest, LoraChoice
+
+    loras = tuple(LoraChoice(path, weight) for path, weight in args.loras or ())
+    return GenerationRequest(image=Path("plan"), model=args.model, latent_window_size=args.window,
+                             resolution=args.resolution, cfg=args.cfg, fp8=args.fp8,
+                             gpu_memory_preservation=args.preserve_gb, loras=loras).validated()
+
+
 def run_plan(args: argparse.Namespace) -> int:
     import json
 
-    from framepack_core.memory.hardware import TorchHardwareProbe, simulated_gpu, with_ram
-    from framepack_core.memory.plan import GIB, Workload
-    from framepack_core.memory.planner import plan_memory
+    from framepack_core.memory.hardware import FakeHardwareProbe, TorchHardwareProbe, simulated_gpu, with_ram
+    from framepack_core.memory.job_planning import JobPlanner
+    from framepack_core.memory.plan import Workload
     from framepack_core.memory.report import describe
-    from framepack_core.models.sizes import find_sizes
+    from framepack_core.models.devices import resolve_device_config
+    from framepack_core.models.loading import ModelSource
+    from framepack_core.models.store import ModelStore
 
     problem = _plan_input_problem(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        workload = Workload.from_resolution(args.resolution, latent_window_size=args.window, variant=args.model,
+        Workload.from_resolution(args.resolution, latent_window_size=args.window, variant=args.model,
                                             real_cfg=args.cfg != 1.0)
     except ValueError as error:
         print(f"error: --resolution / --window: {error}", file=sys.stderr)
@@ -96,9 +111,19 @@ def run_plan(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if args.ram_gb is not None:
         hardware = with_ram(hardware, args.ram_gb)
-    sizes, size_notes = find_sizes(args.model, models_dir=args.models_dir)
-    preserve = None if args.preserve_gb is None else int(args.preserve_gb * GIB)
-    plan = plan_memory(sizes, hardware, workload, preserve_bytes=preserve, fp8=args.fp8)
+    source = ModelSource(models_dir=args.models_dir)
+    # Planned as a job is (``JobPlanner.plan_job``), on the machine probed or simulated above, by a store that
+    # holds nothing yet.
+    planner = JobPlanner(source, hardware.device_type, probe=FakeHardwareProbe(hardware))
+    simulated = args.vram_gb is not None
+    models = ModelStore(source, resolve_device_config("cpu" if simulated else args.device))
+    sizes, size_notes = planner.sizes(args.model)
+    request = _request(args)
+    try:
+        plan = planner.plan_job(request, None, models)
+    except InvalidInputError as error:
+        print(f"error: {with_option_name(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.json:
         data = plan.to_dict()
         data["hardware"] = {"device_type": hardware.device_type, "device_name": hardware.device_name,
@@ -108,7 +133,7 @@ def run_plan(args: argparse.Namespace) -> int:
         data["sizes"] = [{"component": s.component.value, "parameters": s.parameters, "source": s.source,
                           "location": s.location, "disk_dtype": s.disk_dtype} for s in sizes.components]
         data["size_notes"] = list(size_notes)
-        estimate = _estimate(args, plan)
+        estimate = _estimate(request, models, plan, simulated)
         data["estimate"] = {"seconds": estimate.seconds, "source": estimate.source, "text": estimate.time_text(),
                             "job": _TIMED_JOB}
         print(json.dumps(data, indent=2))
@@ -119,7 +144,7 @@ def run_plan(args: argparse.Namespace) -> int:
         print(f"  note: {note}")
     print()
     print(describe(plan))
-    print(f"Estimated time: {_estimate(args, plan).time_text()}, for generate's defaults ({_TIMED_JOB})")
+    print(f"Estimated time: {_estimate(request, models, plan, simulated).time_text()}, for generate's defaults ({_TIMED_JOB})")
     return EXIT_OK
 
 
@@ -127,20 +152,11 @@ def run_plan(args: argparse.Namespace) -> int:
 _TIMED_JOB = "a 5 s video, 25 steps, TeaCache on"
 
 
-def _estimate(args: argparse.Namespace, plan: MemoryPlan) -> JobEstimate:
+def _estimate(request: GenerationRequest, models: ModelStore, plan: MemoryPlan, simulated: bool) -> JobEstimate:
     """The job's estimate with ``plan``: this machine's learned speeds (the default output folder's), or a first
-    guess for a simulated GPU, whose speed this machine cannot have learned."""
-    from framepack_core.models.devices import resolve_device_config
-    from framepack_core.models.loading import ModelSource
-    from framepack_core.models.store import ModelStore
+    guess for a ``simulated`` GPU, whose speed this machine cannot have learned."""
     from framepack_core.pipeline.estimate import estimate_job
     from framepack_core.pipeline.timings import DEFAULT_TIMINGS_PATH, StageTimings
-    from framepack_core.request import GenerationRequest
 
-    request = GenerationRequest(image=Path("plan"), model=args.model, latent_window_size=args.window,
-                                resolution=args.resolution, cfg=args.cfg).validated()
-    simulated = args.vram_gb is not None
-    models = ModelStore(ModelSource(models_dir=args.models_dir), resolve_device_config("cpu" if simulated else
-                                                                                      args.device))
     timings = StageTimings() if simulated else StageTimings.load(DEFAULT_TIMINGS_PATH)
     return estimate_job(request, None, models, None, timings, plan=plan)

@@ -19,18 +19,22 @@ layers the base layer's fp8 dtype, so they are moved to the compute dtype (``Tra
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from framepack_core.errors import InvalidInputError
 from framepack_core.jobs.spec import file_sha256
 from framepack_core.lora.files import LoraDescription, inspect_lora, transformer_config, transformer_layers
+from framepack_core.memory.adapters import AdapterParameters
 from framepack_core.memory.plan import ComponentPlan
 from framepack_core.request import LoraChoice
+
+if TYPE_CHECKING:
+    from framepack_core.models.sizes import ComponentSize
 
 FIELD = "loras"
 # Layers diffusers' layerwise casting skips only by an anchored name ("^proj_out$"): wrapped by PEFT they would be
@@ -97,6 +101,28 @@ class LoraLibrary:
         return loras
 
 
+def adapter_parameters(loras: Iterable[LoraFile], transformer: ComponentSize) -> AdapterParameters:
+    """The parameters the adapters of ``loras`` add to the transformer of size ``transformer``, each file counted
+    once (by SHA-256) and at any weight: an adapter occupies memory whether or not a job switches it on."""
+    lists, first = {}, 0
+    for block_list in transformer.blocks:  # each list's first block's index in forward order, and its length
+        lists[block_list.path] = (first, block_list.count)
+        first += block_list.count
+    per_block, remainder, unwrappable = [0] * first, 0, 0
+    for lora in {lora.sha256: lora for lora in loras}.values():
+        for key, tensor in lora.description.converted.items():
+            block_list, _, rest = key.removeprefix("transformer.").partition(".")
+            index = rest.partition(".")[0]
+            start, count = lists.get(block_list, (0, 0))
+            if index.isdigit() and int(index) < count:
+                per_block[start + int(index)] += tensor.numel()
+            elif block_list in _FP8_UNWRAPPABLE:
+                unwrappable += tensor.numel()
+            else:
+                remainder += tensor.numel()
+    return AdapterParameters(tuple(per_block), remainder, unwrappable)
+
+
 def fuse_refusal(plan: ComponentPlan | None) -> str | None:
     """Why the transformer's placement forbids fusing LoRAs into its weights, or None when it allows it."""
     if plan is None:
@@ -118,7 +144,13 @@ class TransformerLoras:
         self.compute_dtype = compute_dtype
         self.fp8 = fp8
         self._loaded: dict[str, list[str]] = {}  # SHA-256 -> the modules left out of it (fp8)
+        self._files: dict[str, LoraFile] = {}  # SHA-256 -> the file loaded
         self._fused: list[tuple[torch.nn.Parameter, torch.Tensor]] = []  # base weights and their exact copies
+
+    @property
+    def loaded(self) -> list[LoraFile]:
+        """The LoRAs whose adapters this transformer holds (switched on or not)."""
+        return list(self._files.values())
 
     def missing(self, loras: Sequence[LoraFile]) -> list[LoraFile]:
         return [lora for lora in loras if lora.sha256 not in self._loaded]
@@ -138,6 +170,7 @@ class TransformerLoras:
                                                        prefix="transformer")
                 self._keep_out_of_fp8(lora.adapter_name)
             self._loaded[lora.sha256] = left_out
+            self._files[lora.sha256] = lora
         if self._loaded:
             self.transformer.disable_lora()
 

@@ -3,24 +3,31 @@
 The engine asks a ``JobPlanner`` for a plan at the start of every job: the workload comes from the request (the
 input image's bucket, the window, the model, real CFG), the budgets from the device now, and the user's controls
 (``gpu_memory_preservation``, ``fp8``) from the request. Weights the store already holds count as free: they are
-ours, and the plan decides where they go next.
+ours, and the plan decides where they go next. The transformer's size includes the LoRA adapters it will hold during
+the job (``framepack_core.memory.adapters``): the job's and those earlier jobs loaded into it.
+
+``plan_job`` is the one way a job's plan is made: the engine at the start of the job, the estimate before it, and
+``python -m framepack_core plan`` all call it, so the three never disagree.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from framepack_core.memory.hardware import HardwareInfo, HardwareProbe, TorchHardwareProbe
 from framepack_core.memory.plan import GIB, CostModel, MemoryPlan, Placement, Workload
 from framepack_core.memory.planner import plan_memory
-from framepack_core.models.components import ModelVariant
+from framepack_core.models.components import DIT, ModelVariant
 from framepack_core.models.sizes import ModelSizes, find_sizes
 
 if TYPE_CHECKING:
     import torch
 
+    from framepack_core.lora.adapters import LoraFile
     from framepack_core.models.loading import ModelSource
+    from framepack_core.models.store import ModelStore
     from framepack_core.request import GenerationRequest
 
 
@@ -48,13 +55,25 @@ class JobPlanner:
                                               cache_dir=self.source.cache_dir)
         return self._sizes[variant]
 
+    def plan_job(self, request: GenerationRequest, image_size: tuple[int, int] | None, models: ModelStore,
+                 loras: Sequence[LoraFile] | None = None) -> MemoryPlan:
+        """The plan for ``request`` run by ``models`` as they are now: the weights they hold count as free, and the
+        transformer holds the adapters of the job's LoRAs (``loras``, already read; None: read from the request)
+        and of every LoRA loaded into it before (they stay loaded for the process's life)."""
+        if loras is None:
+            loras = models.job_loras(request.loras, request.model)
+        held_device, held_host = models.held_bytes()
+        return self.plan(request, image_size, held_device_bytes=held_device, held_host_bytes=held_host,
+                         loras=models.resident_loras(loras, ModelVariant(request.model)))
+
     def plan(self, request: GenerationRequest, image_size: tuple[int, int] | None, *, held_device_bytes: int = 0,
-             held_host_bytes: int = 0) -> MemoryPlan:
+             held_host_bytes: int = 0, loras: Sequence[LoraFile] = ()) -> MemoryPlan:
         """The plan for ``request`` with an input image of ``image_size`` (height, width) pixels (None: the
         resolution's largest bucket, which holds for any image).
 
         ``held_*_bytes``: weights the model store has loaded now, on the device and in host RAM; they are added
         back to the free figures so that a second job plans as the first did instead of around its own models.
+        ``loras``: the LoRAs whose adapters the transformer holds during the job, counted in its size.
         """
         variant = ModelVariant(request.model)
         sizes, _ = self.sizes(variant)
@@ -66,7 +85,13 @@ class JobPlanner:
             hardware = replace(hardware, ram_available_bytes=min(hardware.ram_available_bytes,
                                                                  int(hardware.ram_total_bytes * self.ram_share)))
         preserve = None if request.gpu_memory_preservation is None else int(request.gpu_memory_preservation * GIB)
-        return plan_memory(sizes, hardware, workload, preserve_bytes=preserve, fp8=request.fp8, cost=self.cost)
+        adapters = None
+        if loras:
+            from framepack_core.lora.adapters import adapter_parameters
+
+            adapters = adapter_parameters(loras, sizes[DIT])
+        return plan_memory(sizes, hardware, workload, preserve_bytes=preserve, fp8=request.fp8, cost=self.cost,
+                           adapters=adapters)
 
 
 def _with_held_memory(hardware: HardwareInfo, device_bytes: int, host_bytes: int) -> HardwareInfo:

@@ -15,7 +15,9 @@ that baseline. Sizes in GiB; transfers and bandwidths in decimal GB (10^9 B), as
 
 **Dtypes** held and computed (``devices.default_config``): bf16 transformer, fp16 encoders and VAE on a GPU;
 fp32 on the CPU. fp8 storage (``float8_e4m3fn``, computed in bf16 by diffusers layerwise casting) halves the
-transformer's blocks; its non-block layers are counted in bf16.
+transformer's blocks; its non-block layers are counted in bf16. A job's LoRA adapter layers
+(``framepack_core.memory.adapters``) are part of the transformer's weights, in its compute dtype, each counted in
+the block it lives in (so it is resident or offloaded with that block).
 
 **Stages** in engine order and the component each runs: text encoding (LLaMA + CLIP), VAE encode, image
 encoding (SigLIP), then per section sampling (transformer) and VAE decode. For each stage:
@@ -116,7 +118,7 @@ class ComponentPlan:
     placement: Placement
     storage_dtype: str  # torch dtype name without "torch.": "bfloat16", "float16", "float32", "float8_e4m3fn"
     compute_dtype: str  # the dtype its layers compute in (differs from storage_dtype for fp8 storage)
-    weight_bytes: int  # all its weights in storage_dtype
+    weight_bytes: int  # all its weights in storage_dtype (a transformer's LoRA layers in compute_dtype)
     device_bytes: int  # the most of its weights on the device at once during its stage
     host_bytes: int  # its weights held in host RAM (0 when resident, or when DISK keeps them on disk)
     resident_blocks: int | None = None  # BLOCKS: repeated blocks kept on the device; None otherwise
@@ -124,6 +126,7 @@ class ComponentPlan:
     blocks_per_group: int = 1  # BLOCKS / DISK: how many blocks move together
     vae_tiling: bool = False  # VAE only
     vae_slicing: bool = False  # VAE only
+    lora_bytes: int = 0  # transformer only: the part of weight_bytes that is LoRA adapter layers
 
     @property
     def fp8(self) -> bool:
@@ -357,6 +360,7 @@ def _component_dict(plan: ComponentPlan) -> dict[str, Any]:
         "total_blocks": plan.total_blocks,
         "vae_tiling": plan.vae_tiling,
         "vae_slicing": plan.vae_slicing,
+        **({"lora_gb": round(plan.lora_bytes / GIB, 3)} if plan.lora_bytes else {}),
     }
 
 

@@ -41,6 +41,7 @@ from framepack_core.memory.plan import (
 from framepack_core.models.components import DIT, ENCODERS, IMAGE, TE, TE2, VAE, WEIGHT_COMPONENTS, Component
 
 if TYPE_CHECKING:
+    from framepack_core.memory.adapters import AdapterParameters
     from framepack_core.memory.hardware import HardwareInfo
     from framepack_core.models.sizes import ComponentSize, ModelSizes
 
@@ -55,18 +56,25 @@ class _Choice:
 
 
 def _choice(size: ComponentSize, placement: Placement, storage: str, compute: str,
-            resident_blocks: int | None = None, vae_tiling: bool = False, stage_only: bool = False) -> _Choice:
+            resident_blocks: int | None = None, vae_tiling: bool = False, stage_only: bool = False,
+            adapters: AdapterParameters | None = None) -> _Choice:
     """Bytes on the device, in RAM and moved per call for ``size`` placed as asked.
 
     fp8 storage applies to the repeated blocks; the remainder (embedders, refiner, norms: what diffusers'
     layerwise casting skips, and a little more) is counted in the compute dtype. ``stage_only``: the component
     is on the device during its own stage only (the encoders), so BLOCKS keeps a whole copy in RAM and nothing
-    of it stays on the device after the stage.
+    of it stays on the device after the stage. ``adapters``: the transformer's LoRA layers, in the compute dtype,
+    each counted with the block (or the remainder) it lives in (``framepack_core.memory.adapters``).
     """
     block_unit = DTYPE_BYTES[storage]
     rest_unit = DTYPE_BYTES[compute] if storage == FP8_STORAGE else block_unit
     blocks = [p * block_unit for p in size.block_sizes()]
     remainder = size.remainder_parameters * rest_unit
+    lora = 0
+    if adapters is not None:
+        blocks = [b + a for b, a in zip(blocks, adapters.block_bytes(DTYPE_BYTES[compute]), strict=True)]
+        remainder += adapters.remainder_bytes(DTYPE_BYTES[compute], fp8=storage == FP8_STORAGE)
+        lora = adapters.total_bytes(DTYPE_BYTES[compute], fp8=storage == FP8_STORAGE)
     weight = remainder + sum(blocks)
     total_blocks = len(blocks) if placement in (Placement.BLOCKS, Placement.STREAMED, Placement.DISK) else None
     kept = blocks[:resident_blocks] if resident_blocks else []
@@ -97,7 +105,7 @@ def _choice(size: ComponentSize, placement: Placement, storage: str, compute: st
         component=size.component, placement=placement, storage_dtype=storage, compute_dtype=compute,
         weight_bytes=weight, device_bytes=device, host_bytes=host,
         resident_blocks=(len(kept) if placement in (Placement.BLOCKS, Placement.DISK) else None),
-        total_blocks=total_blocks, vae_tiling=vae_tiling, vae_slicing=vae_tiling,
+        total_blocks=total_blocks, vae_tiling=vae_tiling, vae_slicing=vae_tiling, lora_bytes=lora,
     )
     return _Choice(plan, persistent, moved, blocks[0] if blocks else 0)
 
@@ -114,9 +122,10 @@ class _Planner:
     """The arithmetic of one planning call: stage peaks of a set of choices, and the search over them."""
 
     def __init__(self, sizes: ModelSizes, hardware: HardwareInfo, workload: Workload, budget: _Budget,
-                 cost: CostModel, fp8: bool | None) -> None:
+                 cost: CostModel, fp8: bool | None, adapters: AdapterParameters | None = None) -> None:
         self.sizes, self.hardware, self.workload, self.budget, self.cost, self.fp8 = (
             sizes, hardware, workload, budget, cost, fp8)
+        self.adapters = adapters
         self.dtypes = runtime_dtypes(hardware.device_type)
         self.compute_s = workload.flops_per_call / (cost.compute_tflops * 1e12)
         self._encoder_memo: dict[tuple[int, int], dict[Component, _Choice] | None] = {}
@@ -212,7 +221,7 @@ class _Planner:
                resident_blocks: int | None = None, vae_tiling: bool = False) -> _Choice:
         compute = self.dtypes[component]
         return _choice(self.sizes[component], placement, storage or compute, compute, resident_blocks, vae_tiling,
-                       stage_only=component in ENCODERS)
+                       stage_only=component in ENCODERS, adapters=self.adapters if component == DIT else None)
 
     def transformer_tiers(self) -> list[list[_Choice]]:
         """The transformer's options, in tiers tried in order: bf16 held in RAM, fp8 held in RAM, then disk."""
@@ -336,7 +345,8 @@ class _Planner:
         for tiling in (False, True):
             choices = {c: _choice(self.sizes[c], Placement.CPU,
                                   FP8_STORAGE if c == DIT and self.fp8 else self.dtypes[c], self.dtypes[c],
-                                  vae_tiling=tiling and c == VAE) for c in WEIGHT_COMPONENTS}
+                                  vae_tiling=tiling and c == VAE, adapters=self.adapters if c == DIT else None)
+                       for c in WEIGHT_COMPONENTS}
             for release in (False, True):
                 if self.fits(choices, release):
                     return choices, release
@@ -366,14 +376,16 @@ def plan_memory(
     preserve_bytes: int | None = None,
     fp8: bool | None = None,
     cost: CostModel = CostModel(),
+    adapters: AdapterParameters | None = None,
 ) -> MemoryPlan:
     """Where each component lives for ``workload`` on ``hardware``, by the rules in the module docstring.
 
     ``preserve_bytes``: VRAM to leave free (None: max(0.5 GiB, 5 % of the card)). ``fp8``: True forces fp8
-    storage of the transformer, False forbids it, None uses it only when bf16 cannot fit.
+    storage of the transformer, False forbids it, None uses it only when bf16 cannot fit. ``adapters``: the LoRA
+    layers the transformer will hold, counted in its size (None: no LoRA).
     """
     budget, preserve = _budgets(hardware, preserve_bytes)
-    planner = _Planner(sizes, hardware, workload, budget, cost, fp8)
+    planner = _Planner(sizes, hardware, workload, budget, cost, fp8, adapters)
     notes: list[str] = []
     if hardware.device_type == "cpu":
         choices, release = planner.cpu_plan()
@@ -448,6 +460,9 @@ def _notes(planner: _Planner, choices: Mapping[Component, _Choice], release: boo
     if dit.fp8:
         notes.append("transformer stored in float8_e4m3fn and computed in bfloat16 (diffusers layerwise casting): "
                      "half the bytes, results differ slightly from bf16")
+    if dit.lora_bytes:
+        notes.append(f"the transformer's size includes {gib_text(dit.lora_bytes)} of LoRA adapter layers "
+                     f"(in {dit.compute_dtype})")
     if dit.placement == Placement.STREAMED:
         notes.append(f"streaming keeps {gib_text(dit.host_bytes)} of transformer blocks in pinned (page-locked) RAM")
     if dit.placement == Placement.DISK:

@@ -228,6 +228,12 @@ class ModelStore:
         return self.lora_library.job_loras(
             choices, lambda: transformer_layers_for(self.source.models_dir, ModelVariant(variant).value))
 
+    def resident_loras(self, loras: Sequence[LoraFile], variant: ModelVariant) -> list[LoraFile]:
+        """The LoRAs whose adapters the transformer of ``variant`` holds during a job with ``loras``: the job's and
+        those already loaded into it (adapters stay loaded, only switched off, until the transformer is dropped)."""
+        loaded = self._loras.loaded if self._loras is not None and variant in self._transformers else []
+        return [*loaded, *loras]
+
     def use_loras(self, loras: Sequence[LoraFile], fuse: bool) -> LoraActivation:
         """Switch on the job's adapters at their weights in the loaded transformer (loaded by ``transformer``)."""
         if self._loras is None:

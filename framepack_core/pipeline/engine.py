@@ -312,9 +312,7 @@ class _JobRun:
         if self.planner is None:
             return None
         height, width = self.pixels.shape[:2]
-        held_device, held_host = self.models.held_bytes()
-        plan = self.planner.plan(self.request, (height, width), held_device_bytes=held_device,
-                                 held_host_bytes=held_host)
+        plan = self.planner.plan_job(self.request, (height, width), self.models, self.loras)
         self.models.use_plan(plan)
         yield Notice(self.job_id, message=plan_summary(plan))
         if not plan.fits:

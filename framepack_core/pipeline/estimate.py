@@ -145,6 +145,4 @@ def _plan(request: GenerationRequest, image_size: tuple[int, int] | None, models
           planner: JobPlanner | None) -> MemoryPlan | None:
     if planner is None:
         return None
-    # As the engine plans: the weights the store holds now count as free, the next job decides where they go.
-    held_device, held_host = models.held_bytes()
-    return planner.plan(request, image_size, held_device_bytes=held_device, held_host_bytes=held_host)
+    return planner.plan_job(request, image_size, models)  # as the engine plans, LoRA adapters included
