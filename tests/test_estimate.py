@@ -17,6 +17,7 @@ from framepack_core.events import JobFinished, StageChanged
 from framepack_core.media.buckets import find_nearest_bucket
 from framepack_core.memory.hardware import FakeHardwareProbe, fake_hardware
 from framepack_core.memory.job_planning import JobPlanner
+from framepack_core.models.components import DIT
 from framepack_core.models.devices import resolve_device_config
 from framepack_core.models.loading import ModelSource
 from framepack_core.models.store import ModelStore
@@ -207,6 +208,53 @@ def test_the_panel_survives_an_engine_that_cannot_be_made(caplog):
     panel = estimate_panel_html(SimpleNamespace(service=SimpleNamespace(engine=broken)), None, FORM)
     assert 'data-source="error"' in panel and "Estimate unavailable" in panel
     assert "Could not estimate the job" in caplog.text
+
+
+class _RecordingPlanner(JobPlanner):
+    """A real planner that keeps each plan it made for a job, and the request's LoRAs."""
+
+    def plan_job(self, request, image_size, models, loras=None):
+        plan = super().plan_job(request, image_size, models, loras)
+        self.made = [*getattr(self, "made", []), (request.loras, plan)]
+        return plan
+
+
+def test_the_panel_counts_the_lora_panels_loras_and_reads_each_file_once(tiny_models_dir, gradient_image, tmp_path):
+    from app.ui.lora import lora_request_values
+    from framepack_core.lora.library import LoraFolder
+    from tests.lora_fixtures import write_tiny_lora
+
+    write_tiny_lora(tmp_path / "loras" / "style.safetensors", tiny_models_dir, seed=1)
+    planner = _RecordingPlanner(ModelSource(models_dir=tiny_models_dir), "cpu",
+                                probe=FakeHardwareProbe(fake_hardware(0, 64, device_type="cpu")))
+    page = _page(tiny_models_dir, planner)
+    page.loras = LoraFolder(tmp_path / "loras")
+    form = {**FORM, "resolution": 64, "seconds": 2}
+    lora_panel = [["style.safetensors"], False, 0.8]  # LoraPanel.inputs(): the rows' names, fuse, the weights
+
+    estimate_panel_html(page, str(gradient_image), form)
+    for _ in range(2):
+        panel = estimate_panel_html(page, str(gradient_image), form, lora_panel)
+        assert "a 64×48 video in 2 sections" in panel
+    (no_lora, without), *with_lora = planner.made
+    assert no_lora == () and without.component(DIT).lora_bytes == 0
+    expected = lora_request_values(page.loras, ["style.safetensors"], [0.8], False)["loras"]
+    for loras, plan in with_lora:
+        assert loras == expected and plan.component(DIT).lora_bytes > 0
+        assert plan.component(DIT).weight_bytes == without.component(DIT).weight_bytes + plan.component(DIT).lora_bytes
+    library = page.service.engine().models.lora_library
+    assert (library.files_read, library.files_hashed) == (1, 1), "a LoRA is read and hashed once, not per change"
+
+
+def test_the_panel_refuses_a_lora_file_gone_since_the_panel_was_drawn(tiny_models_dir, gradient_image, tmp_path):
+    from framepack_core.lora.library import LoraFolder
+
+    (tmp_path / "loras").mkdir()
+    page = _page(tiny_models_dir, _planner(ModelSource(models_dir=tiny_models_dir), 0, 64, device_type="cpu"))
+    page.loras = LoraFolder(tmp_path / "loras")
+    panel = estimate_panel_html(page, str(gradient_image), {**FORM, "resolution": 64},
+                                [["gone.safetensors"], False, 1.0])
+    assert 'data-source="invalid"' in panel and FIELD_LABELS["loras"] in panel
 
 
 def test_the_service_makes_its_engine_once_for_estimates_and_jobs(tiny_models_dir, tmp_path):

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import html
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import gradio as gr
 from gradio.components import Component
 
 from app.ui.context import PageContext
+from app.ui.lora import lora_request_values
+from app.ui.lora_panel import lora_inputs
 from app.ui.render import JOB_FIELDS, build_request, page_field_name, readable_error, upload_path
 from framepack_core.errors import FramePackError
 from framepack_core.pipeline.estimate import JobEstimate, estimate_job, image_size_of
@@ -35,32 +38,41 @@ def build_estimate_panel() -> gr.HTML:
 
 
 def wire_estimate_panel(demo: gr.Blocks, panel: gr.HTML, form_inputs: list[Component], context: PageContext,
-                        after: list[Any]) -> None:
-    """Recompute on page load, when the image or a setting that matters changes, and after each event in
+                        after: list[Any], lora_panel_inputs: Sequence[Component] = ()) -> None:
+    """Recompute on page load, when the image, a setting that matters or a LoRA changes, and after each event in
     ``after`` (a job's stream ending: the machine has learned its speed). ``form_inputs``: the image, then the
-    settings in ``JOB_FIELDS`` order."""
+    settings in ``JOB_FIELDS`` order; ``lora_panel_inputs``: the LoRA panel's (``LoraPanel.inputs()``), whose
+    adapters the transformer holds during the job."""
 
     def refresh(image: Any, *settings: Any) -> str:
-        return estimate_panel_html(context, upload_path(image), dict(zip(JOB_FIELDS, settings, strict=True)))
+        values = dict(zip(JOB_FIELDS, settings[:len(JOB_FIELDS)], strict=True))
+        return estimate_panel_html(context, upload_path(image), values, settings[len(JOB_FIELDS):])
 
     # Unprocessed like Start: the image is only read for its size, never decoded by Gradio first.
     # One at a time: the first estimate of a model reads its sizes (seconds from the built-in configs when no
     # weights are downloaded yet), and two at once would only do that twice.
-    options = {"fn": refresh, "inputs": form_inputs, "outputs": [panel], "api_visibility": "private",
+    options = {"fn": refresh, "inputs": [*form_inputs, *lora_panel_inputs], "outputs": [panel], "api_visibility": "private",
                "show_progress": "hidden", "preprocess": False, "concurrency_id": "estimate", "concurrency_limit": 1}
     demo.load(**options)
     image, settings = form_inputs[0], dict(zip(JOB_FIELDS, form_inputs[1:], strict=True))
     # A dragged slider sends many changes: only the last one waiting is computed.
-    for component in (image, *(settings[name] for name in ESTIMATE_INPUTS)):
+    for component in (image, *(settings[name] for name in ESTIMATE_INPUTS), *lora_panel_inputs):
         component.change(trigger_mode="always_last", **options)
     for event in after:
         event.then(**options)
 
 
-def estimate_panel_html(context: PageContext, image: str | None, values: dict[str, Any]) -> str:
-    """The panel for the form's ``image`` (a path, or None) and settings ``values``."""
+def estimate_panel_html(context: PageContext, image: str | None, values: dict[str, Any],
+                        lora_panel_values: Sequence[Any] = ()) -> str:
+    """The panel for the form's ``image`` (a path, or None), settings ``values`` and the LoRA panel's values
+    (``LoraPanel.inputs()``' order; none: no LoRA)."""
     try:
+        if lora_panel_values:
+            values = {**values, **lora_request_values(context.loras, *lora_inputs(lora_panel_values))}
         request = build_request(image or NO_IMAGE, values).validated()
+        engine = context.service.engine()
+        # A LoRA is read (once per file) to count its adapters: a foreign or broken file is refused here.
+        estimate = estimate_job(request, image_size_of(image), engine.models, engine.planner, engine.timings)
     except FramePackError as error:
         message, hint = readable_error(error, image)
         field = getattr(error, "field", "")
@@ -68,9 +80,6 @@ def estimate_panel_html(context: PageContext, image: str | None, values: dict[st
             message = f"{page_field_name(field)}{message.removeprefix(field)}"
         text = f"Estimate: {message}" + (f" How to fix: {hint}" if hint else "")
         return _wrap(f'<span class="fp-muted">{html.escape(text)}</span>', "invalid")
-    try:
-        engine = context.service.engine()
-        estimate = estimate_job(request, image_size_of(image), engine.models, engine.planner, engine.timings)
     except Exception:  # an estimate is a courtesy: the form stays usable whatever went wrong
         logger.exception("Could not estimate the job")
         return _wrap('<span class="fp-muted">Estimate unavailable (the app\'s log says why).</span>', "error")

@@ -320,7 +320,8 @@ def wire_generate_tab(demo: gr.Blocks, tab: GenerateTab, outputs: StreamFrame[Co
         api_visibility="private",
         concurrency_id="stream", cancels=[load_event], preprocess=False, trigger_mode="multiple")
     # A job that ends has taught the machine its speed: the estimate follows.
-    wire_estimate_panel(demo, tab.estimate, form_inputs, context, after=[started, load_event])
+    wire_estimate_panel(demo, tab.estimate, form_inputs, context, after=[started, load_event],
+                        lora_panel_inputs=tab.lora.inputs())
     tab.stop.click(on_stop, inputs=[outputs.shown_job], outputs=None, api_visibility="private",
                    concurrency_limit=None, show_progress="hidden")
     tab.free_memory.click(on_free_memory, outputs=None, api_visibility="private", concurrency_limit=None,

@@ -80,7 +80,9 @@ class LoraLibrary:
 
     def __init__(self) -> None:
         self._descriptions: dict[str, LoraDescription] = {}
+        self._hashes: dict[Path, tuple[int, int, str]] = {}  # file -> (size, mtime_ns, sha256)
         self.files_read = 0  # how many files were read and converted (a file seen again is not read again)
+        self.files_hashed = 0  # how many times a file was read whole for its SHA-256
 
     def job_loras(self, choices: Sequence[LoraChoice],
                   layers: Callable[[], dict[str, tuple[int, int]]]) -> list[LoraFile]:
@@ -91,7 +93,7 @@ class LoraLibrary:
             path = Path(choice.path)
             if not path.is_file():
                 raise InvalidInputError(FIELD, f"no LoRA file at {path}", "Give the path of a .safetensors LoRA file.")
-            sha256 = file_sha256(path)
+            sha256 = self._sha256(path)
             description = self._descriptions.get(sha256)
             if description is None:
                 description = inspect_lora(path, layers(), field=FIELD)
@@ -99,6 +101,19 @@ class LoraLibrary:
                 self.files_read += 1
             loras.append(LoraFile(path, sha256, choice.weight, description))
         return loras
+
+    def _sha256(self, path: Path) -> str:
+        """The file's SHA-256, read again only when its size or modification time changed: LoRAs are hundreds of
+        MB, and the page's estimate asks for them at every change of a setting."""
+        stat = path.stat()
+        key = path.resolve()
+        known = self._hashes.get(key)
+        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            return known[2]
+        sha256 = file_sha256(path)
+        self.files_hashed += 1
+        self._hashes[key] = (stat.st_size, stat.st_mtime_ns, sha256)
+        return sha256
 
 
 def adapter_parameters(loras: Iterable[LoraFile], transformer: ComponentSize) -> AdapterParameters:

@@ -109,6 +109,10 @@ def test_a_weight_set_in_the_lora_panel_reaches_the_spec_and_loading_the_video_s
     assert "2 LoRA files in" in page.locator("#lora-note").inner_text()
     set_number(page, "lora-weight-1", 0.8)
     page.locator("#lora-fuse input[type=checkbox]").check()
+    # The estimate is made again with the LoRA (its adapters count in the plan), and still reads as one.
+    page.wait_for_function("() => { const e = document.querySelector('#estimate .fp-estimate');"
+                           " return e && !['invalid', 'error'].includes(e.dataset.source); }")
+    assert "Could not estimate" not in lora_server.log_path.read_text(encoding="utf-8", errors="replace")
     _shots(chromium, lora_server, "lora-panel")
     job_id = start_job(page)
     job = _job(lora_server, job_id)
