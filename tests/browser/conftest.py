@@ -11,6 +11,7 @@ Screenshots of the key moments go to ``test-artifacts/`` at the repository root 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -66,15 +67,25 @@ def demo_server(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture
 def page(chromium: Any, demo_server: DemoServer, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A fresh browser context (own cookies and local storage) on the demo server's page."""
-    context = chromium.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
+    with open_page(chromium, demo_server.url) as page:
+        yield page
+        if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+            screenshot(page, f"FAILED-{request.node.name}")
+
+
+@contextlib.contextmanager
+def open_page(chromium: Any, url: str, width: int = 1400, height: int = 1100) -> Iterator[Any]:
+    """The app's page at ``url`` in a fresh browser context of a ``width`` x ``height`` window, once Start is
+    drawn; the context is closed after."""
+    context = chromium.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
     context.set_default_timeout(30_000)
-    page = context.new_page()
-    page.goto(demo_server.url)
-    page.wait_for_selector("#start")
-    yield page
-    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
-        screenshot(page, f"FAILED-{request.node.name}")
-    context.close()
+    try:
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("#start")
+        yield page
+    finally:
+        context.close()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -29,7 +29,7 @@ from bench.ui_latency import (
     wait_for_state,
 )
 from framepack_core.jobs.spec import file_sha256
-from tests.browser.conftest import ARTIFACTS
+from tests.browser.conftest import ARTIFACTS, open_page
 from tests.lora_fixtures import write_tiny_lora
 
 pytestmark = pytest.mark.browser
@@ -57,13 +57,8 @@ def lora_server(tiny_models_dir: Path, lora_dir: Path, tmp_path_factory: pytest.
 
 @pytest.fixture
 def lora_page(chromium: Any, lora_server: DemoServer) -> Iterator[Any]:
-    context = chromium.new_context(viewport={"width": 1400, "height": 1100})
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    page.goto(lora_server.url)
-    page.wait_for_selector("#start")
-    yield page
-    context.close()
+    with open_page(chromium, lora_server.url) as page:
+        yield page
 
 
 def _job(server: DemoServer, job_id: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bench.ui_latency import IMAGE, set_job_inputs, start_job, wait_for_state
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import open_page, screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -46,13 +46,8 @@ TABLE_LAYOUT = """() => {
 
 @pytest.fixture
 def laptop_page(chromium: Any, demo_server: Any) -> Iterator[Any]:
-    context = chromium.new_context(viewport={"width": 1366, "height": 768})
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    page.goto(demo_server.url)
-    page.wait_for_selector("#start")
-    yield page
-    context.close()
+    with open_page(chromium, demo_server.url, 1366, 768) as page:
+        yield page
 
 
 def test_the_latent_previews_label_is_whole_on_one_line_clear_of_its_buttons_at_1366(laptop_page):
