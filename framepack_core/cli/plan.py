@@ -91,9 +91,9 @@ def run_plan(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    try:
+    try:  # a shape the planner cannot model is refused here, naming the options, before anything is probed
         Workload.from_resolution(args.resolution, latent_window_size=args.window, variant=args.model,
-                                            real_cfg=args.cfg != 1.0)
+                                 real_cfg=args.cfg != 1.0)
     except ValueError as error:
         print(f"error: --resolution / --window: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -144,7 +144,8 @@ def run_plan(args: argparse.Namespace) -> int:
         print(f"  note: {note}")
     print()
     print(describe(plan))
-    print(f"Estimated time: {_estimate(request, models, plan, simulated).time_text()}, for generate's defaults ({_TIMED_JOB})")
+    estimate = _estimate(request, models, plan, simulated)
+    print(f"Estimated time: {estimate.time_text()}, for generate's defaults ({_TIMED_JOB})")
     return EXIT_OK
 
 
